@@ -1,0 +1,37 @@
+# The two set-up commands of the README: `make demo` and `make test`. Each creates .venv
+# and installs what it needs; nothing else is needed on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# A CPU build of torch: it is all the tests and the demo need, and a few hundred MB
+# instead of several GB for a CUDA build. Override for a GPU machine: make TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+DEMO_OUT ?= demo-output
+PYTEST_ARGS ?=
+
+.PHONY: install demo test bench test-integration clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test,torch]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/hepprep run --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+test-integration: $(STAMP)
+	$(PY) -m pytest -m integration $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) bench-output

@@ -1,0 +1,95 @@
+"""Command line (all stages): the `hepprep` console script, a thin layer over the stage functions.
+
+Each command loads the configuration (``--config FILE``, then flags), calls one stage
+function, and turns any `HepprepError` into one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+try:  # typer >= 0.20 vendors its own click
+    from typer._click import exceptions as _click_exc
+except ImportError:  # pragma: no cover - older typer
+    from click import exceptions as _click_exc
+
+from analysis.config import Config, config_to_toml, load_config
+from analysis.errors import HepprepError
+
+app = typer.Typer(name="hepprep", add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_enable=False, rich_markup_mode=None,
+                  help="From NanoAOD ROOT files to a trained, evaluated H->tautau classifier.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
+app.add_typer(config_app, name="config")
+
+ConfigOption = typer.Option(None, "--config", "-c", help="TOML configuration file (default: the embedded default).")
+QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+
+
+def _overrides(**sections: dict[str, Any]) -> dict[str, Any]:
+    """Nested overrides from flags, leaving out flags the user did not give (None)."""
+    out: dict[str, Any] = {}
+    for section, values in sections.items():
+        given = {k: v for k, v in values.items() if v is not None}
+        if given:
+            out[section] = given
+    return out
+
+
+def _load(config: Optional[Path], **sections: dict[str, Any]) -> Config:
+    return load_config(config, _overrides(**sections))
+
+
+@config_app.command("show")
+def config_show(config: Optional[Path] = ConfigOption) -> None:
+    """Print the effective configuration (defaults, then the file) as TOML."""
+    typer.echo(config_to_toml(load_config(config)), nl=False)
+
+
+@app.command()
+def generate(
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the ROOT files and fileset.json."),
+    events: Optional[int] = typer.Option(None, help="Total simulated events over all MC datasets."),
+    files_per_sample: Optional[int] = typer.Option(None, help="ROOT files per dataset."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (same seed, same files)."),
+    compression: Optional[str] = typer.Option(None, help="ALG:LEVEL, ALG one of ZLIB, LZ4, ZSTD, LZMA."),
+    config: Optional[Path] = ConfigOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Write synthetic samples in the CMS 2012 outreach NanoAOD layout and fileset.json."""
+    from analysis.generate import generate_samples
+
+    cfg = _load(config, generate=dict(events=events, files_per_sample=files_per_sample,
+                                      seed=seed, compression=compression))
+    fileset = generate_samples(out, cfg, progress=not quiet)
+    typer.echo(f"fileset: {fileset}", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, printing user errors as one line (exit 2 for bad input)."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except HepprepError as err:
+        typer.echo(f"hepprep: error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except _click_exc.NoArgsIsHelpError as err:
+        typer.echo(err.ctx.get_help() if err.ctx else str(err), err=True)
+        sys.exit(2)
+    except _click_exc.UsageError as err:
+        where = err.ctx.command_path if err.ctx else "hepprep"
+        typer.echo(f"{where}: error: {err.format_message()}", err=True)
+        sys.exit(2)
+    except _click_exc.ClickException as err:
+        typer.echo(f"hepprep: error: {err.format_message()}", err=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("hepprep: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

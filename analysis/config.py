@@ -1,0 +1,362 @@
+"""Configuration (all stages): one typed, validated tree of settings with PHYSICS.md defaults.
+
+Everything a physicist changes between analyses lives here: samples and cross sections,
+luminosity, selection cuts, the feature list, split fractions, seeds, cluster settings.
+Files are TOML; unknown keys, wrong types and impossible values are errors that name the
+key (`ConfigError`). Stages receive a `Config` object and never read a global.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from analysis.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "ClusterConfig",
+    "Config",
+    "ConfigError",
+    "DEFAULT_FEATURES",
+    "GenerateConfig",
+    "MLPConfig",
+    "PrepareConfig",
+    "Sample",
+    "SelectionConfig",
+    "SkimConfig",
+    "TrainConfig",
+    "XGBoostConfig",
+    "config_to_toml",
+    "default_config",
+    "load_config",
+]
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo ("jet_pt_mni") must not silently keep a default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Sample(_Strict):
+    """One dataset of the fileset: a physics process with its cross section and class label."""
+
+    process: str  # short process name written to the skim (`ggH`, `DY`, `data`)
+    label: Literal[1, 0, -1]  # 1 signal, 0 background, -1 real data (never trained on)
+    xsec_pb: float | None = None  # cross section in pb; None for real data
+    real_events: int | None = None  # events in the real CMS dataset (sets generated sizes)
+    data_lumi_pb: float | None = None  # integrated luminosity of a real-data dataset
+
+    @property
+    def is_mc(self) -> bool:
+        return self.label != -1
+
+    @model_validator(mode="after")
+    def _check(self) -> Sample:
+        if self.label != -1:
+            if self.xsec_pb is None:
+                raise ValueError("xsec_pb: a simulated sample (label 0 or 1) needs a cross section")
+            if not self.xsec_pb > 0 or not math.isfinite(self.xsec_pb):
+                raise ValueError(f"xsec_pb: must be a finite number > 0, got {self.xsec_pb}")
+        if self.real_events is not None and self.real_events <= 0:
+            raise ValueError(f"real_events: must be > 0, got {self.real_events}")
+        if self.data_lumi_pb is not None and self.data_lumi_pb <= 0:
+            raise ValueError(f"data_lumi_pb: must be > 0, got {self.data_lumi_pb}")
+        return self
+
+
+def _default_samples() -> dict[str, Sample]:
+    # PHYSICS.md "Samples": CMS 2012 open-data H->tautau outreach analysis, 8 TeV.
+    return {
+        "GluGluToHToTauTau": Sample(process="ggH", label=1, xsec_pb=19.6, real_events=476_963),
+        "VBF_HToTauTau": Sample(process="VBF", label=1, xsec_pb=1.55, real_events=491_653),
+        "DYJetsToLL": Sample(process="DY", label=0, xsec_pb=3503.7, real_events=30_458_871),
+        "TTbar": Sample(process="TT", label=0, xsec_pb=225.2, real_events=6_423_106),
+        "W1JetsToLNu": Sample(process="W1J", label=0, xsec_pb=6381.2, real_events=29_784_800),
+        "W2JetsToLNu": Sample(process="W2J", label=0, xsec_pb=2039.8, real_events=30_693_853),
+        "W3JetsToLNu": Sample(process="W3J", label=0, xsec_pb=612.5, real_events=15_241_144),
+        "Run2012B_TauPlusX": Sample(process="data", label=-1, data_lumi_pb=4412.0),
+        "Run2012C_TauPlusX": Sample(process="data", label=-1, data_lumi_pb=7055.0),
+    }
+
+
+# Tau working points are names, resolved per input profile (outreach booleans, DeepTau bits).
+TauWorkingPoint = Literal["VLoose", "Loose", "Medium", "Tight"]
+
+
+class SelectionConfig(_Strict):
+    """Object and event selection of PHYSICS.md "Selection (default)"."""
+
+    tau_pt_min: float = 20.0  # GeV
+    tau_abs_eta_max: float = 2.3
+    tau_require_decay_mode: bool = True  # decay-mode finding passed
+    tau_iso: TauWorkingPoint = "Medium"  # isolation (outreach) / DeepTau vs-jet working point
+    tau_anti_ele: TauWorkingPoint = "Loose"  # anti-electron discriminator
+    tau_anti_mu: TauWorkingPoint = "Loose"  # anti-muon discriminator
+    tau_pair_dr_min: float = 0.5  # minimal Delta R between the two taus of the pair
+    jet_pt_min: float = 30.0  # GeV
+    jet_abs_eta_max: float = 4.7
+    jet_require_puid: bool = True  # pile-up jet ID passed
+    jet_tau_dr_min: float = 0.5  # jets closer than this to either selected tau are dropped
+    min_jets: int = Field(2, ge=0)  # events need at least this many good jets
+    triggers: list[str] = []  # HLT paths, OR-ed; empty = no trigger requirement
+    triggers_on_mc: bool = False  # apply `triggers` to simulation too (off by default)
+
+    @model_validator(mode="after")
+    def _check(self) -> SelectionConfig:
+        for key in ("tau_pt_min", "tau_abs_eta_max", "jet_pt_min", "jet_abs_eta_max",
+                    "tau_pair_dr_min", "jet_tau_dr_min"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key}: must be >= 0, got {getattr(self, key)}")
+        return self
+
+
+# Training inputs by default: kinematics without azimuthal angles (the problem is symmetric
+# in phi), the derived features of PHYSICS.md, and b-tags for the ttbar background.
+DEFAULT_FEATURES: list[str] = [
+    "tau1_pt", "tau1_eta", "tau2_pt", "tau2_eta",
+    "jet1_pt", "jet1_eta", "jet1_btag", "jet2_pt", "jet2_eta", "jet2_btag",
+    "met_pt", "njets",
+    "m_vis", "pt_vis", "dr_tautau", "mt_tau1", "mt_tau2", "mjj", "ptjj", "jdeta", "pt_h",
+]
+
+
+class GenerateConfig(_Strict):
+    """The synthetic sample of `hepprep generate` (the embedded default of `make demo`)."""
+
+    events: int = Field(300_000, gt=0)  # total simulated events over all MC datasets
+    files_per_sample: int = Field(2, gt=0)
+    seed: int = 2012
+    compression: str = "LZ4:1"  # ALG:LEVEL with ALG one of ZLIB, LZ4, ZSTD, LZMA
+    data_scale: float = Field(1.0, gt=0)  # pseudo-data events = expected yield x data_scale
+
+    @field_validator("compression")
+    @classmethod
+    def _check_compression(cls, value: str) -> str:
+        parse_compression(value)
+        return value
+
+
+def parse_compression(value: str) -> tuple[str, int]:
+    """Split 'ALG:LEVEL' (e.g. 'LZ4:1', 'ZSTD:5', or 'ZLIB' for its default level)."""
+    alg, _, level = value.partition(":")
+    alg = alg.upper()
+    if alg not in {"ZLIB", "LZ4", "ZSTD", "LZMA"}:
+        raise ValueError(f"unknown compression {value!r}: use ZLIB, LZ4, ZSTD or LZMA, as ALG:LEVEL")
+    try:
+        lvl = int(level) if level else {"ZLIB": 1, "LZ4": 1, "ZSTD": 5, "LZMA": 9}[alg]
+    except ValueError:
+        raise ValueError(f"compression level in {value!r} must be an integer") from None
+    if not 0 <= lvl <= 22:
+        raise ValueError(f"compression level in {value!r} must be within 0..22")
+    return alg, lvl
+
+
+class SkimConfig(_Strict):
+    """The skim stage (coffea processor over the fileset)."""
+
+    executor: Literal["iterative", "futures", "dask"] = "futures"
+    workers: int = Field(2, gt=0)  # processes for the futures executor / local dask cluster
+    chunksize: int = Field(100_000, gt=0)  # events per chunk (one Parquet part per chunk)
+    skip_bad_files: bool = False  # record unreadable files in the manifest and go on
+
+
+class PrepareConfig(_Strict):
+    """The prepare stage (split, weights, statistics, standardisation, shuffle)."""
+
+    split: tuple[float, float, float] = (0.6, 0.2, 0.2)  # train, val, test fractions
+    seed: int = 1234
+    kfolds: int = Field(0, ge=0)  # >= 2 adds a `fold` column for cross-validation
+    negative_weights: Literal["keep", "abs", "zero"] = "keep"
+    bucket_rows: int = Field(1_000_000, gt=0)  # rows per shuffle bucket (sets peak memory)
+    file_rows: int = Field(1_000_000, gt=0)  # rows per output Parquet file
+    row_group_rows: int = Field(100_000, gt=0)  # rows per row group inside a file
+
+    @field_validator("split")
+    @classmethod
+    def _check_split(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f < 0 for f in value):
+            raise ValueError(f"fractions must be >= 0, got {value}")
+        if value[0] <= 0:
+            raise ValueError(f"the train fraction must be > 0, got {value}")
+        if abs(sum(value) - 1.0) > 1e-6:
+            raise ValueError(f"fractions must sum to 1, got {value} (sum {sum(value):g})")
+        return value
+
+
+class XGBoostConfig(_Strict):
+    """Gradient-boosted trees (xgboost.dask)."""
+
+    max_depth: int = Field(6, gt=0)
+    eta: float = Field(0.1, gt=0)
+    num_boost_round: int = Field(500, gt=0)
+    early_stopping_rounds: int = Field(20, gt=0)
+    subsample: float = Field(1.0, gt=0, le=1)
+    colsample_bytree: float = Field(1.0, gt=0, le=1)
+    min_child_weight: float = Field(1.0, ge=0)
+    tree_method: Literal["hist", "approx"] = "hist"
+    seed: int = 7
+
+
+class MLPConfig(_Strict):
+    """Fully connected network (PyTorch)."""
+
+    hidden: list[int] = [64, 128, 64]
+    dropout: float = Field(0.0, ge=0, lt=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(1024, gt=0)
+    max_epochs: int = Field(30, gt=0)
+    patience: int = Field(5, gt=0)  # epochs without validation improvement before stopping
+    shuffle_buffer: int = Field(100_000, gt=0)  # rows held by the streaming loader's buffer
+    num_workers: int = Field(0, ge=0)  # DataLoader worker processes
+    seed: int = 7
+
+    @field_validator("hidden")
+    @classmethod
+    def _check_hidden(cls, value: list[int]) -> list[int]:
+        if not value or any(n <= 0 for n in value):
+            raise ValueError(f"hidden layer sizes must be positive and at least one, got {value}")
+        return value
+
+
+class TrainConfig(_Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    xgboost: XGBoostConfig = XGBoostConfig()
+    mlp: MLPConfig = MLPConfig()
+
+
+class ClusterConfig(_Strict):
+    """Where dask stages run: a LocalCluster, an existing scheduler, or a batch system."""
+
+    kind: Literal["local", "address", "slurm", "htcondor"] = "local"
+    address: str | None = None  # scheduler address for kind = "address" (tcp://host:8786)
+    n_workers: int = Field(2, gt=0)  # local workers, or batch jobs to scale to
+    threads_per_worker: int = Field(1, gt=0)
+    memory_limit: str = "4GiB"  # per worker
+    jobqueue: dict[str, Any] = {}  # extra keyword arguments for dask-jobqueue's cluster class
+
+    @model_validator(mode="after")
+    def _check(self) -> ClusterConfig:
+        if self.kind == "address" and not self.address:
+            raise ValueError("address: kind = 'address' needs the scheduler address")
+        return self
+
+
+class Config(_Strict):
+    """The whole configuration. `default_config()` is PHYSICS.md's default analysis."""
+
+    lumi_pb: float = 11_467.0  # integrated luminosity of Run2012B+C in pb^-1
+    samples: dict[str, Sample] = Field(default_factory=_default_samples)
+    selection: SelectionConfig = SelectionConfig()
+    features: list[str] = Field(default_factory=lambda: list(DEFAULT_FEATURES))
+    generate: GenerateConfig = GenerateConfig()
+    skim: SkimConfig = SkimConfig()
+    prepare: PrepareConfig = PrepareConfig()
+    train: TrainConfig = TrainConfig()
+    cluster: ClusterConfig = ClusterConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        if not self.lumi_pb > 0:
+            raise ValueError(f"lumi_pb: must be > 0, got {self.lumi_pb}")
+        if not self.features:
+            raise ValueError("features: the feature list is empty")
+        dupes = sorted({f for f in self.features if self.features.count(f) > 1})
+        if dupes:
+            raise ValueError(f"features: listed twice: {', '.join(dupes)}")
+        labels = {s.label for s in self.samples.values()}
+        if self.samples and not {0, 1} <= labels:
+            raise ValueError("samples: need at least one signal (label 1) and one background (label 0)")
+        return self
+
+    def signal_datasets(self) -> list[str]:
+        return [name for name, s in self.samples.items() if s.label == 1]
+
+    def background_datasets(self) -> list[str]:
+        return [name for name, s in self.samples.items() if s.label == 0]
+
+
+def default_config() -> Config:
+    """The embedded default analysis (PHYSICS.md)."""
+    return Config()
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    msg = msg.removeprefix("Value error, ")
+    # Validators raise "key: why" for a field inside the model; join it to the location.
+    where = loc
+    if ": " in msg and not msg.startswith("input"):
+        head, rest = msg.split(": ", 1)
+        if head.replace("_", "").isalnum():
+            where, msg = (f"{loc}.{head}" if loc else head), rest
+    return f"{where}: {msg}" if where else msg
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "samples":
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_from_dict(data: dict[str, Any], *, source: str = "config") -> Config:
+    """Validate a (partial) configuration mapping over the defaults.
+
+    Sections are merged key by key with the defaults; a `[samples]` table, when given,
+    replaces the default sample list as a whole (an analysis names all of its samples).
+    """
+    try:
+        merged = _deep_merge(default_config().model_dump(), data)
+        return Config.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_format_error(err)}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load a TOML configuration file over the defaults, then apply command-line overrides.
+
+    Parameters
+    ----------
+    path : str or Path or None
+        TOML file; None gives the embedded default.
+    overrides : dict or None
+        Nested mapping (`{"skim": {"chunksize": 50000}}`) applied after the file.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the file and key: ``analysis.toml: skim.chunksize: unknown key``.
+    """
+    data: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such configuration file")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    if overrides:
+        data = _deep_merge(data, overrides)
+    return config_from_dict(data, source=source)
+
+
+def config_to_toml(config: Config) -> str:
+    """The effective configuration as TOML (what `hepprep config show` prints)."""
+    import tomli_w
+
+    data = config.model_dump(mode="json", exclude_none=True)
+    return tomli_w.dumps(data)
