@@ -61,10 +61,10 @@ def generate(
     quiet: bool = QuietOption,
 ) -> None:
     """Write synthetic samples in the CMS 2012 outreach NanoAOD layout and fileset.json."""
-    from analysis.generate import generate_samples
-
     cfg = _load(config, generate=dict(events=events, files_per_sample=files_per_sample,
                                       seed=seed, compression=compression))
+    from analysis.generate import generate_samples
+
     fileset = generate_samples(out, cfg, progress=not quiet)
     typer.echo(f"fileset: {fileset}", err=True)
 
@@ -72,7 +72,7 @@ def generate(
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, printing user errors as one line (exit 2 for bad input)."""
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="hepprep", standalone_mode=False)
     except HepprepError as err:
         typer.echo(f"hepprep: error: {err}", err=True)
         sys.exit(err.exit_code)
