@@ -1,0 +1,184 @@
+"""Training stage: check a prepared directory before any model sees it, and describe its splits.
+
+Training reads `<prep>/{train,val,test}/part-*.parquet` and `<prep>/stats.json` (DESIGN.md
+"Prepared Parquet"). A wrong or half-written directory must fail in one line that names
+what is missing and how to fix it, not as a traceback from deep inside xgboost or torch.
+Only Parquet metadata and the small `label` column are read here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from analysis.errors import StageInputError
+
+__all__ = ["LABEL", "TRAIN_WEIGHT", "PreparedSplits", "SplitFiles", "inspect_prepared"]
+
+LABEL = "label"  # int8: 1 signal, 0 background (real data never reaches the splits)
+TRAIN_WEIGHT = "train_weight"  # float64: class-balanced training weight, mean 1 per split
+REQUIRED_SPLITS = ("train", "val")  # early stopping needs val; test is evaluation's
+OPTIONAL_SPLITS = ("test",)
+
+
+@dataclass
+class SplitFiles:
+    """One split of a prepared directory.
+
+    Attributes
+    ----------
+    name : str
+        ``train``, ``val`` or ``test``.
+    files : list of Path
+        ``part-*.parquet`` files, sorted by name (a fixed order makes training reproducible).
+    rows : int
+        Rows over all files (from the Parquet footers).
+    row_groups : int
+        Row groups over all files (the unit the streaming loader shuffles).
+    signal_rows, background_rows : int
+        Rows with label 1 and label 0.
+    """
+
+    name: str
+    files: list[Path]
+    rows: int
+    row_groups: int
+    signal_rows: int
+    background_rows: int
+
+
+@dataclass
+class PreparedSplits:
+    """A checked prepared directory: its splits, statistics and the ordered training features."""
+
+    root: Path
+    stats: dict
+    features: list[str]
+    splits: dict[str, SplitFiles] = field(default_factory=dict)
+
+    def split(self, name: str) -> SplitFiles:
+        return self.splits[name]
+
+
+def _read_stats(root: Path) -> dict:
+    path = root / "stats.json"
+    if not path.is_file():
+        raise StageInputError(f"{path}: missing; {root} is not a complete prepared directory "
+                              f"(run `hepprep prepare SKIMDIR --out {root}` first)")
+    try:
+        stats = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise StageInputError(f"{path}: not valid JSON ({err}); re-run `hepprep prepare`") from None
+    order = stats.get("feature_order")
+    if not isinstance(order, list) or not order:
+        raise StageInputError(f"{path}: no 'feature_order' list; re-run `hepprep prepare`")
+    missing = [f for f in order if f not in stats.get("features", {})]
+    if missing:
+        raise StageInputError(f"{path}: 'features' has no statistics for {', '.join(missing)}; "
+                              f"re-run `hepprep prepare`")
+    for name in order:
+        std = stats["features"][name].get("std")
+        if not isinstance(std, (int, float)) or not std > 0:
+            raise StageInputError(f"{path}: feature {name!r} has std {std!r}, must be > 0; "
+                                  f"re-run `hepprep prepare`")
+    return stats
+
+
+def _check_features(root: Path, stats: dict, features: list[str]) -> list[str]:
+    order = list(stats["feature_order"])
+    if set(order) != set(features):
+        not_prepared = [f for f in features if f not in order]
+        not_configured = [f for f in order if f not in features]
+        parts = []
+        if not_prepared:
+            parts.append(f"in the config but not in stats.json: {', '.join(not_prepared)}")
+        if not_configured:
+            parts.append(f"in stats.json but not in the config: {', '.join(not_configured)}")
+        raise StageInputError(f"{root / 'stats.json'}: features do not match the config "
+                              f"({'; '.join(parts)}); re-run `hepprep prepare` with this config "
+                              f"or train with the config it was prepared with")
+    # stats.json fixes the column order: a model's inputs are the standardised columns in it.
+    return order
+
+
+def _inspect_split(root: Path, name: str, features: list[str]) -> SplitFiles | None:
+    folder = root / name
+    files = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+    if not files:
+        return None
+    needed = [*features, LABEL, TRAIN_WEIGHT]
+    rows = row_groups = signal = background = 0
+    for path in files:
+        try:
+            meta = pq.ParquetFile(path)
+        except Exception as err:  # pyarrow raises several types for a bad footer
+            raise StageInputError(f"{path}: not a readable Parquet file ({err}); "
+                                  f"re-run `hepprep prepare`") from None
+        names = set(meta.schema_arrow.names)
+        missing = [c for c in needed if c not in names]
+        if missing:
+            raise StageInputError(f"{path}: missing columns {', '.join(missing)} listed in "
+                                  f"stats.json or needed for training; re-run `hepprep prepare`")
+        rows += meta.metadata.num_rows
+        row_groups += meta.num_row_groups
+        labels = meta.read(columns=[LABEL]).column(0).to_numpy()
+        signal += int(np.count_nonzero(labels == 1))
+        background += int(np.count_nonzero(labels == 0))
+    return SplitFiles(name=name, files=files, rows=rows, row_groups=row_groups,
+                      signal_rows=signal, background_rows=background)
+
+
+def inspect_prepared(prep_dir: str | Path, features: list[str]) -> PreparedSplits:
+    """Check a prepared directory for training and list its splits.
+
+    Parameters
+    ----------
+    prep_dir : str or Path
+        Output folder of `hepprep prepare`.
+    features : list of str
+        The configured feature list (``config.features``); must be the set in stats.json.
+
+    Returns
+    -------
+    PreparedSplits
+        ``features`` in stats.json's ``feature_order``; ``splits`` has train, val and, when
+        present, test.
+
+    Raises
+    ------
+    StageInputError
+        One line: no such directory, no stats.json, a missing train/val split, a split with
+        no signal or no background rows, features not matching stats.json, missing columns.
+    """
+    root = Path(prep_dir)
+    if not root.is_dir():
+        raise StageInputError(f"{root}: no such prepared directory "
+                              f"(run `hepprep prepare SKIMDIR --out {root}` first)")
+    stats = _read_stats(root)
+    order = _check_features(root, stats, features)
+    prepared = PreparedSplits(root=root, stats=stats, features=order)
+    for name in (*REQUIRED_SPLITS, *OPTIONAL_SPLITS):
+        split = _inspect_split(root, name, order)
+        if split is None:
+            if name in REQUIRED_SPLITS:
+                present = [s for s in (*REQUIRED_SPLITS, *OPTIONAL_SPLITS)
+                           if any((root / s).glob("part-*.parquet"))]
+                raise StageInputError(
+                    f"{root}: the {name!r} split is missing (no {root / name}/part-*.parquet; "
+                    f"found splits: {', '.join(present) or 'none'}); training needs train and val: "
+                    f"re-run `hepprep prepare` with a non-zero {name} fraction in --split")
+            continue
+        if name in REQUIRED_SPLITS:
+            for what, count, label in (("signal", split.signal_rows, 1),
+                                       ("background", split.background_rows, 0)):
+                if count == 0:
+                    raise StageInputError(
+                        f"{root / name}: no {what} rows (label {label}) among {split.rows} rows; "
+                        f"a classifier needs both classes: check the samples' labels in the "
+                        f"config and that the skim selected {what} events")
+        prepared.splits[name] = split
+    return prepared

@@ -1,0 +1,134 @@
+"""Training stage: the streaming Parquet loader sees every row once per epoch with bounded memory."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from analysis.streaming import ParquetBatchStream, RowGroupShuffleBuffer, row_group_units  # noqa: E402
+
+N_EXTRA = 7  # feature columns besides row_id, so a row is as wide as a real one-ish
+
+
+def _write_split(folder, n_rows, *, file_rows, row_group_rows):
+    """Files whose `row_id` feature numbers the rows 0..n-1 (exact in float32 below 2**24)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for k, start in enumerate(range(0, n_rows, file_rows)):
+        stop = min(start + file_rows, n_rows)
+        ids = np.arange(start, stop, dtype=np.float32)
+        cols = {"row_id": ids, **{f"x{j}": rng.standard_normal(len(ids)).astype(np.float32)
+                                  for j in range(N_EXTRA)},
+                "label": (ids % 2).astype(np.int8), "train_weight": np.full(len(ids), 1.0)}
+        pq.write_table(pa.table(cols), folder / f"part-{k:05d}.parquet", row_group_size=row_group_rows)
+    return sorted(folder.glob("part-*.parquet"))
+
+
+FEATURES = ["row_id", *[f"x{j}" for j in range(N_EXTRA)]]
+
+
+def _ids(batches):
+    return np.concatenate([np.asarray(x[:, 0]) for x, _, _ in batches]).astype(np.int64)
+
+
+def test_shuffle_buffer_hand_built():
+    # Capacity 4, rows 10..13 in; two takes of 2 then nothing left: every row exactly once.
+    buf = RowGroupShuffleBuffer(4, 1, np.random.default_rng(0))
+    buf.put(np.array([[10.0], [11.0], [12.0], [13.0]]), np.zeros(4), np.ones(4))
+    assert buf.free == 0
+    first = buf.take(2)[0][:, 0]
+    assert buf.n == 2
+    # The two rows left are exactly the two not drawn, compacted to the front.
+    assert sorted(buf.x[:2, 0]) == sorted(set([10.0, 11.0, 12.0, 13.0]) - set(first))
+    second = buf.take(5)[0][:, 0]  # asks for more than held: gets the 2 left
+    assert sorted([*first, *second]) == [10.0, 11.0, 12.0, 13.0]
+    assert buf.n == 0 and buf.peak_rows == 4
+    with pytest.raises(ValueError, match="shuffle buffer overflow: 5 rows into 4 free slots"):
+        buf.put(np.zeros((5, 1)), np.zeros(5), np.zeros(5))
+
+
+def test_row_group_units_lists_every_group(tmp_path):
+    files = _write_split(tmp_path / "train", 2500, file_rows=1000, row_group_rows=300)
+    units = row_group_units(files)
+    # 1000 rows in 300-row groups: 300, 300, 300, 100; last file 500 rows: 300, 200.
+    assert [u[2] for u in units] == [300, 300, 300, 100] * 2 + [300, 200]
+    assert sum(u[2] for u in units) == 2500
+
+
+def test_stream_much_larger_than_buffer_is_bounded_and_exactly_once(tmp_path):
+    n_rows, buffer_rows = 200_000, 2_000
+    files = _write_split(tmp_path / "train", n_rows, file_rows=50_000, row_group_rows=5_000)
+    stream = ParquetBatchStream(files, FEATURES, batch_size=256, shuffle_buffer=buffer_rows,
+                                seed=11, as_numpy=True)
+    split_bytes = n_rows * (len(FEATURES) + 2) * 4
+    seen = np.zeros(n_rows, dtype=np.int64)  # the test's own bookkeeping, not traced
+    group_order: list[int] = []
+    tracemalloc.start()
+    first_batch = None
+    for x, y, w in stream:
+        ids = x[:, 0].astype(np.int64)
+        first_batch = ids if first_batch is None else first_batch
+        group_order += [g for g in np.unique(ids // 5_000) if g not in group_order]
+        np.add.at(seen, ids, 1)
+        assert np.array_equal(y, ids % 2)  # labels travel with their rows
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert (seen == 1).all(), f"rows seen {np.unique(seen)} times, expected exactly once"
+    assert stream.last_peak_rows == buffer_rows  # filled, never above capacity
+    # Buffer + one read chunk + a batch: far below the split held at once.
+    assert peak < split_bytes / 10, f"peak {peak} bytes vs split {split_bytes} bytes"
+    # Shuffled twice: row groups are visited out of file order, rows within a batch too.
+    assert sorted(group_order) == list(range(40)) and group_order != list(range(40))
+    assert not np.array_equal(first_batch, np.sort(first_batch))
+
+
+def test_epochs_reshuffle_reproducibly(tmp_path):
+    files = _write_split(tmp_path / "train", 6_000, file_rows=2_000, row_group_rows=500)
+
+    def order(epoch, seed=5):
+        stream = ParquetBatchStream(files, FEATURES, batch_size=100, shuffle_buffer=1_000,
+                                    seed=seed, as_numpy=True)
+        stream.set_epoch(epoch)
+        return _ids(stream)
+
+    assert np.array_equal(order(0), order(0))  # same seed and epoch: same stream
+    assert not np.array_equal(order(0), order(1))  # a new epoch: a new order
+    assert not np.array_equal(order(0), order(0, seed=6))
+    assert sorted(order(1)) == list(range(6_000))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_dataloader_workers_split_row_groups_without_overlap(tmp_path, num_workers):
+    n_rows = 30_000
+    files = _write_split(tmp_path / "train", n_rows, file_rows=10_000, row_group_rows=1_000)
+    stream = ParquetBatchStream(files, FEATURES, batch_size=512, shuffle_buffer=3_000, seed=2)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers)
+    for epoch in (0, 1):
+        stream.set_epoch(epoch)
+        batches = list(loader)
+        assert all(isinstance(x, torch.Tensor) and x.dtype == torch.float32 for x, _, _ in batches)
+        assert all(len(x) <= 512 for x, _, _ in batches)
+        ids = _ids(batches)
+        assert len(ids) == n_rows and np.array_equal(np.sort(ids), np.arange(n_rows))
+
+
+def test_in_order_stream_keeps_file_order(tmp_path):
+    files = _write_split(tmp_path / "val", 2_345, file_rows=1_000, row_group_rows=200)
+    stream = ParquetBatchStream(files, FEATURES, batch_size=100, shuffle_buffer=10,
+                                shuffle=False, as_numpy=True)
+    batches = list(stream)
+    assert [len(b[0]) for b in batches] == [100] * 23 + [45]
+    assert np.array_equal(_ids(batches), np.arange(2_345))
+    assert stream.rows == 2_345
+
+
+def test_bad_sizes_are_refused(tmp_path):
+    files = _write_split(tmp_path / "train", 10, file_rows=10, row_group_rows=10)
+    with pytest.raises(ValueError, match=r"batch_size \(0\) and shuffle_buffer \(10\) must be > 0"):
+        ParquetBatchStream(files, FEATURES, batch_size=0, shuffle_buffer=10)
