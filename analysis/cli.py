@@ -69,6 +69,26 @@ def generate(
     typer.echo(f"fileset: {fileset}", err=True)
 
 
+@app.command()
+def train(
+    prep_dir: Path = typer.Argument(..., help="Prepared directory (output of `hepprep prepare`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The model directory to write (e.g. out/models/xgboost)."),
+    model: str = typer.Option("xgboost", help="xgboost or mlp."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (default: config train.device)."),
+    scheduler: Optional[str] = typer.Option(None, help="Existing dask scheduler (tcp://host:8786), xgboost only."),
+    resume: bool = typer.Option(False, "--resume", help="mlp: continue the run checkpointed in --out."),
+    config: Optional[Path] = ConfigOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Train a classifier on the prepared splits with early stopping on the validation split."""
+    from analysis.train import run_train
+
+    cfg = _load(config)
+    model_dir = run_train(prep_dir, out, cfg, model=model, device=device, scheduler=scheduler,
+                          resume=resume, progress=not quiet)
+    typer.echo(f"model: {model_dir}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, printing user errors as one line (exit 2 for bad input)."""
     try:

@@ -210,6 +210,8 @@ class MLPConfig(_Strict):
     batch_size: int = Field(1024, gt=0)
     max_epochs: int = Field(30, gt=0)
     patience: int = Field(5, gt=0)  # epochs without validation improvement before stopping
+    lr_decay_factor: float = Field(0.5, gt=0, lt=1)  # lr multiplier when val loss stalls
+    lr_decay_patience: int = Field(2, ge=0)  # stalled epochs before the lr is lowered
     shuffle_buffer: int = Field(100_000, gt=0)  # rows held by the streaming loader's buffer
     num_workers: int = Field(0, ge=0)  # DataLoader worker processes
     seed: int = 7

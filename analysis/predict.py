@@ -1,0 +1,162 @@
+"""Training stage: the one prediction API — load a model directory, score events with either model.
+
+Evaluation and the notebooks call only this: `load_model(model_dir).predict(table,
+standardised=...)`. It applies the standardisation stored with the model (the prepared
+stats.json) to raw skim rows, so a model can score new events that never went through
+`hepprep prepare`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analysis.errors import StageInputError
+from analysis.train_common import MODEL_INFO
+
+__all__ = ["TrainedModel", "load_model", "standardise"]
+
+_PREDICT_ROWS = 65_536  # rows per network forward pass: bounded memory on big tables
+
+
+def standardise(raw: np.ndarray, features: list[str], stats: dict) -> np.ndarray:
+    """``(raw - mean) / std`` per column with the stats.json statistics.
+
+    Parameters
+    ----------
+    raw : ndarray, shape (rows, len(features))
+        Raw skim values, columns in ``features`` order.
+    features : list of str
+        Column names of ``raw``.
+    stats : dict
+        stats.json content (``stats["features"][name]["mean"|"std"]``).
+
+    Returns
+    -------
+    ndarray of float32, same shape
+    """
+    mean = np.array([stats["features"][f]["mean"] for f in features], dtype=np.float64)
+    std = np.array([stats["features"][f]["std"] for f in features], dtype=np.float64)
+    return ((np.asarray(raw, dtype=np.float64) - mean) / std).astype(np.float32)
+
+
+def _feature_matrix(table: Any, features: list[str], model_dir: Path) -> np.ndarray:
+    if hasattr(table, "column_names"):  # pyarrow Table / RecordBatch
+        names = list(table.column_names)
+        getter = lambda f: table.column(f).to_numpy()  # noqa: E731
+    elif hasattr(table, "columns"):  # pandas DataFrame
+        names = [str(c) for c in table.columns]
+        getter = lambda f: table[f].to_numpy()  # noqa: E731
+    else:
+        raise StageInputError(f"predict: expected a pandas DataFrame or pyarrow Table, "
+                              f"got {type(table).__name__}")
+    missing = [f for f in features if f not in names]
+    if missing:
+        raise StageInputError(f"predict: the table lacks features {', '.join(missing)} that the "
+                              f"model in {model_dir} was trained on (it has {len(names)} columns: "
+                              f"{', '.join(names[:12])}{', ...' if len(names) > 12 else ''})")
+    matrix = np.empty((len(table), len(features)), dtype=np.float64)
+    for j, name in enumerate(features):
+        matrix[:, j] = getter(name)
+    return matrix
+
+
+@dataclass
+class TrainedModel:
+    """A trained classifier read from its model directory.
+
+    Attributes
+    ----------
+    name : str
+        The model directory's name (``xgboost``, ``mlp``, ...).
+    kind : str
+        ``xgboost`` or ``mlp``.
+    features : list of str
+        Input features, in the order the model expects.
+    stats : dict
+        The prepared stats.json the model was trained with (raw-unit statistics).
+    info : dict
+        model_info.json.
+    booster : xgboost.Booster or None
+        The trees (XGBoost models only): gain importance, ``pred_contribs`` SHAP values.
+    network : torch.nn.Module or None
+        The network in eval mode on CPU (MLP models only).
+    """
+
+    name: str
+    kind: str
+    path: Path
+    features: list[str]
+    stats: dict
+    info: dict
+    booster: Any = None
+    network: Any = field(default=None, repr=False)
+
+    def predict(self, table: Any, *, standardised: bool) -> np.ndarray:
+        """Signal scores in [0, 1], one per row of ``table``.
+
+        Parameters
+        ----------
+        table : pandas.DataFrame or pyarrow.Table
+            Holds at least the model's feature columns (others are ignored).
+        standardised : bool
+            True for prepared rows (features already standardised); False for raw skim
+            rows, which get the stored standardisation first.
+
+        Returns
+        -------
+        ndarray of float64, shape (rows,)
+        """
+        matrix = _feature_matrix(table, self.features, self.path)
+        x = (matrix.astype(np.float32) if standardised
+             else standardise(matrix, self.features, self.stats))
+        if self.kind == "xgboost":
+            import xgboost as xgb
+            return self.booster.predict(xgb.DMatrix(x, feature_names=self.features)).astype(np.float64)
+        import torch
+        scores = np.empty(len(x), dtype=np.float64)
+        with torch.no_grad():
+            for start in range(0, len(x), _PREDICT_ROWS):
+                logits = self.network(torch.from_numpy(x[start:start + _PREDICT_ROWS]))
+                scores[start:start + len(logits)] = torch.sigmoid(logits[:, 0]).double().numpy()
+        return scores
+
+
+def load_model(model_dir: str | Path) -> TrainedModel:
+    """Read a model directory written by `hepprep train`.
+
+    Raises
+    ------
+    StageInputError
+        No such directory, or no model_info.json (training did not finish).
+    """
+    path = Path(model_dir)
+    info_path = path / MODEL_INFO
+    if not info_path.is_file():
+        what = "no such model directory" if not path.is_dir() else f"no {MODEL_INFO} (training did not finish)"
+        raise StageInputError(f"{path}: {what}; run `hepprep train PREPDIR --out {path}` first")
+    info = json.loads(info_path.read_text())
+    features = json.loads((path / "features.json").read_text())
+    stats = json.loads((path / "stats.json").read_text())
+    kind = info.get("model")
+    model = TrainedModel(name=path.name, kind=kind, path=path, features=features,
+                         stats=stats, info=info)
+    if kind == "xgboost":
+        import xgboost as xgb
+        model.booster = xgb.Booster(model_file=str(path / "model.json"))
+        model.booster.feature_names = features
+    elif kind == "mlp":
+        from analysis._optional import optional_import
+        from analysis.models_mlp import build_mlp
+        torch = optional_import("torch", purpose="the mlp model")
+        net = build_mlp(len(features), hidden=info["params"]["hidden"],
+                        dropout=info["params"]["dropout"])
+        net.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+        model.network = net.eval()
+    else:
+        raise StageInputError(f"{info_path}: unknown model {kind!r}; expected xgboost or mlp")
+    return model

@@ -1,0 +1,236 @@
+"""Training stage (MLP): a PyTorch network trained from streamed Parquet, with checkpoint and resume.
+
+Weighted binary cross entropy on `train_weight` (each event's loss times its weight, so
+the classes count equally and background is scaled, never dropped), AdamW, a learning
+rate halved when the validation loss stalls, early stopping on the weighted validation
+loss. Every epoch ends with a checkpoint holding everything the next epoch depends on —
+network, optimiser, scheduler, gradient scaler, RNG state, history, best weights — so
+``--resume`` continues the same run: the data order is a function of (seed, epoch) and
+the RNG state is restored, so a resumed run ends with the same weights as one that was
+never interrupted. Mixed precision (float16 autocast + GradScaler) is used on CUDA only.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from analysis._optional import optional_import
+from analysis.config import Config
+from analysis.errors import StageInputError
+from analysis.models_mlp import build_mlp
+from analysis.progress import progress_bar, stage_console
+from analysis.train_inputs import PreparedSplits
+
+__all__ = ["CHECKPOINT", "save_checkpoint", "train_mlp"]
+
+CHECKPOINT = "checkpoint.pt"
+_VAL_BATCH = 16_384  # validation batch: no gradients, so larger batches are cheap
+# Settings that may change between a run and its resumption (they do not alter the past).
+_RESUMABLE_CHANGES = ("max_epochs", "patience", "num_workers")
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write a checkpoint atomically (temp file + rename): an interrupted save leaves the old one."""
+    import torch
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _run_key(config: Config, features: list[str], prepared: PreparedSplits) -> dict:
+    params = config.train.mlp.model_dump()
+    for key in _RESUMABLE_CHANGES:
+        params.pop(key)
+    return {"params": params, "features": features,
+            "train_files": [p.name for p in prepared.split("train").files],
+            "train_rows": prepared.split("train").rows}
+
+
+def _load_checkpoint(path: Path, key: dict, device: str) -> dict:
+    import torch
+
+    state = torch.load(path, map_location=device, weights_only=False)
+    if state.get("run_key") != key:
+        old, new = state.get("run_key", {}), key
+        diff = sorted(k for k in set(old.get("params", {})) | set(new["params"])
+                      if old.get("params", {}).get(k) != new["params"].get(k))
+        what = (f"settings {', '.join(diff)} differ" if diff else
+                "the features or the prepared training files differ")
+        raise StageInputError(f"{path}: cannot resume: {what} from the checkpointed run; "
+                              f"train without --resume to start a new run")
+    return state
+
+
+def _epoch_loss(net, loader, device, *, optimiser=None, scaler=None, amp=False, on_batch=None):
+    """One pass: weighted BCE summed over events; trains when an optimiser is given.
+
+    Returns (sum of w*loss, sum of w, scores, labels, weights) with scores only when evaluating.
+    """
+    import torch
+
+    bce = torch.nn.BCEWithLogitsLoss(reduction="none")
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    total_w = 0.0
+    keep = optimiser is None
+    scores, labels, weights = [], [], []
+    for x, y, w in loader:
+        x, y, w = (t.to(device, non_blocking=True) for t in (x, y, w))
+        with torch.autocast(device_type=device, dtype=torch.float16, enabled=amp):
+            logits = net(x)[:, 0]
+        per_event = bce(logits.float(), y) * w
+        if optimiser is not None:
+            # mean(w * loss) estimates the weighted mean loss: train_weight has mean 1.
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(per_event.mean()).backward()
+            scaler.step(optimiser)
+            scaler.update()
+        total += per_event.detach().sum().double()
+        total_w += float(w.sum())
+        if keep:
+            scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+            labels.append(y.cpu().numpy())
+            weights.append(w.cpu().numpy())
+        if on_batch is not None:
+            on_batch(len(y))
+    return float(total), total_w, scores, labels, weights
+
+
+def train_mlp(prepared: PreparedSplits, out: Path, config: Config, *, device: str,
+              resume: bool = False, progress: bool = True) -> dict:
+    """Train the network, checkpointing each epoch to ``out/checkpoint.pt``; write ``out/model.pt``.
+
+    Parameters
+    ----------
+    prepared : PreparedSplits
+        Checked prepared directory.
+    out : Path
+        The model directory (already created).
+    config : Config
+        Uses ``train.mlp``.
+    device : str
+        ``cpu`` or ``cuda`` (resolved).
+    resume : bool
+        Continue from ``out/checkpoint.pt`` (a fresh run when there is none).
+
+    Returns
+    -------
+    dict
+        ``{"info": {...}, "history": {...}}``; model.pt holds the best epoch's weights.
+    """
+    torch = optional_import("torch", purpose="the mlp model")
+    from sklearn.metrics import roc_auc_score
+
+    from analysis.streaming import ParquetBatchStream
+
+    cfg = config.train.mlp
+    console = stage_console(quiet=not progress)
+    features = prepared.features
+    train, val = prepared.split("train"), prepared.split("val")
+    amp = device == "cuda"
+    torch.manual_seed(cfg.seed)
+    train_stream = ParquetBatchStream(train.files, features, batch_size=cfg.batch_size,
+                                      shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed)
+    val_stream = ParquetBatchStream(val.files, features, batch_size=_VAL_BATCH,
+                                    shuffle_buffer=_VAL_BATCH, shuffle=False)
+    loader = torch.utils.data.DataLoader(train_stream, batch_size=None, num_workers=cfg.num_workers,
+                                         pin_memory=amp)
+    net = build_mlp(len(features), hidden=cfg.hidden, dropout=cfg.dropout).to(device)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimiser, factor=cfg.lr_decay_factor, patience=cfg.lr_decay_patience)
+    scaler = torch.amp.GradScaler(device, enabled=amp)
+    history = {"epoch": [], "train_loss": [], "val_loss": [], "val_auc": [], "lr": [], "seconds": []}
+    best = {"loss": math.inf, "epoch": -1, "state": None}
+    start_epoch, bad_epochs, stopped = 0, 0, False
+    key = _run_key(config, features, prepared)
+    ckpt_path = out / CHECKPOINT
+    if resume and ckpt_path.is_file():
+        state = _load_checkpoint(ckpt_path, key, device)
+        net.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if amp and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        history, best, bad_epochs = state["history"], state["best"], state["bad_epochs"]
+        start_epoch, stopped = state["epoch"] + 1, state["stopped"]
+        console.print(f"mlp: resuming {ckpt_path} after epoch {state['epoch']}"
+                      + (" (already finished)" if stopped else ""))
+    elif resume:
+        console.print(f"mlp: --resume but no {ckpt_path}: starting a new run")
+    console.print(f"train mlp {cfg.hidden} on {device}{' (mixed precision)' if amp else ''}: "
+                  f"{train.rows} train rows streamed in {train.row_groups} row groups, "
+                  f"buffer {cfg.shuffle_buffer} rows, {cfg.num_workers} loader workers")
+    begin = time.perf_counter()
+    with progress_bar(quiet=not progress) as bars:
+        epoch = start_epoch
+        while epoch < cfg.max_epochs and not stopped:
+            t0 = time.perf_counter()
+            task = bars.add_task(f"mlp epoch {epoch}", total=train.rows)
+            train_stream.set_epoch(epoch)
+            net.train()
+            loss_sum, w_sum, *_ = _epoch_loss(net, loader, device, optimiser=optimiser,
+                                              scaler=scaler, amp=amp,
+                                              on_batch=lambda n: bars.advance(task, n))
+            net.eval()
+            with torch.no_grad():
+                vloss_sum, vw_sum, scores, labels, weights = _epoch_loss(net, val_stream, device, amp=amp)
+            val_loss = vloss_sum / vw_sum
+            val_auc = float(roc_auc_score(np.concatenate(labels), np.concatenate(scores),
+                                          sample_weight=np.concatenate(weights)))
+            scheduler.step(val_loss)
+            if val_loss < best["loss"]:
+                best = {"loss": val_loss, "epoch": epoch,
+                        "state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}}
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+            stopped = bad_epochs >= cfg.patience
+            for name, value in (("epoch", epoch), ("train_loss", loss_sum / w_sum),
+                                ("val_loss", val_loss), ("val_auc", val_auc),
+                                ("lr", optimiser.param_groups[0]["lr"]),
+                                ("seconds", time.perf_counter() - t0)):
+                history[name].append(value)
+            bars.update(task, description=f"mlp epoch {epoch}: val loss {val_loss:.4f} AUC {val_auc:.4f}")
+            save_checkpoint(ckpt_path, {
+                "run_key": key, "epoch": epoch, "stopped": stopped, "bad_epochs": bad_epochs,
+                "model": net.state_dict(), "optimiser": optimiser.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state_all() if amp else None,
+                "history": history, "best": best})
+            epoch += 1
+    if best["state"] is None:
+        raise StageInputError(f"{ckpt_path}: the run has no finished epoch to save "
+                              f"(max_epochs {cfg.max_epochs}); raise train.mlp.max_epochs")
+    tmp = out / ".model.pt.tmp"
+    torch.save(best["state"], tmp)
+    os.replace(tmp, out / "model.pt")
+    seconds = time.perf_counter() - begin
+    console.print(f"mlp: best epoch {best['epoch']} of {len(history['epoch'])}, "
+                  f"val loss {best['loss']:.4f}, {seconds:.1f} s")
+    info = {
+        "model": "mlp",
+        "device": device,
+        "mixed_precision": amp,
+        "params": copy.deepcopy(config.train.mlp.model_dump()),
+        "n_features": len(features),
+        "best_epoch": best["epoch"],
+        "epochs_run": len(history["epoch"]),
+        "stopped_early": bool(stopped),
+        "best_val_loss": best["loss"],
+        "best_val_auc": history["val_auc"][history["epoch"].index(best["epoch"])],
+        "train_seconds": round(sum(history["seconds"]), 3),
+        "train_rows": train.rows,
+        "val_rows": val.rows,
+        "torch_version": torch.__version__,
+    }
+    return {"info": info, "history": history}

@@ -1,0 +1,170 @@
+"""Training stage (XGBoost): gradient-boosted trees with xgboost.dask, on CPU or GPU workers.
+
+No split is ever loaded into one process: dask reads the prepared Parquet partitions on the
+workers (only the feature, label and train_weight columns), `DaskQuantileDMatrix` builds
+the histogram bins there, and the validation matrix reuses the training quantiles
+(``ref=``) so both are binned alike. Early stopping watches the weighted validation
+log-loss and keeps the best iteration only (``save_best``), so every consumer of
+`model.json` gets the early-stopped model without knowing the best round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from analysis._optional import optional_import
+from analysis.cluster import dask_client, describe_cluster, resolve_scheduler
+from analysis.config import ClusterConfig, Config, XGBoostConfig
+from analysis.progress import stage_console
+from analysis.train_common import cuda_gpu_count
+from analysis.train_inputs import LABEL, TRAIN_WEIGHT, PreparedSplits
+
+__all__ = ["EARLY_STOPPING_METRIC", "read_split_dask", "train_xgboost", "xgboost_params"]
+
+# Last in eval_metric, so it is the one early stopping watches (xgboost's rule).
+EARLY_STOPPING_METRIC = "logloss"
+
+
+def xgboost_params(cfg: XGBoostConfig, *, device: str) -> dict:
+    """Booster parameters for ``xgboost.train`` / ``xgboost.dask.train`` from the config.
+
+    Parameters
+    ----------
+    cfg : XGBoostConfig
+        ``config.train.xgboost``.
+    device : str
+        ``cpu`` or ``cuda`` (already resolved).
+    """
+    return {
+        "objective": "binary:logistic",
+        "eval_metric": ["auc", EARLY_STOPPING_METRIC],
+        "tree_method": cfg.tree_method,
+        "device": device,
+        "max_depth": cfg.max_depth,
+        "eta": cfg.eta,
+        "subsample": cfg.subsample,
+        "colsample_bytree": cfg.colsample_bytree,
+        "min_child_weight": cfg.min_child_weight,
+        "seed": cfg.seed,
+    }
+
+
+def read_split_dask(files: list[Path], features: list[str]):
+    """One split as dask arrays with only the columns training reads.
+
+    The three arrays are column slices of one array, so they have the same partitions by
+    construction (separately projected dask DataFrames do not: the query planner fuses
+    small projections into fewer partitions, which xgboost.dask rejects).
+
+    Returns
+    -------
+    (X, y, w)
+        X: float32 ``(rows, len(features))`` standardised features in ``features`` order;
+        y: ``(rows,)`` label 0/1; w: ``(rows,)`` train_weight. Row chunks follow the
+        Parquet partitions (sizes unknown until read).
+    """
+    import dask.dataframe as dd
+
+    frame = dd.read_parquet([str(f) for f in files], columns=[*features, LABEL, TRAIN_WEIGHT])
+    table = frame.to_dask_array()  # float64: exact for the float32 features and int8 label
+    n = len(features)
+    return table[:, :n].astype("float32"), table[:, n], table[:, n + 1]
+
+
+@contextlib.contextmanager
+def training_client(cluster: ClusterConfig, scheduler: str | None, device: str) -> Iterator:
+    """The dask client to train on: one worker per GPU for a local CUDA run, else `dask_client`."""
+    if device == "cuda" and resolve_scheduler(cluster, scheduler) is None and cluster.kind == "local":
+        dask_cuda = optional_import("dask_cuda", purpose="xgboost on local GPUs (one dask worker per GPU)")
+        from distributed import Client
+
+        with dask_cuda.LocalCUDACluster(n_workers=max(1, cuda_gpu_count()), threads_per_worker=
+                                        cluster.threads_per_worker) as gpu_cluster, \
+                Client(gpu_cluster) as client:
+            yield client
+        return
+    with dask_client(cluster, scheduler) as client:
+        yield client
+
+
+def train_xgboost(prepared: PreparedSplits, out: Path, config: Config, *, device: str,
+                  scheduler: str | None = None, progress: bool = True) -> dict:
+    """Train the xgboost.dask classifier and write ``out/model.json``.
+
+    Parameters
+    ----------
+    prepared : PreparedSplits
+        Checked prepared directory (`analysis.train_inputs.inspect_prepared`).
+    out : Path
+        The model directory (already created).
+    config : Config
+        Uses ``train.xgboost`` and ``cluster``.
+    device : str
+        ``cpu`` or ``cuda``.
+    scheduler : str or None
+        ``--scheduler ADDR`` of an existing dask cluster.
+
+    Returns
+    -------
+    dict
+        ``{"info": {...}, "history": {...}}`` for model_info.json and history.json.
+    """
+    import xgboost as xgb
+    import xgboost.dask  # noqa: F401 - registers xgb.dask
+
+    cfg = config.train.xgboost
+    params = xgboost_params(cfg, device=device)
+    console = stage_console(quiet=not progress)
+    where = ("local GPU workers (dask_cuda)" if device == "cuda" and
+             resolve_scheduler(config.cluster, scheduler) is None else
+             describe_cluster(config.cluster, scheduler))
+    train, val = prepared.split("train"), prepared.split("val")
+    console.print(f"train xgboost.dask on {device}: {train.rows} train rows, {val.rows} val rows, "
+                  f"{where}")
+    start = time.perf_counter()
+    with training_client(config.cluster, scheduler, device) as client:
+        x, y, w = read_split_dask(train.files, prepared.features)
+        xv, yv, wv = read_split_dask(val.files, prepared.features)
+        dtrain = xgb.dask.DaskQuantileDMatrix(client, x, y, weight=w,
+                                              feature_names=prepared.features)
+        dval = xgb.dask.DaskQuantileDMatrix(client, xv, yv, weight=wv, ref=dtrain,
+                                            feature_names=prepared.features)
+        stopper = xgb.callback.EarlyStopping(rounds=cfg.early_stopping_rounds,
+                                             metric_name=EARLY_STOPPING_METRIC,
+                                             data_name="val", save_best=True)
+        with console.status(f"boosting up to {cfg.num_boost_round} rounds "
+                            f"(early stopping after {cfg.early_stopping_rounds} on val {EARLY_STOPPING_METRIC})"):
+            result = xgb.dask.train(client, params, dtrain, num_boost_round=cfg.num_boost_round,
+                                    evals=[(dtrain, "train"), (dval, "val")],
+                                    callbacks=[stopper], verbose_eval=False)
+        n_workers = len(client.scheduler_info().get("workers", {}))
+    seconds = time.perf_counter() - start
+    booster = result["booster"]
+    history = {split: {metric: [float(v) for v in values] for metric, values in metrics.items()}
+               for split, metrics in result["history"].items()}
+    val_loss = history["val"][EARLY_STOPPING_METRIC]
+    best = min(range(len(val_loss)), key=val_loss.__getitem__)
+    booster.save_model(out / "model.json")
+    info = {
+        "model": "xgboost",
+        "device": device,
+        "params": {**params, "num_boost_round": cfg.num_boost_round,
+                   "early_stopping_rounds": cfg.early_stopping_rounds},
+        "best_iteration": best,
+        "rounds_run": len(val_loss),
+        "n_trees": booster.num_boosted_rounds(),
+        "best_val_logloss": val_loss[best],
+        "best_val_auc": history["val"]["auc"][best],
+        "train_seconds": round(seconds, 3),
+        "train_rows": train.rows,
+        "val_rows": val.rows,
+        "dask_workers": n_workers,
+        "cluster": where,
+        "xgboost_version": xgb.__version__,
+    }
+    console.print(f"xgboost: best round {best} of {len(val_loss)}, val logloss {val_loss[best]:.4f}, "
+                  f"val AUC (train_weight) {info['best_val_auc']:.4f}, {seconds:.1f} s")
+    return {"info": info, "history": history}
