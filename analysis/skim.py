@@ -1,0 +1,185 @@
+"""Skim stage: `run_skim`, the coffea Runner over a fileset writing skim Parquet, cutflow and manifest.
+
+Steps: read the fileset; check every file (`analysis.skim_inputs`); compute missing ``sumw``;
+cut the files into chunks with coffea's `Runner.preprocess` (fed from the checks, so no file
+is opened twice); drop the chunks whose part already exists (resume); run
+`processors.ditau.DiTauProcessor` on the rest with the iterative, futures or dask executor;
+write ``cutflow.json`` and ``manifest.json``. Each chunk writes its own part, so a killed run
+loses at most the chunks in flight.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from coffea import processor
+from coffea.nanoevents import NanoAODSchema
+from coffea.processor.executor import FileMeta
+
+from analysis.cluster import dask_client
+from analysis.config import Config
+from analysis.errors import ConfigError, InputFileError, StageInputError
+from analysis.progress import stage_console
+from analysis.skim_inputs import DatasetInfo, check_file, load_fileset, resolve_datasets
+from analysis.skim_manifest import (build_cutflow, build_manifest, chunk_relpath, plan_chunks,
+                                    remove_stale_temp_files, write_json_atomic)
+from processors.ditau import DiTauProcessor, triggers_applied
+from processors.parts import chunk_fingerprint
+
+__all__ = ["EXECUTORS", "run_skim"]
+
+EXECUTORS = ("iterative", "futures", "dask")
+
+
+def _check_inputs(datasets: dict[str, DatasetInfo], config: Config, *,
+                  skip_bad_files: bool) -> list[dict[str, str]]:
+    """Check every file; fill in each dataset's sumw. Returns the errors of skipped files."""
+    errors = []
+    for info in datasets.values():
+        triggers = triggers_applied(config.selection, is_mc=info.is_mc)
+        for item in info.files:
+            try:
+                check_file(item, triggers=triggers, need_sumw=info.sumw is None)
+            except InputFileError as err:
+                if not skip_bad_files:
+                    raise
+                item.error = err.cause
+                errors.append({"dataset": info.name, "path": item.path, "cause": err.cause})
+        if info.sumw is None:
+            # Before any selection, over the files that could be read (PHYSICS.md weights).
+            info.sumw = math.fsum(f.sum_genweight for f in info.files if f.error is None)
+        if info.is_mc and info.sumw == 0 and any(f.error is None for f in info.files):
+            raise StageInputError(f"dataset {info.name!r}: the sum of generator weights is 0, "
+                                  f"so no MC weight can be formed; give 'sumw' in the fileset metadata")
+    return errors
+
+
+def _executor(kind: str, *, workers: int, progress: bool, client=None) -> processor.executor.ExecutorBase:
+    if kind == "iterative":
+        return processor.IterativeExecutor(status=progress, desc="skim")
+    if kind == "futures":
+        return processor.FuturesExecutor(workers=workers, status=progress, desc="skim")
+    return processor.DaskExecutor(client=client, status=progress, desc="skim")
+
+
+def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
+             executor: str | None = None, workers: int | None = None, scheduler: str | None = None,
+             chunksize: int | None = None, skip_bad_files: bool | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Skim every file of a fileset into ``out_dir`` (resuming a previous run there).
+
+    Parameters
+    ----------
+    fileset : str or Path
+        coffea fileset JSON (DESIGN.md "Fileset"); relative paths are taken from its folder.
+    out_dir : str or Path
+        The skim folder: ``<dataset>/part-*.parquet``, ``cutflow.json``, ``manifest.json``.
+    config : Config
+        ``selection``, ``lumi_pb``, ``samples`` (fallback metadata), ``skim``, ``cluster``.
+    executor : {"iterative", "futures", "dask"} or None
+        None takes ``config.skim.executor``.
+    workers : int or None
+        Processes of the futures executor, or of a LocalCluster started for dask.
+    scheduler : str or None
+        Address of an existing dask scheduler (dask executor); see `analysis.cluster`.
+    chunksize, skip_bad_files : None takes the value of ``config.skim``.
+    progress : bool
+        coffea's progress bar.
+
+    Returns
+    -------
+    dict
+        ``chunks`` (planned), ``chunks_run`` (this call), ``chunks_skipped`` (already done),
+        ``rows``, ``events``, ``bad_files``, ``seconds``, ``out_dir``.
+
+    Raises
+    ------
+    InputFileError
+        A bad input file, unless ``skip_bad_files``.
+    StageInputError
+        An unreadable fileset, or ``out_dir`` holding parts of other settings.
+    """
+    start_time = time.perf_counter()
+    executor = executor or config.skim.executor
+    if executor not in EXECUTORS:
+        raise ConfigError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}")
+    workers = workers or config.skim.workers
+    chunksize = chunksize or config.skim.chunksize
+    skip = config.skim.skip_bad_files if skip_bad_files is None else skip_bad_files
+    out = Path(out_dir)
+
+    datasets = resolve_datasets(load_fileset(fileset), config)
+    errors = _check_inputs(datasets, config, skip_bad_files=skip)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out)
+
+    # coffea chunking, fed with the checks' metadata so the Runner opens no file itself.
+    cache, coffea_fileset = {}, {}
+    for info in datasets.values():
+        good = [f for f in info.files if f.error is None]
+        if good:
+            coffea_fileset[info.name] = {"files": {f.path: f.treename for f in good},
+                                         "metadata": info.metadata()}
+        for f in good:
+            cache[FileMeta(info.name, f.path, f.treename)] = {
+                **info.metadata(), "numentries": f.entries, "uuid": f.uuid_bytes}
+    proc = DiTauProcessor(selection=config.selection, lumi_pb=config.lumi_pb, out_dir=str(out))
+    selection = config.selection.model_dump()
+    fingerprints = {n: chunk_fingerprint(selection, config.lumi_pb, d.metadata())
+                    for n, d in datasets.items()}
+
+    with ExitStack() as stack:
+        client = None
+        if executor == "dask":
+            client = stack.enter_context(dask_client(config.cluster, scheduler, n_workers=workers))
+        runner = processor.Runner(executor=_executor(executor, workers=workers, progress=progress,
+                                                     client=client),
+                                  chunksize=chunksize, metadata_cache=cache, schema=NanoAODSchema)
+        items = list(runner.preprocess(coffea_fileset)) if coffea_fileset else []
+        plan: dict[str, list[str]] = {}
+        planned: dict[str, str] = {}
+        for wi in items:
+            rel = chunk_relpath(wi.dataset, str(uuid.UUID(bytes=wi.fileuuid)), wi.entrystart, wi.entrystop)
+            plan.setdefault(wi.filename, []).append(rel)
+            planned[rel] = fingerprints[wi.dataset]
+        known = {f.uuid for d in datasets.values() for f in d.files if f.uuid}
+        done = plan_chunks(out, planned, known, datasets)
+        todo = [wi for wi in items
+                if chunk_relpath(wi.dataset, str(uuid.UUID(bytes=wi.fileuuid)), wi.entrystart,
+                                 wi.entrystop) not in done]
+        result = runner(todo, proc) if todo else {}
+
+    summaries = {**done, **result.get("chunks", {})}
+    by_path = {f.path: (d, f) for d in datasets.values() for f in d.files}
+    run_errors = sorted(result.get("errors", {}).items())
+    for path, cause in run_errors:
+        info, item = by_path[path]
+        item.error = cause
+        errors.append({"dataset": info.name, "path": path, "cause": cause})
+
+    manifest = build_manifest(fileset=str(fileset), chunksize=chunksize, datasets=datasets,
+                              plan=plan, summaries=summaries, errors=errors, skip_bad_files=skip)
+    write_json_atomic(out / "cutflow.json", build_cutflow(summaries, datasets))
+    write_json_atomic(out / "manifest.json", manifest)
+    if run_errors and not skip:
+        raise InputFileError(*run_errors[0])
+
+    summary = {
+        "out_dir": str(out), "executor": executor, "chunks": len(items),
+        "chunks_run": len(todo), "chunks_skipped": len(done),
+        "events": sum(s["stop"] - s["start"] for s in summaries.values()),
+        "rows": sum(s["rows"] for s in summaries.values()),
+        "bad_files": len(errors), "complete": manifest["complete"],
+        "seconds": round(time.perf_counter() - start_time, 3),
+    }
+    stage_console(quiet=not progress).print(
+        f"skim: {summary['rows']:,} events selected of {summary['events']:,}; "
+        f"{summary['chunks_run']} chunks run, {summary['chunks_skipped']} already done"
+        + (f"; {len(errors)} bad file(s) skipped, see manifest.json" if errors else "")
+        + f" -> {out}")
+    return summary

@@ -1,0 +1,199 @@
+"""Skim stage: the coffea processor, from one chunk of NanoEvents to one skim Parquet part.
+
+`DiTauProcessor` is stateless: the selection, luminosity and output folder are fixed in
+``__init__``; every call of `process` builds a fresh output. It detects the input profile
+from the branches of the chunk, reads exactly the branches that profile needs, applies the
+PHYSICS.md selection through the pure functions of `processors.selection`, computes the
+features and weights, and writes the part atomically. Input errors (unreadable baskets,
+missing branches) are returned in the output, not raised, so that every executor reports
+them the same way and the runner decides whether to stop or skip the file.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import awkward as ak
+import numpy as np
+from coffea import processor
+
+from analysis.config import SelectionConfig
+from processors.features import ditau_features
+from processors.parts import chunk_fingerprint, part_name, read_part_summary, skim_table, write_part
+from processors.profiles import InputProfile, ProfileError, detect_profile, event_branches
+from processors.selection import leading, select_jets, select_tau_pair, select_taus
+
+__all__ = ["CUTS", "DiTauProcessor", "dataset_weight", "triggers_applied"]
+
+# Names of the cutflow steps, in order ("trigger" only when triggers are applied).
+CUTS = ("all", "trigger", "two_good_taus", "tau_pair", "good_jets")
+
+
+def dataset_weight(genweight: np.ndarray, *, is_mc: bool, xsec_pb: float | None, lumi_pb: float,
+                   sumw: float | None) -> np.ndarray:
+    """Per-event expected yield: xsec_pb * lumi_pb * genWeight / sumw for MC, 1 for data.
+
+    Parameters
+    ----------
+    genweight : float array, one per event (1 where the input has no ``genWeight``)
+    sumw : float
+        Sum of ``genWeight`` over every event of the dataset before any selection.
+    """
+    if not is_mc:
+        return np.ones(len(genweight), dtype=np.float64)
+    return float(xsec_pb) * float(lumi_pb) * np.asarray(genweight, dtype=np.float64) / float(sumw)
+
+
+def triggers_applied(selection: SelectionConfig, *, is_mc: bool) -> list[str]:
+    """HLT paths required for this dataset (empty: no trigger cut)."""
+    if not selection.triggers or (is_mc and not selection.triggers_on_mc):
+        return []
+    return list(selection.triggers)
+
+
+class DiTauProcessor(processor.ProcessorABC):
+    """Select two taus and two jets, build features and weights, write one part per chunk.
+
+    Parameters
+    ----------
+    selection : SelectionConfig
+        Cuts of ``config.selection``.
+    lumi_pb : float
+        Integrated luminosity for the MC weights.
+    out_dir : str
+        The skim folder; parts go to ``<out_dir>/<dataset>/``.
+
+    The chunk's dataset metadata (``events.metadata``) must hold ``process``, ``label``,
+    ``is_mc``, ``xsec_pb`` and ``sumw``, as `analysis.skim.run_skim` resolves them.
+
+    The output is ``{"chunks": {relpath: summary}}`` for a written (or already present)
+    part and ``{"errors": {filename: cause}}`` for a chunk whose input could not be read.
+    """
+
+    def __init__(self, *, selection: SelectionConfig, lumi_pb: float, out_dir: str):
+        self.selection = selection
+        self.lumi_pb = lumi_pb
+        self.out_dir = str(out_dir)
+
+    def process(self, events: ak.Array) -> dict[str, Any]:
+        meta = dict(events.metadata)
+        dataset = meta["dataset"]
+        relpath = f"{dataset}/{part_name(meta['fileuuid'], meta['entrystart'], meta['entrystop'])}"
+        path = Path(self.out_dir) / relpath
+        fingerprint = chunk_fingerprint(self.selection.model_dump(), self.lumi_pb, meta)
+        done = read_part_summary(path) if path.exists() else None
+        if done is not None and done.get("fingerprint") == fingerprint:
+            return {"chunks": {relpath: done}}  # a retried or resumed chunk: touch no branch
+
+        triggers = triggers_applied(self.selection, is_mc=bool(meta["is_mc"]))
+        try:
+            profile = detect_profile(event_branches(events))
+            inputs = _read_inputs(events, profile, triggers)
+        except ProfileError as err:
+            return {"errors": {meta["filename"]: str(err)}}
+        except Exception as err:  # noqa: BLE001 - any failure to read is the file's fault
+            return {"errors": {meta["filename"]: f"cannot read entries {meta['entrystart']}-"
+                                                 f"{meta['entrystop']} of Events ({type(err).__name__}: {err})"}}
+
+        columns, cutflow = self._select(inputs, profile, meta, triggers)
+        table = skim_table(columns, dataset=dataset, process=str(meta["process"]))
+        summary = {"dataset": dataset, "file": meta["filename"], "fileuuid": meta["fileuuid"],
+                   "start": int(meta["entrystart"]), "stop": int(meta["entrystop"]),
+                   "rows": table.num_rows, "profile": profile.name, "fingerprint": fingerprint,
+                   "sumw": meta["sumw"], "cutflow": cutflow}
+        write_part(table, path, summary)
+        return {"chunks": {relpath: summary}}
+
+    def _select(self, inputs: dict[str, Any], profile: InputProfile, meta: dict[str, Any],
+                triggers: list[str]) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:
+        sel = self.selection
+        genweight = inputs["genWeight"]
+        weight = dataset_weight(genweight, is_mc=bool(meta["is_mc"]), xsec_pb=meta.get("xsec_pb"),
+                                lumi_pb=self.lumi_pb, sumw=meta.get("sumw"))
+        cutflow: dict[str, dict[str, float]] = {}
+        passed = np.ones(len(weight), dtype=bool)
+
+        def step(name: str, mask: np.ndarray) -> None:
+            nonlocal passed
+            passed = passed & mask
+            # fsum: the same chunk gives the same bits on every executor and re-run.
+            cutflow[name] = {"events": int(passed.sum()), "sum_weight": math.fsum(weight[passed])}
+
+        step("all", passed)
+        if triggers:
+            step("trigger", np.logical_or.reduce([inputs["hlt"][t] for t in triggers]))
+
+        taus = inputs["taus"]
+        taus = ak.with_field(taus, profile.tau_iso(taus), "iso")
+        good_taus = select_taus(taus, pt_min=sel.tau_pt_min, abs_eta_max=sel.tau_abs_eta_max,
+                                id_mask=profile.tau_id_mask(taus, sel))
+        step("two_good_taus", ak.to_numpy(ak.num(good_taus) >= 2))
+        tau1, tau2 = select_tau_pair(good_taus, dr_min=sel.tau_pair_dr_min)
+        step("tau_pair", ak.to_numpy(~ak.is_none(tau1)))
+
+        jets = inputs["jets"]
+        jets = ak.with_field(jets, profile.jet_btag(jets), "btag")
+        good_jets = select_jets(jets, tau1, tau2, pt_min=sel.jet_pt_min,
+                                abs_eta_max=sel.jet_abs_eta_max, dr_min=sel.jet_tau_dr_min,
+                                id_mask=profile.jet_id_mask(jets, sel))
+        step("good_jets", ak.to_numpy(ak.num(good_jets) >= sel.min_jets))
+
+        rows = passed
+        t1, t2 = tau1[rows], tau2[rows]
+        j1, j2 = leading(good_jets[rows], 1), leading(good_jets[rows], 2)
+        columns = {
+            "run": inputs["run"][rows], "luminosityBlock": inputs["luminosityBlock"][rows],
+            "event": inputs["event"][rows], "label": np.full(rows.sum(), meta["label"]),
+            "genWeight": genweight[rows], "weight": weight[rows],
+            "met_pt": inputs["met_pt"][rows], "met_phi": inputs["met_phi"][rows],
+            "npv": inputs["npv"][rows],
+            "njets": ak.to_numpy(ak.num(good_jets[rows])),
+            "ntaus": ak.to_numpy(ak.num(good_taus[rows])),
+        }
+        for prefix, obj, fields in (("tau1", t1, _TAU_OUT), ("tau2", t2, _TAU_OUT),
+                                    ("jet1", j1, _JET_OUT), ("jet2", j2, _JET_OUT)):
+            for field in fields:
+                columns[f"{prefix}_{field}"] = _column(obj[field])
+        columns.update(ditau_features(t1, t2, j1, j2, inputs["met_pt"][rows], inputs["met_phi"][rows]))
+        return columns, cutflow
+
+
+_TAU_OUT = ("pt", "eta", "phi", "mass", "charge", "decayMode", "iso")
+_JET_OUT = ("pt", "eta", "phi", "mass", "btag")
+
+
+def _column(values: ak.Array) -> np.ndarray:
+    """One value per event as numpy; a missing object (None) becomes NaN."""
+    return ak.to_numpy(ak.fill_none(values, np.nan))
+
+
+def _read_inputs(events: ak.Array, profile: InputProfile, triggers: list[str]) -> dict[str, Any]:
+    """Read (materialise) every branch the selection needs, and nothing else."""
+    def collection(name: str) -> ak.Array:
+        fields = sorted({b.split("_", 1)[1] for b in profile.branches if b.startswith(f"{name}_")})
+        return ak.materialize(ak.zip({f: events[name][f] for f in fields}))
+
+    n = len(events)
+    fields = set(events.fields)
+    hlt = {}
+    for path in triggers:
+        name = path.removeprefix("HLT_")
+        if "HLT" not in fields or name not in events.HLT.fields:
+            raise ProfileError(f"missing trigger branch {path} (selection.triggers)", (path,))
+        hlt[path] = ak.to_numpy(ak.materialize(events.HLT[name]))
+    genweight = (ak.to_numpy(ak.materialize(events.genWeight)) if "genWeight" in fields
+                 else np.ones(n, dtype=np.float32))
+    return {
+        "run": ak.to_numpy(ak.materialize(events.run)),
+        "luminosityBlock": ak.to_numpy(ak.materialize(events.luminosityBlock)),
+        "event": ak.to_numpy(ak.materialize(events.event)),
+        "npv": ak.to_numpy(ak.materialize(events.PV.npvs)),
+        "met_pt": ak.to_numpy(ak.materialize(events.MET.pt)),
+        "met_phi": ak.to_numpy(ak.materialize(events.MET.phi)),
+        "genWeight": genweight,
+        "hlt": hlt,
+        "taus": collection("Tau"),
+        "jets": collection("Jet"),
+    }

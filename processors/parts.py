@@ -1,0 +1,120 @@
+"""Skim stage: the skim Parquet part, i.e. the DESIGN.md schema, atomic writes and the chunk summary.
+
+One part per chunk, ``skim/<dataset>/part-<fileuuid>-<start>-<stop>.parquet``. The chunk's
+summary (entry range, cutflow, the settings that produced it) rides in the part's own
+key-value metadata, so a part and its bookkeeping can never disagree: a part that exists
+is a finished chunk, and `cutflow.json` is the sum over the parts, whichever run wrote them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = ["SKIM_SCHEMA", "SUMMARY_KEY", "chunk_fingerprint", "part_name", "read_part_summary",
+           "skim_table", "write_part"]
+
+# Key of the chunk summary in the Parquet key-value metadata.
+SUMMARY_KEY = b"hepprep.skim"
+# Bumped when the meaning of a column changes, so old parts are not silently mixed in.
+SKIM_FORMAT_VERSION = 1
+
+_STRING_DICT = pa.dictionary(pa.int32(), pa.string())
+_TAU = [(f"tau{i}_{v}", t) for i in (1, 2) for v, t in
+        (("pt", pa.float32()), ("eta", pa.float32()), ("phi", pa.float32()), ("mass", pa.float32()),
+         ("charge", pa.int8()), ("decayMode", pa.int8()), ("iso", pa.float32()))]
+_JET = [(f"jet{i}_{v}", pa.float32()) for i in (1, 2) for v in ("pt", "eta", "phi", "mass", "btag")]
+_FEATURES = ("m_vis", "pt_vis", "dr_tautau", "mt_tau1", "mt_tau2", "mjj", "ptjj", "jdeta", "pt_h")
+
+SKIM_SCHEMA = pa.schema(
+    [("run", pa.int32()), ("luminosityBlock", pa.uint32()), ("event", pa.uint64()),
+     ("dataset", _STRING_DICT), ("process", _STRING_DICT), ("label", pa.int8()),
+     ("genWeight", pa.float32()), ("weight", pa.float64())]
+    + _TAU + _JET
+    + [("met_pt", pa.float32()), ("met_phi", pa.float32()), ("npv", pa.int16()),
+       ("njets", pa.int16()), ("ntaus", pa.int16())]
+    + [(name, pa.float32()) for name in _FEATURES]
+)
+
+
+def part_name(fileuuid: str, start: int, stop: int) -> str:
+    """``part-<fileuuid>-<start>-<stop>.parquet`` (DESIGN.md)."""
+    return f"part-{fileuuid}-{start}-{stop}.parquet"
+
+
+def chunk_fingerprint(selection: dict[str, Any], lumi_pb: float, dataset: dict[str, Any]) -> str:
+    """A short hash of everything that decides a part's rows and weights.
+
+    Parameters
+    ----------
+    selection : dict
+        ``config.selection.model_dump()``.
+    lumi_pb : float
+    dataset : dict
+        Resolved dataset metadata: ``process``, ``label``, ``xsec_pb``, ``sumw``.
+    """
+    keys = ("process", "label", "xsec_pb", "sumw")
+    blob = json.dumps({"v": SKIM_FORMAT_VERSION, "selection": selection, "lumi_pb": lumi_pb,
+                       "dataset": {k: dataset.get(k) for k in keys}}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def skim_table(columns: dict[str, np.ndarray], *, dataset: str, process: str) -> pa.Table:
+    """The skim rows as an Arrow table with the exact DESIGN.md types.
+
+    Parameters
+    ----------
+    columns : dict of column name -> numpy array (one entry per selected event)
+        Every column of `SKIM_SCHEMA` except ``dataset`` and ``process``; values are cast.
+    dataset, process : str
+        Written as dictionary-encoded strings (one dictionary entry per part).
+    """
+    n = len(columns["event"])
+    arrays = []
+    for field in SKIM_SCHEMA:
+        if field.name in ("dataset", "process"):
+            value = dataset if field.name == "dataset" else process
+            arrays.append(pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)),
+                                                         pa.array([value], pa.string())))
+        else:
+            arrays.append(pa.array(np.asarray(columns[field.name]).astype(
+                field.type.to_pandas_dtype(), copy=False)))
+    return pa.Table.from_arrays(arrays, schema=SKIM_SCHEMA)
+
+
+def write_part(table: pa.Table, path: str | Path, summary: dict[str, Any]) -> None:
+    """Write `table` to `path` atomically, with `summary` in the key-value metadata.
+
+    The file is written under a hidden temporary name in the same folder (readers of
+    ``part-*.parquet`` and pyarrow datasets skip names starting with a dot) and renamed
+    into place: a killed writer leaves no part, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    meta = dict(table.schema.metadata or {})
+    meta[SUMMARY_KEY] = json.dumps(summary, sort_keys=True).encode()
+    try:
+        pq.write_table(table.replace_schema_metadata(meta), tmp, compression="snappy")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_part_summary(path: str | Path) -> dict[str, Any] | None:
+    """The chunk summary stored in a part, or None if the file is absent or not a finished part."""
+    try:
+        meta = pq.read_metadata(path).metadata or {}
+    except (OSError, pa.ArrowInvalid):
+        return None
+    raw = meta.get(SUMMARY_KEY)
+    return json.loads(raw) if raw else None
