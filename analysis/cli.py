@@ -70,6 +70,27 @@ def generate(
 
 
 @app.command()
+def skim(
+    fileset: Path = typer.Argument(..., help="coffea fileset JSON (from `hepprep generate`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Skim folder: <dataset>/part-*.parquet, cutflow.json, manifest.json."),
+    executor: Optional[str] = typer.Option(None, help="iterative, futures or dask."),
+    workers: Optional[int] = typer.Option(None, help="Processes (futures) or LocalCluster workers (dask)."),
+    scheduler: Optional[str] = typer.Option(None, help="Existing dask scheduler address (dask executor)."),
+    chunksize: Optional[int] = typer.Option(None, help="Events per chunk; one Parquet part per chunk."),
+    skip_bad_files: Optional[bool] = typer.Option(None, "--skip-bad-files/--no-skip-bad-files",
+                                                  help="Record unreadable files in manifest.json and go on."),
+    config: Optional[Path] = ConfigOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Select two taus and two jets in every file, write skim Parquet; resumes where it stopped."""
+    from analysis.skim import run_skim
+
+    cfg = _load(config, skim=dict(executor=executor, workers=workers, chunksize=chunksize,
+                                  skip_bad_files=skip_bad_files))
+    run_skim(fileset, out, cfg, scheduler=scheduler, progress=not quiet)
+
+
+@app.command()
 def train(
     prep_dir: Path = typer.Argument(..., help="Prepared directory (output of `hepprep prepare`)."),
     out: Path = typer.Option(..., "--out", "-o", help="The model directory to write (e.g. out/models/xgboost)."),
