@@ -95,6 +95,7 @@ class SelectionConfig(_Strict):
     tau_iso: TauWorkingPoint = "Medium"  # isolation (outreach) / DeepTau vs-jet working point
     tau_anti_ele: TauWorkingPoint = "Loose"  # anti-electron discriminator
     tau_anti_mu: TauWorkingPoint = "Loose"  # anti-muon discriminator
+    tau_require_anti_lepton: bool = True  # apply tau_anti_ele / tau_anti_mu (off: keep lepton fakes)
     tau_pair_dr_min: float = 0.5  # minimal Delta R between the two taus of the pair
     jet_pt_min: float = 30.0  # GeV
     jet_abs_eta_max: float = 4.7
