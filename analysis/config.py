@@ -215,6 +215,7 @@ class MLPConfig(_Strict):
     lr_decay_patience: int = Field(2, ge=0)  # stalled epochs before the lr is lowered
     shuffle_buffer: int = Field(100_000, gt=0)  # rows held by the streaming loader's buffer
     num_workers: int = Field(0, ge=0)  # DataLoader worker processes
+    cpu_threads: int = Field(1, ge=0)  # torch intra-op threads; 0 = torch's default (all cores)
     seed: int = 7
 
     @field_validator("hidden")

@@ -32,7 +32,7 @@ __all__ = ["CHECKPOINT", "save_checkpoint", "train_mlp"]
 CHECKPOINT = "checkpoint.pt"
 _VAL_BATCH = 16_384  # validation batch: no gradients, so larger batches are cheap
 # Settings that may change between a run and its resumption (they do not alter the past).
-_RESUMABLE_CHANGES = ("max_epochs", "patience", "num_workers")
+_RESUMABLE_CHANGES = ("max_epochs", "patience", "num_workers", "cpu_threads")
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -125,6 +125,18 @@ def train_mlp(prepared: PreparedSplits, out: Path, config: Config, *, device: st
         ``{"info": {...}, "history": {...}}``; model.pt holds the best epoch's weights.
     """
     torch = optional_import("torch", purpose="the mlp model")
+    threads = torch.get_num_threads()
+    if config.train.mlp.cpu_threads:
+        # A small network gains little from threads and loses a lot on a shared, busy CPU.
+        torch.set_num_threads(config.train.mlp.cpu_threads)
+    try:
+        return _train(torch, prepared, out, config, device=device, resume=resume, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(torch, prepared: PreparedSplits, out: Path, config: Config, *, device: str,
+           resume: bool, progress: bool) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from analysis.streaming import ParquetBatchStream

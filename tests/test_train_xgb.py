@@ -1,0 +1,137 @@
+"""Training stage (XGBoost): xgboost.dask matches single-process xgboost and writes a usable model dir."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import xgboost as xgb
+from sklearn.metrics import roc_auc_score
+
+from _train_helpers import read_split, write_prepared_dir
+from analysis.cli import main
+from analysis.config import DEFAULT_FEATURES, config_from_dict
+from analysis.errors import StageInputError
+from analysis.predict import load_model
+from analysis.train import run_train
+from analysis.train_xgb import EARLY_STOPPING_METRIC, xgboost_params
+
+XGB = {"max_depth": 4, "eta": 0.15, "num_boost_round": 120, "early_stopping_rounds": 10}
+
+
+def _config(**cluster):
+    return config_from_dict({"train": {"xgboost": XGB},
+                             "cluster": {"n_workers": 2, "memory_limit": "1GiB", **cluster}})
+
+
+@pytest.fixture(scope="module")
+def prep(tmp_path_factory):
+    return write_prepared_dir(tmp_path_factory.mktemp("xgb") / "prepared",
+                              rows=(16_000, 4_000, 4_000), row_group_rows=1_000, file_rows=4_000)
+
+
+@pytest.fixture(scope="module")
+def dask_model(prep, tmp_path_factory):
+    """Trained through --scheduler on a cluster the test starts (and stops) itself."""
+    from distributed import LocalCluster
+
+    out = tmp_path_factory.mktemp("xgb") / "models" / "xgboost"
+    with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="1GiB", processes=True,
+                      dashboard_address=":0") as cluster:
+        run_train(prep, out, _config(), model="xgboost", device="cpu",
+                  scheduler=cluster.scheduler_address, progress=False)
+    return out
+
+
+def _single_process_auc(prep, config):
+    """Plain xgboost.train on the same rows and parameters, in this process."""
+    params = xgboost_params(config.train.xgboost, device="cpu")
+    train, val, test = (read_split(prep, s) for s in ("train", "val", "test"))
+    dtrain = xgb.QuantileDMatrix(train[DEFAULT_FEATURES], train.label, weight=train.train_weight)
+    dval = xgb.QuantileDMatrix(val[DEFAULT_FEATURES], val.label, weight=val.train_weight, ref=dtrain)
+    booster = xgb.train(params, dtrain, num_boost_round=XGB["num_boost_round"],
+                        evals=[(dtrain, "train"), (dval, "val")], verbose_eval=False,
+                        callbacks=[xgb.callback.EarlyStopping(rounds=XGB["early_stopping_rounds"],
+                                                              metric_name=EARLY_STOPPING_METRIC,
+                                                              data_name="val", save_best=True)])
+    scores = booster.predict(xgb.DMatrix(test[DEFAULT_FEATURES]))
+    return roc_auc_score(test.label, scores, sample_weight=test.weight)
+
+
+def test_dask_auc_matches_single_process(prep, dask_model):
+    test = read_split(prep, "test")
+    scores = load_model(dask_model).predict(test, standardised=True)
+    auc_dask = roc_auc_score(test.label, scores, sample_weight=test.weight)
+    auc_single = _single_process_auc(prep, _config())
+    assert abs(auc_dask - auc_single) < 0.01, (auc_dask, auc_single)
+    assert 0.80 < auc_dask < 0.95  # the toy problem is separable but not trivially
+
+
+def test_model_directory_contents(prep, dask_model):
+    names = {p.name for p in dask_model.iterdir()}
+    assert {"model.json", "features.json", "stats.json", "history.json", "model_info.json"} <= names
+    info = json.loads((dask_model / "model_info.json").read_text())
+    history = json.loads((dask_model / "history.json").read_text())
+    assert info["model"] == "xgboost" and info["device"] == "cpu" and info["dask_workers"] == 2
+    assert info["params"]["max_depth"] == 4 and info["params"]["objective"] == "binary:logistic"
+    assert info["train_rows"] == 16_000 and info["train_seconds"] > 0
+    val_loss = history["val"]["logloss"]
+    assert len(val_loss) == info["rounds_run"] == len(history["train"]["auc"])
+    # Early stopping kept the best round only and stopped `early_stopping_rounds` after it.
+    assert info["best_iteration"] == int(np.argmin(val_loss))
+    assert info["n_trees"] == info["best_iteration"] + 1
+    assert info["rounds_run"] in (info["best_iteration"] + 1 + XGB["early_stopping_rounds"],
+                                  XGB["num_boost_round"])
+    assert history["train"]["logloss"][-1] < history["train"]["logloss"][0]
+    assert json.loads((dask_model / "features.json").read_text()) == DEFAULT_FEATURES
+    assert json.loads((dask_model / "stats.json").read_text()) == json.loads((prep / "stats.json").read_text())
+
+
+def test_predict_applies_the_stored_standardisation(prep, dask_model):
+    model = load_model(dask_model)
+    assert model.kind == "xgboost" and model.name == "xgboost" and model.features == DEFAULT_FEATURES
+    test = read_split(prep, "test").head(500)
+    stats = model.stats["features"]
+    raw = test.copy()
+    for f in DEFAULT_FEATURES:  # raw = standardised * std + mean (stats.json contract)
+        raw[f] = test[f].astype(np.float64) * stats[f]["std"] + stats[f]["mean"]
+    from_std = model.predict(test, standardised=True)
+    np.testing.assert_allclose(model.predict(raw, standardised=False), from_std, atol=1e-6)
+    table = pa.Table.from_pandas(raw[DEFAULT_FEATURES[::-1]])  # column order is irrelevant
+    np.testing.assert_allclose(model.predict(table, standardised=False), from_std, atol=1e-6)
+    assert from_std.shape == (500,) and ((from_std >= 0) & (from_std <= 1)).all()
+    # Evaluation reads SHAP values from the booster: per-event contributions sum to the margin.
+    dm = xgb.DMatrix(test[DEFAULT_FEATURES].to_numpy(np.float32), feature_names=DEFAULT_FEATURES)
+    contribs = model.booster.predict(dm, pred_contribs=True)
+    margin = model.booster.predict(dm, output_margin=True)
+    np.testing.assert_allclose(contribs.sum(axis=1), margin, rtol=1e-4, atol=1e-4)
+
+
+def test_predict_names_missing_features(dask_model):
+    model = load_model(dask_model)
+    table = pd.DataFrame({f: [0.0] for f in DEFAULT_FEATURES if f not in ("mjj", "pt_h")})
+    with pytest.raises(StageInputError, match=r"the table lacks features mjj, pt_h that the model in"):
+        model.predict(table, standardised=True)
+
+
+def test_cli_trains_on_a_local_cluster(tmp_path, capsys):
+    prep = write_prepared_dir(tmp_path / "prepared", rows=(3_000, 1_000, 0), row_group_rows=500)
+    config_file = tmp_path / "analysis.toml"
+    config_file.write_text("[train.xgboost]\nnum_boost_round = 15\nmax_depth = 3\n"
+                           "[cluster]\nn_workers = 2\nmemory_limit = '1GiB'\n")
+    out = tmp_path / "models" / "xgboost"
+    main(["train", str(prep), "--model", "xgboost", "--device", "cpu", "--out", str(out),
+          "--config", str(config_file), "--quiet"])
+    assert f"model: {out}" in capsys.readouterr().err
+    info = json.loads((out / "model_info.json").read_text())
+    assert info["params"]["max_depth"] == 3 and info["rounds_run"] <= 15
+    assert info["cluster"].startswith("dask LocalCluster: 2 worker processes")
+
+
+def test_incomplete_model_directory_is_refused(tmp_path):
+    (tmp_path / "half").mkdir()
+    with pytest.raises(StageInputError, match=r"half: no model_info.json \(training did not finish\)"):
+        load_model(tmp_path / "half")
