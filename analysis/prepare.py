@@ -1,0 +1,329 @@
+"""Prepare stage: skim Parquet -> train/val/test Parquet, stats.json, manifest.json, on dask.
+
+`run_prepare` is what `hepprep prepare` and the notebooks call. It plans bounded input
+pieces, runs the two passes of `analysis.shuffle` as dask tasks (LocalCluster, or an
+existing scheduler), reduces the per-piece statistics and class totals in a fixed order
+(so re-runs are byte-identical), and publishes the result atomically: everything is
+written into a hidden sibling folder that is renamed to ``out_dir`` only when complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from pydantic import ValidationError
+
+from analysis.cluster import dask_client
+from analysis.config import Config, PrepareConfig
+from analysis.errors import ConfigError, StageInputError
+from analysis.progress import progress_bar, stage_console
+from analysis.shuffle import InputUnit, ShufflePlan, scatter_unit, shuffle_bucket, split_names
+from analysis.split import SKIM_ID_COLUMNS, SPLIT_NAMES
+from analysis.stats import WeightedFeatureStats
+from analysis.weights import CLASS_NAMES, TrainWeightBalancer
+
+__all__ = ["PrepareInputs", "discover_skim", "prepare_inputs", "run_prepare"]
+
+STATS_FILE = "stats.json"
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareInputs:
+    """What prepare reads: Parquet files with identity, label, weight and feature columns.
+
+    ``sources`` are the user's files (for the manifest and the re-run check); ``files`` the
+    Parquet files actually read (the same for a skim; converted copies for a CSV table).
+    """
+
+    files: tuple[Path, ...]
+    id_columns: tuple[str, ...]
+    features: tuple[str, ...]
+    source: str
+    sources: tuple[Path, ...]
+
+
+def discover_skim(skim_dir: str | Path) -> list[Path]:
+    """The skim's ``<dataset>/part-*.parquet`` files, sorted, or an error saying what is there."""
+    skim_dir = Path(skim_dir)
+    if not skim_dir.is_dir():
+        raise StageInputError(f"{skim_dir}: no such skim directory; run `hepprep skim` first or "
+                              "pass the folder given to `hepprep skim --out`")
+    files = sorted(p for p in skim_dir.glob("*/part-*.parquet") if p.is_file())
+    if not files:
+        present = sorted(p.name for p in skim_dir.iterdir())[:10]
+        raise StageInputError(f"{skim_dir}: no <dataset>/part-*.parquet files; the folder holds "
+                              f"{', '.join(present) or 'nothing'}")
+    return files
+
+
+def _input_units(files: Sequence[Path], *, target_rows: int) -> list[InputUnit]:
+    """Consecutive row groups of each file, about `target_rows` per piece (pass-1 memory)."""
+    units: list[InputUnit] = []
+    for path in files:
+        try:
+            meta = pq.ParquetFile(path).metadata
+        except Exception as err:  # noqa: BLE001 - any reader failure is a bad input file
+            raise StageInputError(f"{path}: not a readable Parquet file ({err})") from None
+        current: list[int] = []
+        rows = 0
+        for rg in range(meta.num_row_groups):
+            current.append(rg)
+            rows += meta.row_group(rg).num_rows
+            if rows >= target_rows:
+                units.append(InputUnit(len(units), str(path), tuple(current), rows))
+                current, rows = [], 0
+        if current and rows:
+            units.append(InputUnit(len(units), str(path), tuple(current), rows))
+    return units
+
+
+def _count_labels(unit: InputUnit) -> tuple[int, int]:
+    """(labelled rows, real-data rows) of one piece, reading only the label column."""
+    try:
+        table = pq.ParquetFile(unit.path).read_row_groups(list(unit.row_groups), columns=["label"])
+    except Exception as err:  # noqa: BLE001
+        raise StageInputError(f"{unit.path}: cannot read column 'label' ({err})") from None
+    data = int((table.column("label").to_numpy() == -1).sum())
+    return table.num_rows - data, data
+
+
+def _fingerprint(inputs: PrepareInputs, prep: PrepareConfig) -> str:
+    files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in inputs.sources]
+    blob = json.dumps({"files": files, "prepare": prep.model_dump(mode="json"),
+                       "features": inputs.features, "id": inputs.id_columns}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _gather(client: Any, futures: list[Any], bar: Any, description: str) -> list[Any]:
+    """Results in submission order, advancing a progress bar as tasks finish."""
+    from distributed import as_completed
+
+    task = bar.add_task(description, total=len(futures))
+    for _ in as_completed(futures):
+        bar.advance(task)
+    return client.gather(futures)
+
+
+def _effective_prepare(config: Config, split: Sequence[float] | None, seed: int | None) -> PrepareConfig:
+    values = config.prepare.model_dump()
+    if split is not None:
+        values["split"] = tuple(split)
+    if seed is not None:
+        values["seed"] = seed
+    try:
+        return PrepareConfig.model_validate(values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise ConfigError(f"prepare.{'.'.join(map(str, first['loc']))}: "
+                          f"{first['msg'].removeprefix('Value error, ')}") from None
+
+
+def run_prepare(skim_dir: str | Path, out_dir: str | Path, config: Config, *,
+                split: Sequence[float] | None = None, seed: int | None = None,
+                scheduler: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Split, weight, standardise and shuffle a skim into ``out_dir``.
+
+    Parameters
+    ----------
+    skim_dir : str or Path
+        The skim output: ``<dataset>/part-*.parquet`` with the DESIGN.md columns.
+    out_dir : str or Path
+        Receives ``{train,val,test,data}/part-*.parquet``, ``stats.json``, ``manifest.json``.
+    config : Config
+        Uses ``config.features``, ``config.prepare`` and ``config.cluster``.
+    split, seed : optional overrides of ``config.prepare.split`` / ``.seed``
+    scheduler : str or None
+        Address of an existing dask scheduler (else ``DASK_SCHEDULER_ADDRESS`` or a LocalCluster).
+    progress : bool
+        Progress bars and the dashboard link on stderr.
+
+    Returns
+    -------
+    dict : the manifest (also written to ``out_dir/manifest.json``).
+    """
+    files = discover_skim(skim_dir)
+    inputs = PrepareInputs(files=tuple(files), id_columns=SKIM_ID_COLUMNS, features=tuple(config.features),
+                           source=str(Path(skim_dir).resolve()), sources=tuple(files))
+    return prepare_inputs(inputs, out_dir, config, split=split, seed=seed, scheduler=scheduler,
+                          progress=progress)
+
+
+def prepare_inputs(inputs: PrepareInputs, out_dir: str | Path, config: Config, *,
+                   split: Sequence[float] | None = None, seed: int | None = None,
+                   scheduler: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """`run_prepare` on any `PrepareInputs` (the skim, or a converted flat table)."""
+    prep = _effective_prepare(config, split, seed)
+    out_dir = Path(out_dir)
+    console = stage_console(quiet=not progress)
+    fingerprint = _fingerprint(inputs, prep)
+    done = out_dir / MANIFEST_FILE
+    if done.is_file():
+        try:
+            previous = json.loads(done.read_text())
+        except ValueError:
+            previous = {}
+        if previous.get("fingerprint") == fingerprint:
+            console.print(f"prepare: {out_dir} is up to date with {inputs.source}; nothing to do")
+            return previous
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    scratch = tmp / "_scatter"
+    scratch.mkdir(parents=True)
+    try:
+        with dask_client(config.cluster, scheduler) as client, progress_bar(quiet=not progress) as bar:
+            console.print(f"prepare: dask dashboard {client.dashboard_link}")
+            manifest, stats = _two_passes(client, bar, inputs, prep, tmp, scratch)
+        shutil.rmtree(scratch)
+        manifest["fingerprint"] = fingerprint
+        (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        _publish(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    rows = {s: manifest["splits"][s]["rows"] for s in manifest["splits"]}
+    console.print(f"prepare: wrote {out_dir} ({', '.join(f'{s} {n}' for s, n in rows.items())} rows)")
+    return manifest
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Replace ``out_dir`` by the finished ``tmp`` with renames (never half-written)."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _bucket_counts(labelled: int, data: int, prep: PrepareConfig) -> tuple[int, int, int, int]:
+    per_split = [max(1, math.ceil(labelled * f / prep.bucket_rows)) if f > 0 else 0 for f in prep.split]
+    return (*per_split, math.ceil(data / prep.bucket_rows) if data else 0)  # type: ignore[return-value]
+
+
+def _two_passes(client: Any, bar: Any, inputs: PrepareInputs, prep: PrepareConfig, tmp: Path,
+                scratch: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    units = _input_units(inputs.files, target_rows=max(1, prep.bucket_rows // 2))
+    # Task keys unique per run: a shared scheduler must never hand back another run's result.
+    run = uuid.uuid4().hex[:8]
+    counts = _gather(client, client.map(_count_labels, units, key=[f"prepare-count-{run}-{u.index}" for u in units]),
+                     bar, "prepare: count")
+    labelled, data = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    if labelled == 0:
+        raise StageInputError(f"{inputs.source}: no simulated (label 0/1) events to train on")
+    plan = ShufflePlan(scratch_dir=str(scratch), out_dir=str(tmp), id_columns=inputs.id_columns,
+                       features=inputs.features, fractions=tuple(prep.split), seed=prep.seed,
+                       kfolds=prep.kfolds, negative_weights=prep.negative_weights,
+                       buckets=_bucket_counts(labelled, data, prep), file_rows=prep.file_rows,
+                       row_group_rows=prep.row_group_rows)
+
+    futures = client.map(scatter_unit, units, plan=plan, key=[f"prepare-scatter-{run}-{u.index}" for u in units])
+    scattered = _gather(client, futures, bar, "prepare: split + statistics")
+    del futures
+    # Reduce in unit order: floating-point sums then do not depend on task timing.
+    balancer = TrainWeightBalancer(negative_weights=prep.negative_weights)
+    class_stats = [WeightedFeatureStats(feature_names=inputs.features) for _ in CLASS_NAMES]
+    skim_datasets: dict[str, list[float]] = {}
+    for result in scattered:
+        balancer = balancer.merge(result["balancer"])
+        class_stats = [mine.merge(theirs) for mine, theirs in zip(class_stats, result["stats"])]
+        for name, (n, w) in result["datasets"].items():
+            acc = skim_datasets.setdefault(name, [0.0, 0.0])
+            acc[0] += n
+            acc[1] += w
+    scale = balancer.finalize()
+    stats = class_stats[0].scaled(scale[0, 0]).merge(class_stats[1].scaled(scale[0, 1]))
+    plan = dataclasses.replace(plan, mean=tuple(stats.mean_.tolist()), std=tuple(stats.scale_.tolist()),
+                               scale=tuple(map(tuple, scale.tolist())))
+
+    n_groups = sum(plan.buckets)
+    pieces: list[list[tuple[str, int]]] = [[] for _ in range(n_groups)]
+    for result in scattered:
+        for group, (rg, _rows) in sorted(result["groups"].items()):
+            pieces[group].append((result["path"], rg))
+    del scattered
+    groups = [g for g in range(n_groups) if pieces[g]]
+    futures = client.map(shuffle_bucket, groups, [pieces[g] for g in groups], plan=plan,
+                         key=[f"prepare-shuffle-{run}-{g}" for g in groups])
+    written = [f for files in _gather(client, futures, bar, "prepare: shuffle + write") for f in files]
+    manifest = _manifest(inputs, prep, plan, written, skim_datasets, balancer, units)
+    return manifest, _stats_json(stats, balancer, prep, inputs)
+
+
+def _manifest(inputs: PrepareInputs, prep: PrepareConfig, plan: ShufflePlan, written: list[dict[str, Any]],
+              skim_datasets: dict[str, list[float]], balancer: TrainWeightBalancer,
+              units: Sequence[InputUnit]) -> dict[str, Any]:
+    splits: dict[str, Any] = {}
+    prepared: dict[str, list[float]] = {}
+    for name in split_names():
+        files = sorted((f for f in written if f["path"].startswith(name + "/")), key=lambda f: f["path"])
+        per_dataset: dict[str, list[float]] = {}
+        for f in files:
+            for ds, (n, w) in f["datasets"].items():
+                for acc in (per_dataset.setdefault(ds, [0.0, 0.0]), prepared.setdefault(ds, [0.0, 0.0])):
+                    acc[0] += n
+                    acc[1] += w
+        splits[name] = {"rows": sum(f["rows"] for f in files),
+                        "files": [{"path": f["path"], "rows": f["rows"]} for f in files],
+                        "datasets": {ds: {"rows": int(n), "sum_weight": w} for ds, (n, w) in sorted(per_dataset.items())}}
+    datasets = {}
+    for ds, (n, w) in sorted(skim_datasets.items()):
+        got_n, got_w = prepared.get(ds, [0.0, 0.0])
+        # Invariant of DESIGN.md: every event exactly once, Σweight per dataset preserved.
+        if got_n != n or not math.isclose(got_w, w, rel_tol=1e-9, abs_tol=1e-12):
+            raise RuntimeError(f"prepare lost events of {ds}: {n:.0f} rows / Σw {w!r} in, "
+                               f"{got_n:.0f} rows / Σw {got_w!r} out")
+        datasets[ds] = {"rows": int(n), "sum_weight": w, "prepared_sum_weight": got_w}
+    return {
+        "stage": "prepare",
+        "source": inputs.source,
+        "inputs": [{"path": str(p), "bytes": p.stat().st_size} for p in inputs.sources],
+        "input_pieces": len(units),
+        "id_columns": list(inputs.id_columns),
+        "features": list(inputs.features),
+        "prepare": prep.model_dump(mode="json"),
+        "buckets": dict(zip(split_names(), plan.buckets)),
+        "splits": splits,
+        "datasets": datasets,
+        "train_weight": balancer.summary(),
+    }
+
+
+def _stats_json(stats: WeightedFeatureStats, balancer: TrainWeightBalancer, prep: PrepareConfig,
+                inputs: PrepareInputs) -> dict[str, Any]:
+    """stats.json (DESIGN.md contract); depends on the training rows only."""
+    train = 0
+    notes = [f"{name}: constant on the training rows (std 0); stored std 1 so it standardises to 0"
+             for name in stats.constant_features_]
+    return {
+        "feature_order": list(inputs.features),
+        "features": stats.to_dict(),
+        "transform": "standardised = (raw - mean) / std",
+        "inverse": "raw = standardised * std + mean",
+        "computed_on": "train",
+        "weights": "train_weight (policy-applied weight x per-class scale)",
+        "missing_values": "non-finite raw values are left out of the statistics and stay NaN "
+                          "after standardisation (XGBoost treats NaN as missing)",
+        "quantiles": f"weighted, from a sketch with bins 2^-{stats.mantissa_bits} of the value wide",
+        "sum_weights": float(balancer.sum_weights_[train].sum()),
+        "negative_weights": prep.negative_weights,
+        "split": {"fractions": list(prep.split), "seed": prep.seed, "kfolds": prep.kfolds,
+                  "id_columns": list(inputs.id_columns), "names": list(SPLIT_NAMES)},
+        "class_totals": {cls: {"rows": int(balancer.counts_[train, c]),
+                               "sum_weight": float(balancer.sum_weights_[train, c]),
+                               "train_weight_scale": float(balancer.scale_[train, c])}
+                         for c, cls in CLASS_NAMES.items()},
+        "notes": notes,
+    }
