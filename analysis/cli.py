@@ -110,6 +110,25 @@ def train(
     typer.echo(f"model: {model_dir}", err=True)
 
 
+@app.command()
+def evaluate(
+    paths: list[Path] = typer.Argument(..., metavar="MODELDIR... PREPDIR",
+                                       help="Model directories to compare, then the prepared directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for metrics.json, plots/ and report.html."),
+    skim: Optional[Path] = typer.Option(None, help="Skim folder with cutflow.json (default: the one prepare recorded)."),
+    config: Optional[Path] = ConfigOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Weighted ROC AUC, AMS, overtraining KS test, physics plots and an HTML report."""
+    if len(paths) < 2:
+        raise typer.BadParameter(f"got {len(paths)} path; give MODELDIR [MODELDIR ...] PREPDIR",
+                                 param_hint="PATHS")
+    from analysis.evaluate import run_evaluate
+
+    report = run_evaluate(paths[:-1], paths[-1], out, _load(config), skim_dir=skim, progress=not quiet)
+    typer.echo(f"report: {report}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, printing user errors as one line (exit 2 for bad input)."""
     try:

@@ -21,6 +21,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DEFAULT_FEATURES",
+    "EvaluateConfig",
     "GenerateConfig",
     "MLPConfig",
     "PrepareConfig",
@@ -249,6 +250,24 @@ class ClusterConfig(_Strict):
         return self
 
 
+class EvaluateConfig(_Strict):
+    """The evaluation stage (metrics, plots, report)."""
+
+    b_reg: float = Field(10.0, gt=0)  # AMS background regularisation (HiggsML, PHYSICS.md)
+    background_efficiencies: list[float] = [0.01, 0.1]  # working points for the signal efficiency
+    n_cuts: int = Field(200, ge=2)  # score cuts of the AMS scan, evenly spaced in [0, 1)
+    n_bins: int = Field(40, ge=5)  # bins of the input-feature histograms
+    shap_rows: int = Field(5000, gt=0)  # test events used for the mean |SHAP| importance
+    dpi: int = Field(90, ge=30, le=300)  # resolution of plots/*.png
+
+    @field_validator("background_efficiencies")
+    @classmethod
+    def _check_effs(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0 < e < 1 for e in value):
+            raise ValueError(f"must be a non-empty list of fractions in (0, 1), got {value}")
+        return value
+
+
 class Config(_Strict):
     """The whole configuration. `default_config()` is PHYSICS.md's default analysis."""
 
@@ -261,6 +280,7 @@ class Config(_Strict):
     prepare: PrepareConfig = PrepareConfig()
     train: TrainConfig = TrainConfig()
     cluster: ClusterConfig = ClusterConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Config:

@@ -1,0 +1,332 @@
+"""Evaluation stage: `hepprep evaluate` — metrics.json, plots/*.png and report.html for models.
+
+One or more trained models are scored on the test split of a prepared directory (and on its
+training split, for the overtraining check) through `analysis.predict`, the one prediction
+API. All models share one set of plots. The input-feature plots stream every prepared
+event (and pseudo-data, from ``<prep>/data`` or the skim) through bounded-size batches.
+
+Output folder::
+
+    <out>/metrics.json     weighted AUC, signal efficiency at fixed background efficiency,
+                           best-cut AMS with s and b at the full luminosity, KS p-values
+    <out>/plots/*.png      input features, correlations, ROC, scores, AMS, importance, cutflow
+    <out>/report.html      one self-contained page (images embedded)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as pads
+
+from analysis.config import Config
+from analysis.errors import StageInputError
+from analysis.evaluate_inputs import (EVENT_COLUMNS, SPLITS, PreparedDir, check_model_features,
+                                      load_models, model_names, open_prepared, read_cutflow,
+                                      standardisation_matches)
+from analysis.metrics import (ams_scan, signal_efficiency_at, weighted_ks_2samp, weighted_roc,
+                              weighted_roc_auc)
+from analysis.plots import plot_ams, plot_importance, plot_roc, plot_scores
+from analysis.plots_inputs import (FeatureHistograms, WeightedCorrelation, plot_correlation,
+                                   plot_cutflow_table, plot_feature)
+from analysis.progress import progress_bar, stage_console
+
+__all__ = ["run_evaluate"]
+
+BATCH_ROWS = 200_000  # rows per streamed batch: bounds the memory of the feature histograms
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "model"
+
+
+class _Scorer:
+    """A loaded model with what is needed to feed it prepared (standardised) columns."""
+
+    def __init__(self, name: str, model, model_dir: Path, prepared: PreparedDir):
+        self.name, self.model, self.model_dir, self.prepared = name, model, model_dir, prepared
+        # Same mean/std as the prepared directory: pass standardised columns as they are;
+        # otherwise hand over raw values and let the model apply its own standardisation.
+        self.same_standardisation = standardisation_matches(model, prepared)
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        features = list(self.model.features)
+        if self.same_standardisation:
+            return np.asarray(self.model.predict(frame[features], standardised=True), dtype=np.float64)
+        raw = self.prepared.destandardise(frame[features], features)
+        return np.asarray(self.model.predict(raw, standardised=False), dtype=np.float64)
+
+    def model_inputs(self, frame: pd.DataFrame) -> np.ndarray:
+        """Feature matrix as the model saw it in training (its own standardisation)."""
+        features = list(self.model.features)
+        if self.same_standardisation:
+            return frame[features].to_numpy(np.float32)
+        raw = self.prepared.destandardise(frame[features], features)
+        mean = np.array([self.model.stats["features"][f]["mean"] for f in features])
+        std = np.array([self.model.stats["features"][f]["std"] for f in features])
+        return ((raw.to_numpy(np.float64) - mean) / std).astype(np.float32)
+
+
+def _class_weight_sums(prepared: PreparedDir) -> dict[str, dict[int, float]]:
+    """Σ weight per class in each split (reads only two columns)."""
+    out = {}
+    for split in SPLITS:
+        if not prepared.has_split(split):
+            out[split] = {0: 0.0, 1: 0.0}
+            continue
+        frame = prepared.read(split, ["label", "weight"])
+        sums = frame.groupby("label")["weight"].sum()
+        out[split] = {label: float(sums.get(label, 0.0)) for label in (0, 1)}
+    return out
+
+
+def _test_fractions(sums: dict[str, dict[int, float]], test_path: Path) -> tuple[float, float]:
+    """(signal, background) fraction of the full yield that the test split holds."""
+    fractions = []
+    for label, cls in ((1, "signal"), (0, "background")):
+        total = sum(sums[s][label] for s in SPLITS)
+        if not sums["test"][label] > 0 or not total > 0:
+            raise StageInputError(f"{test_path}: the test split has no {cls} yield (sum of weight "
+                                  f"{sums['test'][label]:g}); evaluation needs both classes")
+        fractions.append(min(1.0, sums["test"][label] / total))
+    return fractions[0], fractions[1]
+
+
+def _data_frames(prepared: PreparedDir, skim_dir: Path | None, config: Config, features: list[str]):
+    """Pseudo-data batches in raw units: <prep>/data (standardised) or the skim's data datasets."""
+    if prepared.has_split("data"):
+        for batch in prepared.iter_batches("data", features + ["weight"], batch_rows=BATCH_ROWS):
+            yield prepared.destandardise(batch, features)
+        return
+    if skim_dir is None:
+        return
+    folders = [skim_dir / name for name, s in config.samples.items() if s.label == -1]
+    files = sorted(str(p) for folder in folders if folder.is_dir() for p in folder.glob("*.parquet"))
+    if not files:
+        return
+    dataset = pads.dataset(files, format="parquet")
+    missing = [c for c in features + ["weight"] if c not in dataset.schema.names]
+    if missing:
+        raise StageInputError(f"{skim_dir}: data skim has no column(s) {', '.join(missing)}; "
+                              "re-run the skim with this feature list")
+    for batch in dataset.to_batches(columns=features + ["weight"], batch_size=BATCH_ROWS):
+        if batch.num_rows:
+            yield batch.to_pandas()
+
+
+def _find_cutflow(prepared: PreparedDir, skim_dir: Path | None) -> Path | None:
+    for folder in (skim_dir, prepared.skim_dir):
+        if folder is not None and (Path(folder) / "cutflow.json").is_file():
+            return Path(folder) / "cutflow.json"
+    return None
+
+
+def _importance(scorer: _Scorer, test: pd.DataFrame, rows: int) -> tuple[dict, dict] | None:
+    """(normalised total gain, mean |SHAP|) per feature for XGBoost models, else None."""
+    booster = getattr(scorer.model, "booster", None)
+    if scorer.model.kind != "xgboost" or booster is None:
+        return None
+    import xgboost as xgb
+
+    features = list(scorer.model.features)
+    names = booster.feature_names
+    # A booster trained without names reports f0, f1, ... in the order of features.json.
+    by_name = {(names[i] if names else f"f{i}"): f for i, f in enumerate(features)}
+    gain = {by_name.get(k, k): float(v) for k, v in booster.get_score(importance_type="total_gain").items()}
+    sample = test.iloc[:rows]  # the test split is shuffled by prepare: the head is a random sample
+    dmat = xgb.DMatrix(scorer.model_inputs(sample), feature_names=names)
+    # All trees of the saved booster: the ones `TrainedModel.predict` scores with.
+    contribs = booster.predict(dmat, pred_contribs=True)
+    shap = np.abs(contribs[:, : len(features)]).mean(axis=0)  # last column is the bias
+    return gain, {f: float(v) for f, v in zip(features, shap)}
+
+
+def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir: str | Path,
+                 config: Config, *, skim_dir: str | Path | None = None, progress: bool = True) -> Path:
+    """Evaluate trained models on a prepared directory; write metrics, plots and the report.
+
+    Parameters
+    ----------
+    model_dirs : list of str or Path
+        Model directories of `hepprep train` (compared on one set of plots).
+    prep_dir : str or Path
+        The prepared directory the models were trained on.
+    out_dir : str or Path
+        Output folder: metrics.json, plots/, report.html.
+    config : Config
+        ``config.evaluate`` (AMS b_reg, working points, binning, dpi), ``config.lumi_pb``,
+        ``config.samples`` (which skim datasets are data) and the report's configuration.
+    skim_dir : str or Path or None, keyword-only
+        Skim directory for cutflow.json (and pseudo-data when <prep>/data is absent);
+        default: the ``skim_dir`` named in the prepared manifest.json.
+    progress : bool, keyword-only
+        Progress bars on stderr.
+
+    Returns
+    -------
+    Path
+        ``<out_dir>/report.html``.
+
+    Raises
+    ------
+    StageInputError
+        Missing or incomplete inputs, or a model whose features differ from the prepared
+        directory's (one line naming both and the differing features).
+    """
+    from analysis.report import collect_provenance, write_report
+
+    ev = config.evaluate
+    model_dirs = [Path(d) for d in model_dirs]
+    prepared = open_prepared(prep_dir)
+    if not prepared.has_split("train"):
+        raise StageInputError(f"{prepared.path / 'train'}: no training split for the overtraining "
+                              "check; re-run `hepprep prepare`")
+    models = load_models(model_dirs)
+    for model, model_dir in zip(models, model_dirs):
+        check_model_features(model, model_dir, prepared)
+    names = model_names(model_dirs, models)
+    scorers = [_Scorer(n, m, d, prepared) for n, m, d in zip(names, models, model_dirs)]
+    skim = Path(skim_dir) if skim_dir is not None else prepared.skim_dir
+    features = prepared.feature_order
+    out = Path(out_dir)
+    plot_dir = out / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    lumi_fb = config.lumi_pb / 1000.0
+    signal_processes: set[str] = set()
+
+    with progress_bar(quiet=not progress) as bar:
+        task = bar.add_task("evaluate: score test", total=len(scorers))
+        test = prepared.read("test", features + EVENT_COLUMNS)
+        y_test, w_test = test["label"].to_numpy(), test["weight"].to_numpy(np.float64)
+        test_scores = {}
+        for scorer in scorers:
+            test_scores[scorer.name] = scorer.predict(test)
+            bar.advance(task)
+
+        # Training-split scores for the KS test, and every MC event for the input plots.
+        feature_hists = FeatureHistograms(features, prepared.stats["features"], n_bins=ev.n_bins)
+        correlations = {1: WeightedCorrelation(), 0: WeightedCorrelation()}
+        train_parts: dict[str, list] = {s.name: [] for s in scorers}
+        train_labels, train_weights = [], []
+        rows = sum(prepared.dataset(s).count_rows() for s in SPLITS if prepared.has_split(s))
+        task = bar.add_task("evaluate: stream events", total=rows)
+        for split in SPLITS:
+            if not prepared.has_split(split):
+                continue
+            for batch in prepared.iter_batches(split, features + EVENT_COLUMNS, batch_rows=BATCH_ROWS):
+                signal_processes.update(batch.loc[batch["label"] == 1, "process"].unique())
+                for label in (0, 1):
+                    mask = (batch["label"] == label).to_numpy()
+                    if mask.any():
+                        correlations[label].partial_fit(batch.loc[mask, features].to_numpy(),
+                                                        batch.loc[mask, "weight"].to_numpy())
+                feature_hists.partial_fit(prepared.destandardise(batch, features))
+                if split == "train":
+                    for scorer in scorers:
+                        train_parts[scorer.name].append(scorer.predict(batch))
+                    train_labels.append(batch["label"].to_numpy())
+                    train_weights.append(batch["weight"].to_numpy(np.float64))
+                bar.advance(task, len(batch))
+        n_data = 0
+        for batch in _data_frames(prepared, skim, config, features):
+            feature_hists.partial_fit(batch, process="data")
+            n_data += len(batch)
+        y_train, w_train = np.concatenate(train_labels), np.concatenate(train_weights)
+
+        # Metrics per model.
+        sums = _class_weight_sums(prepared)
+        fractions = _test_fractions(sums, prepared.path / "test")
+        model_metrics, rocs, scans, ks_results, train_scores = {}, {}, {}, {}, {}
+        for scorer in scorers:
+            s_test, s_train = test_scores[scorer.name], np.concatenate(train_parts[scorer.name])
+            fpr, tpr, _ = weighted_roc(s_test, y_test, w_test)
+            auc = weighted_roc_auc(s_test, y_test, w_test)
+            rocs[scorer.name] = (fpr, tpr, auc)
+            scan = ams_scan(s_test, y_test, w_test, test_fraction=fractions, n_cuts=ev.n_cuts, b_reg=ev.b_reg)
+            scans[scorer.name] = scan
+            effs = signal_efficiency_at(s_test, y_test, w_test, background_efficiency=ev.background_efficiencies)
+            ks = {cls: weighted_ks_2samp(s_train[y_train == label], s_test[y_test == label],
+                                         weights_a=w_train[y_train == label], weights_b=w_test[y_test == label])
+                  for label, cls in ((1, "signal"), (0, "background"))}
+            ks_results[scorer.name], train_scores[scorer.name] = ks, s_train
+            model_metrics[scorer.name] = {
+                "model_dir": str(scorer.model_dir),
+                "kind": scorer.model.kind,
+                "roc_auc": auc,
+                "signal_efficiency": {f"{e:g}": v for e, v in effs.items()},
+                "ams": scan.summary(),
+                "ks": {cls: {"statistic": r.statistic, "pvalue": r.pvalue, "n_eff_train": r.n_eff_a,
+                             "n_eff_test": r.n_eff_b} for cls, r in ks.items()},
+            }
+
+        # Plots.
+        cutflow_path = _find_cutflow(prepared, skim)
+        cutflow = read_cutflow(cutflow_path) if cutflow_path else None
+        n_plots = len(features) + 4 + 2 * len(scorers) + (cutflow is not None)
+        task = bar.add_task("evaluate: plots", total=n_plots)
+        plots: list[dict] = []
+
+        def add(section: str, title: str, path: Path) -> None:
+            plots.append({"section": section, "title": title, "file": str(path.relative_to(out))})
+            bar.advance(task)
+
+        dpi = ev.dpi
+        add("performance", "ROC curves (weighted, test split)",
+            plot_roc(rocs, plot_dir / "roc.png", working_points=ev.background_efficiencies,
+                     lumi_fb=lumi_fb, dpi=dpi))
+        add("performance", "AMS against the score cut (yields at the full luminosity)",
+            plot_ams(scans, plot_dir / "ams.png", lumi_fb=lumi_fb, dpi=dpi))
+        for scorer in scorers:
+            add("overtraining", f"{scorer.name}: score distributions, train vs test",
+                plot_scores(scorer.name, (train_scores[scorer.name], y_train, w_train),
+                            (test_scores[scorer.name], y_test, w_test), ks_results[scorer.name],
+                            plot_dir / f"scores_{_slug(scorer.name)}.png", dpi=dpi))
+            importance = _importance(scorer, test, ev.shap_rows)
+            if importance is None:
+                bar.advance(task)
+                continue
+            gain, shap = importance
+            model_metrics[scorer.name]["importance"] = {"total_gain": gain, "mean_abs_shap": shap}
+            add("importance", f"{scorer.name}: feature importance (gain, mean |SHAP|)",
+                plot_importance(scorer.name, gain, shap, plot_dir / f"importance_{_slug(scorer.name)}.png",
+                                dpi=dpi))
+        for label, cls in ((1, "signal"), (0, "background")):
+            add("inputs", f"Feature correlations, {cls}",
+                plot_correlation(correlations[label].correlation_, features,
+                                 title=f"Weighted correlations: {cls}",
+                                 path=plot_dir / f"correlation_{cls}.png", dpi=dpi))
+        for name in features:
+            add("inputs", f"Input feature {name}",
+                plot_feature(feature_hists.hists_[name], signal_processes=sorted(signal_processes),
+                             path=plot_dir / f"feature_{name}.png", lumi_fb=lumi_fb, dpi=dpi))
+        if cutflow is not None:
+            add("cutflow", "Cutflow of the skim",
+                plot_cutflow_table(cutflow, path=plot_dir / "cutflow.png", dpi=dpi))
+
+    metrics = {
+        "prep_dir": str(prepared.path),
+        "test_fraction": {"signal": fractions[0], "background": fractions[1],
+                          "nominal": (prepared.split_fractions() or [None] * 3)[2]},
+        "test_events": {"signal": int((y_test == 1).sum()), "background": int((y_test == 0).sum())},
+        "test_yield": {"signal": float(w_test[y_test == 1].sum()), "background": float(w_test[y_test == 0].sum())},
+        "data_events": n_data,
+        "negative_weights": {"yields": "signed", "roc_ks_correlation": "abs"},
+        "models": model_metrics,
+        "plots": [p["file"] for p in plots],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    provenance = collect_provenance(model_dirs, prepared, skim, cutflow_path, config)
+    report = write_report(out, metrics=metrics, plots=plots, cutflow=cutflow, config=config,
+                          provenance=provenance)
+    console = stage_console(quiet=not progress)
+    for name, m in model_metrics.items():
+        console.print(f"{name}: AUC {m['roc_auc']:.4f}, AMS {m['ams']['ams']:.3f} at cut "
+                      f"{m['ams']['best_cut']:.3f} (s {m['ams']['s']:.1f}, b {m['ams']['b']:.1f})")
+    console.print(f"report: {report}")
+    return report

@@ -1,0 +1,214 @@
+"""Evaluation stage: `run_evaluate` / `hepprep evaluate` end to end on a toy prepared directory.
+
+Two real XGBoost models are evaluated once per module (plots at a low dpi to stay fast);
+the tests check every key of metrics.json, every plot file, the report's HTML, the yields
+against a hand computation from the Parquet files, and the one-line errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from _eval_helpers import TOY_FEATURES, toy_config, write_prepared, write_xgboost_model
+from analysis.cli import main
+from analysis.errors import StageInputError
+from analysis.evaluate import run_evaluate
+from analysis.predict import load_model
+
+FAST = {"evaluate": {"dpi": 30, "n_bins": 12, "shap_rows": 300}}
+
+
+def _config(**extra):
+    cfg = toy_config()
+    return cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update=dict(FAST["evaluate"], **extra))})
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    prep = write_prepared(root / "prepared", skim_dir=root / "skim")
+    deep = write_xgboost_model(root / "models" / "xgboost", prep, rounds=30)
+    stump = write_xgboost_model(root / "models" / "xgb_short", prep, rounds=3)
+    report = run_evaluate([deep, stump], prep, root / "eval", _config(), progress=False)
+    metrics = json.loads((root / "eval" / "metrics.json").read_text())
+    return {"root": root, "prep": prep, "models": [deep, stump], "report": report,
+            "out": root / "eval", "metrics": metrics}
+
+
+def test_metrics_json_has_every_key(evaluated):
+    m = evaluated["metrics"]
+    assert set(m) == {"prep_dir", "test_fraction", "test_events", "test_yield", "data_events",
+                      "negative_weights", "models", "plots"}
+    assert set(m["models"]) == {"xgboost", "xgb_short"}
+    assert set(m["test_fraction"]) == {"signal", "background", "nominal"}
+    assert m["test_fraction"]["nominal"] == 0.2
+    assert 0.1 < m["test_fraction"]["signal"] < 0.3 and 0.1 < m["test_fraction"]["background"] < 0.3
+    assert m["data_events"] > 1000  # pseudo-data from <prep>/data was histogrammed
+    for name, model in m["models"].items():
+        assert set(model) == {"model_dir", "kind", "roc_auc", "signal_efficiency", "ams", "ks", "importance"}
+        assert model["kind"] == "xgboost"
+        assert 0.75 < model["roc_auc"] < 1.0, name
+        assert set(model["signal_efficiency"]) == {"0.01", "0.1"}
+        assert 0 < model["signal_efficiency"]["0.01"] <= model["signal_efficiency"]["0.1"] <= 1
+        assert set(model["ams"]) == {"best_cut", "ams", "s", "b", "b_reg", "yield_scale_signal",
+                                     "yield_scale_background"}
+        assert model["ams"]["b_reg"] == 10.0 and model["ams"]["ams"] > 0
+        for cls in ("signal", "background"):
+            assert set(model["ks"][cls]) == {"statistic", "pvalue", "n_eff_train", "n_eff_test"}
+            assert 0 <= model["ks"][cls]["pvalue"] <= 1
+        assert set(model["importance"]["mean_abs_shap"]) == set(TOY_FEATURES)
+    # the deeper model separates better than three trees
+    assert m["models"]["xgboost"]["roc_auc"] > m["models"]["xgb_short"]["roc_auc"]
+
+
+def test_every_plot_file_is_written_and_listed(evaluated):
+    out, m = evaluated["out"], evaluated["metrics"]
+    expected = {"plots/roc.png", "plots/ams.png", "plots/cutflow.png",
+                "plots/correlation_signal.png", "plots/correlation_background.png",
+                "plots/scores_xgboost.png", "plots/scores_xgb_short.png",
+                "plots/importance_xgboost.png", "plots/importance_xgb_short.png"}
+    expected |= {f"plots/feature_{f}.png" for f in TOY_FEATURES}
+    assert set(m["plots"]) == expected
+    assert {str(p.relative_to(out)) for p in (out / "plots").iterdir()} == expected
+    for rel in expected:
+        assert (out / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", rel
+
+
+def _parquet_sum(folder: Path, label: int) -> float:
+    frame = pd.read_parquet(folder, columns=["label", "weight"])
+    return float(frame.loc[frame["label"] == label, "weight"].sum())
+
+
+def test_best_cut_yields_equal_a_hand_computation_from_the_parquet_files(evaluated):
+    prep, m = evaluated["prep"], evaluated["metrics"]
+    ams = m["models"]["xgboost"]["ams"]
+    # test fraction per class = Σweight(test) / Σweight(train + val + test)
+    f_sig = _parquet_sum(prep / "test", 1) / sum(_parquet_sum(prep / s, 1) for s in ("train", "val", "test"))
+    f_bkg = _parquet_sum(prep / "test", 0) / sum(_parquet_sum(prep / s, 0) for s in ("train", "val", "test"))
+    assert m["test_fraction"]["signal"] == pytest.approx(f_sig)
+    assert ams["yield_scale_background"] == pytest.approx(1 / f_bkg)
+    test = pd.read_parquet(prep / "test")
+    scores = load_model(evaluated["models"][0]).predict(test, standardised=True)
+    above = scores >= ams["best_cut"]
+    s = test.loc[above & (test["label"] == 1), "weight"].sum() / f_sig
+    b = test.loc[above & (test["label"] == 0), "weight"].sum() / f_bkg
+    assert ams["s"] == pytest.approx(s) and ams["b"] == pytest.approx(b)
+    assert ams["ams"] == pytest.approx(np.sqrt(2 * ((s + b + 10) * np.log(1 + s / (b + 10)) - s)))
+
+
+class _BalancedHTML(HTMLParser):
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.errors, self.images = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs))
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+        else:
+            self.stack.pop()
+
+
+def test_report_is_balanced_html_with_every_plot_embedded(evaluated):
+    out, m = evaluated["out"], evaluated["metrics"]
+    text = evaluated["report"].read_text()
+    parser = _BalancedHTML()
+    parser.feed(text)
+    parser.close()
+    assert parser.errors == [] and parser.stack == []
+    assert text.startswith("<!DOCTYPE html>")
+    srcs = [img["src"] for img in parser.images]
+    assert all(src.startswith("data:image/png;base64,") for src in srcs)
+    embedded = {base64.b64decode(src.split(",", 1)[1]) for src in srcs}
+    for rel in m["plots"]:
+        assert rel in text, rel  # referenced by name in the caption
+        assert (out / rel).read_bytes() in embedded, rel  # and embedded byte for byte
+    assert len(srcs) == len(m["plots"])
+
+
+def test_report_has_metrics_cutflow_configuration_and_provenance(evaluated):
+    text = evaluated["report"].read_text()
+    auc = evaluated["metrics"]["models"]["xgboost"]["roc_auc"]
+    assert f"{auc:.4f}" in text
+    assert "two_good_taus" in text and "GluGluToHToTauTau" in text  # cutflow table
+    assert "[evaluate]" in text and "b_reg = 10.0" in text  # the configuration as TOML
+    assert "split seed (prepared stats.json)" in text and "xgboost seed" in text
+    assert re.search(r"git commit</td><td>[0-9a-f]{40}", text)
+    for package in ("numpy", "xgboost", "mplhep", "scikit-learn"):
+        assert f"<td>{package}</td>" in text
+
+
+def test_rerun_gives_identical_metrics_and_plots(evaluated, tmp_path):
+    root = evaluated["root"]
+    run_evaluate(evaluated["models"], evaluated["prep"], tmp_path, _config(), progress=False)
+    again = json.loads((tmp_path / "metrics.json").read_text())
+    assert again["models"] == evaluated["metrics"]["models"]
+    for rel in ("plots/roc.png", "plots/feature_m_vis.png"):
+        assert (tmp_path / rel).read_bytes() == (root / "eval" / rel).read_bytes()
+
+
+def test_model_with_other_features_is_a_one_line_error(evaluated, tmp_path):
+    other = write_prepared(tmp_path / "prep_other", features=TOY_FEATURES[:5], with_data=False)
+    model = evaluated["models"][0]
+    with pytest.raises(StageInputError) as err:
+        run_evaluate([model], other, tmp_path / "out", toy_config(), progress=False)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message == (f"model {model} was trained on 6 features but prepared directory {other} has 5 "
+                       "(missing from the prepared directory: mjj); evaluate the model on the prepared "
+                       "directory it was trained on, or re-train it on this one")
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_cli_reports_feature_mismatch_on_one_line(evaluated, tmp_path, capsys):
+    other = write_prepared(tmp_path / "prep_fewer", features=TOY_FEATURES[:5], with_data=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(evaluated["models"][0]), str(other), "--out", str(tmp_path / "o"), "--quiet"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert err.startswith("hepprep: error: model ") and "missing from the prepared directory: mjj" in err
+
+
+def test_cli_evaluates_and_prints_the_report_path(evaluated, tmp_path, capsys):
+    cfg = tmp_path / "fast.toml"
+    cfg.write_text('features = ["tau1_pt", "tau2_eta", "jet1_btag", "njets", "m_vis", "mjj"]\n'
+                   "[evaluate]\ndpi = 30\nn_bins = 10\nshap_rows = 200\n")
+    main(["evaluate", str(evaluated["models"][1]), str(evaluated["prep"]), "--out", str(tmp_path / "e"),
+          "--config", str(cfg), "--quiet"])
+    assert capsys.readouterr().out.strip() == f"report: {tmp_path / 'e' / 'report.html'}"
+    assert list(json.loads((tmp_path / "e" / "metrics.json").read_text())["models"]) == ["xgb_short"]
+
+
+def test_cli_needs_a_model_and_a_prepared_dir(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert "got 1 path; give MODELDIR [MODELDIR ...] PREPDIR" in capsys.readouterr().err
+
+
+def test_missing_inputs_name_the_folder_and_the_fix(evaluated, tmp_path):
+    with pytest.raises(StageInputError, match=r"nowhere: no such prepared directory; run `hepprep prepare"):
+        run_evaluate(evaluated["models"], tmp_path / "nowhere", tmp_path / "o", toy_config(), progress=False)
+    with pytest.raises(StageInputError, match=r"no model_info.json \(training did not finish\)"):
+        run_evaluate([tmp_path], evaluated["prep"], tmp_path / "o", toy_config(), progress=False)
+    empty = tmp_path / "prep_empty"
+    empty.mkdir()
+    (empty / "stats.json").write_text(json.dumps({"feature_order": ["a"], "features": {}}))
+    with pytest.raises(StageInputError, match=r"prep_empty/test: no test split to evaluate on"):
+        run_evaluate(evaluated["models"], empty, tmp_path / "o", toy_config(), progress=False)
