@@ -90,7 +90,7 @@ class AMSScan:
     b: np.ndarray  # scaled background yield above each cut
     ams: np.ndarray  # AMS(s, b) at each cut
     b_reg: float
-    yield_scale: float  # factor applied to the test-split yields (1 / test_fraction)
+    yield_scale: tuple[float, float]  # (signal, background) factors 1 / test_fraction
 
     @property
     def best_index(self) -> int:
@@ -115,7 +115,8 @@ class AMSScan:
     def summary(self) -> dict[str, float]:
         """The best cut and its yields as plain floats (what metrics.json stores)."""
         return {"best_cut": self.best_cut, "ams": self.best_ams, "s": self.best_s,
-                "b": self.best_b, "b_reg": self.b_reg, "yield_scale": self.yield_scale}
+                "b": self.best_b, "b_reg": self.b_reg,
+                "yield_scale_signal": self.yield_scale[0], "yield_scale_background": self.yield_scale[1]}
 
 
 def _as_arrays(scores, labels, weights):
@@ -133,8 +134,8 @@ def _as_arrays(scores, labels, weights):
     return scores, labels.astype(np.int8), weights
 
 
-def ams_scan(scores, labels, weights, *, test_fraction: float = 1.0, cuts=None,
-             n_cuts: int = 200, b_reg: float = B_REG) -> AMSScan:
+def ams_scan(scores, labels, weights, *, test_fraction: float | tuple[float, float] = 1.0,
+             cuts=None, n_cuts: int = 200, b_reg: float = B_REG) -> AMSScan:
     """Scan the AMS over score cuts, with yields scaled to the full luminosity.
 
     The physics ``weight`` of an event is its expected yield at the full luminosity, but the
@@ -151,16 +152,20 @@ def ams_scan(scores, labels, weights, *, test_fraction: float = 1.0, cuts=None,
         1 signal, 0 background.
     weights : np.ndarray of float, shape (n,)
         Physics ``weight`` (signed, see the module docstring).
-    test_fraction : float, keyword-only
-        Fraction of all events (by weight) that the scored sample holds, in (0, 1].
+    test_fraction : float or (float, float), keyword-only
+        Fraction of all events (by weight) that the scored sample holds, in (0, 1]; a pair
+        gives it per class, (signal, background), e.g. measured as
+        sum(weight in test) / sum(weight in all splits) for each class.
     cuts : array-like or None, keyword-only
         Score thresholds; None gives ``n_cuts`` evenly spaced cuts in [0, 1).
     b_reg : float, keyword-only
         AMS background regularisation.
     """
     scores, labels, weights = _as_arrays(scores, labels, weights)
-    if not 0 < test_fraction <= 1:
-        raise ValueError(f"test_fraction must be in (0, 1], got {test_fraction}")
+    f_sig, f_bkg = (test_fraction, test_fraction) if np.isscalar(test_fraction) else test_fraction
+    for f in (f_sig, f_bkg):
+        if not 0 < f <= 1:
+            raise ValueError(f"test_fraction must be in (0, 1], got {f}")
     cuts = (np.linspace(0.0, 1.0, n_cuts, endpoint=False) if cuts is None
             else np.asarray(cuts, dtype=np.float64))
     order = np.argsort(scores, kind="stable")
@@ -171,9 +176,9 @@ def ams_scan(scores, labels, weights, *, test_fraction: float = 1.0, cuts=None,
     cum_sig = np.concatenate([[0.0], np.cumsum(w_sig)])
     cum_bkg = np.concatenate([[0.0], np.cumsum(w_bkg)])
     below = np.searchsorted(sorted_scores, cuts, side="left")
-    scale = 1.0 / test_fraction
-    s = (cum_sig[-1] - cum_sig[below]) * scale
-    b = (cum_bkg[-1] - cum_bkg[below]) * scale
+    scale = (1.0 / f_sig, 1.0 / f_bkg)
+    s = (cum_sig[-1] - cum_sig[below]) * scale[0]
+    b = (cum_bkg[-1] - cum_bkg[below]) * scale[1]
     return AMSScan(cuts=cuts, s=s, b=b, ams=np.asarray(ams(s, b, b_reg=b_reg)).reshape(cuts.shape),
                    b_reg=b_reg, yield_scale=scale)
 

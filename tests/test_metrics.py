@@ -57,12 +57,21 @@ def test_ams_scan_scales_test_yields_to_full_luminosity():
     # cut 0.95: nothing selected
     np.testing.assert_allclose(scan.s, [7.0, 3.0, 2.0, 0.0])
     np.testing.assert_allclose(scan.b, [24.0, 8.0, 8.0, 0.0])
-    assert scan.yield_scale == 4.0
+    assert scan.yield_scale == (4.0, 4.0)
     assert scan.ams[1] == pytest.approx(0.688715, abs=1e-6)
     # AMS(7, 24) = sqrt(2(41 ln(1 + 7/34) - 7)) = sqrt(2(41*0.187212 - 7)) = sqrt(1.351368) = 1.162484
     assert scan.ams[0] == pytest.approx(1.162484, abs=1e-5)
     assert scan.best_cut == 0.0 and scan.best_s == 7.0 and scan.best_b == 24.0
     assert scan.summary()["ams"] == pytest.approx(1.162484, abs=1e-5)
+
+
+def test_ams_scan_scales_each_class_by_its_own_fraction():
+    # signal: 50 % of its weight in the test split -> x2; background: 20 % -> x5
+    scan = ams_scan([0.9, 0.8, 0.1], [1, 0, 0], [1.5, 2.0, 3.0], test_fraction=(0.5, 0.2), cuts=[0.5])
+    # s = 1.5 * 2 = 3 ; b = 2.0 * 5 = 10 (the 0.1 background is below the cut)
+    np.testing.assert_allclose(scan.s, [3.0])
+    np.testing.assert_allclose(scan.b, [10.0])
+    assert scan.summary()["yield_scale_background"] == 5.0
 
 
 def test_ams_scan_default_grid_and_bad_fraction():
