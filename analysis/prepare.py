@@ -173,7 +173,8 @@ def prepare_inputs(inputs: PrepareInputs, out_dir: str | Path, config: Config, *
         except ValueError:
             previous = {}
         if previous.get("fingerprint") == fingerprint:
-            console.print(f"prepare: {out_dir} is up to date with {inputs.source}; nothing to do")
+            console.print(f"prepare: {out_dir} is up to date with {inputs.source}; nothing to do",
+                          soft_wrap=True)
             return previous
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -182,7 +183,7 @@ def prepare_inputs(inputs: PrepareInputs, out_dir: str | Path, config: Config, *
     scratch.mkdir(parents=True)
     try:
         with dask_client(config.cluster, scheduler) as client, progress_bar(quiet=not progress) as bar:
-            console.print(f"prepare: dask dashboard {client.dashboard_link}")
+            console.print(f"prepare: dask dashboard {client.dashboard_link}", soft_wrap=True)
             manifest, stats = _two_passes(client, bar, inputs, prep, tmp, scratch)
         shutil.rmtree(scratch)
         manifest["fingerprint"] = fingerprint
@@ -193,7 +194,8 @@ def prepare_inputs(inputs: PrepareInputs, out_dir: str | Path, config: Config, *
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     rows = {s: manifest["splits"][s]["rows"] for s in manifest["splits"]}
-    console.print(f"prepare: wrote {out_dir} ({', '.join(f'{s} {n}' for s, n in rows.items())} rows)")
+    console.print(f"prepare: wrote {out_dir} ({', '.join(f'{s} {n}' for s, n in rows.items())} rows)",
+                  soft_wrap=True)
     return manifest
 
 

@@ -118,6 +118,21 @@ def write_skim(root: str | Path, samples: list[SkimSample] | None = None, *, row
     return root
 
 
+def repartition_skim(src: str | Path, dst: str | Path, *, rows_per_file: int, row_group_rows: int,
+                     reverse: bool = False) -> Path:
+    """The same events as `src` in other files and row groups (optionally in reverse order)."""
+    for folder in sorted(p for p in Path(src).iterdir() if p.is_dir()):
+        table = pa.concat_tables([pq.read_table(f) for f in sorted(folder.glob("part-*.parquet"))])
+        if reverse:
+            table = table.take(pa.array(np.arange(table.num_rows)[::-1]))
+        out = Path(dst) / folder.name
+        out.mkdir(parents=True)
+        for k, start in enumerate(range(0, table.num_rows, rows_per_file)):
+            pq.write_table(table.slice(start, rows_per_file), out / f"part-{k:05d}.parquet",
+                           row_group_size=row_group_rows)
+    return Path(dst)
+
+
 def read_split(prep: str | Path, split: str, columns: list[str] | None = None) -> pa.Table:
     """All files of one prepared split, in file order."""
     files = sorted((Path(prep) / split).glob("part-*.parquet"))
