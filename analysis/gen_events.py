@@ -20,9 +20,9 @@ __all__ = ["EventBatch", "EventBuilder", "concatenate_batches"]
 _REF_FIELDS = {"jetIdx": "Jet", "genPartIdx": "GenPart"}
 
 
-def _default(dtype: np.dtype):
+def _default(field: str):
     # Missing reference fields mean "no match" (-1); other missing fields are zero / False.
-    return -1 if dtype == np.int32 else 0
+    return -1 if field in _REF_FIELDS else 0
 
 
 @dataclass
@@ -116,15 +116,17 @@ class EventBuilder:
     """
 
     n: int
+    layout: dict[str, dict[str, np.dtype]] = field(default_factory=lambda: COLLECTIONS)
+    scalar_names: tuple[str, ...] = tuple(SCALARS)
     _segments: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)
     _rows: dict[str, int] = field(default_factory=dict)
     scalars: dict[str, np.ndarray] = field(default_factory=dict)
 
     def add(self, collection: str, event: np.ndarray, **fields: np.ndarray) -> np.ndarray:
         """Append objects (one per entry of ``event``); returns their row numbers."""
-        unknown = set(fields) - set(COLLECTIONS[collection])
+        unknown = set(fields) - set(self.layout[collection])
         if unknown:
-            raise KeyError(f"{collection} has no field(s) {sorted(unknown)}; known: {list(COLLECTIONS[collection])}")
+            raise KeyError(f"{collection} has no field(s) {sorted(unknown)}; known: {list(self.layout[collection])}")
         event = np.asarray(event, dtype=np.int64)
         seg = {"event": event}
         for k, v in fields.items():
@@ -136,15 +138,15 @@ class EventBuilder:
 
     def build(self) -> EventBatch:
         cols: dict[str, dict[str, np.ndarray]] = {}
-        for name, fields in COLLECTIONS.items():
+        for name, fields in self.layout.items():
             segs = self._segments.get(name, [])
             table = {"event": np.concatenate([s["event"] for s in segs]) if segs else np.zeros(0, np.int64)}
             for k, dtype in fields.items():
-                parts = [s[k].astype(dtype, copy=False) if k in s else np.full(len(s["event"]), _default(dtype), dtype)
+                parts = [s[k].astype(dtype, copy=False) if k in s else np.full(len(s["event"]), _default(k), dtype)
                          for s in segs]
                 table[k] = np.concatenate(parts) if parts else np.zeros(0, dtype)
             cols[name] = table
-        missing = set(SCALARS) - set(self.scalars)
+        missing = set(self.scalar_names) - set(self.scalars)
         if missing:
             raise KeyError(f"event scalars not filled: {sorted(missing)}")
         return EventBatch(self.n, dict(self.scalars), cols)

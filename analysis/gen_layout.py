@@ -66,7 +66,11 @@ def _local_order(event: np.ndarray, pt: np.ndarray, keep: np.ndarray, n_events: 
     """Stored rows ordered by (event, decreasing pt; ties keep input order), and per-row
     position inside its event (-1 for rows not stored)."""
     rows = np.flatnonzero(keep)
-    order = rows[np.lexsort((-pt[rows], event[rows]))]
+    # One integer key instead of a two-key lexsort: the bit pattern of a positive float32
+    # grows with its value, so (event << 32) | ~bits(pt) sorts by event, then by pt downwards.
+    pt_bits = pt[rows].astype(np.float32).view(np.uint32).astype(np.int64)
+    key = (event[rows] << 32) | (0xFFFFFFFF - pt_bits)
+    order = rows[np.argsort(key, kind="stable")]
     counts = np.bincount(event[order], minlength=n_events)
     offsets = np.zeros(n_events + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])

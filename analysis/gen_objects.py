@@ -1,10 +1,11 @@
 """Sample generator (generate stage): turning generated particles into reconstructed objects.
 
-`EventContext` is the detector side of one batch of events: physics generators hand it
-particles (jets, taus, neutrinos, generator-level records) as whole arrays, and it
-applies the detector model (smearing, tau decay and ID, pile-up, soft leptons), keeps the
-invisible momentum for the MET, and finally fills the event scalars. Every method works
-on all events of the batch at once.
+The physics generators (analysis.gen_processes) produce generator-level "truth" batches:
+parton jets, visible tau decay products, jets chosen to fake taus, generator records and
+the neutrino momentum. `reconstruct` runs the detector model on them through
+`EventContext`: jet smearing and b-tagging, tau reconstruction and ID, fake taus,
+pile-up jets, soft leptons and photons, MET with its resolution, vertices and triggers.
+Every method works on all events of the batch at once.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from scipy.special import ndtr, ndtri
 
 from analysis.gen_detector import btag_discriminant, sample_npv, smear_jet_pt, smear_met
 from analysis.gen_events import EventBatch, EventBuilder
-from analysis.gen_kinematics import four_vector, pt_eta_phi_mass, sample_power_law
-from analysis.gen_taus import (MASS_PION, decay_hadronic_taus, fake_decay_modes,
-                               reconstructed_tau_charge, tau_identification)
+from analysis.gen_kinematics import four_vector, pt_eta_phi_mass
+from analysis.gen_taus import MASS_PION, fake_decay_modes, reconstructed_tau_charge, tau_identification
 
-__all__ = ["EventContext", "pick_one_per_event", "truncated_normal"]
+__all__ = ["EventContext", "pick_one_per_event", "reconstruct", "truncated_normal"]
+
+# Jets inside the tracker that are also reconstructed as (mostly non-isolated) tau candidates.
+ISR_FAKE_RATE = 0.08
 
 
 def truncated_normal(rng: np.random.Generator, n: int, *, sigma: float, abs_max: float, mean: float = 0.0) -> np.ndarray:
@@ -86,21 +89,6 @@ class EventContext:
         self.sumet += self._per_event_sum(event, pt)
         return rows, pt, eta, phi
 
-    def add_isr_jets(self, counts: np.ndarray, *, pt_min: float, index: float, eta_sigma: float):
-        """Initial-state radiation jets, ``counts[i]`` in event i: falling pt spectrum,
-        central; a few per cent are heavy flavour.
-
-        Returns (event, p4, reco): the partons and `add_jets`' (rows, pt, eta, phi)."""
-        rng = self.rng
-        event = np.repeat(np.arange(self.n), counts)
-        m = len(event)
-        pt = sample_power_law(rng, m, x_min=pt_min, index=index, x_max=1000.0)
-        eta = truncated_normal(rng, m, sigma=eta_sigma, abs_max=4.7)
-        p4 = four_vector(pt, eta, rng.uniform(-np.pi, np.pi, m), 0.0)
-        flavour = rng.choice([0, 4, 5], size=m, p=[0.92, 0.05, 0.03])
-        reco = self.add_jets(event, p4, flavour)
-        return event, p4, reco
-
     def add_pileup_jets(self) -> None:
         """Soft jets from pile-up interactions: more with more vertices, anywhere in eta."""
         rng = self.rng
@@ -110,14 +98,13 @@ class EventContext:
                          rng.uniform(-np.pi, np.pi, m), 0.0)
         self.add_jets(event, p4, 0, pileup=True)
 
-    def add_real_taus(self, event: np.ndarray, taus: np.ndarray, charge: np.ndarray, gen_rows: np.ndarray):
-        """Decay taus ``(n, 4)`` hadronically, reconstruct the visible system as a tau and
-        its jet; the neutrinos go to the MET. Returns the visible four-vectors."""
+    def add_real_taus(self, event: np.ndarray, visible: np.ndarray, decay_mode: np.ndarray,
+                      charge: np.ndarray, gen_rows: np.ndarray) -> None:
+        """Reconstruct the visible hadronic systems ``(n, 4)`` of tau decays as taus (3 %
+        energy resolution) and as the jets clustered around them."""
         rng = self.rng
-        visible, neutrino, decay_mode = decay_hadronic_taus(rng, taus)
-        self.add_invisible(event, neutrino)
         vis_pt, eta, phi, vis_mass = pt_eta_phi_mass(visible)
-        pt = vis_pt * (1.0 + 0.03 * rng.standard_normal(len(vis_pt)))  # tau energy scale resolution
+        pt = vis_pt * (1.0 + 0.03 * rng.standard_normal(len(vis_pt)))
         mass = np.where(decay_mode == 0, MASS_PION, vis_mass * (1.0 + 0.05 * rng.standard_normal(len(pt))))
         # The jet clustered around the tau: the visible hadrons plus some underlying event.
         jet_pt = vis_pt * rng.normal(1.08, 0.08, len(pt))
@@ -127,13 +114,12 @@ class EventContext:
         self.sumet += self._per_event_sum(event, jet_pt)
         self._add_tau(event, pt, eta, phi, mass, decay_mode,
                       reconstructed_tau_charge(rng, charge, decay_mode), jet_rows, gen_rows, fake=False)
-        return visible
 
-    def add_fake_taus(self, event: np.ndarray, jet_rows: np.ndarray, jet_pt, jet_eta, jet_phi) -> None:
-        """Jets reconstructed as taus: the leading hadrons carry ~2/3 of the jet pt."""
+    def add_fake_taus(self, event: np.ndarray, jet_rows: np.ndarray, jet_pt, jet_eta, jet_phi, fraction) -> None:
+        """Jets reconstructed as taus whose leading hadrons carry ``fraction`` of the jet pt."""
         rng = self.rng
         m = len(event)
-        pt = jet_pt * rng.beta(6.0, 2.0, m)
+        pt = jet_pt * fraction
         decay_mode = fake_decay_modes(rng, m)
         mass = np.where(decay_mode == 0, MASS_PION, rng.uniform(0.3, 1.6, m))
         charge = rng.choice(np.array([-1, 1]), m) * np.where((decay_mode >= 10) & (rng.random(m) < 0.1), 3, 1)
@@ -195,3 +181,37 @@ class EventContext:
                  HLT_IsoMu17_eta2p1_LooseIsoPFTau20=(self.iso_muon_pt > 17.0) & (np.abs(self.iso_muon_eta) < 2.1)
                  & (self.loose_tau_pt > 20.0))
         return self.builder.build()
+
+
+def reconstruct(rng: np.random.Generator, truth: EventBatch) -> EventBatch:
+    """Reconstructed events (the NanoAOD collections) from a generator-level truth batch.
+
+    ``truth`` holds tables ``Jet`` (parton jets: pt, eta, phi, mass, flavour), ``Tau``
+    (visible decay products vis_pt, vis_eta, vis_phi, vis_mass, decayMode, charge,
+    genPartIdx), ``Fake`` (jetIdx of a jet faking a tau, frac of its pt carried by the
+    tau candidate), ``GenPart`` and scalars ``nu_px``, ``nu_py`` (all neutrinos).
+    """
+    n = truth.n
+    ctx = EventContext(rng, n)
+    jets, taus, fakes, gen = (truth.collections[k] for k in ("Jet", "Tau", "Fake", "GenPart"))
+    ctx.invisible[:, 0] += truth.scalars["nu_px"]
+    ctx.invisible[:, 1] += truth.scalars["nu_py"]
+    # The truth jets and generator records are added first: their rows keep their numbers.
+    jet_rows, jet_pt, jet_eta, jet_phi = ctx.add_jets(
+        jets["event"], four_vector(jets["pt"], jets["eta"], jets["phi"], jets["mass"]), jets["flavour"])
+    ctx.builder.add("GenPart", gen["event"], pt=gen["pt"], eta=gen["eta"], phi=gen["phi"],
+                               mass=gen["mass"], pdgId=gen["pdgId"], status=gen["status"])
+    visible = four_vector(taus["vis_pt"], taus["vis_eta"], taus["vis_phi"], taus["vis_mass"])
+    ctx.add_real_taus(taus["event"], visible, taus["decayMode"], taus["charge"], taus["genPartIdx"])
+    chosen = fakes["jetIdx"]
+    ctx.add_fake_taus(fakes["event"], jet_rows[chosen], jet_pt[chosen], jet_eta[chosen], jet_phi[chosen],
+                      fakes["frac"])
+    # Any other jet inside the tracker may also give a tau candidate, rarely isolated.
+    other = np.ones(len(jet_rows), dtype=bool)
+    other[chosen] = False
+    extra = other & (np.abs(jet_eta) < 2.3) & (rng.random(len(jet_rows)) < ISR_FAKE_RATE)
+    ctx.add_fake_taus(jets["event"][extra], jet_rows[extra], jet_pt[extra], jet_eta[extra], jet_phi[extra],
+                      rng.beta(6.0, 2.0, int(extra.sum())))
+    ctx.add_pileup_jets()
+    ctx.add_soft_objects()
+    return ctx.build()
