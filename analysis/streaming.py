@@ -24,8 +24,10 @@ torch = optional_import("torch", purpose="the mlp model's streaming loader")
 
 __all__ = ["ParquetBatchStream", "RowGroupShuffleBuffer", "row_group_units"]
 
-# Rows converted from Parquet at a time: bounds the memory taken besides the buffer.
-_READ_ROWS = 65_536
+# Rows read from Parquet at a time (also capped by the buffer size): bounds the memory
+# taken besides the buffer. Above prepare's default row group (100k rows), so a whole
+# row group is usually one read.
+_READ_ROWS = 131_072
 
 
 def row_group_units(files: Sequence[str | Path]) -> list[tuple[Path, int, int]]:
@@ -71,12 +73,21 @@ class RowGroupShuffleBuffer:
     def free(self) -> int:
         return self.capacity - self.n
 
-    def put(self, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> None:
-        """Append rows; the caller passes at most ``free`` of them."""
+    def put(self, x: np.ndarray | Sequence[np.ndarray], y: np.ndarray, w: np.ndarray) -> None:
+        """Append rows; the caller passes at most ``free`` of them.
+
+        ``x`` is a ``(rows, n_features)`` array or a sequence of ``n_features`` columns
+        (as Parquet stores them): columns are written straight into the buffer, which
+        saves building a row-major copy first.
+        """
         k = len(y)
         if k > self.free:
             raise ValueError(f"shuffle buffer overflow: {k} rows into {self.free} free slots")
-        self.x[self.n:self.n + k] = x
+        if isinstance(x, np.ndarray):
+            self.x[self.n:self.n + k] = x
+        else:
+            for j, column in enumerate(x):
+                self.x[self.n:self.n + k, j] = column
         self.y[self.n:self.n + k] = y
         self.w[self.n:self.n + k] = w
         self.n += k
@@ -171,20 +182,22 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
             units = units[info.id::info.num_workers]
         return units
 
-    def _read(self, units: list[tuple[Path, int, int]], chunk: int):
+    def _read(self, units: list[tuple[Path, int, int]], chunk: int, *, threads: bool):
+        """Yield ``(feature_columns, label, train_weight)`` numpy views of <= ``chunk`` rows."""
         columns = [*self.features, LABEL, TRAIN_WEIGHT]
+        nf = len(self.features)
         open_file, handle = None, None
-        for path, group, _ in units:
+        for path, group, rows in units:
             if path != open_file:
                 handle, open_file = pq.ParquetFile(path), path
-            for batch in handle.iter_batches(batch_size=chunk, row_groups=[group],
-                                             columns=columns, use_threads=False):
-                x = np.empty((batch.num_rows, len(self.features)), dtype=np.float32)
-                for j in range(len(self.features)):
-                    x[:, j] = batch.column(j).to_numpy(zero_copy_only=False)
-                y = batch.column(len(self.features)).to_numpy(zero_copy_only=False)
-                w = batch.column(len(self.features) + 1).to_numpy(zero_copy_only=False)
-                yield x, y.astype(np.float32), w.astype(np.float32)
+            if rows <= chunk:
+                pieces = [handle.read_row_group(group, columns=columns, use_threads=threads)]
+            else:
+                pieces = handle.iter_batches(batch_size=chunk, row_groups=[group],
+                                             columns=columns, use_threads=threads)
+            for piece in pieces:
+                arrays = [piece.column(j).to_numpy() for j in range(nf + 2)]
+                yield arrays[:nf], arrays[nf], arrays[nf + 1]
 
     def _emit(self, x: np.ndarray, y: np.ndarray, w: np.ndarray):
         if self.as_numpy:
@@ -203,11 +216,14 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
         buffer = RowGroupShuffleBuffer(max(1, min(self.shuffle_buffer, worker_rows)),
                                        len(self.features), rng)
         chunk = min(self.shuffle_buffer, _READ_ROWS)
-        for x, y, w in self._read(units, chunk):
+        # Parquet decoding may use threads in the main process; DataLoader workers already
+        # run in parallel.
+        for cols, y, w in self._read(units, chunk, threads=info is None):
             start = 0
             while start < len(y):
                 k = min(buffer.free, len(y) - start)
-                buffer.put(x[start:start + k], y[start:start + k], w[start:start + k])
+                buffer.put([c[start:start + k] for c in cols], y[start:start + k],
+                           w[start:start + k])
                 start += k
                 while buffer.free == 0:
                     yield self._emit(*buffer.take(self.batch_size))
@@ -218,8 +234,13 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
     def _iter_in_order(self, units):
         pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         held = 0
-        for x, y, w in self._read(units, min(self.batch_size * 16, _READ_ROWS)):
-            pending.append((x, y, w))
+        chunk = min(self.batch_size * 16, _READ_ROWS)
+        threads = torch.utils.data.get_worker_info() is None
+        for cols, y, w in self._read(units, chunk, threads=threads):
+            x = np.empty((len(y), len(cols)), dtype=np.float32)
+            for j, column in enumerate(cols):
+                x[:, j] = column
+            pending.append((x, y.astype(np.float32), w.astype(np.float32)))
             held += len(y)
             if held >= self.batch_size:
                 xs, ys, ws = (np.concatenate(p) for p in zip(*pending))
