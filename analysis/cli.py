@@ -90,6 +90,51 @@ def skim(
     run_skim(fileset, out, cfg, scheduler=scheduler, progress=not quiet)
 
 
+def _csv_list(value: Optional[str], cast: Any = str) -> Optional[list[Any]]:
+    return None if value is None else [cast(v.strip()) for v in value.split(",") if v.strip()]
+
+
+@app.command()
+def prepare(
+    skim_dir: Path = typer.Argument(..., help="Skim folder (<dataset>/part-*.parquet), or a table with --table-format."),
+    out: Path = typer.Option(..., "--out", "-o", help="Prepared folder: train/ val/ test/ data/, stats.json, manifest.json."),
+    split: Optional[str] = typer.Option(None, help="Train,val,test fractions, e.g. 0.6,0.2,0.2."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the hash split and the shuffle."),
+    scheduler: Optional[str] = typer.Option(None, help="Existing dask scheduler (tcp://host:8786)."),
+    table_format: Optional[str] = typer.Option(None, help="Read SKIM_DIR as a flat table: csv or parquet."),
+    label_column: Optional[str] = typer.Option(None, help="Flat table: class column (HiggsML: Label)."),
+    weight_column: Optional[str] = typer.Option(None, help="Flat table: weight column (HiggsML: Weight)."),
+    id_columns: Optional[str] = typer.Option(None, help="Flat table: comma-separated event identity columns."),
+    features: Optional[str] = typer.Option(None, help="Flat table: comma-separated feature columns (default: all numeric)."),
+    missing_value: Optional[float] = typer.Option(None, help="Flat table: value meaning 'undefined' (HiggsML: -999)."),
+    config: Optional[Path] = ConfigOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Hash split, class-balanced train_weight, train-only statistics, standardisation, global shuffle."""
+    from analysis.errors import ConfigError
+
+    try:
+        fractions = _csv_list(split, float)
+    except ValueError:
+        fractions = []
+    if fractions is not None and len(fractions) != 3:
+        raise ConfigError(f"--split {split!r}: give three fractions train,val,test such as 0.6,0.2,0.2")
+    table = dict(format=table_format, label_column=label_column, weight_column=weight_column,
+                 id_columns=_csv_list(id_columns), feature_columns=_csv_list(features),
+                 missing_value=missing_value)
+    given = {k: v for k, v in table.items() if v is not None}
+    cfg = _load(config, prepare=dict(split=fractions, seed=seed, table=given or None))
+    if table_format is not None:
+        from analysis.tabular import run_prepare_table
+
+        run_prepare_table(skim_dir, out, cfg, scheduler=scheduler, progress=not quiet)
+    else:
+        from analysis.prepare import run_prepare
+
+        run_prepare(skim_dir, out, cfg, scheduler=scheduler, progress=not quiet)
+    typer.echo(f"prepared: {out}", err=True)
+
+
 @app.command()
 def train(
     prep_dir: Path = typer.Argument(..., help="Prepared directory (output of `hepprep prepare`)."),

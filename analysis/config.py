@@ -25,6 +25,7 @@ __all__ = [
     "GenerateConfig",
     "MLPConfig",
     "PrepareConfig",
+    "PrepareTableConfig",
     "Sample",
     "SelectionConfig",
     "SkimConfig",
@@ -165,6 +166,21 @@ class SkimConfig(_Strict):
     skip_bad_files: bool = False  # record unreadable files in the manifest and go on
 
 
+class PrepareTableConfig(_Strict):
+    """Prepare on a flat table (Parquet or CSV) instead of a skim; defaults read the HiggsML CSV."""
+
+    format: Literal["csv", "parquet"] = "csv"
+    label_column: str = "Label"  # class column; its values are mapped with the two lists below
+    signal_values: list[str] = ["s", "1"]  # label values (compared as text) meaning signal
+    background_values: list[str] = ["b", "0"]  # label values meaning background
+    data_values: list[str] = ["-1"]  # label values meaning real data (never trained on)
+    weight_column: str | None = "Weight"  # physics weight; None: every row weighs 1
+    id_columns: list[str] = ["EventId"]  # event identity for the hash split; [] = file + row number
+    feature_columns: list[str] = []  # [] = every numeric column except label, weight and ids
+    missing_value: float | None = -999.0  # sentinel for "undefined" (HiggsML), read as NaN
+    chunk_rows: int = Field(500_000, gt=0)  # rows converted at a time (memory bound of the reader)
+
+
 class PrepareConfig(_Strict):
     """The prepare stage (split, weights, statistics, standardisation, shuffle)."""
 
@@ -175,6 +191,7 @@ class PrepareConfig(_Strict):
     bucket_rows: int = Field(1_000_000, gt=0)  # rows per shuffle bucket (sets peak memory)
     file_rows: int = Field(1_000_000, gt=0)  # rows per output Parquet file
     row_group_rows: int = Field(100_000, gt=0)  # rows per row group inside a file
+    table: PrepareTableConfig = PrepareTableConfig()  # column names of a flat-table input
 
     @field_validator("split")
     @classmethod
