@@ -10,21 +10,24 @@ loses at most the chunks in flight.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from coffea import processor
 from coffea.nanoevents import NanoAODSchema
+from coffea.processor import executor as _coffea_executor
 from coffea.processor.executor import FileMeta
 
 from analysis.cluster import dask_client
 from analysis.config import Config
 from analysis.errors import ConfigError, InputFileError, StageInputError
-from analysis.progress import stage_console
+from analysis.progress import progress_bar, stage_console
 from analysis.skim_inputs import DatasetInfo, check_file, load_fileset, resolve_datasets
 from analysis.skim_manifest import (build_cutflow, build_manifest, chunk_relpath, plan_chunks,
                                     remove_stale_temp_files, write_json_atomic)
@@ -65,6 +68,22 @@ def _executor(kind: str, *, workers: int, progress: bool, client=None) -> proces
     if kind == "futures":
         return processor.FuturesExecutor(workers=workers, status=progress, desc="skim")
     return processor.DaskExecutor(client=client, status=progress, desc="skim")
+
+
+@contextlib.contextmanager
+def _coffea_progress(enabled: bool) -> Iterator[None]:
+    """Route coffea's executor progress bars through `analysis.progress` (stderr, --quiet).
+
+    coffea 2026.9 draws its bars with ``coffea.processor.executor.rich_bar`` on stdout and
+    ignores ``status=False`` (the flag reaches rich as an unused task field), so `--quiet`
+    could not silence it otherwise. The original is restored on exit.
+    """
+    original = _coffea_executor.rich_bar
+    _coffea_executor.rich_bar = lambda: progress_bar(quiet=not enabled)
+    try:
+        yield
+    finally:
+        _coffea_executor.rich_bar = original
 
 
 def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
@@ -134,6 +153,7 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
                     for n, d in datasets.items()}
 
     with ExitStack() as stack:
+        stack.enter_context(_coffea_progress(progress))
         client = None
         if executor == "dask":
             client = stack.enter_context(dask_client(config.cluster, scheduler, n_workers=workers))
@@ -177,7 +197,8 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
         "bad_files": len(errors), "complete": manifest["complete"],
         "seconds": round(time.perf_counter() - start_time, 3),
     }
-    stage_console(quiet=not progress).print(
+    # The one-line summary stays with --quiet (which silences progress bars only).
+    stage_console().print(
         f"skim: {summary['rows']:,} events selected of {summary['events']:,}; "
         f"{summary['chunks_run']} chunks run, {summary['chunks_skipped']} already done"
         + (f"; {len(errors)} bad file(s) skipped, see manifest.json" if errors else "")

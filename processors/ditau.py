@@ -12,6 +12,7 @@ them the same way and the runner decides whether to stop or skip the file.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,14 @@ from processors.profiles import InputProfile, ProfileError, detect_profile, even
 from processors.selection import leading, select_jets, select_tau_pair, select_taus
 
 __all__ = ["CUTS", "DiTauProcessor", "dataset_weight", "triggers_applied"]
+
+# NanoAODSchema warns about every cross-reference a real file lacks (LowPtElectron -> ...)
+# each time a chunk is opened. The skim reads none of them. Installed at import, so that
+# executor workers, which import this module to unpickle the processor before they build
+# the chunk's events, are quiet too.
+warnings.filterwarnings("ignore", "Missing cross-reference index", RuntimeWarning, "coffea")
+warnings.filterwarnings("ignore", "Branch .* already exists but its values will be replaced",
+                        RuntimeWarning, "coffea")
 
 # Names of the cutflow steps, in order ("trigger" only when triggers are applied).
 CUTS = ("all", "trigger", "two_good_taus", "tau_pair", "good_jets")
@@ -152,11 +161,14 @@ class DiTauProcessor(processor.ProcessorABC):
             "njets": ak.to_numpy(ak.num(good_jets[rows])),
             "ntaus": ak.to_numpy(ak.num(good_taus[rows])),
         }
+        flat = {}
         for prefix, obj, fields in (("tau1", t1, _TAU_OUT), ("tau2", t2, _TAU_OUT),
                                     ("jet1", j1, _JET_OUT), ("jet2", j2, _JET_OUT)):
-            for field in fields:
-                columns[f"{prefix}_{field}"] = _column(obj[field])
-        columns.update(ditau_features(t1, t2, j1, j2, inputs["met_pt"][rows], inputs["met_phi"][rows]))
+            flat[prefix] = {field: _column(obj[field]) for field in fields}
+            columns.update({f"{prefix}_{field}": v for field, v in flat[prefix].items()})
+        # Features on flat numpy arrays: no per-operation awkward overhead on small chunks.
+        columns.update(ditau_features(flat["tau1"], flat["tau2"], flat["jet1"], flat["jet2"],
+                                      inputs["met_pt"][rows], inputs["met_phi"][rows]))
         return columns, cutflow
 
 

@@ -20,7 +20,9 @@ FEATURES = ("m_vis", "pt_vis", "dr_tautau", "mt_tau1", "mt_tau2", "mjj", "ptjj",
 
 def _numpy(x) -> np.ndarray:
     """float64 numpy array, None -> NaN."""
-    return ak.to_numpy(ak.fill_none(x, np.nan), allow_missing=False).astype(np.float64)
+    if isinstance(x, ak.Array):
+        x = ak.to_numpy(ak.fill_none(x, np.nan), allow_missing=False)
+    return np.asarray(x, dtype=np.float64)
 
 
 def ditau_features(tau1: ak.Array, tau2: ak.Array, jet1: ak.Array, jet2: ak.Array,
@@ -29,11 +31,11 @@ def ditau_features(tau1: ak.Array, tau2: ak.Array, jet1: ak.Array, jet2: ak.Arra
 
     Parameters
     ----------
-    tau1, tau2 : ``?{pt, eta, phi, mass}``, one per event
+    tau1, tau2 : ``?{pt, eta, phi, mass}`` or dict of flat numpy arrays, one per event
         The selected tau pair, tau1 the higher-pt member.
-    jet1, jet2 : ``?{pt, eta, phi, mass}``, one per event
-        The two leading good jets (None where missing).
-    met_pt, met_phi : ``float32``, one per event
+    jet1, jet2 : ``?{pt, eta, phi, mass}`` or dict of flat numpy arrays, one per event
+        The two leading good jets (None or NaN where missing).
+    met_pt, met_phi : flat arrays, one per event
         Missing transverse momentum.
 
     Returns
@@ -51,13 +53,13 @@ def ditau_features(tau1: ak.Array, tau2: ak.Array, jet1: ak.Array, jet2: ak.Arra
     out = {
         "m_vis": m_vis,
         "pt_vis": pt_vis,
-        "dr_tautau": delta_r(tau1.eta, tau1.phi, tau2.eta, tau2.phi),
-        "mt_tau1": transverse_mass(tau1.pt, tau1.phi, met_pt, met_phi),
-        "mt_tau2": transverse_mass(tau2.pt, tau2.phi, met_pt, met_phi),
+        "dr_tautau": delta_r(tau1["eta"], tau1["phi"], tau2["eta"], tau2["phi"]),
+        "mt_tau1": transverse_mass(tau1["pt"], tau1["phi"], met_pt, met_phi),
+        "mt_tau2": transverse_mass(tau2["pt"], tau2["phi"], met_pt, met_phi),
         "mjj": mjj,
         "ptjj": ptjj,
-        "jdeta": abs(jet1.eta - jet2.eta),
+        "jdeta": abs(_numpy(jet1["eta"]) - _numpy(jet2["eta"])),
         # Only transverse components enter pt, so the MET's (unknown) eta does not matter.
-        "pt_h": vector_sum_pt([tau1.pt, tau2.pt, met_pt], [tau1.phi, tau2.phi, met_phi]),
+        "pt_h": vector_sum_pt([tau1["pt"], tau2["pt"], met_pt], [tau1["phi"], tau2["phi"], met_phi]),
     }
     return {name: _numpy(out[name]) for name in FEATURES}

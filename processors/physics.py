@@ -3,15 +3,15 @@
 Every function here is a plain function of arrays: no configuration, no I/O, so the
 processor, the tests and a notebook compute the same numbers. Inputs may be flat
 (one value per event) or jagged (``var * float32``, one value per object); awkward
-broadcasts them the usual way. Sums of four-vectors go through coffea's Lorentz-vector
-behaviour, evaluated in float64 so that float32 outputs are exact to float32 precision.
+broadcasts them the usual way. Sums of four-vectors go through scikit-hep `vector` on numpy
+arrays, evaluated in float64 so that float32 outputs are exact to float32 precision.
 """
 
 from __future__ import annotations
 
 import awkward as ak
 import numpy as np
-from coffea.nanoevents.methods import vector as _vector
+import vector
 
 __all__ = ["delta_phi", "delta_r", "lorentz_vectors", "pair_mass_pt", "transverse_mass",
            "vector_sum_pt"]
@@ -72,37 +72,41 @@ def transverse_mass(pt, phi, met_pt, met_phi):
     return np.sqrt(np.maximum(mt2, 0.0))
 
 
-def lorentz_vectors(pt, eta, phi, mass):
-    """Zip (pt, eta, phi, mass) into coffea ``PtEtaPhiMLorentzVector`` records, in float64.
+def _numpy_f64(values) -> np.ndarray:
+    """A flat float64 numpy array; missing values (None) become NaN."""
+    if isinstance(values, ak.Array):
+        values = ak.to_numpy(ak.fill_none(values, np.nan))
+    return np.asarray(values, dtype=np.float64)
+
+
+def lorentz_vectors(pt, eta, phi, mass) -> vector.MomentumNumpy4D:
+    """Four-vectors from (pt, eta, phi, mass), as scikit-hep `vector` numpy arrays in float64.
 
     Parameters
     ----------
-    pt, eta, phi, mass : arrays of one shape (flat, ``?float``, or ``var * float``)
+    pt, eta, phi, mass : flat arrays of one length (numpy, or awkward ``?float``: None -> NaN)
     """
-    fields = {"pt": pt, "eta": eta, "phi": phi, "mass": mass}
-    return ak.zip({k: ak.values_astype(ak.Array(v) if not isinstance(v, ak.Array) else v,
-                                       np.float64) for k, v in fields.items()},
-                  with_name="PtEtaPhiMLorentzVector", behavior=_vector.behavior)
+    return vector.array({"pt": _numpy_f64(pt), "eta": _numpy_f64(eta), "phi": _numpy_f64(phi),
+                         "mass": _numpy_f64(mass)})
 
 
-def pair_mass_pt(first, second):
+def pair_mass_pt(first, second) -> tuple[np.ndarray, np.ndarray]:
     """Invariant mass and pt of the sum of two objects.
 
     Parameters
     ----------
-    first, second : records with ``pt``, ``eta``, ``phi``, ``mass`` fields
-        One object per event (``?{pt, eta, phi, mass}``); a missing object (None) gives None.
+    first, second : records or mappings with ``pt``, ``eta``, ``phi``, ``mass``
+        One object per event (awkward ``?{pt, eta, phi, mass}`` or dict of flat numpy arrays);
+        a missing object (None or NaN) gives NaN.
 
     Returns
     -------
-    (mass, pt) : two float64 arrays, one value per event. A sum whose m^2 rounds below
+    (mass, pt) : two float64 numpy arrays, one value per event. A sum whose m^2 rounds below
     zero (massless collinear objects) has mass 0, not NaN.
     """
-    a = lorentz_vectors(first.pt, first.eta, first.phi, first.mass)
-    b = lorentz_vectors(second.pt, second.eta, second.phi, second.mass)
-    total = a.add(b)
-    mass2 = total.t**2 - total.x**2 - total.y**2 - total.z**2
-    return np.sqrt(np.maximum(mass2, 0.0)), total.pt
+    total = (lorentz_vectors(first["pt"], first["eta"], first["phi"], first["mass"])
+             + lorentz_vectors(second["pt"], second["eta"], second["phi"], second["mass"]))
+    return np.sqrt(np.maximum(total.tau2, 0.0)), np.asarray(total.pt)
 
 
 def vector_sum_pt(pts, phis):

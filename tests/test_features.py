@@ -62,7 +62,7 @@ def test_pair_mass_pt_hand_worked():
     # massless at eta +-1: m^2 = 2 pt1 pt2 (cosh 2 - cos 0), pt 2.
     assert mass.tolist()[:4] == pytest.approx([20.0, math.sqrt(24), 2.0, math.sqrt(2 * (math.cosh(2) - 1))])
     assert pt.tolist()[:4] == pytest.approx([0.0, 5.0, 10.0, 2.0], abs=1e-9)
-    assert mass.tolist()[4] is None and pt.tolist()[4] is None
+    assert np.isnan(mass[4]) and np.isnan(pt[4])  # a missing object
 
 
 def test_pair_mass_of_collinear_massless_pair_is_zero_not_nan():
@@ -78,6 +78,13 @@ def test_vector_sum_pt_cancels():
     phis = [ak.Array([0.0]), ak.Array([math.pi / 2]), ak.Array([met_phi])]
     assert vector_sum_pt(pts, phis).tolist() == pytest.approx([0.0], abs=1e-9)
     assert vector_sum_pt(pts[:2], phis[:2]).tolist() == pytest.approx([50.0])
+
+
+def test_pair_mass_pt_takes_flat_numpy_mappings():
+    a = {"pt": np.array([3.0]), "eta": np.array([0.0]), "phi": np.array([0.0]), "mass": np.array([0.0])}
+    b = {"pt": np.array([4.0]), "eta": np.array([0.0]), "phi": np.array([math.pi / 2]), "mass": np.array([0.0])}
+    mass, pt = pair_mass_pt(a, b)
+    assert mass.tolist() == pytest.approx([math.sqrt(24)]) and pt.tolist() == pytest.approx([5.0])
 
 
 def test_ditau_features_hand_worked_event_and_missing_jet():
