@@ -147,8 +147,12 @@ class WeightedCorrelation:
     def correlation_(self) -> np.ndarray:
         if not getattr(self, "sum_weights_", 0.0) > 0:
             raise ValueError("WeightedCorrelation: no events with non-zero weight were given to partial_fit")
-        cov = self._sum_wxx / self.sum_weights_ - np.outer(self.mean_, self.mean_)
-        sd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+        second = self._sum_wxx / self.sum_weights_
+        cov = second - np.outer(self.mean_, self.mean_)
+        var = np.diag(cov).copy()
+        # E[x^2] - E[x]^2 leaves rounding noise for a constant column: call that zero variance
+        var[var <= 1e-12 * np.diag(second)] = 0.0
+        sd = np.sqrt(var)
         with np.errstate(divide="ignore", invalid="ignore"):
             corr = cov / np.outer(sd, sd)
         corr[~np.isfinite(corr)] = 0.0  # a constant feature correlates with nothing
@@ -227,6 +231,9 @@ def plot_feature(h: hist.Hist, *, signal_processes: list[str], path: str | Path,
             ax.set_xlabel(axis_label(name))
         ax.set_xlim(edges[0], edges[-1])
         ax.set_ylim(0, ax.get_ylim()[1] * 1.45)  # headroom for the legend
+        if name not in _COUNTING and not name.endswith("_btag"):
+            ax.text(0.02, 0.97, "under/overflow in the\nfirst/last bin", transform=ax.transAxes,
+                    ha="left", va="top", fontsize=12, color="dimgrey")
         ax.set_ylabel(y_title)
         ax.legend(loc="upper right", fontsize=14, ncol=2)
         hep_label(ax, lumi_fb=lumi_fb, data=has_data)
@@ -251,7 +258,7 @@ def plot_correlation(matrix: np.ndarray, features: list[str], *, title: str, pat
         ax.set_xticks(range(n), labels, rotation=90, fontsize=13)
         ax.set_yticks(range(n), labels, fontsize=13)
         ax.tick_params(which="minor", bottom=False, top=False, left=False, right=False)
-        font = 10 if n <= 12 else 7
+        font = 11 if n <= 12 else 9
         for i in range(n):
             for j in range(n):
                 ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=font,

@@ -28,6 +28,21 @@ PACKAGES = ("hepprep", "numpy", "pandas", "pyarrow", "awkward", "uproot", "coffe
             "distributed", "xgboost", "torch", "scikit-learn", "scipy", "matplotlib", "mplhep", "hist")
 SECTIONS = [("performance", "Classifier performance"), ("overtraining", "Overtraining check"),
             ("importance", "Feature importance"), ("inputs", "Input features"), ("cutflow", "Cutflow")]
+KS_WARNING = 0.05  # KS p-values below this are flagged as a sign of overtraining
+# How to read each section, for a reader who did not write the pipeline.
+GUIDE = {
+    "performance": "ROC curves use the physics weight of each test event; the AMS scan counts events "
+                   "with score &ge; cut, with s and b scaled to the full luminosity. The best cut is "
+                   "chosen on the test split itself, so its AMS is optimistic for small samples.",
+    "overtraining": "Training-split scores (points) against test-split scores (filled), each class "
+                    "normalised to unit area. A Kolmogorov&ndash;Smirnov p-value below 0.05 means the "
+                    "two differ more than statistics allow: the model has learnt its training events.",
+    "importance": "Total split gain of each feature, and the mean absolute SHAP value (contribution "
+                  "to the log-odds of one event) on test events, for the XGBoost models.",
+    "inputs": "All prepared events (train, validation and test) in physical units, stacked "
+              "backgrounds weighted to the full luminosity, signal overlaid and magnified by the "
+              "factor in the legend, pseudo-data with a ratio panel where the sample has data.",
+}
 
 
 def _versions() -> dict[str, str]:
@@ -106,6 +121,10 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _ks(pvalue: float) -> str:
+    return _num(pvalue, ".3g") + (" (overtrained?)" if pvalue < KS_WARNING else "")
+
+
 def _metrics_table(metrics: dict) -> str:
     effs = None
     rows = []
@@ -115,7 +134,7 @@ def _metrics_table(metrics: dict) -> str:
                     + [_num(m["signal_efficiency"][e], ".3f") for e in effs]
                     + [_num(m["ams"]["ams"], ".3f"), _num(m["ams"]["best_cut"], ".3f"),
                        _num(m["ams"]["s"], ".1f"), _num(m["ams"]["b"], ".1f"),
-                       _num(m["ks"]["signal"]["pvalue"], ".3g"), _num(m["ks"]["background"]["pvalue"], ".3g")])
+                       _ks(m["ks"]["signal"]["pvalue"]), _ks(m["ks"]["background"]["pvalue"])])
     header = (["model", "kind", "weighted AUC"] + [f"ε_s at ε_b = {float(e):.0%}" for e in effs or []]
               + ["best AMS", "best cut", "s (full lumi)", "b (full lumi)", "KS p signal", "KS p background"])
     return _table(header, rows)
@@ -185,7 +204,7 @@ def write_report(out: Path, *, metrics: dict, plots: list[dict], cutflow: pd.Dat
             continue
         if not figures:
             continue
-        parts += [f"<h2>{heading}</h2>", '<div class="grid">']
+        parts += [f"<h2>{heading}</h2>", f"<p>{GUIDE[key]}</p>", '<div class="grid">']
         parts += [_figure(out, p) for p in figures]
         parts.append("</div>")
     if not any(p["section"] == "importance" for p in plots):

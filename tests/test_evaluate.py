@@ -19,9 +19,11 @@ import pytest
 
 from _eval_helpers import TOY_FEATURES, toy_config, write_prepared, write_xgboost_model
 from analysis.cli import main
+from analysis.config import config_from_dict
 from analysis.errors import StageInputError
 from analysis.evaluate import run_evaluate
 from analysis.predict import load_model
+from analysis.train import run_train
 
 FAST = {"evaluate": {"dpi": 30, "n_bins": 12, "shap_rows": 300}}
 
@@ -37,9 +39,13 @@ def evaluated(tmp_path_factory):
     prep = write_prepared(root / "prepared", skim_dir=root / "skim")
     deep = write_xgboost_model(root / "models" / "xgboost", prep, rounds=30)
     stump = write_xgboost_model(root / "models" / "xgb_short", prep, rounds=3)
-    report = run_evaluate([deep, stump], prep, root / "eval", _config(), progress=False)
+    # a network from the training stage itself: a model without trees (no importance plot)
+    mlp_config = config_from_dict({"features": TOY_FEATURES,
+                                   "train": {"mlp": {"max_epochs": 3, "hidden": [16, 16]}}})
+    mlp = run_train(prep, root / "models" / "mlp", mlp_config, model="mlp", device="cpu", progress=False)
+    report = run_evaluate([deep, stump, mlp], prep, root / "eval", _config(), progress=False)
     metrics = json.loads((root / "eval" / "metrics.json").read_text())
-    return {"root": root, "prep": prep, "models": [deep, stump], "report": report,
+    return {"root": root, "prep": prep, "models": [deep, stump, mlp], "report": report,
             "out": root / "eval", "metrics": metrics}
 
 
@@ -47,15 +53,17 @@ def test_metrics_json_has_every_key(evaluated):
     m = evaluated["metrics"]
     assert set(m) == {"prep_dir", "test_fraction", "test_events", "test_yield", "data_events",
                       "negative_weights", "models", "plots"}
-    assert set(m["models"]) == {"xgboost", "xgb_short"}
+    assert set(m["models"]) == {"xgboost", "xgb_short", "mlp"}
     assert set(m["test_fraction"]) == {"signal", "background", "nominal"}
     assert m["test_fraction"]["nominal"] == 0.2
     assert 0.1 < m["test_fraction"]["signal"] < 0.3 and 0.1 < m["test_fraction"]["background"] < 0.3
     assert m["data_events"] > 1000  # pseudo-data from <prep>/data was histogrammed
     for name, model in m["models"].items():
-        assert set(model) == {"model_dir", "kind", "roc_auc", "signal_efficiency", "ams", "ks", "importance"}
-        assert model["kind"] == "xgboost"
-        assert 0.75 < model["roc_auc"] < 1.0, name
+        trees = name != "mlp"
+        assert set(model) == {"model_dir", "kind", "roc_auc", "signal_efficiency", "ams", "ks"} | (
+            {"importance"} if trees else set())
+        assert model["kind"] == ("xgboost" if trees else "mlp")
+        assert 0.65 < model["roc_auc"] < 1.0, name
         assert set(model["signal_efficiency"]) == {"0.01", "0.1"}
         assert 0 < model["signal_efficiency"]["0.01"] <= model["signal_efficiency"]["0.1"] <= 1
         assert set(model["ams"]) == {"best_cut", "ams", "s", "b", "b_reg", "yield_scale_signal",
@@ -64,7 +72,9 @@ def test_metrics_json_has_every_key(evaluated):
         for cls in ("signal", "background"):
             assert set(model["ks"][cls]) == {"statistic", "pvalue", "n_eff_train", "n_eff_test"}
             assert 0 <= model["ks"][cls]["pvalue"] <= 1
-        assert set(model["importance"]["mean_abs_shap"]) == set(TOY_FEATURES)
+        if trees:
+            assert set(model["importance"]["mean_abs_shap"]) == set(TOY_FEATURES)
+            assert set(model["importance"]["total_gain"]) <= set(TOY_FEATURES)
     # the deeper model separates better than three trees
     assert m["models"]["xgboost"]["roc_auc"] > m["models"]["xgb_short"]["roc_auc"]
 
@@ -73,7 +83,7 @@ def test_every_plot_file_is_written_and_listed(evaluated):
     out, m = evaluated["out"], evaluated["metrics"]
     expected = {"plots/roc.png", "plots/ams.png", "plots/cutflow.png",
                 "plots/correlation_signal.png", "plots/correlation_background.png",
-                "plots/scores_xgboost.png", "plots/scores_xgb_short.png",
+                "plots/scores_xgboost.png", "plots/scores_xgb_short.png", "plots/scores_mlp.png",
                 "plots/importance_xgboost.png", "plots/importance_xgb_short.png"}
     expected |= {f"plots/feature_{f}.png" for f in TOY_FEATURES}
     assert set(m["plots"]) == expected
@@ -153,15 +163,6 @@ def test_report_has_metrics_cutflow_configuration_and_provenance(evaluated):
         assert f"<td>{package}</td>" in text
 
 
-def test_rerun_gives_identical_metrics_and_plots(evaluated, tmp_path):
-    root = evaluated["root"]
-    run_evaluate(evaluated["models"], evaluated["prep"], tmp_path, _config(), progress=False)
-    again = json.loads((tmp_path / "metrics.json").read_text())
-    assert again["models"] == evaluated["metrics"]["models"]
-    for rel in ("plots/roc.png", "plots/feature_m_vis.png"):
-        assert (tmp_path / rel).read_bytes() == (root / "eval" / rel).read_bytes()
-
-
 def test_model_with_other_features_is_a_one_line_error(evaluated, tmp_path):
     other = write_prepared(tmp_path / "prep_other", features=TOY_FEATURES[:5], with_data=False)
     model = evaluated["models"][0]
@@ -185,14 +186,19 @@ def test_cli_reports_feature_mismatch_on_one_line(evaluated, tmp_path, capsys):
     assert err.startswith("hepprep: error: model ") and "missing from the prepared directory: mjj" in err
 
 
-def test_cli_evaluates_and_prints_the_report_path(evaluated, tmp_path, capsys):
+def test_cli_rerun_of_one_model_gives_identical_metrics_and_plots(evaluated, tmp_path, capsys):
+    """Same inputs, same numbers and bytes; a model's metrics do not depend on the others."""
     cfg = tmp_path / "fast.toml"
-    cfg.write_text('features = ["tau1_pt", "tau2_eta", "jet1_btag", "njets", "m_vis", "mjj"]\n'
-                   "[evaluate]\ndpi = 30\nn_bins = 10\nshap_rows = 200\n")
+    cfg.write_text(f"features = {json.dumps(TOY_FEATURES)}\n[prepare]\nsplit = [0.6, 0.2, 0.2]\nseed = 11\n"
+                   "[evaluate]\n" + "".join(f"{k} = {v}\n" for k, v in FAST["evaluate"].items()))
     main(["evaluate", str(evaluated["models"][1]), str(evaluated["prep"]), "--out", str(tmp_path / "e"),
           "--config", str(cfg), "--quiet"])
     assert capsys.readouterr().out.strip() == f"report: {tmp_path / 'e' / 'report.html'}"
-    assert list(json.loads((tmp_path / "e" / "metrics.json").read_text())["models"]) == ["xgb_short"]
+    again = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert list(again["models"]) == ["xgb_short"]
+    assert again["models"]["xgb_short"] == evaluated["metrics"]["models"]["xgb_short"]
+    for rel in ("plots/feature_m_vis.png", "plots/correlation_signal.png", "plots/cutflow.png"):
+        assert (tmp_path / "e" / rel).read_bytes() == (evaluated["out"] / rel).read_bytes(), rel
 
 
 def test_cli_needs_a_model_and_a_prepared_dir(tmp_path, capsys):
