@@ -41,19 +41,17 @@ def pt_eta_phi_mass(p4: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     energy, px, py, pz = p4[..., 0], p4[..., 1], p4[..., 2], p4[..., 3]
     pt = np.hypot(px, py)
     # arcsinh(pz/pt) is eta without the log(0) of the (p+pz)/(p-pz) form along the beam.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        eta = np.arcsinh(np.where(pt > 0, pz / np.where(pt > 0, pt, 1.0), np.sign(pz) * 1e10))
+    eta = np.arcsinh(pz / np.maximum(pt, 1e-300))
     phi = np.arctan2(py, px)
-    m2 = energy * energy - px * px - py * py - pz * pz
-    mass = np.sqrt(np.clip(m2, 0.0, None))
-    return pt, eta, phi, mass
+    m2 = energy * energy - pt * pt - pz * pz
+    return pt, eta, phi, np.sqrt(np.maximum(m2, 0.0))
 
 
 def invariant_mass(*p4s: np.ndarray) -> np.ndarray:
     """Mass of the sum of any number of four-vector arrays of the same shape."""
-    total = np.sum(p4s, axis=0)
-    m2 = total[..., 0] ** 2 - np.sum(total[..., 1:] ** 2, axis=-1)
-    return np.sqrt(np.clip(m2, 0.0, None))
+    total = p4s[0] if len(p4s) == 1 else np.add.reduce(p4s)
+    e, px, py, pz = total[..., 0], total[..., 1], total[..., 2], total[..., 3]
+    return np.sqrt(np.maximum(e * e - px * px - py * py - pz * pz, 0.0))
 
 
 def wrap_phi(phi):
@@ -72,14 +70,18 @@ def boost(p4: np.ndarray, beta: np.ndarray) -> np.ndarray:
     A particle at rest in a frame moving with ``beta`` gets momentum ``gamma * m * beta``.
     """
     beta = np.asarray(beta, dtype=np.float64)
-    b2 = np.sum(beta * beta, axis=-1)
-    gamma = 1.0 / np.sqrt(1.0 - b2)
-    bp = np.sum(beta * p4[..., 1:], axis=-1)
-    # (gamma - 1) / b2 -> gamma^2 / (gamma + 1), finite at b2 = 0.
-    g2 = gamma * gamma / (gamma + 1.0)
-    energy = gamma * (p4[..., 0] + bp)
-    p3 = p4[..., 1:] + (g2 * bp + gamma * p4[..., 0])[..., None] * beta
-    return np.concatenate([energy[..., None], p3], axis=-1)
+    bx, by, bz = beta[..., 0], beta[..., 1], beta[..., 2]
+    energy, px, py, pz = p4[..., 0], p4[..., 1], p4[..., 2], p4[..., 3]
+    gamma = 1.0 / np.sqrt(1.0 - (bx * bx + by * by + bz * bz))
+    bp = bx * px + by * py + bz * pz
+    # (gamma - 1) / beta^2 written as gamma^2 / (gamma + 1): finite at beta = 0.
+    shift = gamma * gamma / (gamma + 1.0) * bp + gamma * energy
+    out = np.empty(np.broadcast_shapes(p4.shape, beta.shape[:-1] + (4,)))
+    out[..., 0] = gamma * (energy + bp)
+    out[..., 1] = px + shift * bx
+    out[..., 2] = py + shift * by
+    out[..., 3] = pz + shift * bz
+    return out
 
 
 def _isotropic_directions(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -98,6 +100,7 @@ def two_body_decay(rng: np.random.Generator, parent: np.ndarray, m1, m2) -> tupl
     """
     n = parent.shape[0]
     mass = invariant_mass(parent)
+    energy = parent[:, 0]
     m1 = np.broadcast_to(np.asarray(m1, dtype=np.float64), (n,))
     m2 = np.broadcast_to(np.asarray(m2, dtype=np.float64), (n,))
     if np.any(m1 + m2 > mass * (1 + 1e-12)):
@@ -106,10 +109,12 @@ def two_body_decay(rng: np.random.Generator, parent: np.ndarray, m1, m2) -> tupl
                          f"{m1[bad]:.4g} + {m2[bad]:.4g} GeV")
     pstar2 = (mass**2 - (m1 + m2) ** 2) * (mass**2 - (m1 - m2) ** 2)
     pstar = np.sqrt(np.clip(pstar2, 0.0, None)) / (2.0 * mass)
-    direction = _isotropic_directions(rng, n) * pstar[:, None]
-    d1 = np.concatenate([np.sqrt(pstar**2 + m1**2)[:, None], direction], axis=-1)
-    d2 = np.concatenate([np.sqrt(pstar**2 + m2**2)[:, None], -direction], axis=-1)
-    beta = parent[:, 1:] / parent[:, :1]
+    d1 = np.empty((n, 4))
+    d1[:, 1:] = _isotropic_directions(rng, n) * pstar[:, None]
+    d1[:, 0] = np.sqrt(pstar**2 + m1**2)
+    d2 = -d1
+    d2[:, 0] = np.sqrt(pstar**2 + m2**2)
+    beta = parent[:, 1:] / energy[:, None]
     return boost(d1, beta), boost(d2, beta)
 
 
