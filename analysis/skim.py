@@ -45,9 +45,17 @@ def _check_inputs(datasets: dict[str, DatasetInfo], config: Config, *,
     errors = []
     for info in datasets.values():
         triggers = triggers_applied(config.selection, is_mc=info.is_mc)
+        seen: dict[str, str] = {}
         for item in info.files:
             try:
                 check_file(item, triggers=triggers, need_sumw=info.sumw is None)
+                # Parts are named by file UUID: a copy of a file would share them, and its
+                # events would be counted twice anyway.
+                if item.uuid in seen:
+                    raise InputFileError(item.path, f"same ROOT file UUID {item.uuid} as "
+                                                    f"{seen[item.uuid]}: a copy of the same events; "
+                                                    f"list only one of them in the fileset")
+                seen[item.uuid] = item.path
             except InputFileError as err:
                 if not skip_bad_files:
                     raise
@@ -202,5 +210,5 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
         f"skim: {summary['rows']:,} events selected of {summary['events']:,}; "
         f"{summary['chunks_run']} chunks run, {summary['chunks_skipped']} already done"
         + (f"; {len(errors)} bad file(s) skipped, see manifest.json" if errors else "")
-        + f" -> {out}")
+        + f" -> {out}", soft_wrap=True)
     return summary

@@ -183,14 +183,14 @@ def check_file(item: InputFile, *, triggers: list[str], need_sumw: bool) -> Inpu
         raise InputFileError(path, f"cannot open as a ROOT file ({type(err).__name__}: "
                                    f"{' '.join(str(err).split())})") from None
     with file:
-        classes = file.classnames(recursive=False)
-        trees = sorted({k.split(";")[0] for k, c in classes.items() if c.startswith("TTree")})
-        if item.treename not in {k.split(";")[0] for k in classes}:
-            held = ", ".join(trees) if trees else "no tree at all"
+        classes = {k.split(";")[0]: c for k, c in file.classnames(recursive=False).items()}
+        if item.treename not in classes:
+            held = ", ".join(f"{k} ({c})" for k, c in sorted(classes.items())) or "nothing"
             raise InputFileError(path, f"no {item.treename!r} tree (the file holds: {held})")
+        if classes[item.treename] != "TTree":
+            raise InputFileError(path, f"{item.treename!r} is a {classes[item.treename]}, not a TTree "
+                                       f"(the skim reads NanoAOD TTrees)")
         tree = file[item.treename]
-        if not isinstance(tree, uproot.TTree):
-            raise InputFileError(path, f"{item.treename!r} is a {type(tree).__name__}, not a TTree")
         if tree.num_entries == 0:
             raise InputFileError(path, f"empty file: the {item.treename!r} tree has 0 entries")
         branches = set(tree.keys(recursive=False))
