@@ -66,6 +66,20 @@ def discover_skim(skim_dir: str | Path) -> list[Path]:
     return files
 
 
+def _known_data_rows(meta: pq.FileMetaData, rg: int) -> int | None:
+    """Real-data rows of a row group from its `label` min/max statistics, if they settle it.
+
+    A skim file holds one dataset, so its label is constant and the count needs no read.
+    """
+    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    if "label" not in names:
+        return None
+    stats = meta.row_group(rg).column(names.index("label")).statistics
+    if stats is None or not stats.has_min_max or stats.min != stats.max:
+        return None
+    return meta.row_group(rg).num_rows if stats.min == -1 else 0
+
+
 def _input_units(files: Sequence[Path], *, target_rows: int) -> list[InputUnit]:
     """Consecutive row groups of each file, about `target_rows` per piece (pass-1 memory)."""
     units: list[InputUnit] = []
@@ -75,15 +89,16 @@ def _input_units(files: Sequence[Path], *, target_rows: int) -> list[InputUnit]:
         except Exception as err:  # noqa: BLE001 - any reader failure is a bad input file
             raise StageInputError(f"{path}: not a readable Parquet file ({err})") from None
         current: list[int] = []
-        rows = 0
+        rows, data = 0, 0
         for rg in range(meta.num_row_groups):
             current.append(rg)
             rows += meta.row_group(rg).num_rows
-            if rows >= target_rows:
-                units.append(InputUnit(len(units), str(path), tuple(current), rows))
-                current, rows = [], 0
-        if current and rows:
-            units.append(InputUnit(len(units), str(path), tuple(current), rows))
+            known = _known_data_rows(meta, rg)
+            data = None if data is None or known is None else data + known
+            if rows >= target_rows or rg == meta.num_row_groups - 1:
+                if rows:
+                    units.append(InputUnit(len(units), str(path), tuple(current), rows, data))
+                current, rows, data = [], 0, 0
     return units
 
 
@@ -220,8 +235,10 @@ def _two_passes(client: Any, bar: Any, inputs: PrepareInputs, prep: PrepareConfi
     units = _input_units(inputs.files, target_rows=max(1, prep.bucket_rows // 2))
     # Task keys unique per run: a shared scheduler must never hand back another run's result.
     run = uuid.uuid4().hex[:8]
-    counts = _gather(client, client.map(_count_labels, units, key=[f"prepare-count-{run}-{u.index}" for u in units]),
-                     bar, "prepare: count")
+    unknown = [u for u in units if u.data_rows is None]
+    counts = _gather(client, client.map(_count_labels, unknown, key=[f"prepare-count-{run}-{u.index}" for u in unknown]),
+                     bar, "prepare: count labels") if unknown else []
+    counts += [(u.rows - u.data_rows, u.data_rows) for u in units if u.data_rows is not None]
     labelled, data = sum(c[0] for c in counts), sum(c[1] for c in counts)
     if labelled == 0:
         raise StageInputError(f"{inputs.source}: no simulated (label 0/1) events to train on")

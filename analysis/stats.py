@@ -129,19 +129,25 @@ class WeightedFeatureStats:
             raise ValueError(f"X has {X.shape[1]} features, the statistics were fitted with "
                              f"{self.n_features_in_}")
         for j in range(X.shape[1]):
-            x = X[:, j]
+            x = np.ascontiguousarray(X[:, j])
             ok = np.isfinite(x)
-            x, wj = x[ok], w[ok]
+            if not ok.all():
+                x, wj = x[ok], w[ok]
+            else:
+                wj = w
             if not len(x):
                 continue
             sw = wj.sum()
+            # Elementwise products and pairwise sums rather than BLAS dot products: exact
+            # same rounding on every machine, and no BLAS thread start-up per column.
             if np.isnan(self._shift[j]):
-                self._shift[j] = (wj @ x) / sw if sw != 0 else x[0]
+                self._shift[j] = (wj * x).sum() / sw if sw != 0 else x[0]
             d = x - self._shift[j]
+            wd = wj * d
             self.n_samples_seen_[j] += len(x)
             self.sum_weight_[j] += sw
-            self._s1[j] += wj @ d
-            self._s2[j] += wj @ (d * d)
+            self._s1[j] += wd.sum()
+            self._s2[j] += (wd * d).sum()
             self.min_[j] = min(self.min_[j], x.min())
             self.max_[j] = max(self.max_[j], x.max())
             self._sketch[j] += np.bincount(self._keys(x), weights=wj, minlength=self._n_bins)
