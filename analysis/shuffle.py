@@ -216,6 +216,8 @@ def shuffle_bucket(group: int, pieces: Sequence[tuple[str, int]], plan: ShuffleP
     split_index, bucket = plan.locate(group)
     split_name = split_names()[split_index]
     table = pa.concat_tables([pq.ParquetFile(path).read_row_group(rg) for path, rg in pieces])
+    # The skim's per-file schema metadata (its chunk's cutflow) describes no prepared file.
+    table = table.replace_schema_metadata(None)
     table, dictionary_columns = _plain_strings(table)
     table = table.combine_chunks()
     hashes = event_hash(id_columns_of(table, plan.id_columns), seed=plan.seed)
