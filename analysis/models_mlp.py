@@ -9,7 +9,23 @@ from __future__ import annotations
 
 from analysis._optional import optional_import
 
-__all__ = ["build_mlp"]
+__all__ = ["build_mlp", "impute_missing"]
+
+
+def impute_missing(x):
+    """Replace NaN features by 0, the training mean in standardised units.
+
+    Prepare leaves non-finite raw values NaN after standardisation (trees treat NaN as
+    missing); a network would turn one NaN into a NaN loss, so training and prediction
+    both impute the mean here.
+
+    Parameters
+    ----------
+    x : torch.Tensor, float32 ``(batch, n_features)``
+    """
+    import torch
+
+    return torch.nan_to_num(x, nan=0.0)
 
 
 def build_mlp(n_features: int, *, hidden: list[int], dropout: float = 0.0):

@@ -118,10 +118,13 @@ class TrainedModel:
             import xgboost as xgb
             return self.booster.predict(xgb.DMatrix(x, feature_names=self.features)).astype(np.float64)
         import torch
+
+        from analysis.models_mlp import impute_missing
         scores = np.empty(len(x), dtype=np.float64)
         with torch.no_grad():
             for start in range(0, len(x), _PREDICT_ROWS):
-                logits = self.network(torch.from_numpy(x[start:start + _PREDICT_ROWS]))
+                batch = impute_missing(torch.from_numpy(x[start:start + _PREDICT_ROWS]))
+                logits = self.network(batch)
                 scores[start:start + len(logits)] = torch.sigmoid(logits[:, 0]).double().numpy()
         return scores
 

@@ -23,7 +23,7 @@ import numpy as np
 from analysis._optional import optional_import
 from analysis.config import Config
 from analysis.errors import StageInputError
-from analysis.models_mlp import build_mlp
+from analysis.models_mlp import build_mlp, impute_missing
 from analysis.progress import progress_bar, stage_console
 from analysis.train_inputs import PreparedSplits
 
@@ -82,6 +82,7 @@ def _epoch_loss(net, loader, device, *, optimiser=None, scaler=None, amp=False, 
     scores, labels, weights = [], [], []
     for x, y, w in loader:
         x, y, w = (t.to(device, non_blocking=True) for t in (x, y, w))
+        x = impute_missing(x)
         with torch.autocast(device_type=device, dtype=torch.float16, enabled=amp):
             logits = net(x)[:, 0]
         per_event = bce(logits.float(), y) * w

@@ -141,3 +141,25 @@ def test_cli_mlp_with_loader_workers(small_prep, tmp_path, capsys):
           "--resume", "--quiet"])
     after = _state(out)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_nan_features_are_imputed_not_propagated(tmp_path):
+    # Prepare leaves non-finite raw values NaN; the network must still learn and score.
+    prep = write_prepared_dir(tmp_path / "prepared", rows=(2_000, 500, 500), row_group_rows=250)
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    for path in [*(prep / "train").glob("part-*.parquet"), *(prep / "val").glob("part-*.parquet")]:
+        table = pq.read_table(path)
+        col = table.column("mjj")
+        holed = pc.if_else(pc.equal(pc.bit_wise_and(table.column("event"), 7), 0), None, col)
+        holed = pc.fill_null(holed, float("nan")).cast("float32")
+        pq.write_table(table.set_column(table.schema.get_field_index("mjj"), "mjj", holed), path,
+                       row_group_size=250)
+    assert read_split(prep, "train")["mjj"].isna().mean() > 0.1
+    out = run_train(prep, tmp_path / "mlp", _config(max_epochs=2), model="mlp", device="cpu",
+                    progress=False)
+    history = json.loads((out / "history.json").read_text())
+    assert np.isfinite(history["train_loss"]).all() and np.isfinite(history["val_loss"]).all()
+    scores = load_model(out).predict(read_split(prep, "val"), standardised=True)
+    assert np.isfinite(scores).all()
