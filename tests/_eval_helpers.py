@@ -10,7 +10,9 @@ and a tiny XGBoost model trained on the standardised training split.
 
 from __future__ import annotations
 
+import base64
 import json
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +196,43 @@ def write_xgboost_model(model_dir: Path, prep_dir: Path, *, rounds: int = 30,
         "model": "xgboost", "device": "cpu", "params": params,
         "best_iteration": int(booster.best_iteration), "train_seconds": 0.1}))
     return model_dir
+
+
+class BalancedHTML(HTMLParser):
+    """Collects unbalanced tags and the <img> attributes of a page."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.errors, self.images = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs))
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+        else:
+            self.stack.pop()
+
+
+def assert_report_embeds_every_plot(out: Path, metrics: dict) -> None:
+    """report.html parses with balanced tags; every plot of metrics.json is named in it and
+    embedded byte for byte as a data: URI, and nothing else is."""
+    text = (out / "report.html").read_text()
+    parser = BalancedHTML()
+    parser.feed(text)
+    parser.close()
+    assert parser.errors == [] and parser.stack == []
+    assert text.startswith("<!DOCTYPE html>")
+    srcs = [img["src"] for img in parser.images]
+    assert all(src.startswith("data:image/png;base64,") for src in srcs)
+    embedded = {base64.b64decode(src.split(",", 1)[1]) for src in srcs}
+    for rel in metrics["plots"]:
+        assert rel in text, rel  # referenced by name in the caption
+        assert (out / rel).read_bytes() in embedded, rel
+    assert len(srcs) == len(metrics["plots"])

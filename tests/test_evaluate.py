@@ -7,17 +7,16 @@ against a hand computation from the Parquet files, and the one-line errors.
 
 from __future__ import annotations
 
-import base64
 import json
 import re
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from _eval_helpers import TOY_FEATURES, toy_config, write_prepared, write_xgboost_model
+from _eval_helpers import (TOY_FEATURES, assert_report_embeds_every_plot, toy_config, write_prepared,
+                           write_xgboost_model)
 from analysis.cli import main
 from analysis.config import config_from_dict
 from analysis.errors import StageInputError
@@ -114,41 +113,8 @@ def test_best_cut_yields_equal_a_hand_computation_from_the_parquet_files(evaluat
     assert ams["ams"] == pytest.approx(np.sqrt(2 * ((s + b + 10) * np.log(1 + s / (b + 10)) - s)))
 
 
-class _BalancedHTML(HTMLParser):
-    VOID = {"meta", "img", "br", "hr", "link", "input"}
-
-    def __init__(self):
-        super().__init__()
-        self.stack, self.errors, self.images = [], [], []
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "img":
-            self.images.append(dict(attrs))
-        if tag not in self.VOID:
-            self.stack.append(tag)
-
-    def handle_endtag(self, tag):
-        if not self.stack or self.stack[-1] != tag:
-            self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
-        else:
-            self.stack.pop()
-
-
 def test_report_is_balanced_html_with_every_plot_embedded(evaluated):
-    out, m = evaluated["out"], evaluated["metrics"]
-    text = evaluated["report"].read_text()
-    parser = _BalancedHTML()
-    parser.feed(text)
-    parser.close()
-    assert parser.errors == [] and parser.stack == []
-    assert text.startswith("<!DOCTYPE html>")
-    srcs = [img["src"] for img in parser.images]
-    assert all(src.startswith("data:image/png;base64,") for src in srcs)
-    embedded = {base64.b64decode(src.split(",", 1)[1]) for src in srcs}
-    for rel in m["plots"]:
-        assert rel in text, rel  # referenced by name in the caption
-        assert (out / rel).read_bytes() in embedded, rel  # and embedded byte for byte
-    assert len(srcs) == len(m["plots"])
+    assert_report_embeds_every_plot(evaluated["out"], evaluated["metrics"])
 
 
 def test_report_has_metrics_cutflow_configuration_and_provenance(evaluated):
