@@ -18,7 +18,7 @@ except ImportError:  # pragma: no cover - older typer
     from click import exceptions as _click_exc
 
 from analysis.config import Config, config_to_toml, load_config
-from analysis.errors import HepprepError
+from analysis.errors import ConfigError, HepprepError
 
 app = typer.Typer(name="hepprep", add_completion=False, no_args_is_help=True,
                   pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -172,6 +172,38 @@ def evaluate(
 
     report = run_evaluate(paths[:-1], paths[-1], out, _load(config), skim_dir=skim, progress=not quiet)
     typer.echo(f"report: {report}")
+
+
+@app.command()
+def run(
+    config: Optional[Path] = ConfigOption,
+    out: Path = typer.Option(Path("hepprep-output"), "--out", "-o", help="Folder for every stage's output."),
+    fileset: Optional[Path] = typer.Option(None, help="Run on this coffea fileset JSON instead of a generated sample."),
+    models: str = typer.Option("xgboost,mlp", help="Comma-separated models to train and compare."),
+    scheduler: Optional[str] = typer.Option(None, help="Existing dask scheduler (tcp://host:8786)."),
+    quiet: bool = QuietOption,
+) -> None:
+    """Run the whole pipeline; with no arguments, on the embedded default generated sample."""
+    cfg = _load(config)
+    chosen = tuple(m.strip() for m in models.split(",") if m.strip())
+    unknown = sorted(set(chosen) - {"xgboost", "mlp"})
+    if unknown or not chosen:
+        raise ConfigError(f"--models: unknown model {', '.join(unknown) or '(none given)'}; choose from xgboost, mlp")
+    from analysis.pipeline import run_pipeline
+
+    result = run_pipeline(cfg, out, fileset=fileset, models=chosen, scheduler=scheduler, progress=not quiet)
+    typer.echo(f"report: {result.report}")
+
+
+@app.command()
+def cluster(
+    config: Optional[Path] = ConfigOption,
+    scheduler: Optional[str] = typer.Option(None, help="Existing dask scheduler (tcp://host:8786)."),
+) -> None:
+    """Print what the configuration would start or connect to for the dask stages."""
+    from analysis.cluster import describe_cluster
+
+    typer.echo(describe_cluster(_load(config).cluster, scheduler))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,99 @@
+"""Whole pipeline (`hepprep run`): generate -> skim -> prepare -> train -> evaluate, through files.
+
+Each stage reads the previous stage's folder and writes its own under one output folder,
+so a run can be resumed, inspected, or continued by hand with the single-stage commands:
+
+    <out>/samples/fileset.json      generated ROOT files (skipped when --fileset is given)
+    <out>/skim/                     skim Parquet, cutflow.json, manifest.json
+    <out>/prepared/                 train/val/test Parquet, stats.json, manifest.json
+    <out>/models/<model>/           one folder per trained model
+    <out>/evaluation/report.html    metrics.json, plots/, report.html
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from analysis.config import Config
+from analysis.progress import stage_console
+
+__all__ = ["PipelineResult", "run_pipeline"]
+
+
+@dataclass
+class PipelineResult:
+    """Where each stage wrote its output, and how long each took (seconds)."""
+
+    out_dir: Path
+    fileset: Path | None = None
+    skim_dir: Path | None = None
+    prep_dir: Path | None = None
+    model_dirs: list[Path] = field(default_factory=list)
+    report: Path | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def run_pipeline(config: Config, out_dir: str | Path, *, fileset: str | Path | None = None,
+                 models: tuple[str, ...] = ("xgboost", "mlp"), scheduler: str | None = None,
+                 progress: bool = True) -> PipelineResult:
+    """Run every stage on ``fileset`` (or on a freshly generated default sample).
+
+    Parameters
+    ----------
+    config : Config
+        The analysis configuration; every stage reads its own section.
+    out_dir : str or Path
+        Folder for all outputs (layout in the module docstring).
+    fileset : str or Path or None
+        A coffea fileset JSON of real files; None generates the synthetic sample of
+        ``config.generate`` into ``<out>/samples`` (reused when already there).
+    models : tuple of str
+        Models to train and compare: "xgboost", "mlp".
+    scheduler : str or None
+        Address of an existing dask scheduler for the dask stages.
+    progress : bool
+        Progress bars on stderr.
+    """
+    from analysis.evaluate import run_evaluate
+    from analysis.generate import generate_samples
+    from analysis.prepare import run_prepare
+    from analysis.skim import run_skim
+    from analysis.train import run_train
+
+    console = stage_console(quiet=not progress)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = PipelineResult(out_dir=out)
+
+    def timed(name: str, fn, *args, **kwargs):
+        console.rule(f"[bold]{name}")
+        start = time.perf_counter()
+        value = fn(*args, **kwargs)
+        result.seconds[name] = time.perf_counter() - start
+        console.print(f"{name}: {result.seconds[name]:.1f} s")
+        return value
+
+    if fileset is None:
+        fileset = out / "samples" / "fileset.json"
+        if fileset.is_file():
+            console.print(f"generate: reusing {fileset}")
+        else:
+            fileset = timed("generate", generate_samples, out / "samples", config, progress=progress)
+    result.fileset = Path(fileset)
+
+    result.skim_dir = out / "skim"
+    timed("skim", run_skim, result.fileset, result.skim_dir, config, scheduler=scheduler,
+          progress=progress)
+    result.prep_dir = out / "prepared"
+    timed("prepare", run_prepare, result.skim_dir, result.prep_dir, config, scheduler=scheduler,
+          progress=progress)
+    for model in models:
+        model_dir = out / "models" / model
+        timed(f"train {model}", run_train, result.prep_dir, model_dir, config, model=model,
+              scheduler=scheduler, progress=progress)
+        result.model_dirs.append(model_dir)
+    result.report = timed("evaluate", run_evaluate, result.model_dirs, result.prep_dir,
+                          out / "evaluation", config, progress=progress)
+    return result
