@@ -64,31 +64,24 @@ def delta_phi(phi1, phi2):
     return wrap_phi(np.asarray(phi1) - np.asarray(phi2))
 
 
+def _boost_components(energy, px, py, pz, bx, by, bz):
+    # Component arrays (contiguous) are several times faster than columns of an (n, 4) array.
+    gamma = 1.0 / np.sqrt(1.0 - (bx * bx + by * by + bz * bz))
+    bp = bx * px + by * py + bz * pz
+    # (gamma - 1) / beta^2 written as gamma^2 / (gamma + 1): finite at beta = 0.
+    shift = gamma * gamma / (gamma + 1.0) * bp + gamma * energy
+    return gamma * (energy + bp), px + shift * bx, py + shift * by, pz + shift * bz
+
+
 def boost(p4: np.ndarray, beta: np.ndarray) -> np.ndarray:
     """Lorentz-boost four-vectors ``(n, 4)`` by velocities ``beta`` ``(n, 3)`` (|beta| < 1).
 
     A particle at rest in a frame moving with ``beta`` gets momentum ``gamma * m * beta``.
     """
+    p4 = np.asarray(p4, dtype=np.float64)
     beta = np.asarray(beta, dtype=np.float64)
-    bx, by, bz = beta[..., 0], beta[..., 1], beta[..., 2]
-    energy, px, py, pz = p4[..., 0], p4[..., 1], p4[..., 2], p4[..., 3]
-    gamma = 1.0 / np.sqrt(1.0 - (bx * bx + by * by + bz * bz))
-    bp = bx * px + by * py + bz * pz
-    # (gamma - 1) / beta^2 written as gamma^2 / (gamma + 1): finite at beta = 0.
-    shift = gamma * gamma / (gamma + 1.0) * bp + gamma * energy
-    out = np.empty(np.broadcast_shapes(p4.shape, beta.shape[:-1] + (4,)))
-    out[..., 0] = gamma * (energy + bp)
-    out[..., 1] = px + shift * bx
-    out[..., 2] = py + shift * by
-    out[..., 3] = pz + shift * bz
-    return out
-
-
-def _isotropic_directions(rng: np.random.Generator, n: int) -> np.ndarray:
-    cos_theta = rng.uniform(-1.0, 1.0, n)
-    sin_theta = np.sqrt(1.0 - cos_theta * cos_theta)
-    phi = rng.uniform(-np.pi, np.pi, n)
-    return np.stack([sin_theta * np.cos(phi), sin_theta * np.sin(phi), cos_theta], axis=-1)
+    return np.stack(_boost_components(p4[..., 0], p4[..., 1], p4[..., 2], p4[..., 3],
+                                      beta[..., 0], beta[..., 1], beta[..., 2]), axis=-1)
 
 
 def two_body_decay(rng: np.random.Generator, parent: np.ndarray, m1, m2) -> tuple[np.ndarray, np.ndarray]:
@@ -99,8 +92,8 @@ def two_body_decay(rng: np.random.Generator, parent: np.ndarray, m1, m2) -> tupl
     Four-momentum is conserved exactly (up to rounding).
     """
     n = parent.shape[0]
-    mass = invariant_mass(parent)
-    energy = parent[:, 0]
+    energy, px, py, pz = (np.ascontiguousarray(parent[:, i]) for i in range(4))
+    mass = np.sqrt(np.maximum(energy * energy - px * px - py * py - pz * pz, 0.0))
     m1 = np.broadcast_to(np.asarray(m1, dtype=np.float64), (n,))
     m2 = np.broadcast_to(np.asarray(m2, dtype=np.float64), (n,))
     if np.any(m1 + m2 > mass * (1 + 1e-12)):
@@ -108,14 +101,15 @@ def two_body_decay(rng: np.random.Generator, parent: np.ndarray, m1, m2) -> tupl
         raise ValueError(f"two_body_decay: parent mass {mass[bad]:.4g} GeV is below the daughters' "
                          f"{m1[bad]:.4g} + {m2[bad]:.4g} GeV")
     pstar2 = (mass**2 - (m1 + m2) ** 2) * (mass**2 - (m1 - m2) ** 2)
-    pstar = np.sqrt(np.clip(pstar2, 0.0, None)) / (2.0 * mass)
-    d1 = np.empty((n, 4))
-    d1[:, 1:] = _isotropic_directions(rng, n) * pstar[:, None]
-    d1[:, 0] = np.sqrt(pstar**2 + m1**2)
-    d2 = -d1
-    d2[:, 0] = np.sqrt(pstar**2 + m2**2)
-    beta = parent[:, 1:] / energy[:, None]
-    return boost(d1, beta), boost(d2, beta)
+    pstar = np.sqrt(np.maximum(pstar2, 0.0)) / (2.0 * mass)
+    cos_theta = rng.uniform(-1.0, 1.0, n)
+    sin_theta = np.sqrt(1.0 - cos_theta * cos_theta)
+    phi = rng.uniform(-np.pi, np.pi, n)
+    qx, qy, qz = pstar * sin_theta * np.cos(phi), pstar * sin_theta * np.sin(phi), pstar * cos_theta
+    bx, by, bz = px / energy, py / energy, pz / energy
+    d1 = _boost_components(np.sqrt(pstar**2 + m1**2), qx, qy, qz, bx, by, bz)
+    d2 = _boost_components(np.sqrt(pstar**2 + m2**2), -qx, -qy, -qz, bx, by, bz)
+    return np.stack(d1, axis=-1), np.stack(d2, axis=-1)
 
 
 def sample_breit_wigner(rng: np.random.Generator, n: int, *, mass: float, width: float,

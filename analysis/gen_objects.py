@@ -15,7 +15,6 @@ from scipy.special import ndtr, ndtri
 
 from analysis.gen_detector import btag_discriminant, sample_npv, smear_jet_pt, smear_met
 from analysis.gen_events import EventBatch, EventBuilder
-from analysis.gen_kinematics import four_vector, pt_eta_phi_mass
 from analysis.gen_taus import MASS_PION, fake_decay_modes, reconstructed_tau_charge, tau_identification
 
 __all__ = ["EventContext", "pick_one_per_event", "reconstruct", "truncated_normal"]
@@ -33,10 +32,15 @@ def truncated_normal(rng: np.random.Generator, n: int, *, sigma: float, abs_max:
 def pick_one_per_event(rng: np.random.Generator, event: np.ndarray, eligible: np.ndarray, n_events: int) -> np.ndarray:
     """For each event, the row of one uniformly chosen eligible object (-1 if it has none)."""
     rows = np.flatnonzero(eligible)
-    key = rng.random(len(rows))
-    order = rows[np.lexsort((key, event[rows]))]
+    # Group the eligible rows by event (a stable integer sort, fast on the already grouped
+    # input), then take the k-th of each group with k uniform in 0..count-1.
+    rows = rows[np.argsort(event[rows], kind="stable")]
+    counts = np.bincount(event[rows], minlength=n_events)
+    starts = np.cumsum(counts) - counts
     chosen = np.full(n_events, -1, dtype=np.int64)
-    chosen[event[order]] = order  # the last write per event wins: the largest key
+    has = counts > 0
+    k = (rng.random(int(has.sum())) * counts[has]).astype(np.int64)
+    chosen[has] = rows[starts[has] + k]
     return chosen
 
 
@@ -67,17 +71,16 @@ class EventContext:
         return self.builder.add("GenPart", event, pt=pt, eta=eta, phi=phi, mass=mass,
                                 pdgId=np.asarray(pdg_id), status=status)
 
-    def add_jets(self, event: np.ndarray, p4: np.ndarray, flavour, *, pileup: bool = False):
-        """Reconstruct parton jets ``(n, 4)``: smeared pt, b-tag, pile-up ID.
+    def add_jets(self, event: np.ndarray, true_pt, eta, phi, true_mass, flavour, *, pileup: bool = False):
+        """Reconstruct parton jets (true pt, eta, phi, mass): smeared pt, b-tag, pile-up ID.
 
         Returns (rows, pt, eta, phi) of the reconstructed jets (before storage cuts).
         """
         rng = self.rng
-        true_pt, eta, phi, mass = pt_eta_phi_mass(p4)
         pt = smear_jet_pt(rng, true_pt)
         eta = eta + 0.01 * rng.standard_normal(len(eta))
         phi = phi + 0.01 * rng.standard_normal(len(phi))
-        mass = np.maximum(mass, pt * rng.uniform(0.04, 0.15, len(pt)))
+        mass = np.maximum(true_mass, pt * rng.uniform(0.04, 0.15, len(pt)))
         # Hard jets pass the pile-up ID almost always, pile-up jets rarely.
         puid = rng.random(len(pt)) < (0.15 if pileup else 0.98)
         rows = self.builder.add("Jet", event, pt=pt, eta=eta, phi=phi, mass=mass, puId=puid,
@@ -94,16 +97,14 @@ class EventContext:
         rng = self.rng
         event = np.repeat(np.arange(self.n), rng.poisson(0.03 * self.npv))
         m = len(event)
-        p4 = four_vector(15.0 + rng.exponential(7.0, m), rng.uniform(-4.7, 4.7, m),
-                         rng.uniform(-np.pi, np.pi, m), 0.0)
-        self.add_jets(event, p4, 0, pileup=True)
+        self.add_jets(event, 15.0 + rng.exponential(7.0, m), rng.uniform(-4.7, 4.7, m),
+                      rng.uniform(-np.pi, np.pi, m), np.zeros(m), 0, pileup=True)
 
-    def add_real_taus(self, event: np.ndarray, visible: np.ndarray, decay_mode: np.ndarray,
+    def add_real_taus(self, event: np.ndarray, vis_pt, eta, phi, vis_mass, decay_mode: np.ndarray,
                       charge: np.ndarray, gen_rows: np.ndarray) -> None:
-        """Reconstruct the visible hadronic systems ``(n, 4)`` of tau decays as taus (3 %
-        energy resolution) and as the jets clustered around them."""
+        """Reconstruct the visible hadronic systems (pt, eta, phi, mass) of tau decays as
+        taus (3 % energy resolution) and as the jets clustered around them."""
         rng = self.rng
-        vis_pt, eta, phi, vis_mass = pt_eta_phi_mass(visible)
         pt = vis_pt * (1.0 + 0.03 * rng.standard_normal(len(vis_pt)))
         mass = np.where(decay_mode == 0, MASS_PION, vis_mass * (1.0 + 0.05 * rng.standard_normal(len(pt))))
         # The jet clustered around the tau: the visible hadrons plus some underlying event.
@@ -197,12 +198,12 @@ def reconstruct(rng: np.random.Generator, truth: EventBatch) -> EventBatch:
     ctx.invisible[:, 0] += truth.scalars["nu_px"]
     ctx.invisible[:, 1] += truth.scalars["nu_py"]
     # The truth jets and generator records are added first: their rows keep their numbers.
-    jet_rows, jet_pt, jet_eta, jet_phi = ctx.add_jets(
-        jets["event"], four_vector(jets["pt"], jets["eta"], jets["phi"], jets["mass"]), jets["flavour"])
+    jet_rows, jet_pt, jet_eta, jet_phi = ctx.add_jets(jets["event"], jets["pt"], jets["eta"], jets["phi"],
+                                                      jets["mass"], jets["flavour"])
     ctx.builder.add("GenPart", gen["event"], pt=gen["pt"], eta=gen["eta"], phi=gen["phi"],
                                mass=gen["mass"], pdgId=gen["pdgId"], status=gen["status"])
-    visible = four_vector(taus["vis_pt"], taus["vis_eta"], taus["vis_phi"], taus["vis_mass"])
-    ctx.add_real_taus(taus["event"], visible, taus["decayMode"], taus["charge"], taus["genPartIdx"])
+    ctx.add_real_taus(taus["event"], taus["vis_pt"], taus["vis_eta"], taus["vis_phi"], taus["vis_mass"],
+                      taus["decayMode"], taus["charge"], taus["genPartIdx"])
     chosen = fakes["jetIdx"]
     ctx.add_fake_taus(fakes["event"], jet_rows[chosen], jet_pt[chosen], jet_eta[chosen], jet_phi[chosen],
                       fakes["frac"])

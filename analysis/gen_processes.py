@@ -81,19 +81,21 @@ class _Truth(EventBuilder):
 
     def add_isr(self, rng, counts: np.ndarray, *, pt_min: float, index: float, eta_sigma: float):
         """ISR jets, ``counts[i]`` in event i: falling pt, central, a few per cent heavy flavour.
-        Returns (event, p4, rows)."""
+        Returns (event, pt, eta, phi, rows)."""
         event = np.repeat(np.arange(self.n), counts)
         m = len(event)
-        p4 = four_vector(sample_power_law(rng, m, x_min=pt_min, index=index, x_max=1000.0),
-                         truncated_normal(rng, m, sigma=eta_sigma, abs_max=4.7), rng.uniform(-np.pi, np.pi, m), 0.0)
-        rows = self.add_p4("Jet", event, p4, flavour=rng.choice([0, 4, 5], size=m, p=[0.92, 0.05, 0.03]))
-        return event, p4, rows
+        pt = sample_power_law(rng, m, x_min=pt_min, index=index, x_max=1000.0)
+        eta = truncated_normal(rng, m, sigma=eta_sigma, abs_max=4.7)
+        phi = rng.uniform(-np.pi, np.pi, m)
+        rows = self.add("Jet", event, pt=pt, eta=eta, phi=phi, mass=0.0,
+                        flavour=rng.choice([0, 4, 5], size=m, p=[0.92, 0.05, 0.03]))
+        return event, pt, eta, phi, rows
 
 
-def _boson_recoiling(rng, n, jet_event, jet_p4, mass, *, rapidity_sigma: float, kt: float = 5.0) -> np.ndarray:
+def _boson_recoiling(rng, n, jet_event, jet_pt, jet_phi, mass, *, rapidity_sigma: float, kt: float = 5.0) -> np.ndarray:
     """Boson four-vectors ``(n, 4)`` balancing the transverse momentum of the jets."""
-    px = -np.bincount(jet_event, weights=jet_p4[:, 1], minlength=n) + kt * rng.standard_normal(n)
-    py = -np.bincount(jet_event, weights=jet_p4[:, 2], minlength=n) + kt * rng.standard_normal(n)
+    px = -np.bincount(jet_event, weights=jet_pt * np.cos(jet_phi), minlength=n) + kt * rng.standard_normal(n)
+    py = -np.bincount(jet_event, weights=jet_pt * np.sin(jet_phi), minlength=n) + kt * rng.standard_normal(n)
     y = truncated_normal(rng, n, sigma=rapidity_sigma, abs_max=4.0)
     mt = np.sqrt(mass**2 + px**2 + py**2)
     return np.stack([mt * np.cosh(y), px, py, mt * np.sinh(y)], axis=-1)
@@ -115,8 +117,9 @@ def _tau_pair(rng, truth: _Truth, boson: np.ndarray, boson_pdg: int) -> None:
 def _resonance_with_isr(rng, n, *, mass, width, low, high, pdg, isr_index, extra_isr, rapidity_sigma):
     truth = _Truth(n)
     counts = 2 + rng.poisson(extra_isr, n)  # the production filter asks for two jets
-    event, p4, _ = truth.add_isr(rng, counts, pt_min=25.0, index=isr_index, eta_sigma=1.6)
-    boson = _boson_recoiling(rng, n, event, p4, sample_breit_wigner(rng, n, mass=mass, width=width, low=low, high=high),
+    event, pt, _, phi, _ = truth.add_isr(rng, counts, pt_min=25.0, index=isr_index, eta_sigma=1.6)
+    boson = _boson_recoiling(rng, n, event, pt, phi,
+                             sample_breit_wigner(rng, n, mass=mass, width=width, low=low, high=high),
                              rapidity_sigma=rapidity_sigma)
     _tau_pair(rng, truth, boson, pdg)
     return truth.build()
@@ -142,10 +145,11 @@ def generate_vbf(rng: np.random.Generator, n: int) -> EventBatch:
     eta = np.concatenate([center + deta / 2, center - deta / 2])
     pt = 20.0 + rng.gamma(2.0, 25.0, 2 * n)
     tag_event = np.concatenate([np.arange(n), np.arange(n)])
-    tag_p4 = four_vector(pt, eta, rng.uniform(-np.pi, np.pi, 2 * n), 0.0)
-    truth.add_p4("Jet", tag_event, tag_p4, flavour=1)
-    isr_event, isr_p4, _ = truth.add_isr(rng, rng.poisson(0.3, n), pt_min=20.0, index=3.0, eta_sigma=1.6)
-    boson = _boson_recoiling(rng, n, np.concatenate([tag_event, isr_event]), np.concatenate([tag_p4, isr_p4]),
+    phi = rng.uniform(-np.pi, np.pi, 2 * n)
+    truth.add("Jet", tag_event, pt=pt, eta=eta, phi=phi, mass=0.0, flavour=1)
+    isr_event, isr_pt, _, isr_phi, _ = truth.add_isr(rng, rng.poisson(0.3, n), pt_min=20.0, index=3.0, eta_sigma=1.6)
+    boson = _boson_recoiling(rng, n, np.concatenate([tag_event, isr_event]), np.concatenate([pt, isr_pt]),
+                             np.concatenate([phi, isr_phi]),
                              sample_breit_wigner(rng, n, mass=MASS_H, width=WIDTH_H, low=MASS_H - 1, high=MASS_H + 1),
                              rapidity_sigma=1.2)
     _tau_pair(rng, truth, boson, PDG["H"])
@@ -162,10 +166,9 @@ def _w_to_tau_nu(rng, truth: _Truth, event, w: np.ndarray, w_charge: np.ndarray)
     truth.add_tau_decays(rng, event, tau, w_charge, gen_rows)
 
 
-def _fake_from_jets(rng, truth: _Truth, event, rows, p4) -> None:
+def _fake_from_jets(rng, truth: _Truth, event, rows, pt, eta) -> None:
     """One jet per event (among those inside the tracker) is also reconstructed as a tau;
     its leading hadrons carry a Beta(6, 2) fraction (mean 3/4) of the jet pt."""
-    pt, eta, _, _ = pt_eta_phi_mass(p4)
     chosen = pick_one_per_event(rng, event, (np.abs(eta) < 2.3) & (pt > 20.0), truth.n)
     chosen = chosen[chosen >= 0]
     truth.add("Fake", event[chosen], jetIdx=rows[chosen], frac=rng.beta(6.0, 2.0, len(chosen)))
@@ -178,12 +181,12 @@ def _make_wjets(parton_jets: int) -> Callable[[np.random.Generator, int], EventB
         hard = truth.add_isr(rng, np.full(n, parton_jets), pt_min=25.0, index=2.6, eta_sigma=1.5)
         extra = np.maximum(3 - parton_jets, 0) + rng.poisson(0.3, n)
         isr = truth.add_isr(rng, extra, pt_min=25.0, index=3.2, eta_sigma=1.6)
-        event, p4, rows = (np.concatenate([h, i]) for h, i in zip(hard, isr))
+        event, pt, eta, phi, rows = (np.concatenate([h, i]) for h, i in zip(hard, isr))
         mass = sample_breit_wigner(rng, n, mass=MASS_W, width=WIDTH_W, low=50.0, high=150.0)
-        w = _boson_recoiling(rng, n, event, p4, mass, rapidity_sigma=1.8)
+        w = _boson_recoiling(rng, n, event, pt, phi, mass, rapidity_sigma=1.8)
         w_charge = np.where(rng.random(n) < 0.6, 1, -1)  # W+ / W- ~ 3/2 at the LHC
         _w_to_tau_nu(rng, truth, np.arange(n), w, w_charge)
-        _fake_from_jets(rng, truth, event, rows, p4)
+        _fake_from_jets(rng, truth, event, rows, pt, eta)
         return truth.build()
 
     generate_wjets.__doc__ = f"W + {parton_jets} parton(s), W -> tau nu, one jet faking a tau."
@@ -217,9 +220,10 @@ def generate_ttbar(rng: np.random.Generator, n: int) -> EventBatch:
     q1, q2 = two_body_decay(rng, w[had], 0.0, 0.0)
     charm = rng.random(had.sum()) < 0.5  # W -> cs about half of hadronic decays
     q_event = np.concatenate([top_event[had], top_event[had]])
-    q_p4 = np.concatenate([q1, q2])
-    rows = truth.add_p4("Jet", q_event, q_p4, flavour=np.concatenate([np.where(charm, 4, 1), np.ones(had.sum(), int)]))
-    _fake_from_jets(rng, truth, q_event, rows, q_p4)
+    q_pt, q_eta, q_phi, _ = pt_eta_phi_mass(np.concatenate([q1, q2]))
+    rows = truth.add("Jet", q_event, pt=q_pt, eta=q_eta, phi=q_phi, mass=0.0,
+                     flavour=np.concatenate([np.where(charm, 4, 1), np.ones(had.sum(), int)]))
+    _fake_from_jets(rng, truth, q_event, rows, q_pt, q_eta)
     truth.add_isr(rng, rng.poisson(0.5, n), pt_min=20.0, index=3.0, eta_sigma=1.6)
     return truth.build()
 
