@@ -158,8 +158,8 @@ def plot_scores(name: str, train: tuple, test: tuple, ks: Mapping[str, KSResult]
             s_tr, y_tr, w_tr = (np.asarray(a) for a in train)
             dens_te, _ = _density(s_te[y_te == label], np.abs(w_te[y_te == label]), edges)
             dens_tr, err_tr = _density(s_tr[y_tr == label], np.abs(w_tr[y_tr == label]), edges)
-            ax.stairs(dens_te, edges, fill=True, alpha=0.35, color=colours[label],
-                      label=f"{cls} (test)")
+            ax.stairs(dens_te, edges, fill=True, alpha=0.3, color=colours[label])
+            ax.stairs(dens_te, edges, lw=2, color=colours[label], label=f"{cls} (test)")
             ax.errorbar(centres, dens_tr, yerr=err_tr, fmt="o", ms=5, color=colours[label],
                         label=f"{cls} (train), KS p = {ks[cls].pvalue:.3g}")
         ax.set_yscale("log")

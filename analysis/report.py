@@ -175,7 +175,7 @@ def _figure(out: Path, plot: dict) -> str:
 
 
 _CSS = """
-body { font-family: sans-serif; margin: 2em auto; max-width: 1500px; color: #222; }
+body { font-family: sans-serif; margin: 2em auto; padding: 0 1.5em; max-width: 1500px; color: #222; }
 h1 { border-bottom: 2px solid #444; } h2 { margin-top: 2em; border-bottom: 1px solid #aaa; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.95em; }
 th, td { border: 1px solid #bbb; padding: 0.3em 0.7em; text-align: right; }
