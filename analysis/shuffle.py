@@ -116,11 +116,15 @@ def feature_matrix(table: pa.Table, features: Sequence[str]) -> np.ndarray:
     """(n, d) float64 matrix of the feature columns (nulls become NaN), column-major."""
     out = np.empty((table.num_rows, len(features)), order="F")
     for j, name in enumerate(features):
-        column = table.column(name).cast(pa.float64())
-        if column.null_count:
-            column = pc.fill_null(column, np.nan)
-        out[:, j] = column.to_numpy()
+        out[:, j] = _float64_column(table, name)
     return out
+
+
+def _float64_column(table: pa.Table, name: str) -> np.ndarray:
+    column = table.column(name).cast(pa.float64())
+    if column.null_count:
+        column = pc.fill_null(column, np.nan)
+    return column.to_numpy()
 
 
 def _dataset_totals(table: pa.Table, weight: np.ndarray) -> dict[str, list[float]]:
@@ -234,10 +238,9 @@ def shuffle_bucket(group: int, pieces: Sequence[tuple[str, int]], plan: ShuffleP
         balancer.scale_ = np.asarray(plan.scale)
         train_weight = balancer.transform(np.full(len(label), split_index), label, weight)
 
-    standardised = (feature_matrix(table, plan.features) - np.asarray(plan.mean)) / np.asarray(plan.std)
-    for j, name in enumerate(plan.features):
-        table = table.set_column(table.schema.get_field_index(name), name,
-                                 pa.array(standardised[:, j].astype(np.float32)))
+    for j, name in enumerate(plan.features):  # column by column: no (n, d) copy in memory
+        standardised = ((_float64_column(table, name) - plan.mean[j]) / plan.std[j]).astype(np.float32)
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(standardised))
     for name in dictionary_columns:
         table = table.set_column(table.schema.get_field_index(name), name,
                                  pc.dictionary_encode(table.column(name)))
