@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,133 @@ def _importance(scorer: _Scorer, test: pd.DataFrame, rows: int) -> tuple[dict, d
     return gain, {f: float(v) for f, v in zip(features, shap)}
 
 
+@dataclass
+class _Streamed:
+    """What one pass over every prepared event gives: input histograms, correlations, and
+    the training-split scores of each model for the overtraining check."""
+
+    hists: FeatureHistograms
+    correlations: dict[int, WeightedCorrelation]
+    signal_processes: set[str] = field(default_factory=set)
+    train_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    train_labels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int8))
+    train_weights: np.ndarray = field(default_factory=lambda: np.empty(0))
+    data_events: int = 0
+
+
+def _stream_events(prepared: PreparedDir, scorers: list[_Scorer], skim: Path | None, config: Config,
+                   bar) -> _Streamed:
+    """One bounded-memory pass over train/val/test (and pseudo-data)."""
+    features = prepared.feature_order
+    result = _Streamed(FeatureHistograms(features, prepared.stats["features"], n_bins=config.evaluate.n_bins),
+                       {1: WeightedCorrelation(), 0: WeightedCorrelation()})
+    train_parts: dict[str, list] = {s.name: [] for s in scorers}
+    labels, weights = [], []
+    rows = sum(prepared.dataset(s).count_rows() for s in SPLITS if prepared.has_split(s))
+    task = bar.add_task("evaluate: stream events", total=rows)
+    for split in SPLITS:
+        if not prepared.has_split(split):
+            continue
+        for batch in prepared.iter_batches(split, features + EVENT_COLUMNS, batch_rows=BATCH_ROWS):
+            result.signal_processes.update(batch.loc[batch["label"] == 1, "process"].unique())
+            for label in (0, 1):
+                mask = (batch["label"] == label).to_numpy()
+                if mask.any():  # correlations are invariant under standardisation: no inversion
+                    result.correlations[label].partial_fit(batch.loc[mask, features].to_numpy(),
+                                                           batch.loc[mask, "weight"].to_numpy())
+            result.hists.partial_fit(prepared.destandardise(batch, features))
+            if split == "train":
+                for scorer in scorers:
+                    train_parts[scorer.name].append(scorer.predict(batch))
+                labels.append(batch["label"].to_numpy())
+                weights.append(batch["weight"].to_numpy(np.float64))
+            bar.advance(task, len(batch))
+    for batch in _data_frames(prepared, skim, config, features):
+        result.hists.partial_fit(batch, process="data")
+        result.data_events += len(batch)
+    result.train_scores = {name: np.concatenate(parts) for name, parts in train_parts.items()}
+    result.train_labels, result.train_weights = np.concatenate(labels), np.concatenate(weights)
+    return result
+
+
+def _model_metrics(scorer: _Scorer, scores: np.ndarray, test: pd.DataFrame, streamed: _Streamed,
+                   fractions: tuple[float, float], ev) -> dict:
+    """metrics.json entry of one model, plus the curves its plots need (keys starting with _)."""
+    y, w = test["label"].to_numpy(), test["weight"].to_numpy(np.float64)
+    y_tr, w_tr, s_tr = streamed.train_labels, streamed.train_weights, streamed.train_scores[scorer.name]
+    fpr, tpr, _ = weighted_roc(scores, y, w)
+    auc = weighted_roc_auc(scores, y, w)
+    scan = ams_scan(scores, y, w, test_fraction=fractions, n_cuts=ev.n_cuts, b_reg=ev.b_reg)
+    effs = signal_efficiency_at(scores, y, w, background_efficiency=ev.background_efficiencies)
+    ks = {cls: weighted_ks_2samp(s_tr[y_tr == label], scores[y == label],
+                                 weights_a=w_tr[y_tr == label], weights_b=w[y == label])
+          for label, cls in ((1, "signal"), (0, "background"))}
+    return {
+        "model_dir": str(scorer.model_dir),
+        "kind": scorer.model.kind,
+        "roc_auc": auc,
+        "signal_efficiency": {f"{e:g}": v for e, v in effs.items()},
+        "ams": scan.summary(),
+        "ks": {cls: {"statistic": r.statistic, "pvalue": r.pvalue, "n_eff_train": r.n_eff_a,
+                     "n_eff_test": r.n_eff_b} for cls, r in ks.items()},
+        "_roc": (fpr, tpr, auc), "_scan": scan, "_ks": ks,
+    }
+
+
+def _draw_plots(out: Path, scorers: list[_Scorer], metrics: dict[str, dict], test: pd.DataFrame,
+                test_scores: dict[str, np.ndarray], streamed: _Streamed, cutflow: pd.DataFrame | None,
+                features: list[str], config: Config, bar) -> list[dict]:
+    """Every plot; returns [{"section", "title", "file"}] in report order. Adds the
+    XGBoost importances to ``metrics``."""
+    ev, plot_dir, lumi_fb = config.evaluate, out / "plots", config.lumi_pb / 1000.0
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    task = bar.add_task("evaluate: plots", total=len(features) + 4 + 2 * len(scorers) + (cutflow is not None))
+    plots: list[dict] = []
+
+    def add(section: str, title: str, path: Path) -> None:
+        plots.append({"section": section, "title": title, "file": str(path.relative_to(out))})
+        bar.advance(task)
+
+    add("performance", "ROC curves (weighted, test split)",
+        plot_roc({n: m["_roc"] for n, m in metrics.items()}, plot_dir / "roc.png",
+                 working_points=ev.background_efficiencies, lumi_fb=lumi_fb, dpi=ev.dpi))
+    add("performance", "AMS against the score cut (yields at the full luminosity)",
+        plot_ams({n: m["_scan"] for n, m in metrics.items()}, plot_dir / "ams.png", lumi_fb=lumi_fb, dpi=ev.dpi))
+    train = (streamed.train_labels, streamed.train_weights)
+    for scorer in scorers:
+        name = scorer.name
+        add("overtraining", f"{name}: score distributions, train vs test",
+            plot_scores(name, (streamed.train_scores[name], *train),
+                        (test_scores[name], test["label"].to_numpy(), test["weight"].to_numpy()),
+                        metrics[name]["_ks"], plot_dir / f"scores_{_slug(name)}.png", dpi=ev.dpi))
+        importance = _importance(scorer, test, ev.shap_rows)
+        if importance is None:  # not a tree model
+            bar.advance(task)
+            continue
+        gain, shap = importance
+        metrics[name]["importance"] = {"total_gain": gain, "mean_abs_shap": shap}
+        add("importance", f"{name}: feature importance (gain, mean |SHAP|)",
+            plot_importance(name, gain, shap, plot_dir / f"importance_{_slug(name)}.png", dpi=ev.dpi))
+    for label, cls in ((1, "signal"), (0, "background")):
+        add("inputs", f"Feature correlations, {cls}",
+            plot_correlation(streamed.correlations[label].correlation_, features,
+                             title=f"Weighted correlations: {cls}", path=plot_dir / f"correlation_{cls}.png",
+                             dpi=ev.dpi))
+    for feature in features:
+        add("inputs", f"Input feature {feature}",
+            plot_feature(streamed.hists.hists_[feature], signal_processes=sorted(streamed.signal_processes),
+                         path=plot_dir / f"feature_{feature}.png", lumi_fb=lumi_fb, dpi=ev.dpi))
+    if cutflow is not None:
+        add("cutflow", "Cutflow of the skim", plot_cutflow_table(cutflow, path=plot_dir / "cutflow.png", dpi=ev.dpi))
+    return plots
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
 def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir: str | Path,
                  config: Config, *, skim_dir: str | Path | None = None, progress: bool = True) -> Path:
     """Evaluate trained models on a prepared directory; write metrics, plots and the report.
@@ -163,7 +291,7 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
         ``config.samples`` (which skim datasets are data) and the report's configuration.
     skim_dir : str or Path or None, keyword-only
         Skim directory for cutflow.json (and pseudo-data when <prep>/data is absent);
-        default: the ``skim_dir`` named in the prepared manifest.json.
+        default: the skim folder prepare recorded in manifest.json (``source``).
     progress : bool, keyword-only
         Progress bars on stderr.
 
@@ -180,7 +308,6 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
     """
     from analysis.report import collect_provenance, write_report
 
-    ev = config.evaluate
     model_dirs = [Path(d) for d in model_dirs]
     prepared = open_prepared(prep_dir)
     if not prepared.has_split("train"):
@@ -193,139 +320,43 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
     scorers = [_Scorer(n, m, d, prepared) for n, m, d in zip(names, models, model_dirs)]
     skim = Path(skim_dir) if skim_dir is not None else prepared.skim_dir
     features = prepared.feature_order
+    fractions = _test_fractions(_class_weight_sums(prepared), prepared.path / "test")
+    cutflow_path = _find_cutflow(prepared, skim)
+    cutflow = read_cutflow(cutflow_path) if cutflow_path else None
     out = Path(out_dir)
-    plot_dir = out / "plots"
-    plot_dir.mkdir(parents=True, exist_ok=True)
-    lumi_fb = config.lumi_pb / 1000.0
-    signal_processes: set[str] = set()
+    out.mkdir(parents=True, exist_ok=True)
 
     with progress_bar(quiet=not progress) as bar:
         task = bar.add_task("evaluate: score test", total=len(scorers))
         test = prepared.read("test", features + EVENT_COLUMNS)
-        y_test, w_test = test["label"].to_numpy(), test["weight"].to_numpy(np.float64)
         test_scores = {}
         for scorer in scorers:
             test_scores[scorer.name] = scorer.predict(test)
             bar.advance(task)
+        streamed = _stream_events(prepared, scorers, skim, config, bar)
+        model_metrics = {s.name: _model_metrics(s, test_scores[s.name], test, streamed, fractions, config.evaluate)
+                         for s in scorers}
+        plots = _draw_plots(out, scorers, model_metrics, test, test_scores, streamed, cutflow, features,
+                            config, bar)
 
-        # Training-split scores for the KS test, and every MC event for the input plots.
-        feature_hists = FeatureHistograms(features, prepared.stats["features"], n_bins=ev.n_bins)
-        correlations = {1: WeightedCorrelation(), 0: WeightedCorrelation()}
-        train_parts: dict[str, list] = {s.name: [] for s in scorers}
-        train_labels, train_weights = [], []
-        rows = sum(prepared.dataset(s).count_rows() for s in SPLITS if prepared.has_split(s))
-        task = bar.add_task("evaluate: stream events", total=rows)
-        for split in SPLITS:
-            if not prepared.has_split(split):
-                continue
-            for batch in prepared.iter_batches(split, features + EVENT_COLUMNS, batch_rows=BATCH_ROWS):
-                signal_processes.update(batch.loc[batch["label"] == 1, "process"].unique())
-                for label in (0, 1):
-                    mask = (batch["label"] == label).to_numpy()
-                    if mask.any():
-                        correlations[label].partial_fit(batch.loc[mask, features].to_numpy(),
-                                                        batch.loc[mask, "weight"].to_numpy())
-                feature_hists.partial_fit(prepared.destandardise(batch, features))
-                if split == "train":
-                    for scorer in scorers:
-                        train_parts[scorer.name].append(scorer.predict(batch))
-                    train_labels.append(batch["label"].to_numpy())
-                    train_weights.append(batch["weight"].to_numpy(np.float64))
-                bar.advance(task, len(batch))
-        n_data = 0
-        for batch in _data_frames(prepared, skim, config, features):
-            feature_hists.partial_fit(batch, process="data")
-            n_data += len(batch)
-        y_train, w_train = np.concatenate(train_labels), np.concatenate(train_weights)
-
-        # Metrics per model.
-        sums = _class_weight_sums(prepared)
-        fractions = _test_fractions(sums, prepared.path / "test")
-        model_metrics, rocs, scans, ks_results, train_scores = {}, {}, {}, {}, {}
-        for scorer in scorers:
-            s_test, s_train = test_scores[scorer.name], np.concatenate(train_parts[scorer.name])
-            fpr, tpr, _ = weighted_roc(s_test, y_test, w_test)
-            auc = weighted_roc_auc(s_test, y_test, w_test)
-            rocs[scorer.name] = (fpr, tpr, auc)
-            scan = ams_scan(s_test, y_test, w_test, test_fraction=fractions, n_cuts=ev.n_cuts, b_reg=ev.b_reg)
-            scans[scorer.name] = scan
-            effs = signal_efficiency_at(s_test, y_test, w_test, background_efficiency=ev.background_efficiencies)
-            ks = {cls: weighted_ks_2samp(s_train[y_train == label], s_test[y_test == label],
-                                         weights_a=w_train[y_train == label], weights_b=w_test[y_test == label])
-                  for label, cls in ((1, "signal"), (0, "background"))}
-            ks_results[scorer.name], train_scores[scorer.name] = ks, s_train
-            model_metrics[scorer.name] = {
-                "model_dir": str(scorer.model_dir),
-                "kind": scorer.model.kind,
-                "roc_auc": auc,
-                "signal_efficiency": {f"{e:g}": v for e, v in effs.items()},
-                "ams": scan.summary(),
-                "ks": {cls: {"statistic": r.statistic, "pvalue": r.pvalue, "n_eff_train": r.n_eff_a,
-                             "n_eff_test": r.n_eff_b} for cls, r in ks.items()},
-            }
-
-        # Plots.
-        cutflow_path = _find_cutflow(prepared, skim)
-        cutflow = read_cutflow(cutflow_path) if cutflow_path else None
-        n_plots = len(features) + 4 + 2 * len(scorers) + (cutflow is not None)
-        task = bar.add_task("evaluate: plots", total=n_plots)
-        plots: list[dict] = []
-
-        def add(section: str, title: str, path: Path) -> None:
-            plots.append({"section": section, "title": title, "file": str(path.relative_to(out))})
-            bar.advance(task)
-
-        dpi = ev.dpi
-        add("performance", "ROC curves (weighted, test split)",
-            plot_roc(rocs, plot_dir / "roc.png", working_points=ev.background_efficiencies,
-                     lumi_fb=lumi_fb, dpi=dpi))
-        add("performance", "AMS against the score cut (yields at the full luminosity)",
-            plot_ams(scans, plot_dir / "ams.png", lumi_fb=lumi_fb, dpi=dpi))
-        for scorer in scorers:
-            add("overtraining", f"{scorer.name}: score distributions, train vs test",
-                plot_scores(scorer.name, (train_scores[scorer.name], y_train, w_train),
-                            (test_scores[scorer.name], y_test, w_test), ks_results[scorer.name],
-                            plot_dir / f"scores_{_slug(scorer.name)}.png", dpi=dpi))
-            importance = _importance(scorer, test, ev.shap_rows)
-            if importance is None:
-                bar.advance(task)
-                continue
-            gain, shap = importance
-            model_metrics[scorer.name]["importance"] = {"total_gain": gain, "mean_abs_shap": shap}
-            add("importance", f"{scorer.name}: feature importance (gain, mean |SHAP|)",
-                plot_importance(scorer.name, gain, shap, plot_dir / f"importance_{_slug(scorer.name)}.png",
-                                dpi=dpi))
-        for label, cls in ((1, "signal"), (0, "background")):
-            add("inputs", f"Feature correlations, {cls}",
-                plot_correlation(correlations[label].correlation_, features,
-                                 title=f"Weighted correlations: {cls}",
-                                 path=plot_dir / f"correlation_{cls}.png", dpi=dpi))
-        for name in features:
-            add("inputs", f"Input feature {name}",
-                plot_feature(feature_hists.hists_[name], signal_processes=sorted(signal_processes),
-                             path=plot_dir / f"feature_{name}.png", lumi_fb=lumi_fb, dpi=dpi))
-        if cutflow is not None:
-            add("cutflow", "Cutflow of the skim",
-                plot_cutflow_table(cutflow, path=plot_dir / "cutflow.png", dpi=dpi))
-
+    y_test, w_test = test["label"].to_numpy(), test["weight"].to_numpy(np.float64)
     metrics = {
         "prep_dir": str(prepared.path),
         "test_fraction": {"signal": fractions[0], "background": fractions[1],
                           "nominal": (prepared.split_fractions() or [None] * 3)[2]},
         "test_events": {"signal": int((y_test == 1).sum()), "background": int((y_test == 0).sum())},
         "test_yield": {"signal": float(w_test[y_test == 1].sum()), "background": float(w_test[y_test == 0].sum())},
-        "data_events": n_data,
+        "data_events": streamed.data_events,
         "negative_weights": {"yields": "signed", "roc_ks_correlation": "abs"},
-        "models": model_metrics,
+        "models": {name: {k: v for k, v in m.items() if not k.startswith("_")} for name, m in model_metrics.items()},
         "plots": [p["file"] for p in plots],
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    _write_json_atomic(out / "metrics.json", metrics)
     provenance = collect_provenance(model_dirs, prepared, skim, cutflow_path, config)
     report = write_report(out, metrics=metrics, plots=plots, cutflow=cutflow, config=config,
                           provenance=provenance)
     console = stage_console(quiet=not progress)
-    for name, m in model_metrics.items():
+    for name, m in metrics["models"].items():
         console.print(f"{name}: AUC {m['roc_auc']:.4f}, AMS {m['ams']['ams']:.3f} at cut "
                       f"{m['ams']['best_cut']:.3f} (s {m['ams']['s']:.1f}, b {m['ams']['b']:.1f})")
     console.print(f"report: {report}")

@@ -27,6 +27,7 @@ __all__ = ["PreparedDir", "check_model_features", "load_models", "open_prepared"
 SPLITS = ("train", "val", "test")
 # Columns evaluation needs beside the features (DESIGN.md "Skim Parquet").
 EVENT_COLUMNS = ["weight", "label", "process", "dataset"]
+OPTIONAL_COLUMNS = ("process", "dataset")  # filled from the label when a prepared table lacks them
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -62,16 +63,30 @@ class PreparedDir:
         return pads.dataset(sorted(str(p) for p in (self.path / split).glob("*.parquet")),
                             format="parquet")
 
+    def _present(self, dataset: pads.Dataset, columns: list[str]) -> list[str]:
+        names = set(dataset.schema.names)
+        missing = [c for c in columns if c not in names and c not in OPTIONAL_COLUMNS]
+        if missing:
+            raise StageInputError(f"{self.path}: prepared Parquet has no column(s) {', '.join(missing)}; "
+                                  f"it holds {', '.join(sorted(names))}; re-run `hepprep prepare`")
+        return [c for c in columns if c in names]
+
     def read(self, split: str, columns: list[str]) -> pd.DataFrame:
-        """One whole split as a DataFrame (string columns as str, not dictionary)."""
-        return _to_pandas(self.dataset(split).to_table(columns=columns))
+        """One whole split as a DataFrame (string columns as str, not dictionary).
+
+        ``process`` and ``dataset`` may be absent (a prepared flat table has no process):
+        they are then filled with "signal"/"background"/"data" from the label.
+        """
+        dataset = self.dataset(split)
+        return _complete(_to_pandas(dataset.to_table(columns=self._present(dataset, columns))), columns)
 
     def iter_batches(self, split: str, columns: list[str], *, batch_rows: int = 200_000
                      ) -> Iterator[pd.DataFrame]:
         """Stream a split in bounded-size batches (memory set by ``batch_rows``)."""
-        for batch in self.dataset(split).to_batches(columns=columns, batch_size=batch_rows):
+        dataset = self.dataset(split)
+        for batch in dataset.to_batches(columns=self._present(dataset, columns), batch_size=batch_rows):
             if batch.num_rows:
-                yield _to_pandas(batch)
+                yield _complete(_to_pandas(batch), columns)
 
     def destandardise(self, frame: pd.DataFrame, features: list[str] | None = None) -> pd.DataFrame:
         """Feature columns back in physical units: raw = standardised * std + mean (float64)."""
@@ -97,6 +112,16 @@ class PreparedDir:
         if isinstance(split, dict) and isinstance(split.get("fractions"), list):
             return [float(f) for f in split["fractions"]]
         return None
+
+
+def _complete(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    for name in OPTIONAL_COLUMNS:
+        if name in columns and name not in frame.columns:
+            if "label" not in frame.columns:
+                raise StageInputError(f"prepared Parquet has neither {name!r} nor 'label'")
+            frame[name] = np.select([frame["label"] == 1, frame["label"] == 0], ["signal", "background"],
+                                    default="data")
+    return frame
 
 
 def _to_pandas(table) -> pd.DataFrame:

@@ -15,7 +15,7 @@ import pytest
 from _eval_helpers import TOY_FEATURES, toy_config, write_prepared, write_xgboost_model
 from analysis.errors import StageInputError
 from analysis.evaluate import _data_frames, _Scorer
-from analysis.evaluate_inputs import (check_model_features, model_names, open_prepared,
+from analysis.evaluate_inputs import (EVENT_COLUMNS, check_model_features, model_names, open_prepared,
                                       read_cutflow, standardisation_matches)
 from analysis.plots_inputs import FeatureHistograms, WeightedCorrelation, _nice_scale, feature_edges
 from analysis.predict import load_model
@@ -201,3 +201,21 @@ def test_pseudo_data_is_read_from_the_skim_when_prepare_wrote_none(toy, tmp_path
     pq.write_table(pa.Table.from_pandas(raw.drop(columns="mjj")), skim / "Run2012B_TauPlusX" / "p.parquet")
     with pytest.raises(StageInputError, match=r"skim: data skim has no column\(s\) mjj; re-run the skim"):
         list(_data_frames(prepared, skim, toy_config(), TOY_FEATURES))
+
+
+def test_prepared_table_without_process_column_gets_it_from_the_label(toy, tmp_path):
+    """A prepared flat table (HiggsML CSV) has `dataset` but no `process` column."""
+    table = tmp_path / "prep_table"
+    shutil.copytree(toy["prep"], table)
+    for part in sorted((table / "test").glob("*.parquet")):
+        frame = pd.read_parquet(part).drop(columns=["process"])
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), part)
+    test = open_prepared(table).read("test", TOY_FEATURES + EVENT_COLUMNS)
+    assert set(test.loc[test["label"] == 1, "process"]) == {"signal"}
+    assert set(test.loc[test["label"] == 0, "process"]) == {"background"}
+    for part in sorted((table / "test").glob("*.parquet")):
+        frame = pd.read_parquet(part).drop(columns=["weight"])
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), part)
+    with pytest.raises(StageInputError, match=r"prep_table: prepared Parquet has no column\(s\) weight; "
+                                              r"it holds .*; re-run `hepprep prepare`"):
+        open_prepared(table).read("test", TOY_FEATURES + EVENT_COLUMNS)
