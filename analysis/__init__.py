@@ -1,7 +1,35 @@
-"""hepprep: the pipeline package (config, generator, stage runners, training, evaluation, CLI)."""
+"""hepprep: the pipeline package (config, generator, stage runners, training, evaluation, CLI).
 
-from analysis.config import Config, default_config, load_config
+The stage functions are the same ones the `hepprep` commands call; notebooks use them
+directly. They are imported on first use, so ``import analysis`` stays light (no torch,
+xgboost or coffea until a stage needs them).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from analysis.config import Config, config_from_dict, default_config, load_config
 from analysis.errors import ConfigError, HepprepError, InputFileError, StageInputError
 
+_LAZY = {
+    "generate_samples": "analysis.generate",
+    "run_skim": "analysis.skim",
+    "run_prepare": "analysis.prepare",
+    "run_prepare_table": "analysis.tabular",
+    "run_train": "analysis.train",
+    "load_model": "analysis.predict",
+    "run_evaluate": "analysis.evaluate",
+    "run_pipeline": "analysis.pipeline",
+    "dask_client": "analysis.cluster",
+}
+
 __all__ = ["Config", "ConfigError", "HepprepError", "InputFileError", "StageInputError",
-           "default_config", "load_config"]
+           "config_from_dict", "default_config", "load_config", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
