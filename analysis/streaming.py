@@ -63,9 +63,13 @@ class RowGroupShuffleBuffer:
     def __init__(self, capacity: int, n_features: int, rng: np.random.Generator):
         self.capacity = capacity
         self.rng = rng
-        self.x = np.empty((capacity, n_features), dtype=np.float32)
-        self.y = np.empty(capacity, dtype=np.float32)
-        self.w = np.empty(capacity, dtype=np.float32)
+        # One row-major block: features, then label, then weight. A batch is one gather and
+        # one array (x, y, w are views of it), which DataLoader workers hand over as one
+        # shared-memory storage instead of three.
+        self.rows = np.empty((capacity, n_features + 2), dtype=np.float32)
+        self.x = self.rows[:, :n_features]
+        self.y = self.rows[:, n_features]
+        self.w = self.rows[:, n_features + 1]
         self.n = 0
         self.peak_rows = 0
 
@@ -97,16 +101,17 @@ class RowGroupShuffleBuffer:
         """Remove and return ``min(size, n)`` uniformly drawn rows (copies)."""
         size = min(size, self.n)
         idx = self.rng.choice(self.n, size=size, replace=False)
-        out = (self.x[idx], self.y[idx], self.w[idx])
+        # np.take is several times faster than fancy indexing for row gathers.
+        block = np.take(self.rows, idx, axis=0)
+        nf = self.x.shape[1]
+        out = (block[:, :nf], block[:, nf], block[:, nf + 1])
         tail_start = self.n - size
         # Holes below the tail are refilled from tail rows that were not drawn.
         holes = idx[idx < tail_start]
         tail_kept = np.ones(size, dtype=bool)
         tail_kept[idx[idx >= tail_start] - tail_start] = False
         sources = tail_start + np.flatnonzero(tail_kept)
-        self.x[holes] = self.x[sources]
-        self.y[holes] = self.y[sources]
-        self.w[holes] = self.w[sources]
+        self.rows[holes] = np.take(self.rows, sources, axis=0)
         self.n = tail_start
         return out
 

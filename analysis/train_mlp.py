@@ -53,10 +53,12 @@ def _run_key(config: Config, features: list[str], prepared: PreparedSplits) -> d
             "train_rows": prepared.split("train").rows}
 
 
-def _load_checkpoint(path: Path, key: dict, device: str) -> dict:
+def _load_checkpoint(path: Path, key: dict) -> dict:
     import torch
 
-    state = torch.load(path, map_location=device, weights_only=False)
+    # On the CPU: the RNG state must stay a CPU tensor; load_state_dict moves the weights and
+    # the optimiser state to the parameters' device.
+    state = torch.load(path, map_location="cpu", weights_only=False)
     if state.get("run_key") != key:
         old, new = state.get("run_key", {}), key
         diff = sorted(k for k in set(old.get("params", {})) | set(new["params"])
@@ -165,7 +167,7 @@ def _train(torch, prepared: PreparedSplits, out: Path, config: Config, *, device
     key = _run_key(config, features, prepared)
     ckpt_path = out / CHECKPOINT
     if resume and ckpt_path.is_file():
-        state = _load_checkpoint(ckpt_path, key, device)
+        state = _load_checkpoint(ckpt_path, key)
         net.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])

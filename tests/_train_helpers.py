@@ -122,3 +122,25 @@ def read_split(root: str | Path, split: str) -> "pandas.DataFrame":  # noqa: F82
     """All rows of one split as pandas (tests only: small data)."""
     files = sorted((Path(root) / split).glob("part-*.parquet"))
     return pa.concat_tables([pq.read_table(f) for f in files]).to_pandas()
+
+
+def generated_prepared_dir(out: str | Path, *, events: int, scheduler: str | None = None,
+                           seed: int = 2012) -> Path:
+    """generate -> skim -> prepare on the embedded default sample with ``events`` events.
+
+    The real upstream stages, with the default config except the sample size; the skim runs
+    in-process (iterative executor) and prepare on ``scheduler`` when given. Returns the
+    prepared directory ``out/prepared``.
+    """
+    from analysis.config import config_from_dict
+    from analysis.generate import generate_samples
+    from analysis.prepare import run_prepare
+    from analysis.skim import run_skim
+
+    out = Path(out)
+    config = config_from_dict({"generate": {"events": events, "seed": seed},
+                               "skim": {"executor": "iterative"}})
+    fileset = generate_samples(out / "generated", config, progress=False)
+    run_skim(fileset, out / "skim", config, progress=False)
+    run_prepare(out / "skim", out / "prepared", config, scheduler=scheduler, progress=False)
+    return out / "prepared"
