@@ -61,16 +61,6 @@ class EventContext:
     def _per_event_sum(self, event, values):
         return np.bincount(event, weights=values, minlength=self.n)
 
-    def add_invisible(self, event: np.ndarray, p4: np.ndarray) -> None:
-        self.invisible[:, 0] += self._per_event_sum(event, p4[:, 1])
-        self.invisible[:, 1] += self._per_event_sum(event, p4[:, 2])
-
-    def add_gen(self, event: np.ndarray, p4: np.ndarray, pdg_id, status: int) -> np.ndarray:
-        """Generator-level record (GenPart); returns the rows for ``genPartIdx``."""
-        pt, eta, phi, mass = pt_eta_phi_mass(p4)
-        return self.builder.add("GenPart", event, pt=pt, eta=eta, phi=phi, mass=mass,
-                                pdgId=np.asarray(pdg_id), status=status)
-
     def add_jets(self, event: np.ndarray, true_pt, eta, phi, true_mass, flavour, *, pileup: bool = False):
         """Reconstruct parton jets (true pt, eta, phi, mass): smeared pt, b-tag, pile-up ID.
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.gen_kinematics import MASS_TAU, sample_breit_wigner, two_body_decay
+from analysis.gen_kinematics import sample_breit_wigner, two_body_decay
 
 __all__ = [
     "DECAY_MODE_FRACTIONS",

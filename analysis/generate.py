@@ -30,7 +30,13 @@ Pseudo-data
 
 Reproducibility
     File i of a dataset is generated from ``SeedSequence(seed, spawn_key=(crc32(name), i))``:
-    the same seed gives byte-identical arrays whatever the order or subset of datasets.
+    the same seed gives identical arrays, and an MC file does not depend on the order of
+    the datasets or on the other processes' generation (pseudo-data depends on the MC
+    yields by construction).
+
+Fileset metadata
+    DESIGN.md's ``process``, ``is_mc``, ``label`` and, for MC, ``xsec_pb`` and ``sumw``;
+    plus ``n_events``, the number of events in the files (MC: after the tau filter).
 """
 
 from __future__ import annotations
