@@ -78,8 +78,9 @@ def _epoch_loss(net, loader, device, *, optimiser=None, scaler=None, amp=False, 
     import torch
 
     bce = torch.nn.BCEWithLogitsLoss(reduction="none")
+    # Accumulated on the device: reading a GPU scalar every batch would stall the pipeline.
     total = torch.zeros((), dtype=torch.float64, device=device)
-    total_w = 0.0
+    total_w = torch.zeros((), dtype=torch.float64, device=device)
     keep = optimiser is None
     scores, labels, weights = [], [], []
     for x, y, w in loader:
@@ -95,14 +96,14 @@ def _epoch_loss(net, loader, device, *, optimiser=None, scaler=None, amp=False, 
             scaler.step(optimiser)
             scaler.update()
         total += per_event.detach().sum().double()
-        total_w += float(w.sum())
+        total_w += w.sum().double()
         if keep:
             scores.append(torch.sigmoid(logits.float()).cpu().numpy())
             labels.append(y.cpu().numpy())
             weights.append(w.cpu().numpy())
         if on_batch is not None:
             on_batch(len(y))
-    return float(total), total_w, scores, labels, weights
+    return float(total), float(total_w), scores, labels, weights
 
 
 def train_mlp(prepared: PreparedSplits, out: Path, config: Config, *, device: str,

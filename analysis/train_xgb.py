@@ -22,7 +22,8 @@ from analysis.progress import stage_console
 from analysis.train_common import cuda_gpu_count
 from analysis.train_inputs import LABEL, TRAIN_WEIGHT, PreparedSplits
 
-__all__ = ["EARLY_STOPPING_METRIC", "read_split_dask", "train_xgboost", "xgboost_params"]
+__all__ = ["EARLY_STOPPING_METRIC", "read_split_dask", "train_xgboost", "training_client",
+           "xgboost_params"]
 
 # Last in eval_metric, so it is the one early stopping watches (xgboost's rule).
 EARLY_STOPPING_METRIC = "logloss"

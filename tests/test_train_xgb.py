@@ -135,3 +135,32 @@ def test_incomplete_model_directory_is_refused(tmp_path):
     (tmp_path / "half").mkdir()
     with pytest.raises(StageInputError, match=r"half: no model_info.json \(training did not finish\)"):
         load_model(tmp_path / "half")
+
+
+def test_local_gpu_cluster_is_one_worker_per_gpu(monkeypatch):
+    # No GPU here: a stand-in dask_cuda records what training_client asks for.
+    import sys
+    import types
+
+    from distributed import LocalCluster
+
+    import analysis.train_xgb as train_xgb
+    from analysis.errors import HepprepError
+
+    asked = {}
+
+    def fake_cuda_cluster(**kwargs):
+        asked.update(kwargs)
+        return LocalCluster(n_workers=kwargs["n_workers"], threads_per_worker=1, processes=False,
+                            dashboard_address=":0")
+
+    monkeypatch.setitem(sys.modules, "dask_cuda", types.SimpleNamespace(LocalCUDACluster=fake_cuda_cluster))
+    monkeypatch.setattr(train_xgb, "cuda_gpu_count", lambda: 3)
+    cluster_cfg = _config().cluster
+    with train_xgb.training_client(cluster_cfg, None, "cuda") as client:
+        assert len(client.scheduler_info()["workers"]) == 3
+    assert asked["n_workers"] == 3
+    monkeypatch.setitem(sys.modules, "dask_cuda", None)  # not installed
+    with pytest.raises(HepprepError, match=r"needs the optional package 'dask_cuda': pip install dask_cuda"):
+        with train_xgb.training_client(cluster_cfg, None, "cuda"):
+            pass
