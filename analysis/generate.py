@@ -229,6 +229,10 @@ def generate_samples(out_dir: str | Path, config: Config, *, progress: bool = Tr
         _process_model(config, name)
         mc_jobs += [(name, i, n) for i, n in enumerate(split_evenly(mc_counts[name], gen.files_per_sample))]
     data_names = [name for name, s in config.samples.items() if not s.is_mc]
+    for name in data_names:
+        _run_range(name)  # fail before any work on a data set without an era
+    # A fileset left from an earlier run must not describe files this run is replacing.
+    (out_dir / "fileset.json").unlink(missing_ok=True)
     files: dict[str, list[str]] = {}
     totals: dict[str, int] = {}
     tried: dict[str, int] = {}

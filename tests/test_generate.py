@@ -186,9 +186,11 @@ def test_config_errors_name_the_value_and_the_fix(tmp_path):
                                            "Bkg": {"process": "DY", "label": 0, "xsec_pb": 10.0},
                                            "MyData": {"process": "data", "label": -1, "data_lumi_pb": 100.0}},
                                "generate": {"events": 200, "files_per_sample": 1}})
-    with pytest.raises(ConfigError, match=r"samples.MyData: a data dataset name must contain its era"):
+    (tmp_path / "fileset.json").write_text("{}")  # from an earlier run
+    with pytest.raises(ConfigError, match=r"samples.MyData: a data dataset name must contain its era \(Run2012A, "):
         generate_samples(tmp_path, no_era, progress=False)
-    assert not (tmp_path / "fileset.json").exists()
+    # Checked before any work: nothing written, an earlier fileset left as it was.
+    assert (tmp_path / "fileset.json").read_text() == "{}" and not list(tmp_path.rglob("*.root"))
 
 
 def test_cli_generate_quiet_and_compression(tmp_path, capsys):
