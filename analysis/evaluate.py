@@ -255,7 +255,7 @@ def _draw_plots(out: Path, scorers: list[_Scorer], metrics: dict[str, dict], tes
         add("importance", f"{name}: feature importance (gain, mean |SHAP|)",
             plot_importance(name, gain, shap, plot_dir / f"importance_{_slug(name)}.png", dpi=ev.dpi))
     for label, cls in ((1, "signal"), (0, "background")):
-        add("inputs", f"Feature correlations, {cls}",
+        add("correlations", f"Feature correlations, {cls}",
             plot_correlation(streamed.correlations[label].correlation_, features,
                              title=f"Weighted correlations: {cls}", path=plot_dir / f"correlation_{cls}.png",
                              dpi=ev.dpi))

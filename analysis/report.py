@@ -27,7 +27,8 @@ __all__ = ["collect_provenance", "write_report"]
 PACKAGES = ("hepprep", "numpy", "pandas", "pyarrow", "awkward", "uproot", "coffea", "dask",
             "distributed", "xgboost", "torch", "scikit-learn", "scipy", "matplotlib", "mplhep", "hist")
 SECTIONS = [("performance", "Classifier performance"), ("overtraining", "Overtraining check"),
-            ("importance", "Feature importance"), ("inputs", "Input features"), ("cutflow", "Cutflow")]
+            ("importance", "Feature importance"), ("correlations", "Feature correlations"),
+            ("inputs", "Input features"), ("cutflow", "Cutflow")]
 KS_WARNING = 0.05  # KS p-values below this are flagged as a sign of overtraining
 # How to read each section, for a reader who did not write the pipeline.
 GUIDE = {
@@ -39,6 +40,8 @@ GUIDE = {
                     "two differ more than statistics allow: the model has learnt its training events.",
     "importance": "Total split gain of each feature, and the mean absolute SHAP value (contribution "
                   "to the log-odds of one event) on test events, for the XGBoost models.",
+    "correlations": "Weighted Pearson correlation coefficients of the input features over all "
+                    "prepared events, separately for signal and background.",
     "inputs": "All prepared events (train, validation and test) in physical units, stacked "
               "backgrounds weighted to the full luminosity, signal overlaid and magnified by the "
               "factor in the legend, pseudo-data with a ratio panel where the sample has data.",
@@ -181,6 +184,7 @@ table { border-collapse: collapse; margin: 1em 0; font-size: 0.95em; }
 th, td { border: 1px solid #bbb; padding: 0.3em 0.7em; text-align: right; }
 th { background: #eee; } td:first-child, th:first-child { text-align: left; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr)); gap: 1em; }
+.wide { display: grid; grid-template-columns: minmax(0, 1100px); gap: 1em; }
 figure { margin: 0; } img { width: 100%; height: auto; border: 1px solid #ddd; }
 figcaption { font-size: 0.85em; color: #555; } pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
 """
@@ -204,7 +208,9 @@ def write_report(out: Path, *, metrics: dict, plots: list[dict], cutflow: pd.Dat
             continue
         if not figures:
             continue
-        parts += [f"<h2>{heading}</h2>", f"<p>{GUIDE[key]}</p>", '<div class="grid">']
+        # One label (or number) per feature: these need the page width to stay legible.
+        layout = "wide" if key in ("importance", "correlations") else "grid"
+        parts += [f"<h2>{heading}</h2>", f"<p>{GUIDE[key]}</p>", f'<div class="{layout}">']
         parts += [_figure(out, p) for p in figures]
         parts.append("</div>")
     if not any(p["section"] == "importance" for p in plots):
