@@ -100,6 +100,24 @@ def test_nanoevents_reads_a_generated_file(small_sample):
     assert events.MET.pt.ndim == 1
 
 
+def test_cross_references_point_at_the_right_objects(small_sample):
+    events = uproot.open(small_sample / "W2JetsToLNu" / "W2JetsToLNu_0.root")["Events"].arrays(library="ak")
+    has_jet = events.Tau_jetIdx >= 0
+    jet_eta = events.Jet_eta[ak.where(has_jet, events.Tau_jetIdx, 0)][has_jet]
+    jet_phi = events.Jet_phi[ak.where(has_jet, events.Tau_jetIdx, 0)][has_jet]
+    dphi = (events.Tau_phi[has_jet] - jet_phi + np.pi) % (2 * np.pi) - np.pi
+    dr = np.sqrt((events.Tau_eta[has_jet] - jet_eta) ** 2 + dphi**2)
+    # Every tau sits inside the jet it points at (the jet it was reconstructed from).
+    assert ak.all(dr < 0.1) and ak.mean(has_jet) > 0.9
+    fake = has_jet & (events.Tau_genPartIdx < 0)
+    assert ak.all(events.Tau_pt[fake] <= events.Jet_pt[ak.where(fake, events.Tau_jetIdx, 0)][fake] + 1e-3)
+    real = events.Tau_genPartIdx >= 0
+    gen_pdg = events.GenPart_pdgId[ak.where(real, events.Tau_genPartIdx, 0)][real]
+    assert ak.all(abs(gen_pdg) == 15)
+    # Opposite sign: a tau- (pdgId 15) is reconstructed with charge -1 (up to 1 % flips).
+    assert ak.mean(np.sign(gen_pdg) == -np.sign(events.Tau_charge[real])) > 0.95
+
+
 def test_fileset_is_coffea_format_with_relative_paths_and_weights_metadata(small_sample):
     fileset = json.loads((small_sample / "fileset.json").read_text())
     assert list(fileset) == list(config_from_dict({}).samples)
