@@ -40,6 +40,7 @@ from analysis.progress import progress_bar, stage_console
 __all__ = ["run_evaluate"]
 
 BATCH_ROWS = 200_000  # rows per streamed batch: bounds the memory of the feature histograms
+SCORED_SPLITS = ("train", "val")  # besides test: overtraining check, and the AMS cut choice
 
 
 def _slug(name: str) -> str:
@@ -86,15 +87,15 @@ def _class_weight_sums(prepared: PreparedDir) -> dict[str, dict[int, float]]:
     return out
 
 
-def _test_fractions(sums: dict[str, dict[int, float]], test_path: Path) -> tuple[float, float]:
-    """(signal, background) fraction of the full yield that the test split holds."""
+def _split_fractions(sums: dict[str, dict[int, float]], split: str, path: Path) -> tuple[float, float]:
+    """(signal, background) fraction of the full yield that ``split`` holds."""
     fractions = []
     for label, cls in ((1, "signal"), (0, "background")):
         total = sum(sums[s][label] for s in SPLITS)
-        if not sums["test"][label] > 0 or not total > 0:
-            raise StageInputError(f"{test_path}: the test split has no {cls} yield (sum of weight "
-                                  f"{sums['test'][label]:g}); evaluation needs both classes")
-        fractions.append(min(1.0, sums["test"][label] / total))
+        if not sums[split][label] > 0 or not total > 0:
+            raise StageInputError(f"{path}: the {split} split has no {cls} yield (sum of weight "
+                                  f"{sums[split][label]:g}); evaluation needs both classes")
+        fractions.append(min(1.0, sums[split][label] / total))
     return fractions[0], fractions[1]
 
 
@@ -148,16 +149,24 @@ def _importance(scorer: _Scorer, test: pd.DataFrame, rows: int) -> tuple[dict, d
 
 
 @dataclass
+class _Scored:
+    """Scores of every model on one split, with the split's labels and physics weights."""
+
+    scores: dict[str, np.ndarray]
+    labels: np.ndarray
+    weights: np.ndarray
+
+
+@dataclass
 class _Streamed:
     """What one pass over every prepared event gives: input histograms, correlations, and
-    the training-split scores of each model for the overtraining check."""
+    the scores on the training split (overtraining check) and the validation split (an
+    AMS cut chosen away from the test events)."""
 
     hists: FeatureHistograms
     correlations: dict[int, WeightedCorrelation]
     signal_processes: set[str] = field(default_factory=set)
-    train_scores: dict[str, np.ndarray] = field(default_factory=dict)
-    train_labels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int8))
-    train_weights: np.ndarray = field(default_factory=lambda: np.empty(0))
+    scored: dict[str, _Scored] = field(default_factory=dict)
     data_events: int = 0
 
 
@@ -167,8 +176,9 @@ def _stream_events(prepared: PreparedDir, scorers: list[_Scorer], skim: Path | N
     features = prepared.feature_order
     result = _Streamed(FeatureHistograms(features, prepared.stats["features"], n_bins=config.evaluate.n_bins),
                        {1: WeightedCorrelation(), 0: WeightedCorrelation()})
-    train_parts: dict[str, list] = {s.name: [] for s in scorers}
-    labels, weights = [], []
+    parts: dict[str, dict[str, list]] = {split: {s.name: [] for s in scorers} for split in SCORED_SPLITS}
+    labels: dict[str, list] = {split: [] for split in SCORED_SPLITS}
+    weights: dict[str, list] = {split: [] for split in SCORED_SPLITS}
     rows = sum(prepared.dataset(s).count_rows() for s in SPLITS if prepared.has_split(s))
     task = bar.add_task("evaluate: stream events", total=rows)
     for split in SPLITS:
@@ -182,28 +192,48 @@ def _stream_events(prepared: PreparedDir, scorers: list[_Scorer], skim: Path | N
                     result.correlations[label].partial_fit(batch.loc[mask, features].to_numpy(),
                                                            batch.loc[mask, "weight"].to_numpy())
             result.hists.partial_fit(prepared.destandardise(batch, features))
-            if split == "train":
+            if split in SCORED_SPLITS:
                 for scorer in scorers:
-                    train_parts[scorer.name].append(scorer.predict(batch))
-                labels.append(batch["label"].to_numpy())
-                weights.append(batch["weight"].to_numpy(np.float64))
+                    parts[split][scorer.name].append(scorer.predict(batch))
+                labels[split].append(batch["label"].to_numpy())
+                weights[split].append(batch["weight"].to_numpy(np.float64))
             bar.advance(task, len(batch))
     for batch in _data_frames(prepared, skim, config, features):
         result.hists.partial_fit(batch, process="data")
         result.data_events += len(batch)
-    result.train_scores = {name: np.concatenate(parts) for name, parts in train_parts.items()}
-    result.train_labels, result.train_weights = np.concatenate(labels), np.concatenate(weights)
+    result.scored = {split: _Scored({name: np.concatenate(p) for name, p in parts[split].items()},
+                                    np.concatenate(labels[split]), np.concatenate(weights[split]))
+                     for split in SCORED_SPLITS if labels[split]}
     return result
 
 
+def _ams_at_val_cut(scorer: _Scorer, scores: np.ndarray, y: np.ndarray, w: np.ndarray,
+                    streamed: _Streamed, fractions: dict[str, tuple[float, float]], ev) -> dict | None:
+    """AMS on the test split at the cut that maximises it on the validation split.
+
+    The best test-split cut is tuned on the very events it is quoted on, which favours
+    upward fluctuations when few background events pass; a cut from the validation split
+    gives an unbiased figure.
+    """
+    val = streamed.scored.get("val")
+    if val is None or "val" not in fractions:
+        return None
+    val_scan = ams_scan(val.scores[scorer.name], val.labels, val.weights, test_fraction=fractions["val"],
+                        n_cuts=ev.n_cuts, b_reg=ev.b_reg)
+    at = ams_scan(scores, y, w, test_fraction=fractions["test"], cuts=[val_scan.best_cut], b_reg=ev.b_reg)
+    return {"cut": val_scan.best_cut, "ams": float(at.ams[0]), "s": float(at.s[0]), "b": float(at.b[0]),
+            "ams_on_val": val_scan.best_ams}
+
+
 def _model_metrics(scorer: _Scorer, scores: np.ndarray, test: pd.DataFrame, streamed: _Streamed,
-                   fractions: tuple[float, float], ev) -> dict:
+                   fractions: dict[str, tuple[float, float]], ev) -> dict:
     """metrics.json entry of one model, plus the curves its plots need (keys starting with _)."""
     y, w = test["label"].to_numpy(), test["weight"].to_numpy(np.float64)
-    y_tr, w_tr, s_tr = streamed.train_labels, streamed.train_weights, streamed.train_scores[scorer.name]
+    train = streamed.scored["train"]
+    y_tr, w_tr, s_tr = train.labels, train.weights, train.scores[scorer.name]
     fpr, tpr, _ = weighted_roc(scores, y, w)
     auc = weighted_roc_auc(scores, y, w)
-    scan = ams_scan(scores, y, w, test_fraction=fractions, n_cuts=ev.n_cuts, b_reg=ev.b_reg)
+    scan = ams_scan(scores, y, w, test_fraction=fractions["test"], n_cuts=ev.n_cuts, b_reg=ev.b_reg)
     effs = signal_efficiency_at(scores, y, w, background_efficiency=ev.background_efficiencies)
     ks = {cls: weighted_ks_2samp(s_tr[y_tr == label], scores[y == label],
                                  weights_a=w_tr[y_tr == label], weights_b=w[y == label])
@@ -214,6 +244,7 @@ def _model_metrics(scorer: _Scorer, scores: np.ndarray, test: pd.DataFrame, stre
         "roc_auc": auc,
         "signal_efficiency": {f"{e:g}": v for e, v in effs.items()},
         "ams": scan.summary(),
+        "ams_val_cut": _ams_at_val_cut(scorer, scores, y, w, streamed, fractions, ev),
         "ks": {cls: {"statistic": r.statistic, "pvalue": r.pvalue, "n_eff_train": r.n_eff_a,
                      "n_eff_test": r.n_eff_b} for cls, r in ks.items()},
         "_roc": (fpr, tpr, auc), "_scan": scan, "_ks": ks,
@@ -239,11 +270,11 @@ def _draw_plots(out: Path, scorers: list[_Scorer], metrics: dict[str, dict], tes
                  working_points=ev.background_efficiencies, lumi_fb=lumi_fb, dpi=ev.dpi))
     add("performance", "AMS against the score cut (yields at the full luminosity)",
         plot_ams({n: m["_scan"] for n, m in metrics.items()}, plot_dir / "ams.png", lumi_fb=lumi_fb, dpi=ev.dpi))
-    train = (streamed.train_labels, streamed.train_weights)
+    train = streamed.scored["train"]
     for scorer in scorers:
         name = scorer.name
         add("overtraining", f"{name}: score distributions, train vs test",
-            plot_scores(name, (streamed.train_scores[name], *train),
+            plot_scores(name, (train.scores[name], train.labels, train.weights),
                         (test_scores[name], test["label"].to_numpy(), test["weight"].to_numpy()),
                         metrics[name]["_ks"], plot_dir / f"scores_{_slug(name)}.png", dpi=ev.dpi))
         importance = _importance(scorer, test, ev.shap_rows)
@@ -320,7 +351,10 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
     scorers = [_Scorer(n, m, d, prepared) for n, m, d in zip(names, models, model_dirs)]
     skim = Path(skim_dir) if skim_dir is not None else prepared.skim_dir
     features = prepared.feature_order
-    fractions = _test_fractions(_class_weight_sums(prepared), prepared.path / "test")
+    sums = _class_weight_sums(prepared)
+    fractions = {"test": _split_fractions(sums, "test", prepared.path / "test")}
+    if all(sums["val"][label] > 0 for label in (0, 1)):
+        fractions["val"] = _split_fractions(sums, "val", prepared.path / "val")
     cutflow_path = _find_cutflow(prepared, skim)
     cutflow = read_cutflow(cutflow_path) if cutflow_path else None
     out = Path(out_dir)
@@ -342,7 +376,7 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
     y_test, w_test = test["label"].to_numpy(), test["weight"].to_numpy(np.float64)
     metrics = {
         "prep_dir": str(prepared.path),
-        "test_fraction": {"signal": fractions[0], "background": fractions[1],
+        "test_fraction": {"signal": fractions["test"][0], "background": fractions["test"][1],
                           "nominal": (prepared.split_fractions() or [None] * 3)[2]},
         "test_events": {"signal": int((y_test == 1).sum()), "background": int((y_test == 0).sum())},
         "test_yield": {"signal": float(w_test[y_test == 1].sum()), "background": float(w_test[y_test == 0].sum())},

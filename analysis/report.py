@@ -34,7 +34,8 @@ KS_WARNING = 0.05  # KS p-values below this are flagged as a sign of overtrainin
 GUIDE = {
     "performance": "ROC curves use the physics weight of each test event; the AMS scan counts events "
                    "with score &ge; cut, with s and b scaled to the full luminosity. The best cut is "
-                   "chosen on the test split itself, so its AMS is optimistic for small samples.",
+                   "chosen on the test split itself, so its AMS is optimistic for small samples; the "
+                   "table also gives the test AMS at the cut that is best on the validation split.",
     "overtraining": "Training-split scores (points) against test-split scores (filled), each class "
                     "normalised to unit area. A Kolmogorov&ndash;Smirnov p-value below 0.05 means the "
                     "two differ more than statistics allow: the model has learnt its training events.",
@@ -137,9 +138,12 @@ def _metrics_table(metrics: dict) -> str:
                     + [_num(m["signal_efficiency"][e], ".3f") for e in effs]
                     + [_num(m["ams"]["ams"], ".3f"), _num(m["ams"]["best_cut"], ".3f"),
                        _num(m["ams"]["s"], ".1f"), _num(m["ams"]["b"], ".1f"),
+                       (f'{m["ams_val_cut"]["ams"]:.3f} (cut {m["ams_val_cut"]["cut"]:.3f})'
+                        if m.get("ams_val_cut") else "–"),
                        _ks(m["ks"]["signal"]["pvalue"]), _ks(m["ks"]["background"]["pvalue"])])
     header = (["model", "kind", "weighted AUC"] + [f"ε_s at ε_b = {float(e):.0%}" for e in effs or []]
-              + ["best AMS", "best cut", "s (full lumi)", "b (full lumi)", "KS p signal", "KS p background"])
+              + ["best AMS", "best cut", "s (full lumi)", "b (full lumi)", "AMS at validation-best cut",
+                 "KS p signal", "KS p background"])
     return _table(header, rows)
 
 

@@ -59,7 +59,7 @@ def test_metrics_json_has_every_key(evaluated):
     assert m["data_events"] > 1000  # pseudo-data from <prep>/data was histogrammed
     for name, model in m["models"].items():
         trees = name != "mlp"
-        assert set(model) == {"model_dir", "kind", "roc_auc", "signal_efficiency", "ams", "ks"} | (
+        assert set(model) == {"model_dir", "kind", "roc_auc", "signal_efficiency", "ams", "ams_val_cut", "ks"} | (
             {"importance"} if trees else set())
         assert model["kind"] == ("xgboost" if trees else "mlp")
         assert 0.65 < model["roc_auc"] < 1.0, name
@@ -68,6 +68,8 @@ def test_metrics_json_has_every_key(evaluated):
         assert set(model["ams"]) == {"best_cut", "ams", "s", "b", "b_reg", "yield_scale_signal",
                                      "yield_scale_background"}
         assert model["ams"]["b_reg"] == 10.0 and model["ams"]["ams"] > 0
+        assert set(model["ams_val_cut"]) == {"cut", "ams", "s", "b", "ams_on_val"}
+        assert model["ams_val_cut"]["ams"] <= model["ams"]["ams"]  # the test-best cut is the maximum
         for cls in ("signal", "background"):
             assert set(model["ks"][cls]) == {"statistic", "pvalue", "n_eff_train", "n_eff_test"}
             assert 0 <= model["ks"][cls]["pvalue"] <= 1
@@ -111,6 +113,26 @@ def test_best_cut_yields_equal_a_hand_computation_from_the_parquet_files(evaluat
     b = test.loc[above & (test["label"] == 0), "weight"].sum() / f_bkg
     assert ams["s"] == pytest.approx(s) and ams["b"] == pytest.approx(b)
     assert ams["ams"] == pytest.approx(np.sqrt(2 * ((s + b + 10) * np.log(1 + s / (b + 10)) - s)))
+
+    # The cut chosen on the validation split: scan 200 cuts in [0, 1) on val, yields scaled by
+    # the val fractions; then s and b of the test split above that cut.
+    def ams_of(s, b):
+        return np.sqrt(2 * ((s + b + 10) * np.log(1 + s / (b + 10)) - s))
+
+    val = pd.read_parquet(prep / "val")
+    v_scores = load_model(evaluated["models"][0]).predict(val, standardised=True)
+    v_sig = _parquet_sum(prep / "val", 1) / sum(_parquet_sum(prep / s, 1) for s in ("train", "val", "test"))
+    v_bkg = _parquet_sum(prep / "val", 0) / sum(_parquet_sum(prep / s, 0) for s in ("train", "val", "test"))
+    cuts = np.arange(200) / 200
+    val_ams = [ams_of(val.loc[(v_scores >= c) & (val["label"] == 1), "weight"].sum() / v_sig,
+                      val.loc[(v_scores >= c) & (val["label"] == 0), "weight"].sum() / v_bkg) for c in cuts]
+    cut = cuts[int(np.argmax(val_ams))]
+    at_val = m["models"]["xgboost"]["ams_val_cut"]
+    assert at_val["cut"] == pytest.approx(cut) and at_val["ams_on_val"] == pytest.approx(max(val_ams))
+    s_v = test.loc[(scores >= cut) & (test["label"] == 1), "weight"].sum() / f_sig
+    b_v = test.loc[(scores >= cut) & (test["label"] == 0), "weight"].sum() / f_bkg
+    assert at_val["s"] == pytest.approx(s_v) and at_val["b"] == pytest.approx(b_v)
+    assert at_val["ams"] == pytest.approx(ams_of(s_v, b_v))
 
 
 def test_report_is_balanced_html_with_every_plot_embedded(evaluated):
