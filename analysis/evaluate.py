@@ -8,7 +8,8 @@ event (and pseudo-data, from ``<prep>/data`` or the skim) through bounded-size b
 Output folder::
 
     <out>/metrics.json     weighted AUC, signal efficiency at fixed background efficiency,
-                           best-cut AMS with s and b at the full luminosity, KS p-values
+                           best-cut AMS with s and b at the full luminosity (and at the cut
+                           chosen on the validation split), KS p-values train vs test
     <out>/plots/*.png      input features, correlations, ROC, scores, AMS, importance, cutflow
     <out>/report.html      one self-contained page (images embedded)
 """
