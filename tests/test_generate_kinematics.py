@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from analysis.gen_detector import btag_discriminant, jet_pt_resolution, met_resolution, sample_npv, smear_jet_pt, smear_met
 from analysis.gen_events import EventBuilder, concatenate_batches
@@ -174,3 +176,20 @@ def test_concatenate_and_subset_keep_references():
     assert last.collections["Tau"]["jetIdx"].tolist() == [0, 2, -1]
     swapped = last.permute(np.array([1, 0]))
     assert swapped.collections["Tau"]["event"].tolist() == [1, 0, 1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(pt=st.floats(0.0, 500.0), eta=st.floats(-4.0, 4.0), phi=st.floats(-3.14, 3.14),
+       mass=st.floats(5.0, 200.0), split=st.floats(0.0, 0.99), share=st.floats(0.0, 1.0), seed=st.integers(0, 2**32 - 1))
+def test_two_body_decay_conserves_four_momentum_for_any_parent(pt, eta, phi, mass, split, share, seed):
+    parent = four_vector([pt], [eta], [phi], [mass])
+    m1 = split * mass * share
+    m2 = split * mass * (1 - share)  # m1 + m2 = split * M < M
+    d1, d2 = two_body_decay(np.random.default_rng(seed), parent, m1, m2)
+    scale = parent[0, 0]
+    assert np.allclose(d1 + d2, parent, atol=1e-9 * scale)
+    assert invariant_mass(d1)[0] == pytest.approx(m1, abs=1e-5 * scale)
+    assert invariant_mass(d2)[0] == pytest.approx(m2, abs=1e-5 * scale)
+    # Undoing the parent's boost brings the daughters back to back.
+    rest = boost(np.concatenate([d1, d2]), np.tile(-parent[:, 1:] / parent[:, :1], (2, 1)))
+    assert np.allclose(rest[0, 1:], -rest[1, 1:], atol=1e-7 * scale)
