@@ -33,12 +33,15 @@ def read_events(files: list[str | Path]) -> ak.Array:
     return ak.concatenate([uproot.open(f)["Events"].arrays() for f in files])
 
 
-def select(events: ak.Array) -> dict[str, np.ndarray]:
-    """Default selection (PHYSICS.md "Selection") and a few features, one entry per selected event."""
+def select(events: ak.Array, *, require_iso: bool = True) -> dict[str, np.ndarray]:
+    """Default selection (PHYSICS.md "Selection") and a few features, one entry per selected event.
+
+    ``require_iso=False`` drops the medium isolation requirement (to look at isolation itself).
+    """
     tau = ak.zip({k[4:]: events[k] for k in events.fields if k.startswith("Tau_")})
     jet = ak.zip({k[4:]: events[k] for k in events.fields if k.startswith("Jet_")})
     good = ((tau.pt > 20) & (abs(tau.eta) < 2.3) & (abs(tau.charge) == 1) & tau.idDecayMode
-            & tau.idIsoMedium & tau.idAntiEleLoose & tau.idAntiMuLoose)
+            & (tau.idIsoMedium | (not require_iso)) & tau.idAntiEleLoose & tau.idAntiMuLoose)
     taus = tau[good]
     pairs = ak.combinations(taus, 2, fields=["t1", "t2"])  # (0,1), (0,2), (1,2): PHYSICS.md order
     pairs = pairs[_delta_r(pairs.t1.eta, pairs.t1.phi, pairs.t2.eta, pairs.t2.phi) > 0.5]

@@ -23,11 +23,11 @@ SIGNAL = ("GluGluToHToTauTau", "VBF_HToTauTau")
 W_JETS = ("W1JetsToLNu", "W2JetsToLNu", "W3JetsToLNu")
 
 
-def _generate_and_select(out: Path, events: int) -> tuple[dict, dict]:
+def _generate_and_select(out: Path, events: int) -> tuple[dict, dict, Path]:
     config = config_from_dict({"generate": {"events": events, "files_per_sample": 1, "seed": 11}})
     fileset = json.loads(generate_samples(out, config, progress=False).read_text())
     selected = {name: select(read_events([out / f for f in entry["files"]])) for name, entry in fileset.items()}
-    return fileset, selected
+    return fileset, selected, out
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def _weight(fileset, name, lumi_pb=11_467.0):
 
 
 def test_visible_mass_peaks_and_their_overlap(sample):
-    _, sel = sample
+    _, sel, _ = sample
     z = sel["DYJetsToLL"]["m_vis"]
     h = np.concatenate([sel[s]["m_vis"] for s in SIGNAL])
     assert len(z) > 2000 and len(h) > 1000
@@ -60,7 +60,7 @@ def test_visible_mass_peaks_and_their_overlap(sample):
 
 
 def test_decay_mode_fractions_and_visible_masses_of_selected_taus(sample):
-    _, sel = sample
+    _, sel, _ = sample
     real = [sel[n] for n in ("DYJetsToLL", *SIGNAL)]
     mode = np.concatenate([s[f"tau{i}_dm"] for s in real for i in (1, 2)])
     mass = np.concatenate([s[f"tau{i}_mass"] for s in real for i in (1, 2)])
@@ -73,7 +73,7 @@ def test_decay_mode_fractions_and_visible_masses_of_selected_taus(sample):
 
 
 def test_vbf_forward_jets_versus_isr_jets(sample):
-    _, sel = sample
+    _, sel, _ = sample
     vbf, ggh, dy = sel["VBF_HToTauTau"], sel["GluGluToHToTauTau"], sel["DYJetsToLL"]
     assert np.median(vbf["jdeta"]) > 3.0
     assert np.median(ggh["jdeta"]) < 2.2 and np.median(dy["jdeta"]) < 2.2
@@ -84,7 +84,7 @@ def test_vbf_forward_jets_versus_isr_jets(sample):
 
 
 def test_ttbar_btag_and_met(sample):
-    _, sel = sample
+    _, sel, _ = sample
     tt, dy = sel["TTbar"], sel["DYJetsToLL"]
     best_btag = lambda s: np.maximum(s["jet1_btag"], s["jet2_btag"])  # noqa: E731
     assert np.mean(best_btag(tt) > 0.7) > 0.5 > 0.2 > np.mean(best_btag(dy) > 0.7)
@@ -92,24 +92,27 @@ def test_ttbar_btag_and_met(sample):
 
 
 def test_wjets_fake_tau_isolation_and_transverse_mass(sample):
-    _, sel = sample
-    dy = sel["DYJetsToLL"]
+    fileset, sel, out = sample
+    no_iso = {n: select(read_events([out / f for f in fileset[n]["files"]]), require_iso=False)
+              for n in ("DYJetsToLL", *W_JETS)}
+    worse_iso = lambda s: np.maximum(s["tau1_iso"], s["tau2_iso"])  # noqa: E731
+    mt = lambda s: np.maximum(s["mt_tau1"], s["mt_tau2"])  # noqa: E731
     for name in W_JETS:
-        w = sel[name]
-        worse_iso = lambda s: np.maximum(s["tau1_iso"], s["tau2_iso"])  # noqa: E731
-        assert np.mean(worse_iso(w)) > 1.3 * np.mean(worse_iso(dy)), name
-        mt = lambda s: np.maximum(s["mt_tau1"], s["mt_tau2"])  # noqa: E731
-        assert np.median(mt(w)) > np.median(mt(dy)) + 15.0, name
+        # Before the isolation cut the jet faking a tau shows a much larger isolation sum
+        # and fails the medium working point (1 GeV) far more often.
+        assert np.mean(worse_iso(no_iso[name])) > 2.0 * np.mean(worse_iso(no_iso["DYJetsToLL"])), name
+        assert np.mean(worse_iso(no_iso[name]) > 1.0) > 0.5 > 0.4 > np.mean(worse_iso(no_iso["DYJetsToLL"]) > 1.0)
+        assert np.median(mt(sel[name])) > np.median(mt(sel["DYJetsToLL"])) + 15.0, name
 
 
 def test_pileup_vertices(sample):
-    _, sel = sample
+    _, sel, _ = sample
     npv = np.concatenate([s["npv"] for s in sel.values()])
     assert 15.0 <= npv.mean() <= 20.0 and npv.min() >= 1
 
 
 def test_selection_keeps_a_healthy_fraction_of_every_mc_dataset(sample):
-    fileset, sel = sample
+    fileset, sel, _ = sample
     for name, meta in ((n, e["metadata"]) for n, e in fileset.items()):
         if meta["is_mc"]:
             fraction = len(sel[name]["m_vis"]) / meta["n_events"]
@@ -117,7 +120,7 @@ def test_selection_keeps_a_healthy_fraction_of_every_mc_dataset(sample):
 
 
 def test_signal_is_a_few_percent_of_the_background_and_pseudo_data_matches_the_prediction(sample):
-    fileset, sel = sample
+    fileset, sel, _ = sample
     yields = {n: len(sel[n]["m_vis"]) * _weight(fileset, n) for n in fileset if fileset[n]["metadata"]["is_mc"]}
     signal = sum(yields[n] for n in SIGNAL)
     background = sum(v for n, v in yields.items() if n not in SIGNAL)
@@ -131,7 +134,7 @@ def test_signal_is_a_few_percent_of_the_background_and_pseudo_data_matches_the_p
 
 
 def test_pseudo_data_event_counts_follow_the_expected_yields(sample):
-    fileset, _ = sample
+    fileset, _, _ = sample
     lumi = {"Run2012B_TauPlusX": 4412.0, "Run2012C_TauPlusX": 7055.0}
     for name, data_lumi in lumi.items():
         expected = sum(e["metadata"]["xsec_pb"] * data_lumi * e["metadata"]["n_events"] / e["metadata"]["sumw"]
@@ -157,7 +160,7 @@ def test_weighted_xgboost_auc_on_the_default_sample_is_realistic(tmp_path):
     import xgboost as xgb
     from sklearn.metrics import roc_auc_score
 
-    fileset, sel = _generate_and_select(tmp_path, 300_000)
+    fileset, sel, _ = _generate_and_select(tmp_path, 300_000)
     features = ["tau1_pt", "tau1_eta", "tau2_pt", "tau2_eta", "jet1_pt", "jet1_eta", "jet1_btag", "jet2_pt",
                 "jet2_eta", "jet2_btag", "met_pt", "njets", "m_vis", "pt_vis", "dr_tautau", "mt_tau1", "mt_tau2",
                 "mjj", "ptjj", "jdeta"]
