@@ -24,8 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from analysis.errors import StageInputError
-from analysis.split import (SALT_BUCKET, SALT_ORDER, SPLIT_NAMES, _mix64, assign_fold, assign_split,
-                            event_hash, id_columns_of, salted_uniform)
+from analysis.split import (SALT_BUCKET, SPLIT_NAMES, assign_fold, assign_split, event_hash, id_columns_of,
+                            salted_uniform, shuffle_order_key)
 from analysis.stats import WeightedFeatureStats
 from analysis.weights import TrainWeightBalancer, apply_negative_weight_policy
 
@@ -225,7 +225,7 @@ def shuffle_bucket(group: int, pieces: Sequence[tuple[str, int]], plan: ShuffleP
     table, dictionary_columns = _plain_strings(table)
     table = table.combine_chunks()
     hashes = event_hash(id_columns_of(table, plan.id_columns), seed=plan.seed)
-    order = np.argsort(_mix64(hashes ^ np.uint64(SALT_ORDER)), kind="stable")
+    order = np.argsort(shuffle_order_key(hashes), kind="stable")
     table = table.take(pa.array(order))
     hashes = hashes[order]
 

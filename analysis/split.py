@@ -9,7 +9,7 @@ which makes the whole prepared output a function of the events and the seed alon
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +24,9 @@ __all__ = [
     "assign_fold",
     "assign_split",
     "event_hash",
+    "id_columns_of",
     "salted_uniform",
+    "shuffle_order_key",
 ]
 
 # Event identity in the skim (DESIGN.md "Skim Parquet"); the dataset name is part of it
@@ -120,6 +122,11 @@ def event_hash(columns: Sequence[pa.Array | pa.ChunkedArray | np.ndarray], *, se
     return h
 
 
+def shuffle_order_key(hashes: np.ndarray) -> np.ndarray:
+    """uint64 sort key per event: sorting a bucket by it is a seeded random permutation."""
+    return _mix64(hashes ^ _U64(SALT_ORDER))
+
+
 def salted_uniform(hashes: np.ndarray, *, salt: int) -> np.ndarray:
     """Uniform numbers in [0, 1) from event hashes; each salt gives an independent draw."""
     mixed = _mix64(hashes ^ _U64(salt & _MASK64))
@@ -158,9 +165,3 @@ def id_columns_of(table: pa.Table, names: Sequence[str]) -> list[pa.ChunkedArray
         raise StageInputError(f"identity column(s) {', '.join(missing)} missing; the table has "
                               f"{', '.join(table.column_names[:12])}{' ...' if table.num_columns > 12 else ''}")
     return [table.column(n) for n in names]
-
-
-def split_counts(split_index: np.ndarray) -> Mapping[str, int]:
-    """Rows per split name, for summaries."""
-    counts = np.bincount(split_index.astype(np.int64), minlength=len(SPLIT_NAMES))
-    return {name: int(c) for name, c in zip(SPLIT_NAMES, counts)}

@@ -209,9 +209,11 @@ def test_repartitioned_skim_gives_the_same_splits(skim, prepared, scheduler, tmp
     np.testing.assert_allclose(a["m_vis"].to_numpy(), b["m_vis"].to_numpy(), rtol=1e-6)
 
 
-def test_rerun_with_done_output_skips_the_work(skim, scheduler, tmp_path, capsys):
+def test_progress_and_rerun_with_done_output_skips_the_work(skim, scheduler, tmp_path, capsys):
     out = tmp_path / "prep"
-    run_prepare(skim, out, small_config(), scheduler=scheduler, progress=False)
+    run_prepare(skim, out, small_config(), scheduler=scheduler, progress=True)
+    err = capsys.readouterr().err
+    assert "prepare: dask dashboard http" in err and "prepare: shuffle + write" in err  # link + progress
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
     run_prepare(skim, out, small_config(), scheduler=scheduler, progress=True)
     assert "is up to date" in capsys.readouterr().err
