@@ -117,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     write_result("prepare" + ("_quick" if args.quick else ""), figures)
+    if args.quick:
+        # At 1M rows the cluster start-up alone is comparable to the floor: a smoke run
+        # shows that everything works, the acceptance figures need the full sizes.
+        print("quick run: smoke test only, the goals apply to the default sizes")
+        return 0
     return 0 if figures["rss_growth_ok (< 1.5)"] and figures["time_ratio_ok (<= 3)"] else 1
 
 
