@@ -15,7 +15,7 @@ import json
 import math
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from analysis.split import SKIM_ID_COLUMNS, SPLIT_NAMES
 from analysis.stats import WeightedFeatureStats
 from analysis.weights import CLASS_NAMES, TrainWeightBalancer
 
-__all__ = ["PrepareInputs", "discover_skim", "prepare_inputs", "run_prepare"]
+__all__ = ["PrepareInputs", "check_out_dir", "discover_skim", "prepare_inputs", "run_prepare"]
 
 STATS_FILE = "stats.json"
 MANIFEST_FILE = "manifest.json"
@@ -80,6 +80,21 @@ def _known_data_rows(meta: pq.FileMetaData, rg: int) -> int | None:
     return meta.row_group(rg).num_rows if stats.min == -1 else 0
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse to replace a folder that is not a prepare output (``--out ~`` must not wipe home)."""
+    if not out_dir.exists():
+        return
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        return
+    try:
+        stage = json.loads((out_dir / MANIFEST_FILE).read_text()).get("stage")
+    except (OSError, ValueError, AttributeError):
+        stage = None
+    if stage != "prepare":
+        raise StageInputError(f"{out_dir}: exists and is not the output of `hepprep prepare` (no prepare "
+                              "manifest.json); it would be replaced: choose another --out or remove it")
+
+
 def _input_units(files: Sequence[Path], *, target_rows: int) -> list[InputUnit]:
     """Consecutive row groups of each file, about `target_rows` per piece (pass-1 memory)."""
     units: list[InputUnit] = []
@@ -119,14 +134,18 @@ def _fingerprint(inputs: PrepareInputs, prep: PrepareConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _gather(client: Any, futures: list[Any], bar: Any, description: str) -> list[Any]:
-    """Results in submission order, advancing a progress bar as tasks finish."""
-    from distributed import as_completed
+def _in_order(futures: list[Any], bar: Any, description: str) -> Iterator[Any]:
+    """Task results one at a time in submission order, each released once handed over.
 
+    Reducing in a fixed order keeps floating-point sums (and so the output bytes)
+    independent of task timing; releasing each result keeps the client's memory flat.
+    """
     task = bar.add_task(description, total=len(futures))
-    for _ in as_completed(futures):
+    for i, future in enumerate(futures):
+        result = future.result()
+        futures[i] = None  # the scheduler forgets a result nobody refers to
         bar.advance(task)
-    return client.gather(futures)
+        yield result
 
 
 def _effective_prepare(config: Config, split: Sequence[float] | None, seed: int | None) -> PrepareConfig:
@@ -179,6 +198,7 @@ def prepare_inputs(inputs: PrepareInputs, out_dir: str | Path, config: Config, *
     """`run_prepare` on any `PrepareInputs` (the skim, or a converted flat table)."""
     prep = _effective_prepare(config, split, seed)
     out_dir = Path(out_dir)
+    check_out_dir(out_dir)
     console = stage_console(quiet=not progress)
     fingerprint = _fingerprint(inputs, prep)
     done = out_dir / MANIFEST_FILE
@@ -236,8 +256,8 @@ def _two_passes(client: Any, bar: Any, inputs: PrepareInputs, prep: PrepareConfi
     # Task keys unique per run: a shared scheduler must never hand back another run's result.
     run = uuid.uuid4().hex[:8]
     unknown = [u for u in units if u.data_rows is None]
-    counts = _gather(client, client.map(_count_labels, unknown, key=[f"prepare-count-{run}-{u.index}" for u in unknown]),
-                     bar, "prepare: count labels") if unknown else []
+    futures = client.map(_count_labels, unknown, key=[f"prepare-count-{run}-{u.index}" for u in unknown])
+    counts = list(_in_order(futures, bar, "prepare: count labels")) if unknown else []
     counts += [(u.rows - u.data_rows, u.data_rows) for u in units if u.data_rows is not None]
     labelled, data = sum(c[0] for c in counts), sum(c[1] for c in counts)
     if labelled == 0:
@@ -249,34 +269,29 @@ def _two_passes(client: Any, bar: Any, inputs: PrepareInputs, prep: PrepareConfi
                        row_group_rows=prep.row_group_rows)
 
     futures = client.map(scatter_unit, units, plan=plan, key=[f"prepare-scatter-{run}-{u.index}" for u in units])
-    scattered = _gather(client, futures, bar, "prepare: split + statistics")
-    del futures
-    # Reduce in unit order: floating-point sums then do not depend on task timing.
     balancer = TrainWeightBalancer(negative_weights=prep.negative_weights)
     class_stats = [WeightedFeatureStats(feature_names=inputs.features) for _ in CLASS_NAMES]
     skim_datasets: dict[str, list[float]] = {}
-    for result in scattered:
+    pieces: list[list[tuple[str, int]]] = [[] for _ in range(sum(plan.buckets))]
+    for result in _in_order(futures, bar, "prepare: split + statistics"):
         balancer = balancer.merge(result["balancer"])
         class_stats = [mine.merge(theirs) for mine, theirs in zip(class_stats, result["stats"])]
         for name, (n, w) in result["datasets"].items():
             acc = skim_datasets.setdefault(name, [0.0, 0.0])
             acc[0] += n
             acc[1] += w
+        for group, (rg, _rows) in sorted(result["groups"].items()):
+            pieces[group].append((result["path"], rg))
     scale = balancer.finalize()
+    # Training statistics weighted by train_weight = policy weight x class scale.
     stats = class_stats[0].scaled(scale[0, 0]).merge(class_stats[1].scaled(scale[0, 1]))
     plan = dataclasses.replace(plan, mean=tuple(stats.mean_.tolist()), std=tuple(stats.scale_.tolist()),
                                scale=tuple(map(tuple, scale.tolist())))
 
-    n_groups = sum(plan.buckets)
-    pieces: list[list[tuple[str, int]]] = [[] for _ in range(n_groups)]
-    for result in scattered:
-        for group, (rg, _rows) in sorted(result["groups"].items()):
-            pieces[group].append((result["path"], rg))
-    del scattered
-    groups = [g for g in range(n_groups) if pieces[g]]
+    groups = [g for g in range(len(pieces)) if pieces[g]]
     futures = client.map(shuffle_bucket, groups, [pieces[g] for g in groups], plan=plan,
                          key=[f"prepare-shuffle-{run}-{g}" for g in groups])
-    written = [f for files in _gather(client, futures, bar, "prepare: shuffle + write") for f in files]
+    written = [f for files in _in_order(futures, bar, "prepare: shuffle + write") for f in files]
     manifest = _manifest(inputs, prep, plan, written, skim_datasets, balancer, units)
     return manifest, _stats_json(stats, balancer, prep, inputs)
 

@@ -38,6 +38,19 @@ def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> floa
     return float(v[np.argmax(cum >= q * cum[-1])])
 
 
+_Sparse = tuple[np.ndarray, np.ndarray]
+
+
+def _merge_sparse(a: _Sparse, b: _Sparse) -> _Sparse:
+    """Sum of two sparse histograms given as (sorted bin indices, weights)."""
+    if not len(a[0]):
+        return b[0].copy(), b[1].copy()
+    if not len(b[0]):
+        return a[0].copy(), a[1].copy()
+    keys, inverse = np.unique(np.concatenate([a[0], b[0]]), return_inverse=True)
+    return keys, np.bincount(inverse, weights=np.concatenate([a[1], b[1]]), minlength=len(keys))
+
+
 class WeightedFeatureStats:
     """Weighted mean, standard deviation, min, max and quantiles of d features.
 
@@ -86,7 +99,9 @@ class WeightedFeatureStats:
         self._s2 = np.zeros(n_features)  # Σw(x-K)^2
         self.min_ = np.full(n_features, np.inf)
         self.max_ = np.full(n_features, -np.inf)
-        self._sketch = np.zeros((n_features, self._n_bins))
+        # Sparse sketch per feature: sorted occupied bin indices and their summed weights.
+        # (A dense array would be 2**(9 + mantissa_bits) floats per feature, mostly zeros.)
+        self._sketch = [(np.zeros(0, np.int64), np.zeros(0)) for _ in range(n_features)]
 
     @property
     def _n_bins(self) -> int:
@@ -150,7 +165,9 @@ class WeightedFeatureStats:
             self._s2[j] += (wd * d).sum()
             self.min_[j] = min(self.min_[j], x.min())
             self.max_[j] = max(self.max_[j], x.max())
-            self._sketch[j] += np.bincount(self._keys(x), weights=wj, minlength=self._n_bins)
+            counts = np.bincount(self._keys(x), weights=wj, minlength=self._n_bins)
+            occupied = np.flatnonzero(counts)
+            self._sketch[j] = _merge_sparse(self._sketch[j], (occupied, counts[occupied]))
         return self
 
     def fit(self, X: Any, sample_weight: np.ndarray) -> WeightedFeatureStats:
@@ -181,7 +198,7 @@ class WeightedFeatureStats:
         out.sum_weight_ = self.sum_weight_ + other.sum_weight_
         out.min_ = np.minimum(self.min_, other.min_)
         out.max_ = np.maximum(self.max_, other.max_)
-        out._sketch = self._sketch + other._sketch
+        out._sketch = [_merge_sparse(a, b) for a, b in zip(self._sketch, other._sketch)]
         return out
 
     def scaled(self, factor: float) -> WeightedFeatureStats:
@@ -191,7 +208,7 @@ class WeightedFeatureStats:
             out.sum_weight_ = out.sum_weight_ * factor
             out._s1 = out._s1 * factor
             out._s2 = out._s2 * factor
-            out._sketch = out._sketch * factor
+            out._sketch = [(keys, weights * factor) for keys, weights in out._sketch]
         return out
 
     # -- learned values --------------------------------------------------------------
@@ -230,8 +247,7 @@ class WeightedFeatureStats:
         self._check_fitted()
         out = np.empty(self.n_features_in_)
         for j in range(self.n_features_in_):
-            nz = np.flatnonzero(self._sketch[j])
-            w = self._sketch[j, nz]
+            nz, w = self._sketch[j]
             cum = np.cumsum(w)
             target = q * cum[-1]
             i = int(np.argmax(cum >= target - 1e-12 * abs(cum[-1])))
@@ -258,21 +274,3 @@ class WeightedFeatureStats:
                        "q84": float(q84[j]), "sum_weight": float(self.sum_weight_[j]),
                        "n": int(self.n_samples_seen_[j])}
                 for j, name in enumerate(self.feature_names_in_)}
-
-    # -- pickling for dask: the dense sketch is mostly zeros --------------------------
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        sketch = state.pop("_sketch", None)
-        if sketch is not None:
-            rows, cols = np.nonzero(sketch)
-            state["_sketch_sparse"] = (sketch.shape, rows.astype(np.int32), cols.astype(np.int32),
-                                       sketch[rows, cols])
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        sparse = state.pop("_sketch_sparse", None)
-        self.__dict__.update(state)
-        if sparse is not None:
-            shape, rows, cols, values = sparse
-            self._sketch = np.zeros(shape)
-            self._sketch[rows, cols] = values

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from analysis.config import Config, PrepareTableConfig
 from analysis.errors import StageInputError
-from analysis.prepare import PrepareInputs, prepare_inputs
+from analysis.prepare import PrepareInputs, check_out_dir, prepare_inputs
 
 __all__ = ["normalise_table", "run_prepare_table", "table_files"]
 
@@ -146,6 +146,7 @@ def run_prepare_table(table: str | Path, out_dir: str | Path, config: Config, *,
     spec = config.prepare.table
     sources = table_files(table, fmt=spec.format)
     out_dir = Path(out_dir)
+    check_out_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     ingest = out_dir.parent / f".{out_dir.name}.ingest-{uuid.uuid4().hex[:8]}"
     ingest.mkdir()

@@ -260,3 +260,9 @@ def test_bad_inputs_fail_with_one_clear_message_and_leave_nothing(skim, schedule
     with pytest.raises(StageInputError, match=r"part-00000-0-1500.parquet: column\(s\) m_vis missing"):
         run_prepare(broken, tmp_path / "prep", small_config(), scheduler=scheduler, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]  # nothing half-written
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("...")
+    with pytest.raises(StageInputError, match="thesis: exists and is not the output of `hepprep prepare`"):
+        run_prepare(skim, precious, small_config(), scheduler=scheduler, progress=False)
+    assert (precious / "chapter1.tex").read_text() == "..."
