@@ -15,6 +15,7 @@ from scipy.special import ndtr, ndtri
 
 from analysis.gen_detector import btag_discriminant, sample_npv, smear_jet_pt, smear_met
 from analysis.gen_events import EventBatch, EventBuilder
+from analysis.gen_kinematics import pt_eta_phi_mass
 from analysis.gen_taus import MASS_PION, fake_decay_modes, reconstructed_tau_charge, tau_identification
 
 __all__ = ["EventContext", "pick_one_per_event", "reconstruct", "truncated_normal"]
@@ -180,7 +181,7 @@ def reconstruct(rng: np.random.Generator, truth: EventBatch) -> EventBatch:
     ``truth`` holds tables ``Jet`` (parton jets: pt, eta, phi, mass, flavour), ``Tau``
     (visible decay products vis_pt, vis_eta, vis_phi, vis_mass, decayMode, charge,
     genPartIdx), ``Fake`` (jetIdx of a jet faking a tau, frac of its pt carried by the
-    tau candidate), ``GenPart`` and scalars ``nu_px``, ``nu_py`` (all neutrinos).
+    tau candidate), ``GenPart`` (energy, px, py, pz, pdgId, status) and scalars ``nu_px``, ``nu_py`` (all neutrinos).
     """
     n = truth.n
     ctx = EventContext(rng, n)
@@ -190,8 +191,10 @@ def reconstruct(rng: np.random.Generator, truth: EventBatch) -> EventBatch:
     # The truth jets and generator records are added first: their rows keep their numbers.
     jet_rows, jet_pt, jet_eta, jet_phi = ctx.add_jets(jets["event"], jets["pt"], jets["eta"], jets["phi"],
                                                       jets["mass"], jets["flavour"])
-    ctx.builder.add("GenPart", gen["event"], pt=gen["pt"], eta=gen["eta"], phi=gen["phi"],
-                               mass=gen["mass"], pdgId=gen["pdgId"], status=gen["status"])
+    gen_p4 = np.stack([gen["energy"], gen["px"], gen["py"], gen["pz"]], axis=-1)
+    gen_pt, gen_eta, gen_phi, gen_mass = pt_eta_phi_mass(gen_p4)
+    ctx.builder.add("GenPart", gen["event"], pt=gen_pt, eta=gen_eta, phi=gen_phi, mass=gen_mass,
+                    pdgId=gen["pdgId"], status=gen["status"])
     ctx.add_real_taus(taus["event"], taus["vis_pt"], taus["vis_eta"], taus["vis_phi"], taus["vis_mass"],
                       taus["decayMode"], taus["charge"], taus["genPartIdx"])
     chosen = fakes["jetIdx"]

@@ -53,7 +53,8 @@ TRUTH_LAYOUT = {
     "Tau": {"vis_pt": _F64, "vis_eta": _F64, "vis_phi": _F64, "vis_mass": _F64,
             "decayMode": _I32, "charge": _I32, "genPartIdx": _I64},  # visible tau decay products
     "Fake": {"jetIdx": _I64, "frac": _F64},  # a jet faking a tau, with the pt fraction it keeps
-    "GenPart": {**_P4, "pdgId": _I32, "status": _I32},
+    # Kept as momentum components: pt, eta, phi, mass are computed only for events passing the filter.
+    "GenPart": {"energy": _F64, "px": _F64, "py": _F64, "pz": _F64, "pdgId": _I32, "status": _I32},
 }
 
 
@@ -67,6 +68,11 @@ class _Truth(EventBuilder):
     def add_p4(self, collection: str, event: np.ndarray, p4: np.ndarray, **fields) -> np.ndarray:
         pt, eta, phi, mass = pt_eta_phi_mass(p4)
         return self.add(collection, event, pt=pt, eta=eta, phi=phi, mass=mass, **fields)
+
+    def add_gen(self, event: np.ndarray, p4: np.ndarray, pdg_id, status: int) -> np.ndarray:
+        """Generator records (GenPart) of four-vectors ``(n, 4)``; returns their rows."""
+        return self.add("GenPart", event, energy=p4[:, 0], px=p4[:, 1], py=p4[:, 2], pz=p4[:, 3],
+                        pdgId=pdg_id, status=status)
 
     def add_neutrinos(self, event: np.ndarray, p4: np.ndarray) -> None:
         self.scalars["nu_px"] += np.bincount(event, weights=p4[:, 1], minlength=self.n)
@@ -105,12 +111,12 @@ def _tau_pair(rng, truth: _Truth, boson: np.ndarray, boson_pdg: int) -> None:
     """Boson -> tau- tau+ in its rest frame, both taus decaying hadronically."""
     n = truth.n
     event = np.arange(n)
-    truth.add_p4("GenPart", event, boson, pdgId=boson_pdg, status=_GEN_STATUS_HARD)
+    truth.add_gen(event, boson, boson_pdg, _GEN_STATUS_HARD)
     tau_minus, tau_plus = two_body_decay(rng, boson, MASS_TAU, MASS_TAU)
     taus = np.concatenate([tau_minus, tau_plus])
     events2 = np.concatenate([event, event])
     pdg = np.repeat([PDG["tau"], -PDG["tau"]], n)
-    gen_rows = truth.add_p4("GenPart", events2, taus, pdgId=pdg, status=_GEN_STATUS_DECAYED)
+    gen_rows = truth.add_gen(events2, taus, pdg, _GEN_STATUS_DECAYED)
     truth.add_tau_decays(rng, events2, taus, -np.sign(pdg), gen_rows)
 
 
@@ -158,10 +164,10 @@ def generate_vbf(rng: np.random.Generator, n: int) -> EventBatch:
 
 def _w_to_tau_nu(rng, truth: _Truth, event, w: np.ndarray, w_charge: np.ndarray) -> None:
     """W -> tau nu (tau hadronic); generator records for W, tau and neutrino."""
-    truth.add_p4("GenPart", event, w, pdgId=PDG["W"] * w_charge, status=_GEN_STATUS_HARD)
+    truth.add_gen(event, w, PDG["W"] * w_charge, _GEN_STATUS_HARD)
     tau, nu = two_body_decay(rng, w, MASS_TAU, 0.0)
-    gen_rows = truth.add_p4("GenPart", event, tau, pdgId=-PDG["tau"] * w_charge, status=_GEN_STATUS_DECAYED)
-    truth.add_p4("GenPart", event, nu, pdgId=PDG["nu_tau"] * w_charge, status=_GEN_STATUS_FINAL)
+    gen_rows = truth.add_gen(event, tau, -PDG["tau"] * w_charge, _GEN_STATUS_DECAYED)
+    truth.add_gen(event, nu, PDG["nu_tau"] * w_charge, _GEN_STATUS_FINAL)
     truth.add_neutrinos(event, nu)
     truth.add_tau_decays(rng, event, tau, w_charge, gen_rows)
 
@@ -206,10 +212,10 @@ def generate_ttbar(rng: np.random.Generator, n: int) -> EventBatch:
                            four_vector(np.hypot(px2, py2), rng.normal(0, 1.2, n), np.arctan2(py2, px2), m_top[n:])])
     top_event = np.concatenate([event, event])
     sign = np.repeat([1, -1], n)  # t (W+) then tbar (W-)
-    truth.add_p4("GenPart", top_event, tops, pdgId=PDG["t"] * sign, status=_GEN_STATUS_HARD)
+    truth.add_gen(top_event, tops, PDG["t"] * sign, _GEN_STATUS_HARD)
     m_w = sample_breit_wigner(rng, 2 * n, mass=MASS_W, width=WIDTH_W, low=60.0, high=100.0)
     b, w = two_body_decay(rng, tops, MASS_B, m_w)
-    truth.add_p4("GenPart", top_event, b, pdgId=PDG["b"] * sign, status=23)
+    truth.add_gen(top_event, b, PDG["b"] * sign, 23)
     truth.add_p4("Jet", top_event, b, flavour=5)
     # Which W decays to tau nu: both (30 %), else exactly one, at random.
     both = rng.random(n) < 0.3
