@@ -33,6 +33,7 @@ from analysis.skim_manifest import (build_cutflow, build_manifest, chunk_relpath
                                     remove_stale_temp_files, write_json_atomic)
 from processors.ditau import DiTauProcessor, triggers_applied
 from processors.parts import chunk_fingerprint
+from processors.profiles import readable_branches
 
 __all__ = ["EXECUTORS", "run_skim"]
 
@@ -180,11 +181,17 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
         todo = [wi for wi in items
                 if chunk_relpath(wi.dataset, str(uuid.UUID(bytes=wi.fileuuid)), wi.entrystart,
                                  wi.entrystop) not in done]
-        result = runner(todo, proc) if todo else {}
+        # NanoEvents sees only the branches a profile can use: building the events of a
+        # chunk from a 1,500-branch NanoAOD file would otherwise cost more than reading it.
+        triggers = sorted({t for d in datasets.values()
+                           for t in triggers_applied(config.selection, is_mc=d.is_mc)})
+        iteritems = {"filter_name": readable_branches(triggers)}
+        result = runner(todo, proc, iteritems_options=iteritems) if todo else {}
 
     summaries = {**done, **result.get("chunks", {})}
     by_path = {f.path: (d, f) for d in datasets.values() for f in d.files}
-    run_errors = sorted(result.get("errors", {}).items())
+    # Several chunks of one file may fail; the first (sorted) cause stands for the file.
+    run_errors = sorted((path, sorted(causes)[0]) for path, causes in result.get("errors", {}).items())
     for path, cause in run_errors:
         info, item = by_path[path]
         item.error = cause

@@ -26,7 +26,8 @@ import awkward as ak
 from analysis.config import SelectionConfig
 from analysis.errors import ConfigError
 
-__all__ = ["PROFILES", "InputProfile", "ProfileError", "detect_profile", "event_branches"]
+__all__ = ["PROFILES", "InputProfile", "ProfileError", "detect_profile", "event_branches",
+           "readable_branches"]
 
 # Branches every profile reads (NanoAOD names).
 COMMON_BRANCHES = (
@@ -202,6 +203,21 @@ def detect_profile(branches: Iterable[str]) -> InputProfile:
     shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
     raise ProfileError(f"branches match no input profile (outreach2012, run2, run3); the closest, "
                        f"{closest.name!r}, lacks {shown}", missing)
+
+
+def readable_branches(triggers: Iterable[str] = ()) -> list[str]:
+    """Every branch any profile may read, with counters, ``genWeight`` and `triggers` (globs).
+
+    The runner passes this to NanoEvents as a branch filter, so the events of a chunk are
+    built from these few branches instead of the file's hundreds (or 1,500 in real NanoAOD).
+    """
+    # PV_* and MET_* whole: NanoAODSchema's vertex and MET behaviours require their other
+    # fields (PV_x, ...) to exist, though the skim never reads them.
+    names = {"nTau", "nJet", "genWeight", "PV_*", "MET_*", *_RUN23_DECAY_MODE, *triggers}
+    for profile in (_deeptau("run3", "2018v2p5", _RUN23_DECAY_MODE[0]),
+                    _deeptau("run2", "2017v2p1", _RUN23_DECAY_MODE[0]), _outreach()):
+        names.update(profile.branches)
+    return sorted(names)
 
 
 def event_branches(events: ak.Array) -> set[str]:

@@ -105,13 +105,17 @@ def select_jets(jets: ak.Array, tau1: ak.Array, tau2: ak.Array, *, pt_min: float
     -------
     ``var * {jet fields}``
     """
-    mask = (jets.pt > pt_min) & (abs(jets.eta) < abs_eta_max)
+    counts = ak.to_numpy(ak.num(jets, axis=1))
+    flat = {f: ak.to_numpy(ak.flatten(jets[f], axis=1)) for f in ("pt", "eta", "phi")}
+    mask = (flat["pt"] > pt_min) & (np.abs(flat["eta"]) < abs_eta_max)
     if id_mask is not None:
-        mask = mask & id_mask
+        mask &= ak.to_numpy(ak.flatten(id_mask, axis=1))
     for tau in (tau1, tau2):
-        # A missing tau becomes NaN: every comparison with NaN is False, so the event keeps
-        # no jet and the result stays ``var * jet`` instead of an option of lists.
-        eta, phi = ak.fill_none(tau.eta, np.nan), ak.fill_none(tau.phi, np.nan)
-        mask = mask & (delta_r(jets.eta, jets.phi, eta, phi) > dr_min)
-    return sort_by_pt(jets[mask])
+        # Each event's tau repeated once per jet: plain numpy, no jagged broadcasting. A
+        # missing tau becomes NaN, every comparison with NaN is False, so such an event
+        # keeps no jet and the result stays ``var * jet``.
+        eta = np.repeat(ak.to_numpy(ak.fill_none(tau.eta, np.nan)).astype(np.float64), counts)
+        phi = np.repeat(ak.to_numpy(ak.fill_none(tau.phi, np.nan)).astype(np.float64), counts)
+        mask &= delta_r(flat["eta"], flat["phi"], eta, phi) > dr_min
+    return sort_by_pt(jets[ak.unflatten(mask, counts)])
 

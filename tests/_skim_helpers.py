@@ -19,6 +19,11 @@ import uproot
 
 from analysis.config import default_config
 
+# NanoAODSchema's notes about cross-references a file lacks (pytest resets the filter the
+# skim installs at import) are not the skim's concern.
+QUIET_COFFEA = [pytest.mark.filterwarnings("ignore:Missing cross-reference:RuntimeWarning"),
+                pytest.mark.filterwarnings("ignore:Branch .* already exists:RuntimeWarning")]
+
 SAMPLE_EVENTS = 20_000
 SAMPLE_CHUNKSIZE = 1_500
 
@@ -141,5 +146,5 @@ def loosened_config():
     return config_from_dict({"selection": {"tau_iso": "VLoose", "tau_require_anti_lepton": False}})
 
 
-__all__ = ["SAMPLE_CHUNKSIZE", "default_config", "generated_sample", "independent_selection",
+__all__ = ["QUIET_COFFEA", "SAMPLE_CHUNKSIZE", "default_config", "generated_sample", "independent_selection",
            "loosened_config", "read_skim", "subset_fileset"]

@@ -10,14 +10,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import uproot
-from _skim_helpers import (SAMPLE_CHUNKSIZE, default_config, generated_sample,  # noqa: F401
+from _skim_helpers import (QUIET_COFFEA, SAMPLE_CHUNKSIZE, default_config, generated_sample,  # noqa: F401
                            independent_selection, loosened_config, read_skim)
 
 from analysis.skim import run_skim
 
-# NanoAODSchema's notes about cross-references real files lack are not the skim's concern.
-pytestmark = [pytest.mark.filterwarnings("ignore:Missing cross-reference:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:Branch .* already exists:RuntimeWarning")]
+pytestmark = QUIET_COFFEA
 
 # DESIGN.md "Skim Parquet", written out independently of processors/parts.py.
 DESIGN_COLUMNS = (

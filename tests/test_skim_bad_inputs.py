@@ -10,11 +10,13 @@ import sys
 import awkward as ak
 import pytest
 import uproot
-from _skim_helpers import generated_sample  # noqa: F401
+from _skim_helpers import QUIET_COFFEA, generated_sample  # noqa: F401
 
 from analysis.cli import main
 from analysis.config import default_config
 from analysis.skim import run_skim
+
+pytestmark = QUIET_COFFEA
 
 GOOD = "GluGluToHToTauTau"
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from _skim_helpers import default_config, generated_sample, read_skim, subset_fileset  # noqa: F401
+from _skim_helpers import QUIET_COFFEA, default_config, generated_sample, read_skim, subset_fileset  # noqa: F401
 
 from analysis.skim import run_skim
+
+pytestmark = QUIET_COFFEA
 
 DATASETS = ["GluGluToHToTauTau", "VBF_HToTauTau", "TTbar"]
 CHUNKSIZE = 400

@@ -10,11 +10,13 @@ import sys
 import time
 
 import pytest
-from _skim_helpers import default_config, generated_sample, read_skim, subset_fileset  # noqa: F401
+from _skim_helpers import QUIET_COFFEA, default_config, generated_sample, read_skim, subset_fileset  # noqa: F401
 
 from analysis.config import config_from_dict
 from analysis.errors import StageInputError
 from analysis.skim import run_skim
+
+pytestmark = QUIET_COFFEA
 
 DATASETS = ["DYJetsToLL"]
 CHUNKSIZE = 250  # ~18 chunks, so a kill lands part-way

@@ -1,0 +1,173 @@
+"""Benchmarks (skim stage): skim throughput against plain uproot reading the same branches.
+
+Floor: `uproot.TTree.arrays` of exactly the branches the skim reads (the input profile's
+branches and the jagged counters), over the same files in the same chunks, in this run.
+Measured: `run_skim` with the iterative executor (one process, like the floor) and with
+the futures executor. Printed: events/s of each, the ratio skim / floor (goal >= 0.5 at
+>= 1M events), the peak RSS of the whole process tree and of the largest single worker.
+
+    python benchmarks/bench_skim.py            # 1M generated events (sample cached in /tmp)
+    python benchmarks/bench_skim.py --quick    # 60k events, a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import uproot
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import write_result  # noqa: E402
+
+from analysis.config import config_from_dict  # noqa: E402
+from analysis.generate import generate_samples  # noqa: E402
+from analysis.skim import run_skim  # noqa: E402
+from processors.profiles import detect_profile  # noqa: E402
+
+GOAL_RATIO = 0.5
+
+
+class _RSSSampler(threading.Thread):
+    """Peak RSS of this process tree, summed and of its largest single process (bytes).
+
+    (`benchmarks._common.measure` would give the summed figure, but its sampler thread
+    overrides `Thread._stop`, so its `join()` raises on Python 3.11; reported to the lead.)
+    """
+
+    def __init__(self, interval: float = 0.05):
+        super().__init__(daemon=True)
+        self.interval, self.tree_peak, self.process_peak = interval, 0, 0
+        self._halt = threading.Event()
+        self._root = psutil.Process(os.getpid())
+
+    def sample(self) -> None:
+        try:
+            procs = [self._root, *self._root.children(recursive=True)]
+        except psutil.Error:
+            return
+        sizes = []
+        for proc in procs:
+            try:
+                sizes.append(proc.memory_info().rss)
+            except psutil.Error:
+                pass
+        self.tree_peak = max(self.tree_peak, sum(sizes))
+        self.process_peak = max(self.process_peak, max(sizes, default=0))
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval):
+            self.sample()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+        self.sample()
+
+
+def _sample(events: int, root: Path) -> Path:
+    """A generated sample of about `events` simulated events (cached between runs)."""
+    fileset = root / "fileset.json"
+    stamp = root / "events.txt"
+    if fileset.exists() and stamp.exists() and stamp.read_text() == str(events):
+        return fileset
+    shutil.rmtree(root, ignore_errors=True)
+    config = config_from_dict({"generate": {"events": events, "files_per_sample": 2,
+                                            "data_scale": 0.02, "seed": 5}})
+    generate_samples(root, config, progress=False)
+    stamp.write_text(str(events))
+    return fileset
+
+
+def _chunks(n: int, chunksize: int) -> list[tuple[int, int]]:
+    """coffea's chunking of one file (Runner: n chunks of ceil(entries / n))."""
+    parts = max(round(n / chunksize), 1)
+    size = math.ceil(n / parts)
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def _uproot_floor(fileset: Path, chunksize: int) -> int:
+    """Read the skim's branches of every file, chunk by chunk, with plain uproot."""
+    raw = json.loads(fileset.read_text())
+    events = 0
+    for entry in raw.values():
+        for name, tree in entry["files"].items():
+            with uproot.open(fileset.parent / name) as file:
+                t = file[tree]
+                branches = sorted(set(detect_profile(t.keys()).branches) | {"nTau", "nJet"}
+                                  | ({"genWeight"} & set(t.keys())))
+                for start, stop in _chunks(t.num_entries, chunksize):
+                    arrays = t.arrays(branches, entry_start=start, entry_stop=stop)
+                    events += len(arrays)
+    return events
+
+
+def _run(label: str, fn, events: int) -> dict:
+    sampler = _RSSSampler()
+    sampler.start()
+    start = time.perf_counter()
+    try:
+        fn()
+    finally:
+        seconds = time.perf_counter() - start
+        sampler.stop()
+    figures = {"seconds": round(seconds, 3), "events_per_s": round(events / seconds),
+               "peak_rss_tree_mib": round(sampler.tree_peak / 2**20, 1),
+               "peak_rss_largest_process_mib": round(sampler.process_peak / 2**20, 1)}
+    print(f"  {label}: {figures}", flush=True)
+    return figures
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="60k events: a smoke run")
+    parser.add_argument("--events", type=int, default=None, help="simulated events (default 1M)")
+    parser.add_argument("--chunksize", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--sample-dir", type=Path,
+                        default=Path(tempfile.gettempdir()) / "hepprep-bench-skim")
+    args = parser.parse_args(argv)
+    n = args.events or (60_000 if args.quick else 1_000_000)
+    chunksize = min(args.chunksize, 20_000) if args.quick else args.chunksize
+
+    t0 = time.perf_counter()
+    fileset = _sample(n, args.sample_dir / f"events-{n}")
+    print(f"sample ready in {time.perf_counter() - t0:.0f} s: {fileset}", flush=True)
+    config = config_from_dict({})
+    total = sum(uproot.open(fileset.parent / f)["Events"].num_entries
+                for e in json.loads(fileset.read_text()).values() for f in e["files"])
+
+    figures: dict = {"events": total, "chunksize": chunksize, "goal_ratio": GOAL_RATIO}
+    read = _run("uproot floor", lambda: _uproot_floor(fileset, chunksize), total)
+    figures["uproot_floor"] = read
+    with tempfile.TemporaryDirectory(prefix="bench-skim-") as tmp:
+        it = _run("skim iterative", lambda: run_skim(fileset, Path(tmp) / "iterative", config,
+                                                     executor="iterative", chunksize=chunksize,
+                                                     progress=False), total)
+        fu = _run(f"skim futures x{args.workers}",
+                  lambda: run_skim(fileset, Path(tmp) / "futures", config, executor="futures",
+                                   workers=args.workers, chunksize=chunksize, progress=False), total)
+        rows = sum(1 for _ in (Path(tmp) / "iterative").glob("*/part-*.parquet"))
+    figures["skim_iterative"] = it
+    figures[f"skim_futures_{args.workers}_workers"] = fu
+    figures["parts"] = rows
+    figures["ratio_iterative_vs_uproot"] = round(it["events_per_s"] / read["events_per_s"], 3)
+    figures[f"ratio_futures_{args.workers}_vs_uproot"] = round(fu["events_per_s"] / read["events_per_s"], 3)
+    figures["peak_rss_per_worker_mib"] = fu["peak_rss_largest_process_mib"]
+    figures["meets_goal"] = figures["ratio_iterative_vs_uproot"] >= GOAL_RATIO and total >= 1_000_000
+    write_result("skim_quick" if args.quick else "skim", figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
