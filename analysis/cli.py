@@ -71,23 +71,76 @@ def generate(
 
 @app.command()
 def skim(
-    fileset: Path = typer.Argument(..., help="coffea fileset JSON (from `hepprep generate`)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Skim folder: <dataset>/part-*.parquet, cutflow.json, manifest.json."),
+    fileset: Optional[Path] = typer.Argument(None, help="coffea fileset JSON (from `hepprep generate`)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Skim folder: <dataset>/part-*.parquet, cutflow.json, manifest.json."),
     executor: Optional[str] = typer.Option(None, help="iterative, futures or dask."),
     workers: Optional[int] = typer.Option(None, help="Processes (futures) or LocalCluster workers (dask)."),
     scheduler: Optional[str] = typer.Option(None, help="Existing dask scheduler address (dask executor)."),
     chunksize: Optional[int] = typer.Option(None, help="Events per chunk; one Parquet part per chunk."),
     skip_bad_files: Optional[bool] = typer.Option(None, "--skip-bad-files/--no-skip-bad-files",
                                                   help="Record unreadable files in manifest.json and go on."),
+    job_id: Optional[int] = typer.Option(None, help="Batch job K of `hepprep submit`: write manifests/job-K.json instead of manifest.json."),
+    status: Optional[Path] = typer.Option(None, help="Show the jobs of the batch run in this skim folder (done, failed, running, missing)."),
+    merge_manifests: Optional[Path] = typer.Option(None, help="Merge the job manifests of the finished batch run in this folder."),
     config: Optional[Path] = ConfigOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Select two taus and two jets in every file, write skim Parquet; resumes where it stopped."""
+    if status is not None or merge_manifests is not None:
+        if fileset is not None or out is not None or (status and merge_manifests):
+            raise ConfigError("--status DIR and --merge-manifests DIR take only the skim folder "
+                              "of a batch run: give one of them, without FILESET or --out")
+        from analysis.submit_status import format_job_states, job_states, merge_job_manifests
+
+        if status is not None:
+            typer.echo(format_job_states(status, job_states(status)))
+        else:
+            merged = merge_job_manifests(merge_manifests)
+            typer.echo(f"merged {len(merged['files'])} files into {merge_manifests / 'manifest.json'} "
+                       f"and cutflow.json", err=True)
+        return
+    if fileset is None or out is None:
+        raise ConfigError("give FILESET and --out DIR (or --status DIR / --merge-manifests DIR for a batch run)")
     from analysis.skim import run_skim
 
     cfg = _load(config, skim=dict(executor=executor, workers=workers, chunksize=chunksize,
                                   skip_bad_files=skip_bad_files))
-    run_skim(fileset, out, cfg, scheduler=scheduler, progress=not quiet)
+    run_skim(fileset, out, cfg, scheduler=scheduler, progress=not quiet, job_id=job_id)
+
+
+@app.command()
+def submit(
+    fileset: Optional[Path] = typer.Argument(None, help="coffea fileset JSON to split into batch jobs."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Shared skim folder every job writes into (on a shared filesystem)."),
+    jobs: Optional[int] = typer.Option(None, help="Number of jobs (each skims whole files)."),
+    system: str = typer.Option("slurm", help="slurm (one sbatch array) or htcondor (one condor_submit cluster)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Write the job files and print the submit command only."),
+    resubmit_failed: Optional[Path] = typer.Option(None, help="Submit again the failed jobs of the batch run in this folder."),
+    cores: int = typer.Option(1, help="CPUs per job (more than 1: futures executor)."),
+    memory: str = typer.Option("2GiB", help="Memory per job."),
+    queue: Optional[str] = typer.Option(None, help="Slurm partition."),
+    extra: Optional[list[str]] = typer.Option(None, help="Further #SBATCH option or HTCondor submit line (repeatable)."),
+    chunksize: Optional[int] = typer.Option(None, help="Events per chunk; one Parquet part per chunk."),
+    skip_bad_files: Optional[bool] = typer.Option(None, "--skip-bad-files/--no-skip-bad-files",
+                                                  help="Jobs record unreadable files in their manifest and go on."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Skim on a batch system without a dask scheduler: split the fileset into jobs and submit them."""
+    if resubmit_failed is not None:
+        if fileset is not None or out is not None or jobs is not None:
+            raise ConfigError("--resubmit-failed DIR takes only the skim folder of a batch run "
+                              "(the jobs are already written); leave out FILESET, --out and --jobs")
+        from analysis.submit import resubmit_failed as resubmit
+
+        resubmit(resubmit_failed, dry_run=dry_run)
+        return
+    if fileset is None or out is None or jobs is None:
+        raise ConfigError("give FILESET, --out DIR and --jobs N (or --resubmit-failed DIR)")
+    from analysis.submit import submit_skim
+
+    cfg = _load(config, skim=dict(chunksize=chunksize, skip_bad_files=skip_bad_files))
+    submit_skim(fileset, out, cfg, jobs=jobs, system=system, dry_run=dry_run, cores=cores,
+                memory=memory, queue=queue, extra=extra or ())
 
 
 def _csv_list(value: Optional[str], cast: Any = str) -> Optional[list[Any]]:

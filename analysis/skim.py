@@ -29,8 +29,9 @@ from analysis.config import Config
 from analysis.errors import ConfigError, InputFileError, StageInputError
 from analysis.progress import progress_bar, stage_console
 from analysis.skim_inputs import DatasetInfo, check_file, load_fileset, resolve_datasets
-from analysis.skim_manifest import (build_cutflow, build_manifest, chunk_relpath, plan_chunks,
-                                    remove_stale_temp_files, write_json_atomic)
+from analysis.skim_manifest import (build_cutflow, build_manifest, chunk_relpath, job_cutflow_path,
+                                    job_manifest_path, plan_chunks, remove_stale_temp_files,
+                                    write_json_atomic)
 from processors.ditau import DiTauProcessor, triggers_applied
 from processors.parts import chunk_fingerprint
 from processors.profiles import readable_branches
@@ -98,7 +99,7 @@ def _coffea_progress(enabled: bool) -> Iterator[None]:
 def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
              executor: str | None = None, workers: int | None = None, scheduler: str | None = None,
              chunksize: int | None = None, skip_bad_files: bool | None = None,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, job_id: int | None = None) -> dict[str, Any]:
     """Skim every file of a fileset into ``out_dir`` (resuming a previous run there).
 
     Parameters
@@ -118,6 +119,11 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
     chunksize, skip_bad_files : None takes the value of ``config.skim``.
     progress : bool
         coffea's progress bar.
+    job_id : int or None
+        Batch job ``k`` of `hepprep submit`: ``fileset`` is one slice of the full fileset and
+        ``out_dir`` is shared with the other jobs, so the manifest and cutflow go to
+        ``manifests/job-<k>.json`` and ``manifests/job-<k>.cutflow.json``, and other jobs'
+        parts and temporary files are left alone.
 
     Returns
     -------
@@ -144,7 +150,8 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
     datasets = resolve_datasets(load_fileset(fileset), config)
     errors = _check_inputs(datasets, config, skip_bad_files=skip)
     out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(out)
+    own_uuids = {f.uuid for d in datasets.values() for f in d.files if f.uuid}
+    remove_stale_temp_files(out, uuids=own_uuids if job_id is not None else None)
 
     # coffea chunking, fed with the checks' metadata so the Runner opens no file itself.
     cache, coffea_fileset = {}, {}
@@ -177,7 +184,7 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
             plan.setdefault(wi.filename, []).append(rel)
             planned[rel] = fingerprints[wi.dataset]
         known = {f.uuid for d in datasets.values() for f in d.files if f.uuid}
-        done = plan_chunks(out, planned, known, datasets)
+        done = plan_chunks(out, planned, known, datasets, other_jobs=job_id is not None)
         todo = [wi for wi in items
                 if chunk_relpath(wi.dataset, str(uuid.UUID(bytes=wi.fileuuid)), wi.entrystart,
                                  wi.entrystop) not in done]
@@ -199,8 +206,12 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
 
     manifest = build_manifest(fileset=str(fileset), chunksize=chunksize, datasets=datasets,
                               plan=plan, summaries=summaries, errors=errors, skip_bad_files=skip)
-    write_json_atomic(out / "cutflow.json", build_cutflow(summaries, datasets))
-    write_json_atomic(out / "manifest.json", manifest)
+    manifest_path, cutflow_path = out / "manifest.json", out / "cutflow.json"
+    if job_id is not None:
+        manifest_path, cutflow_path = job_manifest_path(out, job_id), job_cutflow_path(out, job_id)
+        manifest_path.parent.mkdir(exist_ok=True)
+    write_json_atomic(cutflow_path, build_cutflow(summaries, datasets))
+    write_json_atomic(manifest_path, manifest)
     if run_errors and not skip:
         raise InputFileError(*run_errors[0])
 
@@ -216,6 +227,6 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
     stage_console().print(
         f"skim: {summary['rows']:,} events selected of {summary['events']:,}; "
         f"{summary['chunks_run']} chunks run, {summary['chunks_skipped']} already done"
-        + (f"; {len(errors)} bad file(s) skipped, see manifest.json" if errors else "")
+        + (f"; {len(errors)} bad file(s) skipped, see {manifest_path.name}" if errors else "")
         + f" -> {out}", soft_wrap=True)
     return summary

@@ -21,8 +21,12 @@ from analysis.skim_inputs import DatasetInfo
 from processors.ditau import CUTS
 from processors.parts import part_name, read_part_summary
 
-__all__ = ["build_cutflow", "build_manifest", "chunk_relpath", "plan_chunks",
-           "remove_stale_temp_files", "write_json_atomic"]
+__all__ = ["JOB_MANIFEST_DIR", "build_cutflow", "build_manifest", "chunk_relpath", "job_cutflow_path",
+           "job_manifest_path", "plan_chunks", "remove_stale_temp_files", "write_json_atomic"]
+
+# A batch job (`hepprep submit`) skims one slice of the fileset into the shared skim folder
+# and keeps its bookkeeping here, one manifest per job, until `--merge-manifests`.
+JOB_MANIFEST_DIR = "manifests"
 
 
 def chunk_relpath(dataset: str, fileuuid: str, start: int, stop: int) -> str:
@@ -30,17 +34,33 @@ def chunk_relpath(dataset: str, fileuuid: str, start: int, stop: int) -> str:
     return f"{dataset}/{part_name(fileuuid, start, stop)}"
 
 
-def remove_stale_temp_files(out_dir: Path) -> int:
-    """Delete temporary part files a killed run left behind (hidden ``.part-*.tmp-*``)."""
+def job_manifest_path(out_dir: Path, job_id: int) -> Path:
+    """``<out>/manifests/job-<k>.json``: the manifest of batch job ``k``."""
+    return Path(out_dir) / JOB_MANIFEST_DIR / f"job-{job_id}.json"
+
+
+def job_cutflow_path(out_dir: Path, job_id: int) -> Path:
+    """``<out>/manifests/job-<k>.cutflow.json``: the cutflow of batch job ``k``'s slice."""
+    return Path(out_dir) / JOB_MANIFEST_DIR / f"job-{job_id}.cutflow.json"
+
+
+def remove_stale_temp_files(out_dir: Path, *, uuids: set[str] | None = None) -> int:
+    """Delete temporary part files a killed run left behind (hidden ``.part-*.tmp-*``).
+
+    ``uuids`` limits it to the temporary files of those input files: a batch job shares the
+    folder with jobs still writing theirs.
+    """
     removed = 0
     for tmp in out_dir.glob("*/.part-*.tmp-*"):
+        if uuids is not None and tmp.name.removeprefix(".part-")[:36] not in uuids:
+            continue
         tmp.unlink(missing_ok=True)
         removed += 1
     return removed
 
 
 def plan_chunks(out_dir: Path, planned: dict[str, str], known_uuids: set[str],
-                datasets: Iterable[str]) -> dict[str, dict[str, Any]]:
+                datasets: Iterable[str], *, other_jobs: bool = False) -> dict[str, dict[str, Any]]:
     """Which planned chunks are already done, checking the folder holds nothing else.
 
     Parameters
@@ -52,6 +72,9 @@ def plan_chunks(out_dir: Path, planned: dict[str, str], known_uuids: set[str],
     known_uuids : set of str
         uuids of the input files of this run (files that failed the checks included).
     datasets : iterable of str
+    other_jobs : bool
+        The folder is shared with other batch jobs: parts of files outside ``known_uuids``
+        are theirs and left alone (`--merge-manifests` checks them against every job).
 
     Returns
     -------
@@ -79,6 +102,8 @@ def plan_chunks(out_dir: Path, planned: dict[str, str], known_uuids: set[str],
                 done[rel] = summary
                 continue
             fileuuid = part.name.removeprefix("part-").rsplit("-", 2)[0]
+            if other_jobs and fileuuid not in known_uuids:
+                continue
             why = ("another --chunksize" if fileuuid in known_uuids
                    else "an input file that is not in this fileset")
             raise StageInputError(f"{part}: a part from {why}, so this run's chunks would count "

@@ -1,0 +1,245 @@
+"""Batch submission tests: `hepprep submit --dry-run` job slices run locally, --status, --merge-manifests, resubmission.
+
+No batch system is needed: the job script is run with bash exactly as a Slurm array task
+(``SLURM_ARRAY_TASK_ID``) or an HTCondor job (its argument) would run it, and the merged
+skim is compared row by row with a single ``run_skim`` over the whole fileset. A real
+Slurm is in tests/integration/test_slurm.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.cli import main
+from analysis.config import config_from_dict
+from analysis.errors import StageInputError
+from analysis.skim import run_skim
+from analysis.submit_status import job_states, merge_job_manifests
+
+from tests._skim_helpers import read_skim
+
+CHUNKSIZE = 1_500
+# Datasets whose fileset metadata lacks sumw: `hepprep submit` must sum genWeight over all
+# of their files once, since a job sees only some of them.
+NO_SUMW = ("DYJetsToLL", "Run2012B_TauPlusX", "Run2012C_TauPlusX")
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> Path:
+    """fileset.json of a 6k-event generated sample (2 files per dataset), DY and data without sumw."""
+    from analysis.generate import generate_samples
+
+    root = tmp_path_factory.mktemp("submit-sample")
+    config = config_from_dict({"generate": {"events": 6_000, "files_per_sample": 2,
+                                            "data_scale": 0.1, "seed": 21}})
+    generated = generate_samples(root, config, progress=False)
+    raw = json.loads(generated.read_text())
+    for name in NO_SUMW:
+        raw[name]["metadata"].pop("sumw", None)  # generated MC has it; pseudo-data has none
+    fileset = root / "fileset-no-sumw.json"
+    fileset.write_text(json.dumps(raw))
+    return fileset
+
+
+@pytest.fixture(scope="module")
+def single_skim(sample, tmp_path_factory) -> Path:
+    """The reference: one `run_skim` over the whole fileset."""
+    out = tmp_path_factory.mktemp("submit-single") / "skim"
+    run_skim(sample, out, config_from_dict({"skim": {"chunksize": CHUNKSIZE}}), executor="iterative",
+             progress=False)
+    return out
+
+
+def _run_job(script: Path, job: int, *, condor: bool = False) -> subprocess.CompletedProcess:
+    """Run one job the way the batch system would: array index in the environment, or an argument."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SLURM_ARRAY_TASK_ID", "HEPPREP_JOB_ID")}
+    if condor:
+        return subprocess.run(["bash", str(script), str(job)], env=env, capture_output=True, text=True)
+    return subprocess.run(["bash", str(script)], env={**env, "SLURM_ARRAY_TASK_ID": str(job)},
+                          capture_output=True, text=True)
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """Run `hepprep` in-process; (exit code, stdout, stderr)."""
+    try:
+        main(list(argv))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_slurm_dry_run_jobs_run_locally_give_the_single_skim(sample, single_skim, tmp_path, capsys):
+    out = tmp_path / "batch"
+    code, stdout, _ = _cli(capsys, "submit", str(sample), "--out", str(out), "--jobs", "2",
+                           "--chunksize", str(CHUNKSIZE), "--dry-run")
+    assert code == 0
+    script = out / "jobs" / "job.sh"
+    assert stdout == f"sbatch --parsable --array=0-1 {script}\n"
+
+    # sumw computed once over the whole dataset, copied into every slice that holds it.
+    single_manifest = json.loads((single_skim / "manifest.json").read_text())
+    for k in range(2):
+        for name, entry in json.loads((out / "jobs" / str(k) / "fileset.json").read_text()).items():
+            assert entry["metadata"]["sumw"] == single_manifest["datasets"][name]["sumw"]
+    assert {n for n, d in single_manifest["datasets"].items() if d["sumw_source"] == "computed"} == set(NO_SUMW)
+    slices = [json.loads((out / "jobs" / str(k) / "fileset.json").read_text()) for k in range(2)]
+    assert sorted(p for s in slices for e in s.values() for p in e["files"]) == sorted(
+        str((sample.parent / p).resolve()) for e in json.loads(sample.read_text()).values() for p in e["files"])
+
+    assert [s.state for s in job_states(out)] == ["missing"] * 2
+    for k in range(2):
+        done = _run_job(script, k)
+        assert done.returncode == 0, (out / "jobs" / str(k) / "skim.log").read_text()
+        assert (out / "manifests" / f"job-{k}.json").is_file()
+        assert (out / "manifests" / f"job-{k}.cutflow.json").is_file()
+    assert not (out / "manifest.json").exists()  # jobs never write the run's own manifest
+
+    code, stdout, _ = _cli(capsys, "skim", "--status", str(out))
+    assert code == 0
+    assert stdout.splitlines()[0] == f"{out}: 2 jobs: 2 done, 0 failed, 0 running, 0 missing"
+    assert f"hepprep skim --merge-manifests {out}" in stdout
+    code, _, stderr = _cli(capsys, "skim", "--merge-manifests", str(out))
+    assert code == 0, stderr
+
+    pd.testing.assert_frame_equal(read_skim(out), read_skim(single_skim))
+    assert (out / "cutflow.json").read_bytes() == (single_skim / "cutflow.json").read_bytes()
+    assert json.loads((out / "manifest.json").read_text()) == single_manifest
+
+
+def test_htcondor_failed_job_is_listed_and_resubmitted_alone(sample, single_skim, tmp_path, capsys):
+    # One input is a copy that disappears before the jobs run (a flaky storage element).
+    kept = ("TTbar", "DYJetsToLL", "Run2012B_TauPlusX")
+    raw = {name: entry for name, entry in json.loads(sample.read_text()).items() if name in kept}
+    original = (sample.parent / next(iter(raw["TTbar"]["files"]))).resolve()
+    flaky = tmp_path / "flaky" / original.name
+    flaky.parent.mkdir()
+    shutil.copy(original, flaky)
+    files = raw["TTbar"]["files"]
+    raw["TTbar"]["files"] = {(str(flaky) if (sample.parent / p).resolve() == original
+                              else str((sample.parent / p).resolve())): t for p, t in files.items()}
+    for entry in raw.values():
+        entry["files"] = {str((sample.parent / p).resolve()): t for p, t in entry["files"].items()}
+    fileset = tmp_path / "fileset.json"
+    fileset.write_text(json.dumps(raw))
+
+    out = tmp_path / "batch"
+    code, stdout, _ = _cli(capsys, "submit", str(fileset), "--out", str(out), "--jobs", "2",
+                           "--system", "htcondor", "--chunksize", str(CHUNKSIZE), "--dry-run")
+    assert code == 0
+    description = out / "jobs" / "job.sub"
+    assert stdout == f"condor_submit {description}\n"
+    assert description.read_text().splitlines()[-2:] == ["job_id = $(Process)", "queue 2"]
+    bad_job = next(k for k in range(2)
+                   if str(flaky) in json.loads((out / "jobs" / str(k) / "fileset.json").read_text())["TTbar"]["files"])
+    good_job = 1 - bad_job
+
+    flaky.rename(flaky.with_suffix(".away"))
+    assert _run_job(out / "jobs" / "job.sh", good_job, condor=True).returncode == 0
+    assert _run_job(out / "jobs" / "job.sh", bad_job, condor=True).returncode == 1
+
+    states = {s.job: s for s in job_states(out)}
+    assert states[good_job].state == "done" and states[bad_job].state == "failed"
+    assert states[bad_job].error == f"exit code 1: hepprep: error: {flaky}: no such file"
+    code, stdout, _ = _cli(capsys, "skim", "--status", str(out))
+    assert stdout.splitlines()[0] == f"{out}: 2 jobs: 1 done, 1 failed, 0 running, 0 missing"
+    assert f"  job {bad_job} failed" in stdout and f"{flaky}: no such file" in stdout
+    assert f"hepprep submit --resubmit-failed {out}" in stdout
+
+    with pytest.raises(StageInputError, match=rf"1 of 2 jobs are not done \(job {bad_job} failed\).*"
+                                              rf"hepprep submit --resubmit-failed"):
+        merge_job_manifests(out)
+    code, _, stderr = _cli(capsys, "skim", "--merge-manifests", str(out))
+    assert code == 1 and stderr.startswith("hepprep: error: ")
+
+    code, stdout, _ = _cli(capsys, "submit", "--resubmit-failed", str(out), "--dry-run")
+    resubmit = out / "jobs" / "resubmit-1.sub"
+    assert stdout == f"condor_submit {resubmit}\n"
+    assert resubmit.read_text().splitlines()[-1] == f"queue job_id in ({bad_job})"
+
+    flaky.with_suffix(".away").rename(flaky)  # the storage element is back
+    assert _run_job(out / "jobs" / "job.sh", bad_job, condor=True).returncode == 0
+    assert [s.state for s in job_states(out)] == ["done", "done"]
+    merged = merge_job_manifests(out)
+    assert merged["complete"] and len(merged["files"]) == 6
+    reference = read_skim(single_skim)
+    reference = reference[reference["dataset"].isin(kept)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(read_skim(out), reference)
+
+
+@pytest.fixture
+def fake_sbatch(tmp_path, monkeypatch) -> Path:
+    """An `sbatch` on PATH that records its arguments and answers like `sbatch --parsable`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "sbatch-calls.txt"
+    script = bin_dir / "sbatch"
+    script.write_text(f'#!/usr/bin/env bash\necho "$@" >> {calls}\necho "4242;cluster0"\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return calls
+
+
+def test_submit_runs_sbatch_and_records_the_array_job(sample, tmp_path, fake_sbatch, capsys):
+    out = tmp_path / "batch"
+    code, _, stderr = _cli(capsys, "submit", str(sample), "--out", str(out), "--jobs", "4",
+                           "--memory", "3GiB", "--queue", "short", "--extra=--time=00:30:00")
+    assert code == 0, stderr
+    script = out / "jobs" / "job.sh"
+    assert fake_sbatch.read_text() == f"--parsable --array=0-3 {script}\n"
+    record = json.loads((out / "jobs" / "submit.json").read_text())
+    assert record["submissions"] == [{"jobs": [0, 1, 2, 3], "command": [
+        "sbatch", "--parsable", "--array=0-3", str(script)], "batch_id": "4242", "dry_run": False}]
+    assert {"#SBATCH --mem=3072M", "#SBATCH --partition=short", "#SBATCH --time=00:30:00"} <= set(
+        script.read_text().splitlines())
+    assert "submitted to slurm as 4242" in stderr
+
+    # Job 2 failed: only it is resubmitted, and its old exit code and log are cleared.
+    (out / "jobs" / "2" / "exit_code").write_text("137\n")
+    (out / "jobs" / "2" / "skim.log").write_text("Killed\n")
+    assert [s.state for s in job_states(out)] == ["missing", "missing", "failed", "missing"]
+    assert job_states(out)[2].error == "exit code 137: Killed"
+    code, _, stderr = _cli(capsys, "submit", "--resubmit-failed", str(out))
+    assert code == 0, stderr
+    assert fake_sbatch.read_text().splitlines()[-1] == f"--parsable --array=2 {script}"
+    assert json.loads((out / "jobs" / "submit.json").read_text())["submissions"][-1]["jobs"] == [2]
+    assert [s.state for s in job_states(out)] == ["missing"] * 4
+
+    code, _, stderr = _cli(capsys, "submit", str(sample), "--out", str(out), "--jobs", "2")
+    assert code == 1
+    assert stderr == (f"hepprep: error: {out}: already holds a batch submission (jobs/submit.json); "
+                      f"follow it with `hepprep skim --status {out}`, resubmit its failed jobs with "
+                      f"`hepprep submit --resubmit-failed {out}`, or use a fresh --out\n")
+
+
+def test_submit_without_sbatch_names_the_fix_and_can_be_rerun(sample, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch anywhere
+    out = tmp_path / "batch"
+    code, _, stderr = _cli(capsys, "submit", str(sample), "--out", str(out), "--jobs", "2")
+    assert code == 1
+    assert stderr == ("hepprep: error: sbatch: command not found, so the slurm jobs cannot be submitted "
+                      "from this machine; run on a slurm submit node, or use --dry-run to write the "
+                      "jobs and submit them yourself\n")
+    code, _, _ = _cli(capsys, "submit", str(sample), "--out", str(out), "--jobs", "2", "--dry-run")
+    assert code == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["skim", "--status", "x", "fileset.json"], "--status DIR and --merge-manifests DIR take only the skim folder"),
+    (["skim", "fileset.json"], "give FILESET and --out DIR (or --status DIR / --merge-manifests DIR"),
+    (["submit", "fileset.json", "--out", "x"], "give FILESET, --out DIR and --jobs N (or --resubmit-failed DIR)"),
+    (["submit", "--resubmit-failed", "x", "--jobs", "3"], "--resubmit-failed DIR takes only the skim folder"),
+    (["skim", "--status", "nowhere"], "nowhere: no batch submission here (no jobs/submit.json)"),
+])
+def test_cli_usage_errors_name_the_fix(argv, message, capsys):
+    code, _, stderr = _cli(capsys, *argv)
+    assert code in (1, 2)
+    assert stderr.startswith("hepprep: error: ") and message in stderr
