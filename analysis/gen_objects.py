@@ -24,7 +24,8 @@ __all__ = ["EventContext", "pick_one_per_event", "reconstruct", "truncated_norma
 ISR_FAKE_RATE = 0.08
 
 
-def truncated_normal(rng: np.random.Generator, n: int, *, sigma: float, abs_max: float, mean: float = 0.0) -> np.ndarray:
+def truncated_normal(rng: np.random.Generator, n: int, *, sigma: float, abs_max: float,
+                     mean: float = 0.0) -> np.ndarray:
     """Gaussian values restricted to [mean - abs_max, mean + abs_max] by inverting the CDF."""
     lo, hi = ndtr(-abs_max / sigma), ndtr(abs_max / sigma)
     return mean + sigma * ndtri(rng.uniform(lo, hi, n))

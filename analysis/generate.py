@@ -111,7 +111,8 @@ def expected_data_events(config: Config, data_lumi_pb: float, sumw: dict[str, fl
 
 
 def _rng(seed: int, name: str, *key: int) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(zlib.crc32(name.encode()), *key))))
+    sequence = np.random.SeedSequence(seed, spawn_key=(zlib.crc32(name.encode()), *key))
+    return np.random.Generator(np.random.PCG64(sequence))
 
 
 def _run_range(name: str) -> tuple[int, int]:
@@ -167,7 +168,8 @@ def generate_dataset_file(config: Config, name: str, index: int,
     return batch, batch.n
 
 
-def _data_counts(config: Config, name: str, sumw: dict[str, float], n_generated: dict[str, int]) -> dict[str, list[int]]:
+def _data_counts(config: Config, name: str, sumw: dict[str, float],
+                 n_generated: dict[str, int]) -> dict[str, list[int]]:
     """Pseudo-data events per MC dataset, Poisson around the expected yield, split over files."""
     sample = config.samples[name]
     if sample.data_lumi_pb is None:

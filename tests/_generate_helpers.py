@@ -58,7 +58,8 @@ def select(events: ak.Array, *, require_iso: bool = True) -> dict[str, np.ndarra
     t1, t2, jets, ev = t1[two], t2[two], jets[two], ev[two]
     j1, j2 = jets[:, 0], jets[:, 1]
     a = lambda x: ak.to_numpy(ak.fill_none(x, np.nan)).astype(np.float64)  # noqa: E731  (no None left here)
-    m_vis, pt_vis = _p4_sum_mass_pt(a(t1.pt), a(t1.eta), a(t1.phi), a(t1.mass), a(t2.pt), a(t2.eta), a(t2.phi), a(t2.mass))
+    m_vis, pt_vis = _p4_sum_mass_pt(a(t1.pt), a(t1.eta), a(t1.phi), a(t1.mass),
+                                    a(t2.pt), a(t2.eta), a(t2.phi), a(t2.mass))
     mjj, ptjj = _p4_sum_mass_pt(a(j1.pt), a(j1.eta), a(j1.phi), a(j1.mass), a(j2.pt), a(j2.eta), a(j2.phi), a(j2.mass))
     met, met_phi = a(ev.MET_pt), a(ev.MET_phi)
     mt = lambda t: np.sqrt(2 * a(t.pt) * met * (1 - np.cos(a(t.phi) - met_phi)))  # noqa: E731

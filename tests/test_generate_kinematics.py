@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis.gen_detector import btag_discriminant, jet_pt_resolution, met_resolution, sample_npv, smear_jet_pt, smear_met
+from analysis.gen_detector import (btag_discriminant, jet_pt_resolution, met_resolution, sample_npv,
+                                   smear_jet_pt, smear_met)
 from analysis.gen_events import EventBuilder, concatenate_batches
 from analysis.gen_kinematics import (MASS_TAU, boost, delta_phi, four_vector, invariant_mass, pt_eta_phi_mass,
                                      sample_breit_wigner, sample_power_law, two_body_decay)
@@ -60,7 +61,8 @@ def test_two_body_decay_conserves_four_momentum_and_gets_the_rest_frame_momentum
     moving = four_vector(np.full(1000, 60.0), np.full(1000, 1.5), np.zeros(1000), np.full(1000, 125.0))
     a, b = two_body_decay(rng(1), moving, MASS_TAU, 0.0)
     assert a + b == pytest.approx(moving)
-    assert invariant_mass(a) == pytest.approx(np.full(1000, MASS_TAU)) and invariant_mass(b) == pytest.approx(np.zeros(1000), abs=1e-4)
+    assert invariant_mass(a) == pytest.approx(np.full(1000, MASS_TAU))
+    assert invariant_mass(b) == pytest.approx(np.zeros(1000), abs=1e-4)
     # Isotropic in the rest frame: <cos theta> ~ 0.
     assert abs(np.mean(t1[:, 3] / 45.559)) < 0.1
     with pytest.raises(ValueError, match="parent mass 3 GeV is below the daughters' 1.777 \\+ 1.777 GeV"):
@@ -121,7 +123,8 @@ def test_jet_resolution_is_about_ten_percent_at_100_gev():
     # sqrt((2.5/100)^2 + 0.9^2/100 + 0.04^2) = sqrt(0.010325) = 0.1016
     assert jet_pt_resolution(100.0) == pytest.approx(0.1016, abs=1e-4)
     smeared = smear_jet_pt(rng(), np.full(200_000, 100.0))
-    assert np.std(smeared / 100.0) == pytest.approx(0.1016, rel=0.02) and np.mean(smeared) == pytest.approx(100.0, rel=0.002)
+    assert np.std(smeared / 100.0) == pytest.approx(0.1016, rel=0.02)
+    assert np.mean(smeared) == pytest.approx(100.0, rel=0.002)
 
 
 def test_met_resolution_from_sumet():
@@ -180,7 +183,8 @@ def test_concatenate_and_subset_keep_references():
 
 @settings(max_examples=60, deadline=None)
 @given(pt=st.floats(0.0, 500.0), eta=st.floats(-4.0, 4.0), phi=st.floats(-3.14, 3.14),
-       mass=st.floats(5.0, 200.0), split=st.floats(0.0, 0.99), share=st.floats(0.0, 1.0), seed=st.integers(0, 2**32 - 1))
+       mass=st.floats(5.0, 200.0), split=st.floats(0.0, 0.99), share=st.floats(0.0, 1.0),
+       seed=st.integers(0, 2**32 - 1))
 def test_two_body_decay_conserves_four_momentum_for_any_parent(pt, eta, phi, mass, split, share, seed):
     parent = four_vector([pt], [eta], [phi], [mass])
     m1 = split * mass * share
