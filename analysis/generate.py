@@ -168,14 +168,18 @@ def generate_dataset_file(config: Config, name: str, index: int,
     return batch, batch.n
 
 
+def _data_lumi(config: Config, name: str) -> float:
+    lumi = config.samples[name].data_lumi_pb
+    if lumi is None:
+        raise ConfigError(f"samples.{name}.data_lumi_pb: a data sample (label -1) needs its integrated "
+                          f"luminosity to draw pseudo-data, e.g. data_lumi_pb = 4412.0")
+    return lumi
+
+
 def _data_counts(config: Config, name: str, sumw: dict[str, float],
                  n_generated: dict[str, int]) -> dict[str, list[int]]:
     """Pseudo-data events per MC dataset, Poisson around the expected yield, split over files."""
-    sample = config.samples[name]
-    if sample.data_lumi_pb is None:
-        raise ConfigError(f"samples.{name}.data_lumi_pb: a data sample (label -1) needs its integrated "
-                          f"luminosity to draw pseudo-data, e.g. data_lumi_pb = 4412.0")
-    expected = expected_data_events(config, sample.data_lumi_pb, sumw, n_generated)
+    expected = expected_data_events(config, _data_lumi(config, name), sumw, n_generated)
     rng = _rng(config.generate.seed, name, 2**31)
     k = config.generate.files_per_sample
     return {mc: split_evenly(int(rng.poisson(mu * config.generate.data_scale)), k) for mc, mu in expected.items()}
@@ -231,8 +235,9 @@ def generate_samples(out_dir: str | Path, config: Config, *, progress: bool = Tr
         _process_model(config, name)
         mc_jobs += [(name, i, n) for i, n in enumerate(split_evenly(mc_counts[name], gen.files_per_sample))]
     data_names = [name for name, s in config.samples.items() if not s.is_mc]
-    for name in data_names:
-        _run_range(name)  # fail before any work on a data set without an era
+    for name in data_names:  # fail before any work on a data set without an era or luminosity
+        _run_range(name)
+        _data_lumi(config, name)
     # A fileset left from an earlier run must not describe files this run is replacing.
     (out_dir / "fileset.json").unlink(missing_ok=True)
     files: dict[str, list[str]] = {}

@@ -209,6 +209,12 @@ def test_config_errors_name_the_value_and_the_fix(tmp_path):
     (tmp_path / "fileset.json").write_text("{}")  # from an earlier run
     with pytest.raises(ConfigError, match=r"samples.MyData: a data dataset name must contain its era \(Run2012A, "):
         generate_samples(tmp_path, no_era, progress=False)
+    no_lumi = config_from_dict({"samples": {**{k: v.model_dump() for k, v in no_era.samples.items() if k != "MyData"},
+                                            "Run2012B_Mine": {"process": "data", "label": -1}},
+                                "generate": {"events": 200, "files_per_sample": 1}})
+    with pytest.raises(ConfigError, match=r"samples.Run2012B_Mine.data_lumi_pb: a data sample \(label -1\) needs its "
+                                          r"integrated luminosity"):
+        generate_samples(tmp_path, no_lumi, progress=False)
     # Checked before any work: nothing written, an earlier fileset left as it was.
     assert (tmp_path / "fileset.json").read_text() == "{}" and not list(tmp_path.rglob("*.root"))
 
