@@ -233,7 +233,8 @@ def generate_samples(out_dir: str | Path, config: Config, *, progress: bool = Tr
     mc_jobs = []
     for name in mc_counts:
         _process_model(config, name)
-        mc_jobs += [(name, i, n) for i, n in enumerate(split_evenly(mc_counts[name], gen.files_per_sample))]
+        # More files than events: the empty ones are not written (a reader may reject empty files).
+        mc_jobs += [(name, i, n) for i, n in enumerate(split_evenly(mc_counts[name], gen.files_per_sample)) if n]
     data_names = [name for name, s in config.samples.items() if not s.is_mc]
     for name in data_names:  # fail before any work on a data set without an era or luminosity
         _run_range(name)
@@ -266,7 +267,11 @@ def generate_samples(out_dir: str | Path, config: Config, *, progress: bool = Tr
         for name in data_names:
             counts = _data_counts(config, name, sumw, totals)
             for i in range(gen.files_per_sample):
-                run(bar, task, name, i, {mc: c[i] for mc, c in counts.items()})
+                per_file = {mc: c[i] for mc, c in counts.items()}
+                if i == 0 or sum(per_file.values()):  # an empty dataset still gets its (empty) file 0
+                    run(bar, task, name, i, per_file)
+                else:
+                    bar.advance(task)
     result = {name: _fileset_entry(config, name, files[name], totals[name], sumw.get(name))
               for name in config.samples}
     path = out_dir / "fileset.json"

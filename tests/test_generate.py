@@ -182,6 +182,18 @@ def test_a_dataset_does_not_depend_on_the_other_datasets(tmp_path):
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_more_files_than_events_writes_no_empty_mc_file(tmp_path):
+    config = config_from_dict({"generate": {"events": 7, "files_per_sample": 3, "data_scale": 0.001}})
+    fileset = json.loads(generate_samples(tmp_path, config, progress=False).read_text())
+    for name, entry in fileset.items():
+        entries = [uproot.open(tmp_path / f)["Events"].num_entries for f in entry["files"]]
+        assert sum(entries) == entry["metadata"]["n_events"]
+        if entry["metadata"]["is_mc"]:
+            assert entries == [1], name  # one event per MC dataset, in one file
+        else:
+            assert len(entries) >= 1 and all(entries[1:]), name
+
+
 def test_event_counts_keep_the_real_imbalance_and_sum_to_the_total():
     cfg = config_from_dict({})
     counts = dataset_event_counts(cfg)
