@@ -35,7 +35,7 @@ from analysis.gen_objects import pick_one_per_event, reconstruct, truncated_norm
 from analysis.gen_taus import decay_hadronic_taus
 
 __all__ = ["FILTER_TAU_ABS_ETA_MAX", "FILTER_TAU_PT_MIN", "PROCESSES", "TRUTH_LAYOUT", "ProcessModel",
-           "generate_process", "passes_tau_filter"]
+           "generate_dy", "generate_ggh", "generate_process", "generate_ttbar", "generate_vbf", "passes_tau_filter"]
 
 MASS_Z, WIDTH_Z = 91.1876, 2.4952
 MASS_H, WIDTH_H = 125.0, 0.0041

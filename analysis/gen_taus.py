@@ -22,6 +22,9 @@ __all__ = [
     "MASS_PION",
     "MASS_RHO",
     "decay_hadronic_taus",
+    "fake_decay_modes",
+    "reconstructed_tau_charge",
+    "sample_visible_mass",
     "tau_identification",
 ]
 
