@@ -115,7 +115,7 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
     workers : int or None
         Processes of the futures executor, or of a LocalCluster started for dask.
     scheduler : str or None
-        Address of an existing dask scheduler (dask executor); see `analysis.cluster`.
+        Address of an existing dask scheduler; implies the dask executor (see `analysis.cluster`).
     chunksize, skip_bad_files : None takes the value of ``config.skim``.
     progress : bool
         coffea's progress bar.
@@ -139,7 +139,11 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
         An unreadable fileset, or ``out_dir`` holding parts of other settings.
     """
     start_time = time.perf_counter()
-    executor = executor or config.skim.executor
+    if scheduler and executor not in (None, "dask"):
+        raise ConfigError(f"scheduler {scheduler!r} is a dask scheduler: use executor 'dask', "
+                          f"not {executor!r}")
+    # An explicit scheduler address means dask, whatever the config's default executor.
+    executor = executor or ("dask" if scheduler else config.skim.executor)
     if executor not in EXECUTORS:
         raise ConfigError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}")
     workers = workers or config.skim.workers

@@ -7,6 +7,7 @@ import json
 import pytest
 from _skim_helpers import QUIET_COFFEA, default_config, generated_sample, read_skim, subset_fileset  # noqa: F401
 
+from analysis.errors import ConfigError
 from analysis.skim import run_skim
 
 pytestmark = QUIET_COFFEA
@@ -60,12 +61,19 @@ def test_dask_external_scheduler_matches_iterative(small_fileset, reference, tmp
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=":0") as cluster:
-        summary = run_skim(small_fileset, tmp_path, default_config(), executor="dask",
+        # No executor named: a scheduler address means dask (config default is futures).
+        summary = run_skim(small_fileset, tmp_path, default_config(),
                            scheduler=cluster.scheduler_address, chunksize=CHUNKSIZE, progress=False)
         with Client(cluster.scheduler_address) as client:
             # The work ran on the test's own scheduler: its workers executed the chunks.
             assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.transition_counter) > 0
-    assert summary["chunks_run"] == reference[1]["chunks"]
+    assert summary["chunks_run"] == reference[1]["chunks"] and summary["executor"] == "dask"
     _same_output(tmp_path, reference)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["complete"]
+
+
+def test_scheduler_with_another_executor_is_refused(small_fileset, tmp_path):
+    with pytest.raises(ConfigError, match="'tcp://127.0.0.1:1' is a dask scheduler: use executor 'dask', not 'futures'"):
+        run_skim(small_fileset, tmp_path, default_config(), executor="futures",
+                 scheduler="tcp://127.0.0.1:1", progress=False)
