@@ -148,10 +148,12 @@ class EventContext:
                 tight = rng.random(m) < 0.6
                 self.builder.add(name, event, pfRelIso04_all=iso04, tightId=tight,
                                  softId=rng.random(m) < 0.8, **track, **fields)
-                iso = tight & (iso04 < 0.12)
-                better = iso & (fields["pt"] > self.iso_muon_pt[event])
-                self.iso_muon_pt[event[better]] = fields["pt"][better]
-                self.iso_muon_eta[event[better]] = fields["eta"][better]
+                # The leading isolated muon of each event: sort by (event, pt), keep each event's last.
+                rows = np.flatnonzero(tight & (iso04 < 0.12))
+                rows = rows[np.lexsort((fields["pt"][rows], event[rows]))]
+                lead = rows[np.r_[event[rows][1:] != event[rows][:-1], True]] if len(rows) else rows
+                self.iso_muon_pt[event[lead]] = fields["pt"][lead]
+                self.iso_muon_eta[event[lead]] = fields["eta"][lead]
             else:
                 self.builder.add(name, event, cutBasedId=rng.random(m) < 0.5, pfId=rng.random(m) < 0.7,
                                  **track, **fields)
@@ -182,7 +184,8 @@ def reconstruct(rng: np.random.Generator, truth: EventBatch) -> EventBatch:
     ``truth`` holds tables ``Jet`` (parton jets: pt, eta, phi, mass, flavour), ``Tau``
     (visible decay products vis_pt, vis_eta, vis_phi, vis_mass, decayMode, charge,
     genPartIdx), ``Fake`` (jetIdx of a jet faking a tau, frac of its pt carried by the
-    tau candidate), ``GenPart`` (energy, px, py, pz, pdgId, status) and scalars ``nu_px``, ``nu_py`` (all neutrinos).
+    tau candidate), ``GenPart`` (energy, px, py, pz, pdgId, status) and scalars ``nu_px``,
+    ``nu_py`` (all neutrinos).
     """
     n = truth.n
     ctx = EventContext(rng, n)

@@ -118,6 +118,26 @@ def test_cross_references_point_at_the_right_objects(small_sample):
     assert ak.mean(np.sign(gen_pdg) == -np.sign(events.Tau_charge[real])) > 0.95
 
 
+def test_muon_triggers_follow_the_isolated_muons():
+    from analysis.gen_layout import events_to_branches
+    from analysis.gen_objects import EventContext
+
+    # Isolated muons above 24 GeV are rare in tau_h tau_h events: look at many events.
+    ctx = EventContext(np.random.default_rng(3), 300_000)
+    ctx.add_soft_objects()
+    batch = ctx.build()
+    events = events_to_branches(batch.scalars, batch.collections, batch.n)
+    muon = events["Muon"]
+    good = muon.tightId & (muon.pfRelIso04_all < 0.12)
+    leading = ak.fill_none(ak.max(ak.where(good, muon.pt, 0.0), axis=1), 0.0)
+    fired = events["HLT_IsoMu24"]
+    assert ak.sum(leading > 24.0) > 30
+    # A trigger fires only with an isolated muon above its threshold, with ~90 % efficiency.
+    assert ak.all(leading[fired] > 24.0) and ak.all(leading[events["HLT_IsoMu17_eta2p1_LooseIsoPFTau20"]] > 17.0)
+    assert ak.all(fired[events["HLT_IsoMu24_eta2p1"]])
+    assert 0.75 < ak.sum(fired) / ak.sum(leading > 24.0) <= 1.0
+
+
 def test_fileset_is_coffea_format_with_relative_paths_and_weights_metadata(small_sample):
     fileset = json.loads((small_sample / "fileset.json").read_text())
     assert list(fileset) == list(config_from_dict({}).samples)
