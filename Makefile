@@ -30,7 +30,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
+# Integration tests start real services themselves (Slurm: tests/integration/start_slurm.sh
+# installs the Debian packages, so it needs root); the Python side needs the cluster extra.
 test-integration: $(STAMP)
+	$(PY) -m pip install -q -e ".[test,torch,cluster]"
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)
 
 clean:

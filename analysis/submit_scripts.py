@@ -3,8 +3,9 @@
 Every job of a submission runs the same script, ``<out>/jobs/job.sh``; only the slice number
 differs. It comes from the Slurm array index (``SLURM_ARRAY_TASK_ID``), from HTCondor's
 ``arguments = $(job_id)``, or from ``HEPPREP_JOB_ID`` when the script is run by hand. The
-script writes ``jobs/<k>/started`` when it begins and ``jobs/<k>/exit_code`` when it ends
-(also when the batch system terminates it), which is what ``hepprep skim --status`` reads.
+script writes ``jobs/<k>/started`` (time, host, batch job id) when it begins and
+``jobs/<k>/exit_code`` when it ends (also when the batch system terminates it), which is
+what ``hepprep skim --status`` reads.
 Everything here is text; nothing talks to a batch system.
 """
 
@@ -81,7 +82,9 @@ def job_script(*, system: str, jobs_dir: Path, skim_command: Sequence[str], core
         "fi",
         f"dir={shlex.quote(str(jobs_dir))}/$job",
         'rm -f "$dir/exit_code"',
-        'echo "$(date -u +%FT%TZ) $(hostname) ${SLURM_JOB_ID:-${CONDOR_ID:-local}}" > "$dir/started"',
+        # Which batch job this is (Slurm array job_task, HTCondor cluster.process), for --status.
+        'batch_id="${HEPPREP_BATCH_ID:-${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID:-}}}"',
+        'echo "$(date -u +%FT%TZ) $(hostname) ${batch_id:-local}" > "$dir/started"',
         # The skim runs in the background so that a SIGTERM from the batch system (time
         # limit, scancel, condor_rm) reaches the trap and the job is recorded as failed.
         'trap \'echo "job.sh: terminated by the batch system" >> "$dir/skim.log"; '
@@ -126,6 +129,7 @@ def htcondor_description(*, jobs_dir: Path, cores: int, memory: str, extra: Sequ
         f"request_cpus = {cores}",
         f"request_memory = {memory_mb(memory)}",
         "getenv = True",
+        'environment = "HEPPREP_BATCH_ID=$(Cluster).$(Process)"',
         "should_transfer_files = NO",
         *extra,
     ]

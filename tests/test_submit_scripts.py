@@ -81,6 +81,7 @@ def test_htcondor_description_first_submission(tmp_path):
         "request_cpus = 2",
         "request_memory = 4096",
         "getenv = True",
+        'environment = "HEPPREP_BATCH_ID=$(Cluster).$(Process)"',
         "should_transfer_files = NO",
         '+JobFlavour = "longlunch"',
         "job_id = $(Process)",
@@ -91,7 +92,7 @@ def test_htcondor_description_first_submission(tmp_path):
 def test_htcondor_description_resubmission_queues_only_the_given_jobs(tmp_path):
     text = htcondor_description(jobs_dir=tmp_path, cores=1, memory="2GiB", job_ids=[3, 7])
     assert text.splitlines()[-1] == "queue job_id in (3, 7)"
-    assert "$(Process)" not in text
+    assert "job_id = $(Process)" not in text.splitlines()
     with pytest.raises(ValueError, match="exactly one of n_jobs"):
         htcondor_description(jobs_dir=tmp_path, cores=1, memory="2GiB", n_jobs=2, job_ids=[1])
 
@@ -128,3 +129,26 @@ def test_job_ignores_other_jobs_parts_but_a_single_run_refuses_them(tmp_path):
     # A part of one of the job's own files from another chunk size is still an error.
     with pytest.raises(StageInputError, match="another --chunksize"):
         plan_chunks(tmp_path, {}, {theirs}, ["DY"], other_jobs=True)
+
+
+def test_job_script_records_a_job_the_batch_system_terminates(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    (tmp_path / "0").mkdir()
+    script = tmp_path / "job.sh"
+    script.write_text(job_script(system="slurm", jobs_dir=tmp_path, skim_command=["bash", "-c", "sleep 60"],
+                                 cores=1, memory="1GiB"))
+    job = subprocess.Popen(["bash", str(script)], env={"PATH": "/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "0",
+                                                       "SLURM_ARRAY_JOB_ID": "88"})
+    for _ in range(100):  # until the skim (here: sleep) is running
+        if (tmp_path / "0" / "started").exists():
+            break
+        time.sleep(0.05)
+    time.sleep(0.2)
+    job.send_signal(signal.SIGTERM)  # what Slurm sends at the time limit or on scancel
+    assert job.wait(timeout=10) == 143
+    assert (tmp_path / "0" / "exit_code").read_text() == "143\n"
+    assert (tmp_path / "0" / "skim.log").read_text().endswith("job.sh: terminated by the batch system\n")
+    assert (tmp_path / "0" / "started").read_text().split()[-1] == "88_0"
