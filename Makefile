@@ -32,8 +32,13 @@ bench: $(STAMP)
 
 # Integration tests start real services themselves (Slurm: tests/integration/start_slurm.sh
 # installs the Debian packages, so it needs root); the Python side needs the cluster extra.
-test-integration: $(STAMP)
+CLUSTER_STAMP := $(VENV)/.installed-cluster
+
+$(CLUSTER_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e ".[test,torch,cluster]"
+	touch $(CLUSTER_STAMP)
+
+test-integration: $(CLUSTER_STAMP)
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)
 
 clean:

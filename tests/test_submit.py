@@ -243,3 +243,27 @@ def test_cli_usage_errors_name_the_fix(argv, message, capsys):
     code, _, stderr = _cli(capsys, *argv)
     assert code in (1, 2)
     assert stderr.startswith("hepprep: error: ") and message in stderr
+
+
+def test_missing_sumw_is_summed_over_every_readable_file(nano_dy_path, tmp_path):
+    import math
+
+    import uproot
+
+    from analysis.config import default_config
+    from analysis.errors import InputFileError
+    from analysis.skim_inputs import DatasetInfo, InputFile
+    from analysis.submit import fill_missing_sumw
+
+    def dataset():
+        return DatasetInfo(name="DY", process="DY", label=0, is_mc=True, xsec_pb=6025.2, sumw=None,
+                           sumw_source="computed", files=[InputFile("DY", str(nano_dy_path), "Events"),
+                                                          InputFile("DY", str(tmp_path / "gone.root"), "Events")])
+
+    genweight = uproot.open(nano_dy_path)["Events"]["genWeight"].array(library="np")
+    info = dataset()
+    errors = fill_missing_sumw({"DY": info}, default_config(), skip_bad_files=True)
+    assert info.sumw == math.fsum(genweight.astype(float))  # negative weights included, 40 events
+    assert errors == [{"dataset": "DY", "path": str(tmp_path / "gone.root"), "cause": "no such file"}]
+    with pytest.raises(InputFileError, match=rf"^{tmp_path / 'gone.root'}: no such file$"):
+        fill_missing_sumw({"DY": dataset()}, default_config(), skip_bad_files=False)
