@@ -64,16 +64,16 @@ def _job_state(out: Path, job: dict[str, Any]) -> JobState:
     k = job["job"]
     folder = out / JOBS_DIR / str(k)
     manifest = _read_json(job_manifest_path(out, k))
-    rc_text = (folder / "exit_code").read_text().strip() if (folder / "exit_code").is_file() else None
-    rc = int(rc_text) if rc_text and rc_text.lstrip("-").isdigit() else (None if rc_text is None else -1)
+    # Written by job.sh when the skim ends; anything but "0" is a failure.
+    rc = (folder / "exit_code").read_text().strip() if (folder / "exit_code").is_file() else None
     skipped = tuple(f"{f['path']}: {f['error']}" for f in (manifest or {}).get("files", [])
                     if f["status"] == "skipped")
-    if rc not in (None, 0):
-        error = _log_error(folder / "skim.log") or f"exit code {rc_text} (no log in {folder})"
-        return JobState(k, "failed", job["files"], f"exit code {rc_text}: {error}")
+    if rc is not None and rc != "0":
+        error = _log_error(folder / "skim.log") or f"no log in {folder}"
+        return JobState(k, "failed", job["files"], f"exit code {rc}: {error}")
     if manifest is not None and manifest.get("complete"):
         return JobState(k, "done", job["files"], None, skipped)
-    if rc == 0:
+    if rc == "0":
         why = "its manifest is missing" if manifest is None else "its manifest lists unfinished files"
         return JobState(k, "failed", job["files"], f"exit code 0 but {why} ({job_manifest_path(out, k)})")
     if (folder / "started").is_file():

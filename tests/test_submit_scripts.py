@@ -1,4 +1,4 @@
-"""Batch submission tests: file balancing, Slurm array specs, job scripts and HTCondor submit descriptions (pure text)."""
+"""Batch submission tests without a skim run: file balancing, Slurm array specs, job scripts, HTCondor descriptions, job states, job-mode bookkeeping."""
 
 from __future__ import annotations
 
@@ -152,3 +152,41 @@ def test_job_script_records_a_job_the_batch_system_terminates(tmp_path):
     assert (tmp_path / "0" / "exit_code").read_text() == "143\n"
     assert (tmp_path / "0" / "skim.log").read_text().endswith("job.sh: terminated by the batch system\n")
     assert (tmp_path / "0" / "started").read_text().split()[-1] == "88_0"
+
+
+def test_job_states_from_the_files_jobs_leave(tmp_path):
+    import json
+
+    from analysis.submit_status import format_job_states, job_states
+
+    jobs = tmp_path / "jobs"
+    (tmp_path / "manifests").mkdir()
+    record = {"jobs": [{"job": k, "files": 2} for k in range(5)]}
+    for k in range(5):
+        (jobs / str(k)).mkdir(parents=True)
+    (jobs / "submit.json").write_text(json.dumps(record))
+    # 0: done, having skipped a bad file; 1: started only; 2: nothing yet;
+    # 3: exit 0 without a manifest; 4: the skim's one-line error.
+    (jobs / "0" / "exit_code").write_text("0\n")
+    (tmp_path / "manifests" / "job-0.json").write_text(json.dumps({"complete": True, "files": [
+        {"path": "/d/a.root", "status": "done", "error": None},
+        {"path": "/d/b.root", "status": "skipped", "error": "empty file (0 bytes)"}]}))
+    (jobs / "1" / "started").write_text("2026-01-01T00:00:00Z node7 12_1\n")
+    (jobs / "3" / "exit_code").write_text("0\n")
+    (jobs / "4" / "exit_code").write_text("1\n")
+    (jobs / "4" / "skim.log").write_text("reading\nhepprep: error: /d/x.root: no such file\n\n")
+
+    states = job_states(tmp_path)
+    assert [s.state for s in states] == ["done", "running", "missing", "failed", "failed"]
+    assert states[0].skipped == ("/d/b.root: empty file (0 bytes)",)
+    assert states[3].error == f"exit code 0 but its manifest is missing ({tmp_path}/manifests/job-3.json)"
+    assert states[4].error == "exit code 1: hepprep: error: /d/x.root: no such file"
+    assert format_job_states("skim", states).splitlines() == [
+        "skim: 5 jobs: 1 done, 2 failed, 1 running, 1 missing; 1 bad input file(s) skipped",
+        "  job 0 skipped /d/b.root: empty file (0 bytes)",
+        "  job 1 running (2 file(s)): started, not finished",
+        "  job 2 missing (2 file(s)): not started: queued, or never submitted",
+        f"  job 3 failed (2 file(s)): exit code 0 but its manifest is missing ({tmp_path}/manifests/job-3.json)",
+        "  job 4 failed (2 file(s)): exit code 1: hepprep: error: /d/x.root: no such file",
+        "resubmit the failed jobs alone with: hepprep submit --resubmit-failed skim",
+    ]
