@@ -33,7 +33,7 @@ class _TreeRSSSampler(threading.Thread):
         super().__init__(daemon=True)
         self.interval = interval
         self.peak = 0
-        self._stop = threading.Event()
+        self._stop_event = threading.Event()
         self._root = psutil.Process(os.getpid())
 
     def sample(self) -> None:
@@ -51,12 +51,12 @@ class _TreeRSSSampler(threading.Thread):
         self.peak = max(self.peak, total)
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop_event.is_set():
             self.sample()
-            self._stop.wait(self.interval)
+            self._stop_event.wait(self.interval)
 
     def stop(self) -> int:
-        self._stop.set()
+        self._stop_event.set()
         self.join()
         self.sample()
         return self.peak
