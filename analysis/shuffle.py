@@ -219,11 +219,16 @@ def shuffle_bucket(group: int, pieces: Sequence[tuple[str, int]], plan: ShuffleP
     """
     split_index, bucket = plan.locate(group)
     split_name = split_names()[split_index]
-    table = pa.concat_tables([pq.ParquetFile(path).read_row_group(rg) for path, rg in pieces])
-    # The skim's per-file schema metadata (its chunk's cutflow) describes no prepared file.
-    table = table.replace_schema_metadata(None)
-    table, dictionary_columns = _plain_strings(table)
-    table = table.combine_chunks()
+    dictionary_columns: set[str] = set()
+    parts = []
+    for path, rg in pieces:
+        # The skim's per-file schema metadata (its chunk's cutflow) describes no prepared file.
+        part, names = _plain_strings(pq.ParquetFile(path).read_row_group(rg).replace_schema_metadata(None))
+        dictionary_columns.update(names)
+        parts.append(part)
+    # Skim parts written by other versions may differ in integer width: promote, don't fail.
+    table = pa.concat_tables(parts, promote_options="permissive").combine_chunks()
+    del parts
     hashes = event_hash(id_columns_of(table, plan.id_columns), seed=plan.seed)
     order = np.argsort(shuffle_order_key(hashes), kind="stable")
     table = table.take(pa.array(order))
@@ -241,7 +246,7 @@ def shuffle_bucket(group: int, pieces: Sequence[tuple[str, int]], plan: ShuffleP
     for j, name in enumerate(plan.features):  # column by column: no (n, d) copy in memory
         standardised = ((_float64_column(table, name) - plan.mean[j]) / plan.std[j]).astype(np.float32)
         table = table.set_column(table.schema.get_field_index(name), name, pa.array(standardised))
-    for name in dictionary_columns:
+    for name in sorted(dictionary_columns):
         table = table.set_column(table.schema.get_field_index(name), name,
                                  pc.dictionary_encode(table.column(name)))
     table = table.append_column("train_weight", pa.array(train_weight))

@@ -266,3 +266,18 @@ def test_bad_inputs_fail_with_one_clear_message_and_leave_nothing(skim, schedule
     with pytest.raises(StageInputError, match="thesis: exists and is not the output of `hepprep prepare`"):
         run_prepare(skim, precious, small_config(), scheduler=scheduler, progress=False)
     assert (precious / "chapter1.tex").read_text() == "..."
+
+
+def test_skim_parts_with_other_integer_widths_and_plain_strings_are_combined(skim, scheduler, tmp_path):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(skim, mixed)
+    path = sorted((mixed / "TTbar").glob("part-*.parquet"))[0]
+    table = pq.read_table(path)
+    table = table.set_column(table.schema.get_field_index("run"), "run", table.column("run").cast("int64"))
+    table = table.set_column(table.schema.get_field_index("dataset"), "dataset",
+                             table.column("dataset").cast("string"))
+    pq.write_table(table, path)
+    run_prepare(mixed, tmp_path / "prep", small_config(), scheduler=scheduler, progress=False)
+    out = read_prepared(tmp_path / "prep")
+    assert len(out) == len(read_skim(skim)) and not out.duplicated(["dataset", "event"]).any()
+    assert pq.read_schema(sorted((tmp_path / "prep" / "train").glob("*.parquet"))[0]).field("run").type == "int64"
