@@ -24,7 +24,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests"), str(HERE)]
 
-import _common  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from _common import measure, write_result  # noqa: E402
 from _prepare_helpers import default_samples, write_skim  # noqa: E402
@@ -33,33 +32,6 @@ from analysis.config import config_from_dict  # noqa: E402
 from analysis.prepare import run_prepare  # noqa: E402
 
 FIXTURE_ROWS = sum(s.events for s in default_samples())
-
-
-def _sampler_that_can_stop() -> None:
-    # _common._TreeRSSSampler keeps its stop Event in `_stop`, shadowing threading.Thread._stop,
-    # which join() calls: every measure() ends in a TypeError. Until the helper is fixed,
-    # keep the Event under another name (no-op once it is).
-    base = _common._TreeRSSSampler
-    if not isinstance(base().__dict__.get("_stop"), _common.threading.Event):
-        return
-
-    class Sampler(base):
-        def __init__(self, interval: float = 0.05):
-            super().__init__(interval)
-            self._halt = self.__dict__.pop("_stop")
-
-        def run(self) -> None:
-            while not self._halt.is_set():
-                self.sample()
-                self._halt.wait(self.interval)
-
-        def stop(self) -> int:
-            self._halt.set()
-            self.join()
-            self.sample()
-            return self.peak
-
-    _common._TreeRSSSampler = Sampler
 
 
 def make_skim(root: Path, rows: int, *, rows_per_file: int, row_group_rows: int) -> int:
@@ -83,7 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=None, help="rows of the larger skim (default 20M)")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)")
     args = parser.parse_args(argv)
-    _sampler_that_can_stop()
     large = args.rows or (1_000_000 if args.quick else 20_000_000)
     small = large // 4
     bucket = 100_000 if args.quick else 1_000_000
