@@ -1,7 +1,9 @@
 """Training stage on the real upstream output: generate -> skim -> prepare -> train (acceptance 1, 2).
 
-CI runs a reduced generated sample; the default size (config generate.events) is marked
-slow and also run by benchmarks/bench_train.py.
+CI runs acceptance 1 on a reduced generated sample; the default size (config
+generate.events) is marked slow and also run by benchmarks/bench_train.py. The MLP
+comparison (acceptance 2) is made at the default size only: on the reduced sample the
+network sees a few thousand training rows, too few for the comparison to mean anything.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ import xgboost as xgb
 from sklearn.metrics import roc_auc_score
 
 from _train_helpers import generated_prepared_dir, read_split
-from analysis.config import config_from_dict, default_config
+from analysis.config import default_config
 from analysis.predict import load_model
 from analysis.train import run_train
 from analysis.train_xgb import EARLY_STOPPING_METRIC, xgboost_params
 
-SIZES = [pytest.param(40_000, id="ci-40k"),
-         pytest.param(default_config().generate.events, id="default", marks=pytest.mark.slow)]
+CI_EVENTS = 40_000
+DEFAULT_EVENTS = default_config().generate.events
+SIZES = [pytest.param(CI_EVENTS, id="ci-40k"),
+         pytest.param(DEFAULT_EVENTS, id="default", marks=pytest.mark.slow)]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +33,7 @@ def cluster():
         yield local.scheduler_address
 
 
-@pytest.fixture(scope="module", params=SIZES)
+@pytest.fixture(scope="module")
 def sample(request, cluster, tmp_path_factory):
     work = tmp_path_factory.mktemp(f"generated-{request.param}")
     prep = generated_prepared_dir(work, events=request.param, scheduler=cluster)
@@ -65,15 +69,17 @@ def xgb_auc(sample):
     return _weighted_auc(model_dir, sample["test"])
 
 
+@pytest.mark.parametrize("sample", SIZES, indirect=True)
 def test_xgboost_dask_matches_single_process_and_physics_range(sample, xgb_auc):
     single = _single_process_auc(sample["prep"], default_config(), sample["test"])
     assert abs(xgb_auc - single) < 0.01, (xgb_auc, single)
     assert 0.80 <= xgb_auc <= 0.97, xgb_auc  # PHYSICS.md range for the default pipeline
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("sample", [pytest.param(DEFAULT_EVENTS, id="default")], indirect=True)
 def test_mlp_close_to_xgboost(sample, xgb_auc):
-    # Default network and optimiser; fewer epochs keep CI short (early stopping usually ends sooner).
-    config = config_from_dict({"train": {"mlp": {"max_epochs": 20}}})
+    config = default_config()
     model_dir = run_train(sample["prep"], sample["work"] / "models" / "mlp", config, model="mlp",
                           device="cpu", progress=False)
     mlp_auc = _weighted_auc(model_dir, sample["test"])
