@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-from pydantic import ValidationError
 
 from analysis.cluster import dask_client
-from analysis.config import Config, PrepareConfig
-from analysis.errors import ConfigError, StageInputError
+from analysis.config import Config, PrepareConfig, config_from_dict
+from analysis.errors import StageInputError
 from analysis.progress import progress_bar, stage_console
 from analysis.shuffle import InputUnit, ShufflePlan, scatter_unit, shuffle_bucket, split_names
 from analysis.split import SKIM_ID_COLUMNS, SPLIT_NAMES
@@ -149,17 +148,13 @@ def _in_order(futures: list[Any], bar: Any, description: str) -> Iterator[Any]:
 
 
 def _effective_prepare(config: Config, split: Sequence[float] | None, seed: int | None) -> PrepareConfig:
-    values = config.prepare.model_dump()
-    if split is not None:
-        values["split"] = tuple(split)
-    if seed is not None:
-        values["seed"] = seed
-    try:
-        return PrepareConfig.model_validate(values)
-    except ValidationError as err:
-        first = err.errors()[0]
-        raise ConfigError(f"prepare.{'.'.join(map(str, first['loc']))}: "
-                          f"{first['msg'].removeprefix('Value error, ')}") from None
+    """``config.prepare`` with the keyword overrides, validated like a config file."""
+    overrides = {key: value for key, value in (("split", split), ("seed", seed)) if value is not None}
+    if not overrides:
+        return config.prepare
+    data = config.model_dump()
+    data["prepare"].update(overrides)
+    return config_from_dict(data, source="run_prepare arguments").prepare
 
 
 def run_prepare(skim_dir: str | Path, out_dir: str | Path, config: Config, *,
@@ -286,7 +281,7 @@ def _two_passes(client: Any, bar: Any, inputs: PrepareInputs, prep: PrepareConfi
     # Training statistics weighted by train_weight = policy weight x class scale.
     stats = class_stats[0].scaled(scale[0, 0]).merge(class_stats[1].scaled(scale[0, 1]))
     plan = dataclasses.replace(plan, mean=tuple(stats.mean_.tolist()), std=tuple(stats.scale_.tolist()),
-                               scale=tuple(map(tuple, scale.tolist())))
+                               balancer=balancer)
 
     groups = [g for g in range(len(pieces)) if pieces[g]]
     futures = client.map(shuffle_bucket, groups, [pieces[g] for g in groups], plan=plan,

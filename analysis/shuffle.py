@@ -84,7 +84,7 @@ class ShufflePlan:
     # Filled in between the passes:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
-    scale: tuple[tuple[float, float], ...] = ()  # train_weight scale [split][label]
+    balancer: TrainWeightBalancer | None = None  # finalised class totals -> train_weight
 
     @property
     def offsets(self) -> np.ndarray:
@@ -239,9 +239,7 @@ def shuffle_bucket(group: int, pieces: Sequence[tuple[str, int]], plan: ShuffleP
     if split_name == DATA_SPLIT:
         train_weight = np.zeros(len(weight))  # real data is never trained on
     else:
-        balancer = TrainWeightBalancer(negative_weights=plan.negative_weights)
-        balancer.scale_ = np.asarray(plan.scale)
-        train_weight = balancer.transform(np.full(len(label), split_index), label, weight)
+        train_weight = plan.balancer.transform(np.full(len(label), split_index), label, weight)
 
     for j, name in enumerate(plan.features):  # column by column: no (n, d) copy in memory
         standardised = ((_float64_column(table, name) - plan.mean[j]) / plan.std[j]).astype(np.float32)

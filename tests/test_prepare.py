@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis.config import default_config
-from analysis.errors import StageInputError
+from analysis.errors import ConfigError, StageInputError
 from analysis.prepare import run_prepare
 from analysis.split import SKIM_ID_COLUMNS, assign_split, event_hash
 from analysis.stats import weighted_quantile
@@ -281,3 +281,9 @@ def test_skim_parts_with_other_integer_widths_and_plain_strings_are_combined(ski
     out = read_prepared(tmp_path / "prep")
     assert len(out) == len(read_skim(skim)) and not out.duplicated(["dataset", "event"]).any()
     assert pq.read_schema(sorted((tmp_path / "prep" / "train").glob("*.parquet"))[0]).field("run").type == "int64"
+
+
+def test_keyword_overrides_are_validated_like_the_config(skim, tmp_path):
+    with pytest.raises(ConfigError, match=r"run_prepare arguments: prepare.split: fractions must sum to 1"):
+        run_prepare(skim, tmp_path / "prep", small_config(), split=(0.5, 0.3, 0.3), progress=False)
+    assert not (tmp_path / "prep").exists()
