@@ -53,13 +53,16 @@ def _batches(path: Path, spec: PrepareTableConfig) -> Iterator[pa.RecordBatch]:
             return
         with open(path, newline="") as handle:
             header = next(csv.reader(handle), [])
+            first_row = handle.readline()
         if not header:
             raise StageInputError(f"{path}: empty CSV file (no header line)")
+        # The CSV reader cuts blocks by bytes: about chunk_rows rows of the first row's length.
+        block = min(max(spec.chunk_rows * max(len(first_row), 1), 1 << 20), 1 << 28)
         # Type inference per block could read "1" as int and "1.5" later as float: fix the
         # types up front, text for the label, float64 for everything else but the ids.
         types = {name: pa.float64() for name in header if name not in spec.id_columns}
         types[spec.label_column] = pa.string()
-        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 24),
+        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=block),
                                 convert_options=pacsv.ConvertOptions(column_types=types))
         yield from reader
     except pa.ArrowInvalid as err:
