@@ -1,4 +1,4 @@
-"""Batch submission tests without a skim run: file balancing, Slurm array specs, job scripts, HTCondor descriptions, job states, job-mode bookkeeping."""
+"""Batch submission tests with no skim run: balancing, array specs, job scripts, HTCondor descriptions, job states."""
 
 from __future__ import annotations
 
