@@ -164,6 +164,11 @@ class SkimConfig(_Strict):
     workers: int = Field(2, gt=0)  # processes for the futures executor / local dask cluster
     chunksize: int = Field(100_000, gt=0)  # events per chunk (one Parquet part per chunk)
     skip_bad_files: bool = False  # record unreadable files in the manifest and go on
+    # Remote inputs (root://, https://): a read failing on the network (refused, reset, timed
+    # out) is tried again; a missing file is not. See analysis/remote.py.
+    retries: int = Field(3, ge=0)  # further tries of a remote file or chunk after such a failure
+    retry_wait: float = Field(2.0, ge=0)  # seconds between tries (a restarting server can come back)
+    timeout: float = Field(60.0, gt=0)  # seconds a remote request may take before it counts as failed
 
 
 class PrepareTableConfig(_Strict):

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from analysis.cluster import dask_client
 from analysis.config import Config
 from analysis.errors import ConfigError, InputFileError, StageInputError
 from analysis.progress import progress_bar, stage_console
+from analysis.remote import RetryingRunner, call_with_retries, is_remote
 from analysis.skim_inputs import DatasetInfo, check_file, load_fileset, resolve_datasets
 from analysis.skim_manifest import (build_cutflow, build_manifest, chunk_relpath, job_cutflow_path,
                                     job_manifest_path, plan_chunks, remove_stale_temp_files,
@@ -50,7 +52,13 @@ def _check_inputs(datasets: dict[str, DatasetInfo], config: Config, *,
         seen: dict[str, str] = {}
         for item in info.files:
             try:
-                check_file(item, triggers=triggers, need_sumw=info.sumw is None)
+                check = partial(check_file, item, triggers=triggers, need_sumw=info.sumw is None,
+                                timeout=config.skim.timeout)
+                if is_remote(item.path):  # a network hiccup is tried again (analysis.remote)
+                    call_with_retries(check, url=item.path, retries=config.skim.retries,
+                                      wait=config.skim.retry_wait)
+                else:
+                    check()
                 # Parts are named by file UUID: a copy of a file would share them, and its
                 # events would be counted twice anyway.
                 if item.uuid in seen:
@@ -177,9 +185,11 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
         client = None
         if executor == "dask":
             client = stack.enter_context(dask_client(config.cluster, scheduler, n_workers=workers))
-        runner = processor.Runner(executor=_executor(executor, workers=workers, progress=progress,
-                                                     client=client),
-                                  chunksize=chunksize, metadata_cache=cache, schema=NanoAODSchema)
+        runner = RetryingRunner(executor=_executor(executor, workers=workers, progress=progress,
+                                                   client=client),
+                                chunksize=chunksize, metadata_cache=cache, schema=NanoAODSchema,
+                                xrootdtimeout=config.skim.timeout, remote_retries=config.skim.retries,
+                                retry_wait=config.skim.retry_wait)
         items = list(runner.preprocess(coffea_fileset)) if coffea_fileset else []
         plan: dict[str, list[str]] = {}
         planned: dict[str, str] = {}

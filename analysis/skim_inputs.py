@@ -23,6 +23,7 @@ import uproot
 
 from analysis.config import Config
 from analysis.errors import InputFileError, StageInputError
+from analysis.remote import is_transient, require_backend
 from processors.profiles import ProfileError, detect_profile
 
 __all__ = ["DatasetInfo", "InputFile", "check_file", "load_fileset", "resolve_datasets"]
@@ -156,7 +157,8 @@ def _check_header(path: str) -> None:
                                        f"the file has {size:,}")
 
 
-def check_file(item: InputFile, *, triggers: list[str], need_sumw: bool) -> InputFile:
+def check_file(item: InputFile, *, triggers: list[str], need_sumw: bool,
+               timeout: float | None = None) -> InputFile:
     """Open one input file and check it can be skimmed; fill entries, uuid, profile, sumw.
 
     Parameters
@@ -167,19 +169,27 @@ def check_file(item: InputFile, *, triggers: list[str], need_sumw: bool) -> Inpu
         HLT branches the selection needs for this dataset.
     need_sumw : bool
         Read ``genWeight`` to sum it (the dataset's metadata lacks ``sumw``).
+    timeout : float or None
+        Seconds a request to a remote file (URL) may take; None keeps uproot's default.
 
     Raises
     ------
     InputFileError
         ``<path>: <cause>`` for a missing, non-ROOT, truncated or empty file, a file without
-        the tree, or one lacking a branch (named).
+        the tree, or one lacking a branch (named). A network failure reading a URL is
+        raised as it is, for `analysis.remote.call_with_retries` to try again.
     """
     path = item.path
-    if not _is_url(path):
+    remote = _is_url(path)
+    if remote:
+        require_backend(path)
+    else:
         _check_header(path)
     try:
-        file = uproot.open(path)
+        file = uproot.open(path, **({"timeout": timeout} if remote and timeout else {}))
     except Exception as err:  # noqa: BLE001 - uproot raises many kinds; all mean "cannot open"
+        if remote and is_transient(err):
+            raise
         raise InputFileError(path, f"cannot open as a ROOT file ({type(err).__name__}: "
                                    f"{' '.join(str(err).split())})") from None
     with file:
@@ -210,6 +220,8 @@ def check_file(item: InputFile, *, triggers: list[str], need_sumw: bool) -> Inpu
                 try:
                     genweight = tree["genWeight"].array(library="np")
                 except Exception as err:  # noqa: BLE001
+                    if remote and is_transient(err):
+                        raise
                     raise InputFileError(path, f"cannot read genWeight ({type(err).__name__}: {err})") from None
                 item.sum_genweight = math.fsum(np.asarray(genweight, dtype=np.float64))
             else:

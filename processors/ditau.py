@@ -21,6 +21,7 @@ import numpy as np
 from coffea import processor
 
 from analysis.config import SelectionConfig
+from analysis.remote import is_remote, is_transient
 from processors.features import ditau_features
 from processors.parts import chunk_fingerprint, part_name, read_part_summary, skim_table, write_part
 from processors.profiles import InputProfile, ProfileError, detect_profile, event_branches
@@ -104,6 +105,8 @@ class DiTauProcessor(processor.ProcessorABC):
         except ProfileError as err:
             return {"errors": {meta["filename"]: [str(err)]}}
         except Exception as err:  # noqa: BLE001 - any failure to read is the file's fault
+            if is_remote(meta["filename"]) and is_transient(err):
+                raise  # the network's fault, not the file's: RetryingRunner tries the chunk again
             return {"errors": {meta["filename"]: [f"cannot read entries {meta['entrystart']}-"
                                                   f"{meta['entrystop']} of Events ({type(err).__name__}: {err})"]}}
 

@@ -1,0 +1,168 @@
+"""Skim stage: remote input files (``root://`` through fsspec-xrootd, ``http(s)://`` through fsspec).
+
+uproot reads any URL through fsspec; this module adds what a skim over a network needs on
+top: which failures are worth another try (a refused connection, a timeout, a dropped
+stream, but not a missing file), a pause between tries so that a restarting server can come
+back, and one readable `InputFileError` after the last try.
+
+The same policy covers the two places a file is read: the input check in the main process
+(`call_with_retries`) and every chunk on the executor workers (`RetryingRunner`, a coffea
+`Runner` whose per-chunk retry reopens the file, as coffea's own retry does, but only for
+remote files, after ``retry_wait`` seconds, and turns the last failure into the skim's usual
+per-file error). Local files keep coffea's behaviour unchanged.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+from coffea import processor
+from coffea.processor.executor import WorkItem
+
+from analysis._optional import optional_import
+from analysis.errors import InputFileError
+
+__all__ = ["RetryingRunner", "call_with_retries", "is_remote", "is_transient", "require_backend",
+           "transient_cause"]
+
+T = TypeVar("T")
+
+# Failures that say the file is not there, not ours to read, or its server not to be trusted
+# (a certificate the client cannot verify): another try cannot help.
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+              ssl.SSLCertVerificationError)
+
+
+def is_remote(path: str) -> bool:
+    """True for a URL read over the network (``root://``, ``https://`` ...), not ``file://``."""
+    return "://" in path and not path.startswith("file://")
+
+
+def require_backend(url: str) -> None:
+    """Fail early, with the install command, when ``root://`` is asked without fsspec-xrootd."""
+    if url.startswith(("root://", "xroot://")):
+        optional_import("fsspec_xrootd", purpose=f"reading {url.split('/', 3)[2]!r} over XRootD")
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while err is not None and err not in seen:
+        seen.append(err)
+        err = err.__cause__ or err.__context__
+    return seen
+
+
+def transient_cause(err: BaseException) -> BaseException | None:
+    """The network failure behind ``err`` (searched along its cause chain), or None.
+
+    Connection refused or reset, timeouts and dropped streams count (OSError and its
+    subclasses, which include fsspec-xrootd's errors, ``TimeoutError`` and aiohttp's
+    connection errors, plus aiohttp's other client errors such as
+    ``ServerDisconnectedError``, and HTTP 5xx answers); a missing file, a refused
+    permission, an HTTP 4xx answer or an unverifiable TLS certificate does not.
+    """
+    try:
+        from aiohttp import ClientConnectorCertificateError, ClientError, ClientResponseError
+    except ImportError:  # aiohttp only comes with fsspec's HTTP support
+        ClientConnectorCertificateError = ClientError = ClientResponseError = ()  # noqa: N806
+    for link in _chain(err):
+        if isinstance(link, (_PERMANENT, ClientConnectorCertificateError)):
+            return None
+        if isinstance(link, ClientResponseError) and link.status < 500:
+            return None  # 404, 403...: the server answered, the file is not to be had
+        if isinstance(link, (OSError, ClientError)):
+            return link
+    return None
+
+
+def is_transient(err: BaseException) -> bool:
+    """True when another try of the same read may succeed (see `transient_cause`)."""
+    return transient_cause(err) is not None
+
+
+def _one_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
+
+
+def call_with_retries(read: Callable[[], T], *, url: str, retries: int, wait: float) -> T:
+    """``read()``, tried again after transient network errors; other errors pass through.
+
+    Parameters
+    ----------
+    read : callable without arguments
+        Opens and reads the remote file (each try opens it afresh).
+    url : str
+        Named in the error.
+    retries : int
+        Tries after the first one (``config.skim.retries``).
+    wait : float
+        Seconds between tries (``config.skim.retry_wait``).
+
+    Raises
+    ------
+    InputFileError
+        ``<url>: cannot read after <retries + 1> tries: <ErrorType>: <message>`` once the
+        last try failed with a transient error.
+    """
+    for attempt in range(retries + 1):
+        try:
+            return read()
+        except Exception as err:  # noqa: BLE001 - sorted by transient_cause just below
+            cause = transient_cause(err)
+            if cause is None:
+                raise
+            if attempt == retries:
+                tries = "1 try" if retries == 0 else f"{retries + 1} tries"
+                raise InputFileError(url, f"cannot read after {tries}: {_one_line(cause)} "
+                                          f"(a server down or unreachable; raise skim.retries / "
+                                          f"skim.timeout for a slow one)") from None
+            time.sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _retry_chunk(retries: int, wait: float, coffea_retries: int, skipbadfiles: Any,
+                 func: Callable[..., Any], *args: Any, use_result_type: bool = False, **kwargs: Any) -> Any:
+    """Stands in for coffea's ``Runner.automatic_retries`` (same arguments after the first two).
+
+    A chunk of a remote file gets `call_with_retries`; its last failure becomes the output
+    ``{"errors": {url: [cause]}}`` that `DiTauProcessor` returns for an unreadable chunk, so
+    the skim records or raises it like any bad file. Anything else is coffea's business.
+    """
+    item = args[0][0] if args and isinstance(args[0], tuple) else (args[0] if args else None)
+    if not isinstance(item, WorkItem) or not is_remote(item.filename):
+        return processor.Runner.automatic_retries(coffea_retries, skipbadfiles, func, *args,
+                                                  use_result_type=use_result_type, **kwargs)
+    try:
+        return call_with_retries(partial(func, *args, **kwargs), url=item.filename,
+                                 retries=retries, wait=wait)
+    except InputFileError as err:
+        return {"out": {"errors": {item.filename: [err.cause]}}, "processed": {item}}
+
+
+@dataclass
+class RetryingRunner(processor.Runner):
+    """coffea `Runner` with the remote-file retry policy (``retries``/``retry_wait`` of ``config.skim``).
+
+    Extra fields
+    ------------
+    remote_retries : int
+        Tries after the first for a chunk of a remote file that fails with a transient error.
+    retry_wait : float
+        Seconds between those tries.
+
+    The Runner's ``xrootdtimeout`` is the per-request timeout handed to ``uproot.open``.
+    """
+
+    remote_retries: int = 3
+    retry_wait: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # Runner calls `self.automatic_retries(retries, skipbadfiles, work, item)` per chunk;
+        # an instance attribute shadows the static method (a module-level partial pickles small).
+        self.automatic_retries = partial(_retry_chunk, self.remote_retries, self.retry_wait)

@@ -1,0 +1,212 @@
+"""Remote input (skim stage): retry policy, URL filesets, and the skim over a local HTTP server.
+
+The server is `tests/_remote_helpers.FileServer` (http.server with Range support) on
+127.0.0.1 in a thread; the XRootD and HTTPS servers are in tests/integration/.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp import ClientResponseError, ServerDisconnectedError
+
+from _remote_helpers import FileServer, url_fileset
+from _skim_helpers import generated_sample, read_skim  # noqa: F401 - fixture
+from analysis import remote
+from analysis.config import config_from_dict
+from analysis.errors import InputFileError
+from analysis.remote import call_with_retries, is_remote, transient_cause
+from analysis.skim import run_skim
+from analysis.skim_inputs import load_fileset
+
+# One small dataset (two files, six chunks): enough chunks to stop a server between them.
+DATASETS = ["GluGluToHToTauTau"]
+CHUNKSIZE = 100
+
+
+def _config(**skim):
+    return config_from_dict({"skim": {"chunksize": CHUNKSIZE, "retries": 2, "retry_wait": 0.05,
+                                      "timeout": 10, **skim}})
+
+
+def _response_error(status: int) -> ClientResponseError:
+    return ClientResponseError(request_info=None, history=(), status=status, message="x")
+
+
+# ---------------------------------------------------------------- retry policy, by hand
+
+
+@pytest.mark.parametrize(("err", "transient"), [
+    (ConnectionRefusedError(111, "Connection refused"), True),
+    (TimeoutError("read timed out"), True),
+    (OSError("Failed to open file: [ERROR] Operation expired"), True),  # fsspec-xrootd
+    (ServerDisconnectedError(), True),
+    (_response_error(503), True),
+    (_response_error(404), False),
+    (FileNotFoundError("http://h/x.root"), False),
+    (PermissionError("denied"), False),
+    (ValueError("not a ROOT file"), False),
+])
+def test_transient_cause_separates_network_failures_from_file_faults(err, transient):
+    assert (transient_cause(err) is err) == transient
+
+
+def test_transient_cause_follows_the_cause_chain():
+    """coffea wraps a failed open in a plain Exception `from` the real error."""
+    refused = ConnectionRefusedError(111, "Connection refused")
+    try:
+        try:
+            raise refused
+        except OSError as inner:
+            raise Exception("Failed to open file: WorkItem(...)") from inner
+    except Exception as outer:  # noqa: BLE001
+        assert transient_cause(outer) is refused
+    missing = FileNotFoundError("gone")
+    wrapped = Exception("Failed to open file")
+    wrapped.__cause__ = missing
+    assert transient_cause(wrapped) is None
+
+
+class _Flaky:
+    """Fails with `error` on the first `failures` calls, then returns "ok"."""
+
+    def __init__(self, failures: int, error: Exception):
+        self.failures, self.error, self.calls = failures, error, 0
+
+    def __call__(self):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return "ok"
+
+
+def test_call_with_retries_tries_again_after_waiting(monkeypatch):
+    waits = []
+    monkeypatch.setattr(remote.time, "sleep", waits.append)
+    read = _Flaky(2, ConnectionResetError(104, "Connection reset by peer"))
+    assert call_with_retries(read, url="root://h//f.root", retries=2, wait=1.5) == "ok"
+    assert read.calls == 3
+    assert waits == [1.5, 1.5]
+
+
+def test_call_with_retries_last_failure_is_one_clear_line(monkeypatch):
+    monkeypatch.setattr(remote.time, "sleep", lambda s: None)
+    read = _Flaky(5, ConnectionRefusedError(111, "Connection\nrefused"))
+    with pytest.raises(InputFileError) as info:
+        call_with_retries(read, url="https://h/f.root", retries=3, wait=0)
+    assert read.calls == 4
+    assert info.value.path == "https://h/f.root"
+    assert str(info.value).startswith(
+        "https://h/f.root: cannot read after 4 tries: ConnectionRefusedError: [Errno 111] Connection refused")
+    assert "\n" not in str(info.value)
+    assert "skim.retries" in str(info.value)
+    with pytest.raises(InputFileError, match="cannot read after 1 try: "):
+        call_with_retries(_Flaky(1, TimeoutError("t")), url="u://x", retries=0, wait=0)
+
+
+def test_call_with_retries_does_not_retry_a_missing_file():
+    read = _Flaky(5, FileNotFoundError("https://h/f.root"))
+    with pytest.raises(FileNotFoundError):
+        call_with_retries(read, url="https://h/f.root", retries=3, wait=0)
+    assert read.calls == 1
+
+
+def test_urls_are_remote_and_left_untouched_by_the_fileset(tmp_path):
+    assert is_remote("root://eos.cms//store/a.root") and is_remote("https://h/a.root")
+    assert not is_remote("/data/a.root") and not is_remote("file:///data/a.root")
+    urls = ["root://eoscms.cern.ch//eos/cms/store/x.root", "https://opendata.cern.ch/a/b.root",
+            "http://127.0.0.1:8080/c.root"]
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "fileset.json").write_text(json.dumps(
+        {"DY": {"files": {**{u: "Events" for u in urls}, "local/d.root": "Events"},
+                "metadata": {"label": 0, "xsec_pb": 1.0}}}))
+    files = load_fileset(tmp_path / "sub" / "fileset.json")["DY"]["files"]
+    assert list(files) == [*urls, str(tmp_path / "sub" / "local" / "d.root")]
+
+
+# ---------------------------------------------------------------- skim over a local HTTP server
+
+
+@pytest.fixture(scope="module")
+def local_skim(generated_sample, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("remote-local-skim")
+    fileset = url_fileset(generated_sample, str(generated_sample.parent), out / "fileset.json",
+                          datasets=DATASETS)
+    run_skim(fileset, out / "skim", _config(), executor="iterative", progress=False)
+    return read_skim(out / "skim")
+
+
+def _when_first_part(out: Path, action) -> threading.Thread:
+    """Run `action` as soon as the skim in `out` has written its first part."""
+    def watch():
+        deadline = time.monotonic() + 120
+        while not any(out.glob("*/part-*.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        action()
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_skim_over_http_equals_local_skim(generated_sample, local_skim, tmp_path):  # noqa: F811
+    """In-process executor here (fast); worker processes over root:// and https:// are in
+    tests/integration/test_remote_servers.py."""
+    with FileServer(generated_sample.parent) as server:
+        fileset = url_fileset(generated_sample, server.base_url, tmp_path / "fileset.json",
+                              datasets=DATASETS)
+        summary = run_skim(fileset, tmp_path / "skim", _config(), executor="iterative", progress=False)
+    assert summary["chunks_run"] >= 5
+    manifest = json.loads((tmp_path / "skim" / "manifest.json").read_text())
+    assert all(f["path"].startswith("http://127.0.0.1:") for f in manifest["files"])
+    remote_rows = read_skim(tmp_path / "skim")
+    assert len(remote_rows) == len(local_skim) > 0
+    assert remote_rows.equals(local_skim)
+
+
+def test_dropped_connections_mid_skim_are_retried(generated_sample, local_skim, tmp_path):  # noqa: F811
+    """The server hangs up on 3 requests after the first part: retries recover the chunk;
+    with retries = 0 the same fault is an error."""
+    with FileServer(generated_sample.parent) as server:
+        fileset = url_fileset(generated_sample, server.base_url, tmp_path / "fileset.json",
+                              datasets=DATASETS)
+        server.drop_requests(3)  # the checks of the first file meet the fault first
+        _when_first_part(tmp_path / "skim", lambda: server.drop_requests(3))
+        run_skim(fileset, tmp_path / "skim", _config(retries=2), executor="iterative", progress=False)
+        assert server._server.drop_next == 0  # every planned fault did hit the skim
+        assert read_skim(tmp_path / "skim").equals(local_skim)
+
+        server.drop_requests(3)
+        with pytest.raises(InputFileError, match=r"^http://127\.0\.0\.1:\d+/\S+\.root: cannot read after 1 try: "
+                                                 r"ServerDisconnectedError"):
+            run_skim(fileset, tmp_path / "skim-no-retry", _config(retries=0), executor="iterative",
+                     progress=False)
+
+
+def test_server_stopped_mid_skim_gives_retries_then_a_clear_error(generated_sample, local_skim,
+                                                                  tmp_path, monkeypatch):  # noqa: F811
+    tries = []
+    real_sleep = time.sleep
+    monkeypatch.setattr(remote.time, "sleep", lambda s: (tries.append(s), real_sleep(s)))
+    server = FileServer(generated_sample.parent)
+    fileset = url_fileset(generated_sample, server.base_url, tmp_path / "fileset.json", datasets=DATASETS)
+    stopper = _when_first_part(tmp_path / "skim", server.stop)
+    with pytest.raises(InputFileError) as info:
+        run_skim(fileset, tmp_path / "skim", _config(retries=2), executor="iterative", progress=False)
+    stopper.join()
+    message = str(info.value)
+    assert message.startswith(f"{server.base_url}/")
+    assert ".root: cannot read after 3 tries: ClientConnectorError: Cannot connect to host 127.0.0.1" in message
+    assert tries.count(0.05) >= 2 and tries.count(0.05) % 2 == 0  # 2 pauses per failed chunk
+    done = sorted((tmp_path / "skim").glob("*/part-*.parquet"))
+    manifest = json.loads((tmp_path / "skim" / "manifest.json").read_text())
+    assert manifest["complete"] is False and done
+
+    # The server comes back on the same address: the re-run resumes and completes the skim.
+    with FileServer(generated_sample.parent, port=server.port):
+        summary = run_skim(fileset, tmp_path / "skim", _config(), executor="iterative", progress=False)
+    assert summary["chunks_skipped"] >= len(done)
+    assert read_skim(tmp_path / "skim").equals(local_skim)
