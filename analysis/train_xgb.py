@@ -53,7 +53,7 @@ def xgboost_params(cfg: XGBoostConfig, *, device: str) -> dict:
     }
 
 
-def read_split_dask(files: list[Path], features: list[str]):
+def read_split_dask(files: list[Path], features: list[str], *, min_partitions: int = 1):
     """One split as dask arrays with only the columns training reads.
 
     The three arrays are column slices of one array, so they have the same partitions by
@@ -70,6 +70,8 @@ def read_split_dask(files: list[Path], features: list[str]):
     import dask.dataframe as dd
 
     frame = dd.read_parquet([str(f) for f in files], columns=[*features, LABEL, TRAIN_WEIGHT])
+    if frame.npartitions < min_partitions:
+        frame = frame.repartition(npartitions=min_partitions)
     table = frame.to_dask_array()  # float64: exact for the float32 features and int8 label
     n = len(features)
     return table[:, :n].astype("float32"), table[:, n], table[:, n + 1]
@@ -127,8 +129,9 @@ def train_xgboost(prepared: PreparedSplits, out: Path, config: Config, *, device
                   f"{where}")
     start = time.perf_counter()
     with training_client(config.cluster, scheduler, device) as client:
-        x, y, w = read_split_dask(train.files, prepared.features)
-        xv, yv, wv = read_split_dask(val.files, prepared.features)
+        n_workers = len(client.nthreads())
+        x, y, w = read_split_dask(train.files, prepared.features, min_partitions=n_workers)
+        xv, yv, wv = read_split_dask(val.files, prepared.features, min_partitions=n_workers)
         dtrain = xgb.dask.DaskQuantileDMatrix(client, x, y, weight=w,
                                               feature_names=prepared.features)
         dval = xgb.dask.DaskQuantileDMatrix(client, xv, yv, weight=wv, ref=dtrain,
@@ -141,7 +144,6 @@ def train_xgboost(prepared: PreparedSplits, out: Path, config: Config, *, device
             result = xgb.dask.train(client, params, dtrain, num_boost_round=cfg.num_boost_round,
                                     evals=[(dtrain, "train"), (dval, "val")],
                                     callbacks=[stopper], verbose_eval=False)
-        n_workers = len(client.scheduler_info().get("workers", {}))
     seconds = time.perf_counter() - start
     booster = result["booster"]
     history = {split: {metric: [float(v) for v in values] for metric, values in metrics.items()}
@@ -163,6 +165,7 @@ def train_xgboost(prepared: PreparedSplits, out: Path, config: Config, *, device
         "train_rows": train.rows,
         "val_rows": val.rows,
         "dask_workers": n_workers,
+        "train_partitions": int(x.numblocks[0]),
         "cluster": where,
         "xgboost_version": xgb.__version__,
     }

@@ -8,6 +8,8 @@ network sees a few thousand training rows, too few for the comparison to mean an
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import xgboost as xgb
 from sklearn.metrics import roc_auc_score
@@ -66,6 +68,9 @@ def xgb_auc(sample):
     config = default_config()
     model_dir = run_train(sample["prep"], sample["work"] / "models" / "xgboost", config,
                           model="xgboost", device="cpu", scheduler=sample["scheduler"], progress=False)
+    info = json.loads((model_dir / "model_info.json").read_text())
+    # The prepared split may be a single file: it is still spread over both workers.
+    assert info["dask_workers"] == 2 and info["train_partitions"] >= 2
     return _weighted_auc(model_dir, sample["test"])
 
 

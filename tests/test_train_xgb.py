@@ -76,6 +76,7 @@ def test_model_directory_contents(prep, dask_model):
     info = json.loads((dask_model / "model_info.json").read_text())
     history = json.loads((dask_model / "history.json").read_text())
     assert info["model"] == "xgboost" and info["device"] == "cpu" and info["dask_workers"] == 2
+    assert info["train_partitions"] >= 2  # both workers hold training rows
     assert info["params"]["max_depth"] == 4 and info["params"]["objective"] == "binary:logistic"
     assert info["train_rows"] == 16_000 and info["train_seconds"] > 0
     val_loss = history["val"]["logloss"]
