@@ -8,7 +8,8 @@ same generated sample:
 * ``cluster.kind = "slurm"``: `run_skim` with the dask executor on a `SLURMCluster`, whose
   workers are Slurm jobs;
 * ``hepprep submit --system slurm``: one ``sbatch`` array, no dask scheduler, then
-  ``hepprep skim --status`` and ``--merge-manifests``.
+  ``hepprep skim --status`` and ``--merge-manifests``; a job that failed is resubmitted
+  alone (``sbatch --array=K``) with ``hepprep submit --resubmit-failed``.
 
 Run with ``make test-integration`` (not part of ``make test``).
 """
@@ -74,6 +75,15 @@ def _squeue() -> list[str]:
     return done.stdout.splitlines()
 
 
+def _wait_for_jobs(out: Path) -> list:
+    """Poll `job_states` until no job is running or missing; the final states."""
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while any(s.state in ("running", "missing") for s in job_states(out)):
+        assert time.monotonic() < deadline, f"jobs not finished after {JOB_TIMEOUT_S} s: {_squeue()}"
+        time.sleep(2)
+    return job_states(out)
+
+
 def test_skim_through_slurmcluster_gives_the_local_rows(slurm, sample, local_skim, tmp_path):
     start = time.perf_counter()
     logs = tmp_path / "worker-logs"
@@ -104,11 +114,7 @@ def test_skim_through_hepprep_submit_gives_the_local_rows(slurm, sample, local_s
     batch_id = record["submissions"][0]["batch_id"]
     assert batch_id.isdigit()
 
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while any(s.state in ("running", "missing") for s in job_states(out)):
-        assert time.monotonic() < deadline, f"jobs not finished after {JOB_TIMEOUT_S} s: {_squeue()}"
-        time.sleep(2)
-    states = job_states(out)
+    states = _wait_for_jobs(out)
     logs = {s.job: (out / "jobs" / str(s.job) / "skim.log").read_text() for s in states}
     assert [s.state for s in states] == ["done"] * 3, (states, logs)
     # Each array task ran under Slurm (its --output file) and wrote its own manifest.
@@ -126,3 +132,40 @@ def test_skim_through_hepprep_submit_gives_the_local_rows(slurm, sample, local_s
     local_manifest = json.loads((local_skim / "manifest.json").read_text())
     assert json.loads((out / "manifest.json").read_text()) == local_manifest
     print(f"\nhepprep submit skim: {time.perf_counter() - start:.1f} s")
+
+
+def test_failed_slurm_job_is_resubmitted_alone(slurm, sample, local_skim, tmp_path, capsys):
+    # Two datasets; one TTbar file is a copy that is missing when the jobs first run.
+    kept = ("TTbar", "GluGluToHToTauTau")
+    raw = {n: e for n, e in json.loads(sample.read_text()).items() if n in kept}
+    for entry in raw.values():
+        entry["files"] = {str((sample.parent / p).resolve()): t for p, t in entry["files"].items()}
+    original = Path(next(iter(raw["TTbar"]["files"])))
+    flaky = tmp_path / "flaky" / original.name
+    flaky.parent.mkdir()
+    flaky.write_bytes(original.read_bytes())
+    raw["TTbar"]["files"] = {(str(flaky) if p == str(original) else p): t
+                             for p, t in raw["TTbar"]["files"].items()}
+    fileset = tmp_path / "fileset.json"
+    fileset.write_text(json.dumps(raw))
+    flaky.rename(flaky.with_suffix(".away"))
+
+    out = tmp_path / "batch"
+    main(["submit", str(fileset), "--out", str(out), "--jobs", "2", "--chunksize", str(CHUNKSIZE),
+          "--queue", PARTITION])
+    states = _wait_for_jobs(out)
+    failed = [s.job for s in states if s.state == "failed"]
+    assert len(failed) == 1 and states[failed[0]].error.endswith(f"{flaky}: no such file")
+
+    flaky.with_suffix(".away").rename(flaky)
+    main(["submit", "--resubmit-failed", str(out)])
+    record = json.loads((out / "jobs" / "submit.json").read_text())
+    assert record["submissions"][-1]["jobs"] == failed
+    assert record["submissions"][-1]["command"][2] == f"--array={failed[0]}"
+    assert [s.state for s in _wait_for_jobs(out)] == ["done", "done"]
+    assert record["submissions"][-1]["batch_id"] in (out / "jobs" / str(failed[0]) / "started").read_text()
+
+    main(["skim", "--merge-manifests", str(out)])
+    reference = read_skim(local_skim)
+    reference = reference[reference["dataset"].isin(kept)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(read_skim(out), reference)
