@@ -162,8 +162,8 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
     datasets = resolve_datasets(load_fileset(fileset), config)
     errors = _check_inputs(datasets, config, skip_bad_files=skip)
     out.mkdir(parents=True, exist_ok=True)
-    own_uuids = {f.uuid for d in datasets.values() for f in d.files if f.uuid}
-    remove_stale_temp_files(out, uuids=own_uuids if job_id is not None else None)
+    known = {f.uuid for d in datasets.values() for f in d.files if f.uuid}  # this run's input files
+    remove_stale_temp_files(out, uuids=known if job_id is not None else None)
 
     # coffea chunking, fed with the checks' metadata so the Runner opens no file itself.
     cache, coffea_fileset = {}, {}
@@ -197,7 +197,6 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
             rel = chunk_relpath(wi.dataset, str(uuid.UUID(bytes=wi.fileuuid)), wi.entrystart, wi.entrystop)
             plan.setdefault(wi.filename, []).append(rel)
             planned[rel] = fingerprints[wi.dataset]
-        known = {f.uuid for d in datasets.values() for f in d.files if f.uuid}
         done = plan_chunks(out, planned, known, datasets, other_jobs=job_id is not None)
         todo = [wi for wi in items
                 if chunk_relpath(wi.dataset, str(uuid.UUID(bytes=wi.fileuuid)), wi.entrystart,
