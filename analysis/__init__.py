@@ -23,6 +23,10 @@ _LAZY = {
     "run_evaluate": "analysis.evaluate",
     "run_pipeline": "analysis.pipeline",
     "dask_client": "analysis.cluster",
+    "submit_skim": "analysis.submit",
+    "resubmit_failed": "analysis.submit",
+    "job_states": "analysis.submit_status",
+    "merge_job_manifests": "analysis.submit_status",
 }
 
 __all__ = ["Config", "ConfigError", "HepprepError", "InputFileError", "StageInputError",
