@@ -40,7 +40,7 @@ from analysis.progress import stage_console
 from analysis.skim_inputs import DatasetInfo, check_file, load_fileset, resolve_datasets
 from analysis.skim_manifest import job_cutflow_path, job_manifest_path, write_json_atomic
 from analysis.submit_scripts import (JOB_SCRIPT, SYSTEMS, htcondor_description, job_script,
-                                     submit_command)
+                                     memory_mb, submit_command)
 from processors.ditau import triggers_applied
 
 __all__ = ["JOBS_DIR", "SUBMIT_RECORD", "balance_files", "fill_missing_sumw", "read_submit_record",
@@ -237,6 +237,7 @@ def submit_skim(fileset: str | Path, out_dir: str | Path, config: Config, *, job
         raise ConfigError(f"--system {system!r}: choose one of {', '.join(SYSTEMS)}")
     if cores < 1:
         raise ConfigError(f"--cores {cores}: give at least 1 CPU per job")
+    memory_mb(memory)  # a bad value is refused before anything is written
     out = Path(out_dir).resolve()
     jobs_dir = out / JOBS_DIR
     if (jobs_dir / SUBMIT_RECORD).exists():

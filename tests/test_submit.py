@@ -267,3 +267,16 @@ def test_missing_sumw_is_summed_over_every_readable_file(nano_dy_path, tmp_path)
     assert errors == [{"dataset": "DY", "path": str(tmp_path / "gone.root"), "cause": "no such file"}]
     with pytest.raises(InputFileError, match=rf"^{tmp_path / 'gone.root'}: no such file$"):
         fill_missing_sumw({"DY": dataset()}, default_config(), skip_bad_files=False)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--jobs", "99"], "--jobs 99: the fileset has 18 file(s) and a job skims whole files; give --jobs between 1 and 18"),
+    (["--jobs", "2", "--system", "pbs"], "--system 'pbs': choose one of slurm, htcondor"),
+    (["--jobs", "2", "--memory", "lots"], "--memory 'lots': not an amount of memory; give e.g. 2GiB or 1500MB"),
+    (["--jobs", "2", "--cores", "0"], "--cores 0: give at least 1 CPU per job"),
+])
+def test_bad_submit_options_are_refused_before_anything_is_written(sample, tmp_path, capsys, options, message):
+    out = tmp_path / "batch"
+    code, _, stderr = _cli(capsys, "submit", str(sample), "--out", str(out), "--dry-run", *options)
+    assert (code, stderr) == (2, f"hepprep: error: {message}\n")
+    assert not out.exists()
