@@ -143,7 +143,7 @@ def _train(torch, prepared: PreparedSplits, out: Path, config: Config, *, device
            resume: bool, progress: bool) -> dict:
     from sklearn.metrics import roc_auc_score
 
-    from analysis.streaming import ParquetBatchStream
+    from analysis.streaming import BatchLoader, ParquetBatchStream
 
     cfg = config.train.mlp
     console = stage_console(quiet=not progress)
@@ -152,11 +152,11 @@ def _train(torch, prepared: PreparedSplits, out: Path, config: Config, *, device
     amp = device == "cuda"
     torch.manual_seed(cfg.seed)
     train_stream = ParquetBatchStream(train.files, features, batch_size=cfg.batch_size,
-                                      shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed)
+                                      shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
+                                      as_numpy=True)
     val_stream = ParquetBatchStream(val.files, features, batch_size=_VAL_BATCH,
                                     shuffle_buffer=_VAL_BATCH, shuffle=False)
-    loader = torch.utils.data.DataLoader(train_stream, batch_size=None, num_workers=cfg.num_workers,
-                                         pin_memory=amp)
+    loader = BatchLoader(train_stream, num_workers=cfg.num_workers)
     net = build_mlp(len(features), hidden=cfg.hidden, dropout=cfg.dropout).to(device)
     optimiser = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(

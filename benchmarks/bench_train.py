@@ -87,13 +87,12 @@ def _pyarrow_read_numpy(files, columns):
 
 
 def _loader_epoch(files, *, num_workers, buffer_rows, batch_size):
-    import torch
+    from analysis.streaming import BatchLoader, ParquetBatchStream
 
-    from analysis.streaming import ParquetBatchStream
-
+    # As the MLP trainer reads it: torch tensors, optionally from DataLoader workers.
     stream = ParquetBatchStream(files, DEFAULT_FEATURES, batch_size=batch_size,
-                                shuffle_buffer=buffer_rows, seed=1)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers)
+                                shuffle_buffer=buffer_rows, seed=1, as_numpy=True)
+    loader = BatchLoader(stream, num_workers=num_workers)
     rows = 0
     for x, _, _ in loader:
         rows += len(x)

@@ -11,7 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from analysis.streaming import ParquetBatchStream, RowGroupShuffleBuffer, row_group_units  # noqa: E402
+from analysis.streaming import (BatchLoader, ParquetBatchStream, RowGroupShuffleBuffer,  # noqa: E402
+                                row_group_units)
 
 N_EXTRA = 7  # feature columns besides row_id, so a row is as wide as a real one-ish
 
@@ -104,11 +105,16 @@ def test_epochs_reshuffle_reproducibly(tmp_path):
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_dataloader_workers_split_row_groups_without_overlap(tmp_path, num_workers):
+@pytest.mark.parametrize("wrapper", ["DataLoader", "BatchLoader"])
+def test_dataloader_workers_split_row_groups_without_overlap(tmp_path, num_workers, wrapper):
     n_rows = 30_000
     files = _write_split(tmp_path / "train", n_rows, file_rows=10_000, row_group_rows=1_000)
-    stream = ParquetBatchStream(files, FEATURES, batch_size=512, shuffle_buffer=3_000, seed=2)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers)
+    stream = ParquetBatchStream(files, FEATURES, batch_size=512, shuffle_buffer=3_000, seed=2,
+                                as_numpy=wrapper == "BatchLoader")
+    if wrapper == "BatchLoader":  # the trainer's: numpy through the worker pipe, tensors out
+        loader = BatchLoader(stream, num_workers=num_workers)
+    else:
+        loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers)
     for epoch in (0, 1):
         stream.set_epoch(epoch)
         batches = list(loader)
@@ -130,5 +136,32 @@ def test_in_order_stream_keeps_file_order(tmp_path):
 
 def test_bad_sizes_are_refused(tmp_path):
     files = _write_split(tmp_path / "train", 10, file_rows=10, row_group_rows=10)
+    with pytest.raises(ValueError, match="BatchLoader needs a ParquetBatchStream built with as_numpy=True"):
+        BatchLoader(ParquetBatchStream(files, FEATURES, batch_size=5, shuffle_buffer=10))
     with pytest.raises(ValueError, match=r"batch_size \(0\) and shuffle_buffer \(10\) must be > 0"):
         ParquetBatchStream(files, FEATURES, batch_size=0, shuffle_buffer=10)
+
+
+def test_read_ahead_keeps_order_and_stops_early():
+    from analysis.streaming import read_ahead
+
+    assert list(read_ahead(iter(range(5)))) == [0, 1, 2, 3, 4]
+    assert list(read_ahead([])) == []
+    produced = []
+
+    def numbers():
+        for i in range(100):
+            produced.append(i)
+            yield i
+
+    stream = read_ahead(numbers())
+    assert [next(stream), next(stream)] == [0, 1]
+    stream.close()  # the consumer stops: at most one item was read ahead
+    assert produced == [0, 1, 2]
+
+    def broken():
+        yield 1
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        list(read_ahead(broken()))
