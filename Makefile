@@ -35,7 +35,7 @@ bench: $(STAMP)
 CLUSTER_STAMP := $(VENV)/.installed-cluster
 
 $(CLUSTER_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e ".[test,torch,cluster]"
+	$(PY) -m pip install -q -e ".[test,torch,cluster,xrootd]"
 	touch $(CLUSTER_STAMP)
 
 test-integration: $(CLUSTER_STAMP)

@@ -168,7 +168,7 @@ class SkimConfig(_Strict):
     # out) is tried again; a missing file is not. See analysis/remote.py.
     retries: int = Field(3, ge=0)  # further tries of a remote file or chunk after such a failure
     retry_wait: float = Field(2.0, ge=0)  # seconds between tries (a restarting server can come back)
-    timeout: float = Field(60.0, gt=0)  # seconds a remote request may take before it counts as failed
+    timeout: int = Field(60, gt=0)  # seconds a remote request may take before it counts as failed (XRootD takes whole seconds)
 
 
 class PrepareTableConfig(_Strict):

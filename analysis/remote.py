@@ -10,6 +10,12 @@ The same policy covers the two places a file is read: the input check in the mai
 `Runner` whose per-chunk retry reopens the file, as coffea's own retry does, but only for
 remote files, after ``retry_wait`` seconds, and turns the last failure into the skim's usual
 per-file error). Local files keep coffea's behaviour unchanged.
+
+The transports retry a little by themselves: aiohttp resends an idempotent request once
+when a kept-alive connection drops, and the XRootD client retries a refused connection
+(``XRD_CONNECTIONRETRY``, default 5) and checks its timeouts every ``XRD_TIMEOUTRESOLUTION``
+(15) seconds, so one try against a stopped XRootD server takes about 15 s whatever
+``skim.timeout`` says; ``XRD_CONNECTIONRETRY=1`` leaves the retrying to ``skim.retries``.
 """
 
 from __future__ import annotations

@@ -158,7 +158,7 @@ def _check_header(path: str) -> None:
 
 
 def check_file(item: InputFile, *, triggers: list[str], need_sumw: bool,
-               timeout: float | None = None) -> InputFile:
+               timeout: int | None = None) -> InputFile:
     """Open one input file and check it can be skimmed; fill entries, uuid, profile, sumw.
 
     Parameters
@@ -169,7 +169,7 @@ def check_file(item: InputFile, *, triggers: list[str], need_sumw: bool,
         HLT branches the selection needs for this dataset.
     need_sumw : bool
         Read ``genWeight`` to sum it (the dataset's metadata lacks ``sumw``).
-    timeout : float or None
+    timeout : int or None
         Seconds a request to a remote file (URL) may take; None keeps uproot's default.
 
     Raises

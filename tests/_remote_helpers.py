@@ -125,9 +125,10 @@ def url_fileset(fileset: Path, base_url: str, out: Path, *, datasets: list[str] 
     Parameters
     ----------
     fileset : the generated ``fileset.json`` (paths relative to its folder)
-    base_url : ``http://127.0.0.1:PORT`` or ``root://host:port/`` + folder
+    base_url : ``http://127.0.0.1:PORT`` (joined to the relative path with ``/``), or
+        ``root://host:port/`` with ``path_of``
     datasets : keep only these datasets (all when None)
-    path_of : optional callable(relative path) -> URL path, for servers exporting absolute paths
+    path_of : optional callable(relative path) -> the rest of the URL (XRootD: the absolute path)
     """
     raw = json.loads(Path(fileset).read_text())
     out_raw = {}
@@ -136,8 +137,8 @@ def url_fileset(fileset: Path, base_url: str, out: Path, *, datasets: list[str] 
             continue
         files = {}
         for rel, tree in entry["files"].items():
-            tail = path_of(rel) if path_of else rel
-            files[f"{base_url.rstrip('/')}/{tail.lstrip('/')}" if not path_of else f"{base_url}{tail}"] = tree
+            url = f"{base_url}{path_of(rel)}" if path_of else f"{base_url.rstrip('/')}/{rel}"
+            files[url] = tree
         out_raw[name] = {"files": files, "metadata": entry["metadata"]}
     out.write_text(json.dumps(out_raw))
     return out
