@@ -9,6 +9,7 @@ as an undisturbed run.
 
 from __future__ import annotations
 
+import json
 import os
 
 import pandas as pd
@@ -18,20 +19,22 @@ import pytest
 from distributed import Client, LocalCluster
 
 from _fault_helpers import kill_one_worker, killed_pid
-from _skim_helpers import generated_sample, read_skim  # noqa: F401 - fixture
+from _skim_helpers import generated_sample, read_skim, subset_fileset  # noqa: F401 - fixture
 from analysis.config import config_from_dict
 from analysis.prepare import run_prepare
 from analysis.skim import run_skim
 
 KEYS = ["dataset", "run", "luminosityBlock", "event"]
 WORKERS = 3
-CHUNKSIZE = 1_000  # ~30 chunks over the 21,601 events: most are still queued at the kill
+# Signal, one background and real data: ~4,800 events, ~15 chunks, most still queued at the kill.
+DATASETS = ["GluGluToHToTauTau", "VBF_HToTauTau", "TTbar", "Run2012B_TauPlusX", "Run2012C_TauPlusX"]
+CHUNKSIZE = 400
 
 
 def _config():
     # Small shuffle buckets: pass 2 has a dozen tasks to interrupt, not three.
     return config_from_dict({"skim": {"chunksize": CHUNKSIZE},
-                             "prepare": {"bucket_rows": 400, "file_rows": 300, "row_group_rows": 100},
+                             "prepare": {"bucket_rows": 150, "file_rows": 100, "row_group_rows": 50},
                              "cluster": {"n_workers": WORKERS}})
 
 
@@ -44,10 +47,15 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def reference_skim(generated_sample, tmp_path_factory):  # noqa: F811
-    """The undisturbed skim (in-process executor) of the same sample and chunking."""
+def fileset(generated_sample, tmp_path_factory):  # noqa: F811
+    return subset_fileset(generated_sample, DATASETS, tmp_path_factory.mktemp("faults") / "fileset.json")
+
+
+@pytest.fixture(scope="module")
+def reference_skim(fileset, tmp_path_factory):
+    """The undisturbed skim (in-process executor) of the same files and chunking."""
     out = tmp_path_factory.mktemp("faults-reference") / "skim"
-    summary = run_skim(generated_sample, out, _config(), executor="iterative", progress=False)
+    summary = run_skim(fileset, out, _config(), executor="iterative", progress=False)
     return out, summary
 
 
@@ -63,17 +71,17 @@ def _worker_pids(client: Client) -> set[int]:
     return set(client.run(os.getpid).values())
 
 
-def test_worker_killed_mid_skim_loses_and_duplicates_no_event(generated_sample, reference_skim,  # noqa: F811
-                                                              cluster, tmp_path):
+def test_worker_killed_mid_skim_loses_and_duplicates_no_event(fileset, reference_skim, cluster, tmp_path):
     ref_dir, ref_summary = reference_skim
     pids = _worker_pids(cluster)
     with kill_one_worker(cluster, tmp_path / "killed", prefix="DiTauProcessor", after=3) as flag:
-        summary = run_skim(generated_sample, tmp_path / "skim", _config(), executor="dask",
+        summary = run_skim(fileset, tmp_path / "skim", _config(), executor="dask",
                            scheduler=cluster.scheduler.address, progress=False)
     _assert_killed_mid_run(cluster, flag, pids)
 
-    assert summary["complete"] is True and summary["chunks_run"] == ref_summary["chunks"] > 20
-    assert summary["events"] == ref_summary["events"] == 21_601  # every input event skimmed once
+    assert summary["complete"] is True and summary["chunks_run"] == ref_summary["chunks"] > 10
+    entries = sum(d["metadata"]["n_events"] for d in json.loads(fileset.read_text()).values())
+    assert summary["events"] == ref_summary["events"] == entries  # every input event skimmed once
     rows = read_skim(tmp_path / "skim")
     assert not rows.duplicated(KEYS).any()
     pd.testing.assert_frame_equal(rows, read_skim(ref_dir))
