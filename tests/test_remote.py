@@ -7,6 +7,8 @@ The server is `tests/_remote_helpers.FileServer` (http.server with Range support
 from __future__ import annotations
 
 import json
+import re
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,8 +20,8 @@ from _remote_helpers import FileServer, url_fileset
 from _skim_helpers import generated_sample, read_skim  # noqa: F401 - fixture
 from analysis import remote
 from analysis.config import config_from_dict
-from analysis.errors import InputFileError
-from analysis.remote import call_with_retries, is_remote, transient_cause
+from analysis.errors import HepprepError, InputFileError
+from analysis.remote import call_with_retries, is_remote, require_backend, transient_cause
 from analysis.skim import run_skim
 from analysis.skim_inputs import load_fileset
 
@@ -126,6 +128,15 @@ def test_urls_are_remote_and_left_untouched_by_the_fileset(tmp_path):
                 "metadata": {"label": 0, "xsec_pb": 1.0}}}))
     files = load_fileset(tmp_path / "sub" / "fileset.json")["DY"]["files"]
     assert list(files) == [*urls, str(tmp_path / "sub" / "local" / "d.root")]
+
+
+def test_root_urls_without_fsspec_xrootd_name_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "fsspec_xrootd", None)  # makes `import fsspec_xrootd` fail
+    with pytest.raises(HepprepError, match=re.escape(
+            "reading 'eos.cern.ch:1094' over XRootD needs the optional package 'fsspec-xrootd': "
+            "pip install 'hepprep[xrootd]'")):
+        require_backend("root://eos.cern.ch:1094//store/x.root")
+    require_backend("https://opendata.cern.ch/x.root")  # HTTP needs no optional package
 
 
 # ---------------------------------------------------------------- skim over a local HTTP server
