@@ -36,37 +36,9 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-import _common  # noqa: E402
 from _common import measure, write_result  # noqa: E402
 from _train_helpers import write_prepared_dir  # noqa: E402
 from analysis.config import DEFAULT_FEATURES, config_from_dict  # noqa: E402
-
-
-def _work_around_sampler_bug() -> None:
-    # _common._TreeRSSSampler stores its stop Event as `_stop`, which shadows the
-    # threading.Thread._stop method that join() calls (TypeError at the end of every
-    # measure()). Until it is fixed there, use a subclass that keeps the Event elsewhere.
-    base = _common._TreeRSSSampler
-    if not isinstance(getattr(base(), "_stop", None), _common.threading.Event):
-        return
-
-    class _Sampler(base):
-        def __init__(self, interval: float = 0.05):
-            super().__init__(interval)
-            self._halt = self.__dict__.pop("_stop")
-
-        def run(self) -> None:
-            while not self._halt.is_set():
-                self.sample()
-                self._halt.wait(self.interval)
-
-        def stop(self) -> int:
-            self._halt.set()
-            self.join()
-            self.sample()
-            return self.peak
-
-    _common._TreeRSSSampler = _Sampler
 
 
 def _pyarrow_read(files, columns):
@@ -246,7 +218,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only these parts (repeatable; default: all)")
     args = parser.parse_args(argv)
     parts = args.only or ["loader", "xgboost", "physics"]
-    _work_around_sampler_bug()
     from analysis.config import default_config
 
     train_rows = 200_000 if args.quick else 2_000_000
