@@ -3,10 +3,11 @@
 `DiTauProcessor` is stateless: the selection, luminosity and output folder are fixed in
 ``__init__``; every call of `process` builds a fresh output. It detects the input profile
 from the branches of the chunk, reads exactly the branches that profile needs, applies the
-PHYSICS.md selection through the pure functions of `processors.selection`, computes the
-features and weights, and writes the part atomically. Input errors (unreadable baskets,
-missing branches) are returned in the output, not raised, so that every executor reports
-them the same way and the runner decides whether to stop or skip the file.
+PHYSICS.md selection on flat numpy columns (`processors.flat`, the core that the public
+functions of `processors.selection` wrap), computes the features and weights, and writes
+the part atomically. Input errors (unreadable baskets, missing branches) are returned in
+the output, not raised, so that every executor reports them the same way and the runner
+decides whether to stop or skip the file.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from coffea import processor
 from analysis.config import SelectionConfig
 from analysis.remote import is_remote, is_transient
 from processors.features import ditau_features
+from processors.flat import (FlatObjects, ObjectColumns, clean_jet_mask, first_separated_pair,
+                             leading_two, object_event, pt_order)
 from processors.parts import chunk_fingerprint, part_name, read_part_summary, skim_table, write_part
 from processors.profiles import InputProfile, ProfileError, detect_profile, event_branches
-from processors.selection import good_tau_mask, select_jets, select_tau_pair, sort_by_pt
+from processors.selection import good_tau_mask
 
 __all__ = ["CUTS", "DiTauProcessor", "dataset_weight", "triggers_applied"]
 
@@ -125,10 +128,11 @@ class DiTauProcessor(processor.ProcessorABC):
         genweight = inputs["genWeight"]
         weight = dataset_weight(genweight, is_mc=bool(meta["is_mc"]), xsec_pb=meta.get("xsec_pb"),
                                 lumi_pb=self.lumi_pb, sumw=meta.get("sumw"))
+        n_events = len(weight)
         cutflow: dict[str, dict[str, float]] = {}
         # `keep` indexes the events still selected; each step narrows it, so the expensive
         # steps (tau pairs, jet cleaning) only see the events that survived the cheap ones.
-        keep = np.arange(len(weight))
+        keep = np.arange(n_events)
 
         def step(name: str, survives: np.ndarray) -> None:
             nonlocal keep
@@ -140,28 +144,52 @@ class DiTauProcessor(processor.ProcessorABC):
         if triggers:
             step("trigger", np.logical_or.reduce([inputs["hlt"][t] for t in triggers]))
 
-        n_events = len(weight)
-        taus = inputs["taus"] if len(keep) == n_events else inputs["taus"][keep]
-        taus = ak.with_field(taus, profile.tau_iso(taus), "iso")
-        good = good_tau_mask(taus, pt_min=sel.tau_pt_min, abs_eta_max=sel.tau_abs_eta_max,
-                             id_mask=profile.tau_id_mask(taus, sel))
-        two = ak.to_numpy(ak.sum(good, axis=1) >= 2)
-        step("two_good_taus", two)
-        # Sorting (which moves every tau field) only for the events that can still pass.
-        good_taus = sort_by_pt(taus[two][good[two]])
-        tau1, tau2 = select_tau_pair(good_taus, dr_min=sel.tau_pair_dr_min)
-        has_pair = ak.to_numpy(~ak.is_none(tau1))
-        step("tau_pair", has_pair)
-        good_taus, tau1, tau2 = good_taus[has_pair], tau1[has_pair], tau2[has_pair]
+        # Object masks on the flat columns of every tau (processors.flat): elementwise, so the
+        # same as on the jagged taus, without awkward's per-call cost.
+        taus: ObjectColumns = inputs["taus"].columns
+        tau_event = object_event(inputs["taus"].counts)
+        alive = np.zeros(n_events, dtype=bool)
+        alive[keep] = True
+        good = alive[tau_event] & good_tau_mask(taus, pt_min=sel.tau_pt_min,
+                                                abs_eta_max=sel.tau_abs_eta_max,
+                                                id_mask=profile.tau_id_mask(taus, sel))
+        n_good = np.bincount(tau_event[good], minlength=n_events)
+        step("two_good_taus", n_good[keep] >= 2)
 
-        jets = inputs["jets"][keep]
-        jets = ak.with_field(jets, profile.jet_btag(jets), "btag")
-        good_jets = select_jets(jets, tau1, tau2, pt_min=sel.jet_pt_min,
-                                abs_eta_max=sel.jet_abs_eta_max, dr_min=sel.jet_tau_dr_min,
-                                id_mask=profile.jet_id_mask(jets, sel))
-        enough = ak.to_numpy(ak.num(good_jets) >= sel.min_jets)
+        # The good taus of the surviving events, by event then decreasing pt.
+        candidates = np.flatnonzero(good & (n_good >= 2)[tau_event])
+        ordered = candidates[pt_order(tau_event[candidates], taus.pt[candidates])]
+        n_good = n_good[keep]
+        first, second = first_separated_pair(n_good, taus.eta[ordered], taus.phi[ordered],
+                                             dr_min=sel.tau_pair_dr_min)
+        has_pair = first >= 0
+        step("tau_pair", has_pair)
+        starts = (np.cumsum(n_good) - n_good)[has_pair]
+        tau1, tau2 = ordered[starts + first[has_pair]], ordered[starts + second[has_pair]]
+        n_good = n_good[has_pair]
+
+        # Jets of the events with a tau pair, each with its event's row in `keep`.
+        jets: FlatObjects = inputs["jets"]
+        row_of_event = np.full(n_events, -1)
+        row_of_event[keep] = np.arange(len(keep))
+        jet_row = row_of_event[object_event(jets.counts)]
+        candidates = np.flatnonzero(jet_row >= 0)
+        jet_row = jet_row[candidates]
+        cand = jets.columns.take(candidates)
+        cand["btag"] = profile.jet_btag(cand)
+        tau_eta = [taus.eta[t].astype(np.float64)[jet_row] for t in (tau1, tau2)]
+        tau_phi = [taus.phi[t].astype(np.float64)[jet_row] for t in (tau1, tau2)]
+        good_jet = clean_jet_mask(cand.pt, cand.eta, cand.phi, tau_eta, tau_phi,
+                                  pt_min=sel.jet_pt_min, abs_eta_max=sel.jet_abs_eta_max,
+                                  dr_min=sel.jet_tau_dr_min, id_mask=profile.jet_id_mask(cand, sel))
+        n_jets = np.bincount(jet_row[good_jet], minlength=len(keep))
+        enough = n_jets >= sel.min_jets
         step("good_jets", enough)
-        good_taus, tau1, tau2, good_jets = good_taus[enough], tau1[enough], tau2[enough], good_jets[enough]
+        tau1, tau2, n_good, n_jets = tau1[enough], tau2[enough], n_good[enough], n_jets[enough]
+        # Good jets of the selected events, renumbered to the final rows, by row then pt.
+        good_jet &= enough[jet_row]
+        final_row = (np.cumsum(enough) - 1)[jet_row[good_jet]]
+        order = np.flatnonzero(good_jet)[pt_order(final_row, cand.pt[good_jet])]
 
         rows = keep
         columns = {
@@ -169,14 +197,13 @@ class DiTauProcessor(processor.ProcessorABC):
             "event": inputs["event"][rows], "label": np.full(len(rows), meta["label"]),
             "genWeight": genweight[rows], "weight": weight[rows],
             "met_pt": inputs["met_pt"][rows], "met_phi": inputs["met_phi"][rows],
-            "npv": inputs["npv"][rows], "njets": ak.to_numpy(ak.num(good_jets)),
-            "ntaus": ak.to_numpy(ak.num(good_taus)),
+            "npv": inputs["npv"][rows], "njets": n_jets, "ntaus": n_good,
         }
-        flat = {"tau1": {}, "tau2": {}, "jet1": {}, "jet2": {}}
-        pair = ak.concatenate([ak.singletons(tau1), ak.singletons(tau2)], axis=1)
-        for prefix, objects, fields in (("tau", pair, _TAU_OUT), ("jet", good_jets, _JET_OUT)):
-            first, second = _leading_two(objects, fields)
-            flat[f"{prefix}1"], flat[f"{prefix}2"] = first, second
+        flat = {}
+        for prefix, index in (("tau1", tau1), ("tau2", tau2)):
+            flat[prefix] = {f: taus[f][index].astype(np.float64) for f in _TAU_OUT if f != "iso"}
+            flat[prefix]["iso"] = np.asarray(profile.tau_iso(taus.take(index)), dtype=np.float64)
+        flat["jet1"], flat["jet2"] = leading_two(n_jets, {f: cand[f][order] for f in _JET_OUT})
         for prefix, values in flat.items():
             columns.update({f"{prefix}_{field}": v for field, v in values.items()})
         # Features on flat numpy arrays: no per-operation awkward overhead on small chunks.
@@ -189,35 +216,14 @@ _TAU_OUT = ("pt", "eta", "phi", "mass", "charge", "decayMode", "iso")
 _JET_OUT = ("pt", "eta", "phi", "mass", "btag")
 
 
-def _leading_two(objects: ak.Array, fields: tuple[str, ...]) -> tuple[dict, dict]:
-    """Fields of the first and second object of each event as float64 numpy, NaN if missing.
-
-    Parameters
-    ----------
-    objects : ``var * {fields...}``, one list per event (ordered)
-
-    Works on the packed flat content with numpy indexing: one awkward call per field
-    instead of a pad/fill/convert chain, which dominated the skim's time on large chunks.
-    """
-    objects = ak.to_packed(objects)
-    counts = ak.to_numpy(ak.num(objects, axis=1))
-    starts = np.cumsum(counts) - counts
-    out: tuple[dict, dict] = ({}, {})
-    for field in fields:
-        content = ak.to_numpy(ak.flatten(objects[field], axis=1)).astype(np.float64)
-        for rank, values in enumerate(out):
-            present = counts > rank
-            column = np.full(len(counts), np.nan)
-            column[present] = content[starts[present] + rank]
-            values[field] = column
-    return out
-
-
 def _read_inputs(events: ak.Array, profile: InputProfile, triggers: list[str]) -> dict[str, Any]:
-    """Read (materialise) every branch the selection needs, and nothing else."""
-    def collection(name: str) -> ak.Array:
+    """Read (materialise) every branch the selection needs, and nothing else.
+
+    Event quantities come out as numpy arrays, the taus and jets as `FlatObjects`.
+    """
+    def collection(name: str) -> FlatObjects:
         fields = sorted({b.split("_", 1)[1] for b in profile.branches if b.startswith(f"{name}_")})
-        return ak.materialize(ak.zip({f: events[name][f] for f in fields}))
+        return FlatObjects.from_jagged(events[name], fields)
 
     n = len(events)
     fields = set(events.fields)

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import awkward as ak
+import numpy as np
 
 from analysis.config import SelectionConfig
 from analysis.errors import ConfigError
@@ -100,10 +101,15 @@ class InputProfile:
     decay_mode_branch: str
 
     def tau_id_mask(self, taus: ak.Array, selection: SelectionConfig) -> ak.Array:
-        """Decay-mode finding, isolation, anti-e and anti-mu of `selection` (``var * bool``)."""
-        mask = ak.ones_like(taus.pt, dtype=bool)
+        """Decay-mode finding, isolation, anti-e and anti-mu of `selection` (``var * bool``).
+
+        `taus` (here and in the other ID functions) is ``var * {fields}`` awkward records or
+        the flat numpy `processors.flat.ObjectColumns` of the processor: the operations are
+        elementwise and the result has the same layout as the input.
+        """
+        mask = np.ones_like(taus.pt, dtype=bool)
         if selection.tau_require_decay_mode:
-            mask = mask & ak.values_astype(taus[_field(self.decay_mode_branch)], bool)
+            mask = mask & (taus[_field(self.decay_mode_branch)] != 0)
         mask = mask & self._tau_wp(taus, "VSjet", selection.tau_iso)
         if selection.tau_require_anti_lepton:
             mask = mask & self._tau_wp(taus, "VSe", selection.tau_anti_ele)
@@ -138,8 +144,8 @@ class InputProfile:
         """Jet quality and pile-up ID of `selection` (``var * bool``)."""
         if self.name == "outreach2012":
             if selection.jet_require_puid:
-                return ak.values_astype(jets.puId, bool)
-            return ak.ones_like(jets.pt, dtype=bool)
+                return jets.puId != 0
+            return np.ones_like(jets.pt, dtype=bool)
         mask = (jets.jetId & JET_ID_TIGHT_BIT) != 0
         if selection.jet_require_puid and self.name == "run2":
             # Above JET_PUID_PT_MAX the ID is not defined, every jet passes.

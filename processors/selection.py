@@ -10,7 +10,7 @@ from __future__ import annotations
 import awkward as ak
 import numpy as np
 
-from processors.physics import delta_r
+from processors.flat import clean_jet_mask, first_separated_pair
 
 __all__ = ["TAU_ABS_CHARGE", "good_tau_mask", "leading", "select_jets", "select_tau_pair",
            "select_taus", "sort_by_pt"]
@@ -75,11 +75,16 @@ def select_tau_pair(good_taus: ak.Array, *, dr_min: float = 0.5) -> tuple[ak.Arr
     (tau1, tau2) : ``?{tau fields}`` each, one per event; None where the event has fewer
     than two good taus or every pair overlaps. tau1 has the higher pt.
     """
-    first, second = ak.unzip(ak.argcombinations(good_taus, 2, axis=1))
-    t1, t2 = good_taus[first], good_taus[second]
-    separated = delta_r(t1.eta, t1.phi, t2.eta, t2.phi) > dr_min
-    first, second = first[separated], second[separated]
-    return leading(good_taus[first], 1), leading(good_taus[second], 1)
+    counts = ak.to_numpy(ak.num(good_taus, axis=1))
+    first, second = first_separated_pair(counts, ak.to_numpy(ak.flatten(good_taus.eta, axis=1)),
+                                         ak.to_numpy(ak.flatten(good_taus.phi, axis=1)), dr_min=dr_min)
+    return _at_position(good_taus, first), _at_position(good_taus, second)
+
+
+def _at_position(objects: ak.Array, position: np.ndarray) -> ak.Array:
+    """The object at `position` (one per event, -1 = none) of each event, ``?{...}``."""
+    index = ak.mask(ak.Array(np.maximum(position, 0)), position >= 0)
+    return ak.firsts(objects[ak.singletons(index)])
 
 
 def leading(objects: ak.Array, rank: int) -> ak.Array:
@@ -107,15 +112,15 @@ def select_jets(jets: ak.Array, tau1: ak.Array, tau2: ak.Array, *, pt_min: float
     """
     counts = ak.to_numpy(ak.num(jets, axis=1))
     flat = {f: ak.to_numpy(ak.flatten(jets[f], axis=1)) for f in ("pt", "eta", "phi")}
-    mask = (flat["pt"] > pt_min) & (np.abs(flat["eta"]) < abs_eta_max)
-    if id_mask is not None:
-        mask &= ak.to_numpy(ak.flatten(id_mask, axis=1))
-    for tau in (tau1, tau2):
-        # Each event's tau repeated once per jet: plain numpy, no jagged broadcasting. A
-        # missing tau becomes NaN, every comparison with NaN is False, so such an event
-        # keeps no jet and the result stays ``var * jet``.
-        eta = np.repeat(ak.to_numpy(ak.fill_none(tau.eta, np.nan)).astype(np.float64), counts)
-        phi = np.repeat(ak.to_numpy(ak.fill_none(tau.phi, np.nan)).astype(np.float64), counts)
-        mask &= delta_r(flat["eta"], flat["phi"], eta, phi) > dr_min
+    # Each event's tau repeated once per jet; a missing tau becomes NaN (see `clean_jet_mask`).
+    tau_eta = [_per_jet(tau.eta, counts) for tau in (tau1, tau2)]
+    tau_phi = [_per_jet(tau.phi, counts) for tau in (tau1, tau2)]
+    mask = clean_jet_mask(flat["pt"], flat["eta"], flat["phi"], tau_eta, tau_phi, pt_min=pt_min,
+                          abs_eta_max=abs_eta_max, dr_min=dr_min,
+                          id_mask=None if id_mask is None else ak.to_numpy(ak.flatten(id_mask, axis=1)))
     return sort_by_pt(jets[ak.unflatten(mask, counts)])
 
+
+def _per_jet(values: ak.Array, counts: np.ndarray) -> np.ndarray:
+    """One ``?float`` per event repeated `counts` times, float64, None -> NaN."""
+    return np.repeat(ak.to_numpy(ak.fill_none(values, np.nan)).astype(np.float64), counts)
