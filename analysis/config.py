@@ -211,15 +211,21 @@ class PrepareConfig(_Strict):
 
 
 class XGBoostConfig(_Strict):
-    """Gradient-boosted trees (xgboost.dask)."""
+    """Gradient-boosted trees (xgboost.dask).
 
-    max_depth: int = Field(6, gt=0)
+    The defaults are regularised for samples of tens of thousands of events: with
+    class-balanced train_weight each signal event weighs several times a background one,
+    and deep trees with small leaves memorise it (train-vs-test KS p-value of the signal
+    scores ~1e-24 at depth 6, ~1e-3 at these settings, same AUC within 0.003).
+    """
+
+    max_depth: int = Field(3, gt=0)
     eta: float = Field(0.1, gt=0)
     num_boost_round: int = Field(500, gt=0)
     early_stopping_rounds: int = Field(20, gt=0)
-    subsample: float = Field(1.0, gt=0, le=1)
+    subsample: float = Field(0.8, gt=0, le=1)  # row fraction per tree
     colsample_bytree: float = Field(1.0, gt=0, le=1)
-    min_child_weight: float = Field(1.0, ge=0)
+    min_child_weight: float = Field(50.0, ge=0)  # in units of the hessian x train_weight
     tree_method: Literal["hist", "approx"] = "hist"
     seed: int = 7
 
