@@ -34,6 +34,7 @@ from analysis.skim_inputs import DatasetInfo, check_file, load_fileset, resolve_
 from analysis.skim_manifest import (build_cutflow, build_manifest, chunk_relpath, job_cutflow_path,
                                     job_manifest_path, plan_chunks, remove_stale_temp_files,
                                     write_json_atomic)
+from analysis.skim_open_files import OpenFiles
 from processors.ditau import DiTauProcessor, triggers_applied
 from processors.parts import chunk_fingerprint
 from processors.profiles import readable_branches
@@ -43,9 +44,12 @@ __all__ = ["EXECUTORS", "run_skim"]
 EXECUTORS = ("iterative", "futures", "dask")
 
 
-def _check_inputs(datasets: dict[str, DatasetInfo], config: Config, *,
-                  skip_bad_files: bool) -> list[dict[str, str]]:
-    """Check every file; fill in each dataset's sumw. Returns the errors of skipped files."""
+def _check_inputs(datasets: dict[str, DatasetInfo], config: Config, *, skip_bad_files: bool,
+                  open_files: OpenFiles | None = None) -> list[dict[str, str]]:
+    """Check every file; fill in each dataset's sumw. Returns the errors of skipped files.
+
+    With `open_files`, local files stay open there for the chunks run in this process.
+    """
     errors = []
     for info in datasets.values():
         triggers = triggers_applied(config.selection, is_mc=info.is_mc)
@@ -53,7 +57,7 @@ def _check_inputs(datasets: dict[str, DatasetInfo], config: Config, *,
         for item in info.files:
             try:
                 check = partial(check_file, item, triggers=triggers, need_sumw=info.sumw is None,
-                                timeout=config.skim.timeout)
+                                timeout=config.skim.timeout, open_files=open_files)
                 if is_remote(item.path):  # a network hiccup is tried again (analysis.remote)
                     call_with_retries(check, url=item.path, retries=config.skim.retries,
                                       wait=config.skim.retry_wait)
@@ -160,7 +164,10 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
     out = Path(out_dir)
 
     datasets = resolve_datasets(load_fileset(fileset), config)
-    errors = _check_inputs(datasets, config, skip_bad_files=skip)
+    # The iterative executor runs the chunks in this process: the checked files stay open
+    # and coffea reuses their TTrees instead of reading them again (analysis.skim_open_files).
+    open_files = OpenFiles() if executor == "iterative" else None
+    errors = _check_inputs(datasets, config, skip_bad_files=skip, open_files=open_files)
     out.mkdir(parents=True, exist_ok=True)
     known = {f.uuid for d in datasets.values() for f in d.files if f.uuid}  # this run's input files
     remove_stale_temp_files(out, uuids=known if job_id is not None else None)
@@ -181,6 +188,8 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
                     for n, d in datasets.items()}
 
     with ExitStack() as stack:
+        if open_files is not None:
+            stack.callback(open_files.close)
         stack.enter_context(_coffea_progress(progress))
         client = None
         if executor == "dask":
@@ -206,7 +215,9 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
         triggers = sorted({t for d in datasets.values()
                            for t in triggers_applied(config.selection, is_mc=d.is_mc)})
         iteritems = {"filter_name": readable_branches(triggers)}
-        result = runner(todo, proc, iteritems_options=iteritems) if todo else {}
+        uproot_options = open_files.uproot_options if open_files is not None else {}
+        result = (runner(todo, proc, iteritems_options=iteritems, uproot_options=uproot_options)
+                  if todo else {})
 
     summaries = {**done, **result.get("chunks", {})}
     by_path = {f.path: (d, f) for d in datasets.values() for f in d.files}

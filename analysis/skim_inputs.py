@@ -10,6 +10,7 @@ coffea Runner does not open the files a second time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,6 +25,7 @@ import uproot
 from analysis.config import Config
 from analysis.errors import InputFileError, StageInputError
 from analysis.remote import is_transient, require_backend
+from analysis.skim_open_files import OpenFiles
 from processors.profiles import ProfileError, detect_profile
 
 __all__ = ["DatasetInfo", "InputFile", "check_file", "load_fileset", "resolve_datasets"]
@@ -158,7 +160,7 @@ def _check_header(path: str) -> None:
 
 
 def check_file(item: InputFile, *, triggers: list[str], need_sumw: bool,
-               timeout: int | None = None) -> InputFile:
+               timeout: int | None = None, open_files: OpenFiles | None = None) -> InputFile:
     """Open one input file and check it can be skimmed; fill entries, uuid, profile, sumw.
 
     Parameters
@@ -171,6 +173,8 @@ def check_file(item: InputFile, *, triggers: list[str], need_sumw: bool,
         Read ``genWeight`` to sum it (the dataset's metadata lacks ``sumw``).
     timeout : int or None
         Seconds a request to a remote file (URL) may take; None keeps uproot's default.
+    open_files : OpenFiles or None
+        Keep a local file open there, its TTree cached for the chunks of this process.
 
     Raises
     ------
@@ -185,14 +189,18 @@ def check_file(item: InputFile, *, triggers: list[str], need_sumw: bool,
         require_backend(path)
     else:
         _check_header(path)
+    kept = False
     try:
-        file = uproot.open(path, **({"timeout": timeout} if remote and timeout else {}))
+        if open_files is not None and not remote:
+            file, kept = open_files.open(path)
+        else:
+            file = uproot.open(path, **({"timeout": timeout} if remote and timeout else {}))
     except Exception as err:  # noqa: BLE001 - uproot raises many kinds; all mean "cannot open"
         if remote and is_transient(err):
             raise
         raise InputFileError(path, f"cannot open as a ROOT file ({type(err).__name__}: "
                                    f"{' '.join(str(err).split())})") from None
-    with file:
+    with contextlib.nullcontext(file) if kept else file:  # a kept file is closed by open_files
         classes = {k.split(";")[0]: c for k, c in file.classnames(recursive=False).items()}
         if item.treename not in classes:
             held = ", ".join(f"{k} ({c})" for k, c in sorted(classes.items())) or "nothing"
@@ -201,6 +209,8 @@ def check_file(item: InputFile, *, triggers: list[str], need_sumw: bool,
             raise InputFileError(path, f"{item.treename!r} is a {classes[item.treename]}, not a TTree "
                                        f"(the skim reads NanoAOD TTrees)")
         tree = file[item.treename]
+        if kept:
+            open_files.count_branches(tree)
         if tree.num_entries == 0:
             raise InputFileError(path, f"empty file: the {item.treename!r} tree has 0 entries")
         branches = set(tree.keys(recursive=False))

@@ -1,0 +1,77 @@
+"""Skim stage: input files kept open after their check, so the chunks run in the same process read each TTree's metadata once.
+
+Opening a TTree with uproot deserialises every branch's metadata in Python: 20 ms for the
+93 branches of a generated file, 1.4 s for the 1,500 of a real NanoAOD file. The skim
+checks each file before any chunk runs (`analysis.skim_inputs.check_file`), and coffea then
+opens the file again for every chunk, so a file was read two or more times. With the
+iterative executor the chunks run in this very process: `OpenFiles` keeps the checked
+files open, their TTrees in an uproot object cache shared with coffea's own
+``uproot.open`` (passed as ``uproot_options``). uproot finds the TTree there by file UUID
+and object position and reuses it, with its branches' interpretations; it discards an
+entry whose file was closed, so a stale one is never used. Executors in other processes
+(futures, dask) do not share memory and open files as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import uproot
+
+__all__ = ["MAX_KEPT_BRANCHES", "OpenFiles"]
+
+# Bound on the metadata held open (about 10 kB per branch: 14 MB for a real NanoAOD TTree of
+# 1,500 branches); files checked after it is reached are closed as usual.
+MAX_KEPT_BRANCHES = 20_000
+
+
+class OpenFiles:
+    """Checked local input files held open, their objects cached for later ``uproot.open`` calls.
+
+    Parameters
+    ----------
+    max_branches : int
+        Stop keeping files once their TTrees hold this many branches in total.
+
+    Use `open` in place of ``uproot.open`` when checking, pass `uproot_options` to the
+    coffea Runner, and `close` when the run is over.
+    """
+
+    def __init__(self, *, max_branches: int = MAX_KEPT_BRANCHES):
+        self.max_branches = max_branches
+        # uproot's object cache: key = file UUID + object position, value = the TTree etc.
+        self.object_cache: dict[str, Any] = {}
+        self._files: list[Any] = []
+        self._branches = 0
+
+    @property
+    def uproot_options(self) -> dict[str, Any]:
+        """Options for coffea's ``uproot.open`` of a chunk: look objects up in the shared cache."""
+        return {"object_cache": self.object_cache}
+
+    def open(self, path: str, **options: Any) -> tuple[Any, bool]:
+        """``uproot.open(path, **options)``; returns ``(file, kept)``.
+
+        A kept file must not be closed by the caller: it stays open until `close`. Its
+        arrays are not cached (``array_cache=None``): chunks read each branch once, and an
+        open file's cache would otherwise hold their arrays for the whole run.
+        """
+        if self._branches >= self.max_branches:
+            return uproot.open(path, **options), False
+        file = uproot.open(path, object_cache=self.object_cache, array_cache=None, **options)
+        self._files.append(file)
+        return file, True
+
+    def count_branches(self, tree: Any) -> None:
+        """Record the branches of a TTree read from a kept file, against `max_branches`."""
+        self._branches += len(tree.branches)
+
+    def close(self) -> None:
+        """Close every kept file and forget the cached objects."""
+        files, self._files = self._files, []
+        self.object_cache.clear()
+        for file in files:
+            file.close()
+
+    def __len__(self) -> int:
+        return len(self._files)

@@ -1,0 +1,78 @@
+"""Skim stage tests: with the iterative executor each input file's TTree is read once, the files are closed after the run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import uproot
+from _skim_helpers import QUIET_COFFEA, default_config, generated_sample, subset_fileset  # noqa: F401
+
+import analysis.skim
+from analysis.skim import run_skim
+from analysis.skim_inputs import InputFile, check_file
+from analysis.skim_open_files import OpenFiles
+
+pytestmark = QUIET_COFFEA
+
+
+@pytest.fixture
+def tree_reads(monkeypatch):
+    """Counts TTree deserialisations (uproot reads a TTree's metadata in `read_members`)."""
+    model = uproot.models.TTree.Model_TTree_v20
+    original = model.read_members
+    reads = []
+
+    def counting(self, chunk, cursor, context, file):
+        reads.append(file.file_path)
+        return original(self, chunk, cursor, context, file)
+
+    monkeypatch.setattr(model, "read_members", counting)
+    return reads
+
+
+def _files(fileset: Path) -> list[str]:
+    return [str((fileset.parent / f).resolve()) for e in json.loads(fileset.read_text()).values()
+            for f in e["files"]]
+
+
+def test_iterative_skim_reads_each_tree_once_and_closes_the_files(generated_sample, tmp_path,  # noqa: F811
+                                                                 tree_reads, monkeypatch):
+    fileset = subset_fileset(generated_sample, ["GluGluToHToTauTau", "TTbar"], tmp_path / "fileset.json")
+    files = _files(fileset)
+    kept = []
+
+    class Recording(OpenFiles):
+        def open(self, path, **options):
+            file, keep = super().open(path, **options)
+            kept.append(file)
+            return file, keep
+
+    monkeypatch.setattr(analysis.skim, "OpenFiles", Recording)
+    summary = run_skim(fileset, tmp_path / "iterative", default_config(), executor="iterative",
+                       chunksize=300, progress=False)
+    assert summary["chunks"] >= 2 * len(files)  # several chunks per file, each opening it
+    assert sorted(tree_reads) == sorted(files)  # the check's read, reused by every chunk
+    assert len(kept) == len(files) and all(f.closed for f in kept)
+
+
+def test_futures_skim_reads_trees_in_workers_as_before(generated_sample, tmp_path, tree_reads):  # noqa: F811
+    # The workers' reads are in other processes; this one only checks each file once.
+    fileset = subset_fileset(generated_sample, ["GluGluToHToTauTau"], tmp_path / "fileset.json")
+    run_skim(fileset, tmp_path / "futures", default_config(), executor="futures", workers=2,
+             chunksize=300, progress=False)
+    assert sorted(tree_reads) == sorted(_files(fileset))
+
+
+def test_open_files_stop_keeping_at_the_branch_bound(generated_sample):  # noqa: F811
+    paths = _files(generated_sample)[:3]
+    open_files = OpenFiles(max_branches=1)
+    items = [check_file(InputFile(dataset="d", path=p, treename="Events"), triggers=[],
+                        need_sumw=False, open_files=open_files) for p in paths]
+    assert all(item.entries > 0 for item in items)
+    assert len(open_files) == 1  # the first file's tree already holds more than one branch
+    first = open_files._files[0]
+    assert first.file_path == paths[0] and not first.closed and open_files.object_cache
+    open_files.close()
+    assert len(open_files) == 0 and not open_files.object_cache and first.closed
