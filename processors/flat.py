@@ -172,7 +172,9 @@ def clean_jet_mask(pt: np.ndarray, eta: np.ndarray, phi: np.ndarray, tau_eta: Se
     if id_mask is not None:
         mask &= id_mask
     for t_eta, t_phi in zip(tau_eta, tau_phi):
-        mask &= delta_r(eta, phi, t_eta, t_phi) > dr_min
+        # Delta R (the costly part) only for the jets still good.
+        alive = np.flatnonzero(mask)
+        mask[alive] = delta_r(eta[alive], phi[alive], t_eta[alive], t_phi[alive]) > dr_min
     return mask
 
 
