@@ -34,7 +34,7 @@ from analysis.skim_inputs import DatasetInfo, check_file, load_fileset, resolve_
 from analysis.skim_manifest import (build_cutflow, build_manifest, chunk_relpath, job_cutflow_path,
                                     job_manifest_path, plan_chunks, remove_stale_temp_files,
                                     write_json_atomic)
-from analysis.skim_open_files import OpenFiles
+from analysis.skim_open_files import LOCAL_READ_OPTIONS, OpenFiles
 from processors.ditau import DiTauProcessor, triggers_applied
 from processors.parts import chunk_fingerprint
 from processors.profiles import readable_branches
@@ -215,7 +215,11 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
         triggers = sorted({t for d in datasets.values()
                            for t in triggers_applied(config.selection, is_mc=d.is_mc)})
         iteritems = {"filter_name": readable_branches(triggers)}
-        uproot_options = open_files.uproot_options if open_files is not None else {}
+        # Memory-mapped reads when every file is local; kept files' TTrees reused.
+        local = not any(is_remote(wi.filename) for wi in todo)
+        uproot_options = dict(LOCAL_READ_OPTIONS) if local else {}
+        if open_files is not None:
+            uproot_options.update(open_files.chunk_options())
         result = (runner(todo, proc, iteritems_options=iteritems, uproot_options=uproot_options)
                   if todo else {})
 

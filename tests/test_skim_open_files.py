@@ -74,5 +74,11 @@ def test_open_files_stop_keeping_at_the_branch_bound(generated_sample):  # noqa:
     assert len(open_files) == 1  # the first file's tree already holds more than one branch
     first = open_files._files[0]
     assert first.file_path == paths[0] and not first.closed and open_files.object_cache
+    # Once the chunks start, their opens of files not kept add nothing to the cache.
+    options = open_files.chunk_options()
+    assert options["object_cache"] is open_files.object_cache
+    held = dict(open_files.object_cache)
+    uproot.open(paths[2], **options)["Events"]
+    assert open_files.object_cache == held
     open_files.close()
     assert len(open_files) == 0 and not open_files.object_cache and first.closed
