@@ -219,7 +219,7 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
         local = not any(is_remote(wi.filename) for wi in todo)
         uproot_options = dict(LOCAL_READ_OPTIONS) if local else {}
         if open_files is not None:
-            uproot_options.update(open_files.chunk_options())
+            uproot_options.update(open_files.chunk_options(iteritems["filter_name"]))
         result = (runner(todo, proc, iteritems_options=iteritems, uproot_options=uproot_options)
                   if todo else {})
 

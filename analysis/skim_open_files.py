@@ -14,6 +14,7 @@ entry whose file was closed, so a stale one is never used. Executors in other pr
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import uproot
@@ -66,12 +67,21 @@ class OpenFiles:
         self._files: list[Any] = []
         self._branches = 0
 
-    def chunk_options(self) -> dict[str, Any]:
+    def chunk_options(self, filter_name: Any = None) -> dict[str, Any]:
         """Options for coffea's ``uproot.open`` of a chunk: look objects up in the shared cache.
 
-        Ends the checks: the cache takes no new objects from then on.
+        Ends the checks: the cache takes no new objects from then on. With `filter_name`
+        (the branch filter NanoEvents gets as ``iteritems_options``), the kept TTrees'
+        ``typenames()`` lists only those branches: coffea's ``from_root`` calls it for
+        every chunk to decorate the form, which identifies the interpretation of every
+        branch of the file (a third of building the events, for branches the filter then
+        leaves out). NanoAODSchema does not use the type names.
         """
         self.object_cache.accepting = False
+        if filter_name is not None:
+            for obj in self.object_cache.values():
+                if isinstance(obj, uproot.behaviors.TTree.TTree):
+                    obj.typenames = partial(type(obj).typenames, obj, filter_name=filter_name)
         return {"object_cache": self.object_cache}
 
     def open(self, path: str, **options: Any) -> tuple[Any, bool]:
