@@ -137,8 +137,9 @@ class DiTauProcessor(processor.ProcessorABC):
         def step(name: str, survives: np.ndarray) -> None:
             nonlocal keep
             keep = keep[survives]
-            # fsum: the same chunk gives the same bits on every executor and re-run.
-            cutflow[name] = {"events": len(keep), "sum_weight": math.fsum(weight[keep])}
+            # fsum: the same chunk gives the same bits on every executor and re-run. Over a
+            # list of floats: the same exact sum, without a numpy scalar per element.
+            cutflow[name] = {"events": len(keep), "sum_weight": math.fsum(weight[keep].tolist())}
 
         step("all", np.ones(len(keep), dtype=bool))
         if triggers:
