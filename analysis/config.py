@@ -324,12 +324,6 @@ class Config(_Strict):
             raise ValueError("samples: need at least one signal (label 1) and one background (label 0)")
         return self
 
-    def signal_datasets(self) -> list[str]:
-        return [name for name, s in self.samples.items() if s.label == 1]
-
-    def background_datasets(self) -> list[str]:
-        return [name for name, s in self.samples.items() if s.label == 0]
-
 
 def default_config() -> Config:
     """The embedded default analysis (PHYSICS.md)."""

@@ -31,7 +31,7 @@ def test_defaults_match_physics_md():
     assert (sel.tau_pt_min, sel.tau_abs_eta_max, sel.tau_iso) == (20.0, 2.3, "Medium")
     assert (sel.jet_pt_min, sel.jet_abs_eta_max, sel.min_jets) == (30.0, 4.7, 2)
     assert cfg.prepare.split == (0.6, 0.2, 0.2)
-    assert cfg.signal_datasets() == ["GluGluToHToTauTau", "VBF_HToTauTau"]
+    assert [name for name, s in cfg.samples.items() if s.label == 1] == ["GluGluToHToTauTau", "VBF_HToTauTau"]
 
 
 def test_toml_round_trip(tmp_path):
