@@ -3,14 +3,17 @@
 A split can be far larger than memory, so the network reads it as a stream. Shuffling
 happens at two levels, as in WebDataset/tf.data: the order of row groups is permuted each
 epoch (seeded by ``seed`` and the epoch, so a run is reproducible and a resumed run sees
-the same order), and rows pass through a bounded in-memory shuffle buffer. Each
-DataLoader worker takes every n-th row group of the epoch's order, so workers never
-overlap and together cover the split. Batches are built inside the dataset (one tensor
-per batch, not per row): per-row tensors would cost more than reading the data.
+the same order), and rows pass through a bounded in-memory shuffle buffer
+(`analysis.shuffle_buffer`). Each DataLoader worker, or each read thread in the training
+process, takes every n-th row group of the epoch's order, so they never overlap and
+together cover the split. Rows move in large blocks (a row group read, half a buffer
+drawn) and batches are views cut from them: per-batch or per-row work would cost more
+than reading the data.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,11 +22,12 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from analysis._optional import optional_import
+from analysis.shuffle_buffer import RowGroupShuffleBuffer, as_rows, cut_batches
 from analysis.train_inputs import LABEL, TRAIN_WEIGHT
 
 torch = optional_import("torch", purpose="the mlp model's streaming loader")
 
-__all__ = ["BatchLoader", "ParquetBatchStream", "RowGroupShuffleBuffer", "read_ahead",
+__all__ = ["BatchLoader", "ParquetBatchStream", "read_ahead", "round_robin_threads",
            "row_group_units"]
 
 # Rows read from Parquet at a time (also capped by the buffer size): bounds the memory
@@ -41,15 +45,29 @@ def read_ahead(items: Iterable) -> Iterator:
     Parquet decoding releases the GIL, so reading row group k+1 overlaps with shuffling
     row group k. At most two items are alive at once: the one yielded and the next.
     """
-    iterator = iter(items)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-read-ahead") as pool:
-        pending = pool.submit(next, iterator, _END)
-        while True:
-            item = pending.result()
-            if item is _END:
-                return
-            pending = pool.submit(next, iterator, _END)
-            yield item
+    return round_robin_threads([items])
+
+
+def round_robin_threads(sources: Sequence[Iterable]) -> Iterator:
+    """Yield the items of several iterables in turn, each produced by a thread of its own.
+
+    The order is fixed (one item of each source in turn, skipping exhausted sources),
+    whatever the threads' speeds, so a seeded stream stays reproducible. Each source
+    has one item in production while the caller holds the last one it was given.
+    """
+    iterators = [iter(s) for s in sources]
+    with ThreadPoolExecutor(max_workers=max(1, len(iterators)),
+                            thread_name_prefix="parquet-read-ahead") as pool:
+        pending = [pool.submit(next, it, _END) for it in iterators]
+        alive = list(range(len(iterators)))
+        while alive:
+            for i in list(alive):
+                item = pending[i].result()
+                if item is _END:
+                    alive.remove(i)
+                    continue
+                pending[i] = pool.submit(next, iterators[i], _END)
+                yield item
 
 
 def row_group_units(files: Sequence[str | Path]) -> list[tuple[Path, int, int]]:
@@ -59,88 +77,6 @@ def row_group_units(files: Sequence[str | Path]) -> list[tuple[Path, int, int]]:
         meta = pq.ParquetFile(path).metadata
         units += [(Path(path), i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
     return units
-
-
-class RowGroupShuffleBuffer:
-    """A fixed-capacity shuffle buffer: rows in, random batches out, each row exactly once.
-
-    When full, a batch is drawn uniformly from the buffer and the holes are filled from
-    its end (swap-remove), so one batch costs O(batch) whatever the capacity.
-
-    Parameters
-    ----------
-    capacity : int
-        Rows the buffer holds at most.
-    n_features : int
-        Width of the feature matrix.
-    rng : numpy.random.Generator
-        Source of the batch draws.
-
-    Attributes
-    ----------
-    peak_rows : int
-        The most rows ever held (for tests and benchmarks: never above ``capacity``).
-    """
-
-    def __init__(self, capacity: int, n_features: int, rng: np.random.Generator):
-        self.capacity = capacity
-        self.rng = rng
-        # One row-major block: features, then label, then weight. A batch is one gather and
-        # one array (x, y, w are views of it), which DataLoader workers hand over as one
-        # shared-memory storage instead of three.
-        self.rows = np.empty((capacity, n_features + 2), dtype=np.float32)
-        self.x = self.rows[:, :n_features]
-        self.y = self.rows[:, n_features]
-        self.w = self.rows[:, n_features + 1]
-        self.n = 0
-        self.peak_rows = 0
-
-    @property
-    def free(self) -> int:
-        return self.capacity - self.n
-
-    def put(self, x: np.ndarray | Sequence[np.ndarray], y: np.ndarray, w: np.ndarray) -> None:
-        """Append rows; the caller passes at most ``free`` of them.
-
-        ``x`` is a ``(rows, n_features)`` array or a sequence of ``n_features`` columns
-        (as Parquet stores them): columns are written straight into the buffer, which
-        saves building a row-major copy first.
-        """
-        k = len(y)
-        if k > self.free:
-            raise ValueError(f"shuffle buffer overflow: {k} rows into {self.free} free slots")
-        if isinstance(x, np.ndarray):
-            self.x[self.n:self.n + k] = x
-        else:
-            for j, column in enumerate(x):
-                self.x[self.n:self.n + k, j] = column
-        self.y[self.n:self.n + k] = y
-        self.w[self.n:self.n + k] = w
-        self.n += k
-        self.peak_rows = max(self.peak_rows, self.n)
-
-    def take(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Remove and return ``min(size, n)`` uniformly drawn rows (copies)."""
-        size = min(size, self.n)
-        idx = self.rng.choice(self.n, size=size, replace=False)
-        # np.take is several times faster than fancy indexing for row gathers.
-        block = np.take(self.rows, idx, axis=0)
-        nf = self.x.shape[1]
-        out = (block[:, :nf], block[:, nf], block[:, nf + 1])
-        tail_start = self.n - size
-        # Holes below the tail are refilled from tail rows that were not drawn.
-        holes = idx[idx < tail_start]
-        tail_kept = np.ones(size, dtype=bool)
-        tail_kept[idx[idx >= tail_start] - tail_start] = False
-        sources = tail_start + np.flatnonzero(tail_kept)
-        self.rows[holes] = np.take(self.rows, sources, axis=0)
-        self.n = tail_start
-        return out
-
-    def drain(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Empty the buffer in random batches of ``size`` (the end of an epoch)."""
-        while self.n:
-            yield self.take(size)
 
 
 class ParquetBatchStream(torch.utils.data.IterableDataset):
@@ -155,8 +91,9 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
     batch_size : int
         Rows per batch; the last batch of an epoch (per worker) may be smaller.
     shuffle_buffer : int
-        Capacity of the shuffle buffer in rows (config ``train.mlp.shuffle_buffer``);
-        the stream holds at most this many rows plus two read chunks (the one being
+        Capacity of the shuffle buffer in rows (config ``train.mlp.shuffle_buffer``).
+        The stream holds at most twice this many rows: the buffer, the half buffer being
+        exchanged in and the half buffer drawn out, plus two read chunks (the one being
         shuffled in and the one read ahead) of at most ``min(shuffle_buffer, 131072)`` rows.
     shuffle : bool
         False streams rows in file order without a buffer (validation, prediction).
@@ -164,6 +101,20 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
         With the epoch (`set_epoch`), fixes the row-group order and the buffer draws.
     as_numpy : bool
         Yield numpy arrays instead of torch tensors.
+    read_threads : int
+        Threads that read and shuffle a shuffled stream in this process, each with its
+        share of the row groups and of the buffer (``shuffle_buffer // read_threads``
+        rows). In a DataLoader worker the stream uses one.
+
+    Attributes
+    ----------
+    yield_blocks : bool
+        When set, the stream yields blocks of rows (a shuffled stream: each draw from its
+        buffer, half the buffer; in order: each read chunk) as float32 tensors of shape
+        ``(rows, n_features + 2)`` (features, label, weight) instead of batches.
+        `BatchLoader` sets it on its DataLoader workers' copy, so rows cross between
+        processes in few large shared-memory blocks and are cut into batches
+        (`cut_batches`) in the training process.
 
     Yields
     ------
@@ -179,7 +130,7 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
 
     def __init__(self, files: Sequence[str | Path], features: list[str], *, batch_size: int,
                  shuffle_buffer: int, shuffle: bool = True, seed: int = 0,
-                 as_numpy: bool = False):
+                 as_numpy: bool = False, read_threads: int = 2):
         if batch_size <= 0 or shuffle_buffer <= 0:
             raise ValueError(f"batch_size ({batch_size}) and shuffle_buffer ({shuffle_buffer}) "
                              f"must be > 0")
@@ -190,10 +141,12 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
         self.shuffle = shuffle
         self.seed = seed
         self.as_numpy = as_numpy
+        self.read_threads = read_threads
         self.epoch = 0
         self.units = row_group_units(self.files)
         self.rows = sum(u[2] for u in self.units)
         self.last_peak_rows = 0  # buffer peak of the last epoch iterated in this process
+        self.yield_blocks = False
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose row-group order and buffer draws the next iteration uses."""
@@ -209,10 +162,18 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
             units = units[info.id::info.num_workers]
         return units
 
-    def _read(self, units: list[tuple[Path, int, int]], chunk: int, *, threads: bool):
-        """Yield ``(feature_columns, label, train_weight)`` numpy views of <= ``chunk`` rows."""
+    def _read(self, units: list[tuple[Path, int, int]], chunk: int, *, threads: bool,
+              reuse: int = 0):
+        """Yield blocks of <= ``chunk`` rows (`as_rows`: features, label, train_weight).
+
+        ``reuse > 0`` fills a ring of that many blocks in turn, for a consumer that is done
+        with each block before it asks for the ``reuse - 1``-th next: on a virtual machine
+        each fresh page of a new block costs a fault, which is more than filling it.
+        """
         columns = [*self.features, LABEL, TRAIN_WEIGHT]
         nf = len(self.features)
+        ring = [np.empty((chunk, nf + 2), dtype=np.float32) for _ in range(reuse)]
+        count = 0
         open_file, handle = None, None
         for path, group, rows in units:
             if path != open_file:
@@ -224,67 +185,76 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
                                              columns=columns, use_threads=threads)
             for piece in pieces:
                 arrays = [piece.column(j).to_numpy() for j in range(nf + 2)]
-                yield arrays[:nf], arrays[nf], arrays[nf + 1]
+                yield as_rows(arrays[:nf], arrays[nf], arrays[nf + 1],
+                              out=ring[count % reuse] if reuse else None)
+                count += 1
 
-    def _emit(self, x: np.ndarray, y: np.ndarray, w: np.ndarray):
+    def _emit(self, x, y, w):
         if self.as_numpy:
             return x, y, w
         return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w)
 
     def __iter__(self):
         units = self._worker_units()
-        if not self.shuffle:
-            yield from self._iter_in_order(units)
+        blocks = self._shuffled_blocks(units) if self.shuffle else self._blocks_in_order(units)
+        if self.yield_blocks:
+            yield from (torch.from_numpy(block) for block in blocks)
             return
-        worker_rows = sum(u[2] for u in units)
-        info = torch.utils.data.get_worker_info()
-        worker_id = info.id if info is not None else 0
-        rng = np.random.default_rng([self.seed, self.epoch, worker_id, 1])
-        buffer = RowGroupShuffleBuffer(max(1, min(self.shuffle_buffer, worker_rows)),
-                                       len(self.features), rng)
-        chunk = min(self.shuffle_buffer, _READ_ROWS)
-        # Parquet decoding may use threads in the main process; DataLoader workers already
-        # run in parallel.
-        for cols, y, w in read_ahead(self._read(units, chunk, threads=info is None)):
-            start = 0
-            while start < len(y):
-                k = min(buffer.free, len(y) - start)
-                buffer.put([c[start:start + k] for c in cols], y[start:start + k],
-                           w[start:start + k])
-                start += k
-                while buffer.free == 0:
-                    yield self._emit(*buffer.take(self.batch_size))
-        for batch in buffer.drain(self.batch_size):
-            yield self._emit(*batch)
-        self.last_peak_rows = buffer.peak_rows
+        for x, y, w in cut_batches(blocks, self.batch_size):
+            yield self._emit(x, y, w)
 
-    def _iter_in_order(self, units):
-        pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        held = 0
+    def _shuffled_blocks(self, units):
+        info = torch.utils.data.get_worker_info()
+        # In a DataLoader worker the workers already run in parallel: one buffer each. In
+        # this process `read_threads` threads each read their share of the row groups
+        # (every n-th of the epoch's order) into their share of the buffer, and their draws
+        # are interleaved in a fixed order: decoding, transposing and shuffling keep every
+        # core busy, not only the one decoding.
+        n = 1 if info is not None else max(1, min(self.read_threads, len(units)))
+        peaks = [0] * n
+        parts = [self._shuffle_part(units[k::n], np.random.default_rng(
+                     [self.seed, self.epoch, info.id if info else 0, k, 1]),
+                     capacity=max(1, self.shuffle_buffer // n), peaks=peaks, slot=k)
+                 for k in range(n)]
+        # One part reads ahead on its own thread; several are each a thread already.
+        yield from round_robin_threads(parts) if n > 1 else parts[0]
+        self.last_peak_rows = sum(peaks)
+
+    def _shuffle_part(self, units, rng: np.random.Generator, *, capacity: int,
+                      peaks: list[int], slot: int):
+        """Shuffled blocks of ``units`` through a buffer of ``capacity`` rows; its peak into ``peaks[slot]``."""
+        buffer = RowGroupShuffleBuffer(max(1, min(capacity, sum(u[2] for u in units))),
+                                       len(self.features), rng)
+        chunk = min(buffer.capacity, _READ_ROWS)
+        # Once the buffer is full, incoming rows are exchanged half a buffer at a time
+        # for rows drawn uniformly from those held: one gather per half buffer, not per
+        # batch, and every row still leaves uniformly from the rows held when it is drawn.
+        piece = max(1, buffer.capacity // 2)
+        # put and exchange copy the rows they are given: the read blocks can be reused.
+        # Reading ahead, a block is refilled two reads after it was handed over.
+        ahead = len(peaks) == 1
+        reads = self._read(units, chunk, threads=False, reuse=3 if ahead else 1)
+        for rows in (read_ahead(reads) if ahead else reads):
+            start = 0
+            while start < len(rows):
+                k = min(buffer.free or piece, len(rows) - start)
+                if buffer.free:
+                    buffer.put(rows[start:start + k])
+                else:
+                    yield buffer.exchange(rows[start:start + k])
+                start += k
+        if buffer.n:
+            yield buffer.take_block(buffer.n)
+        peaks[slot] = buffer.peak_rows
+
+    def _blocks_in_order(self, units):
         chunk = min(self.batch_size * 16, _READ_ROWS)
         threads = torch.utils.data.get_worker_info() is None
-        for cols, y, w in read_ahead(self._read(units, chunk, threads=threads)):
-            x = np.empty((len(y), len(cols)), dtype=np.float32)
-            for j, column in enumerate(cols):
-                x[:, j] = column
-            pending.append((x, y.astype(np.float32), w.astype(np.float32)))
-            held += len(y)
-            if held >= self.batch_size:
-                xs, ys, ws = (np.concatenate(p) for p in zip(*pending))
-                cut = (held // self.batch_size) * self.batch_size
-                for s in range(0, cut, self.batch_size):
-                    yield self._emit(xs[s:s + self.batch_size], ys[s:s + self.batch_size],
-                                     ws[s:s + self.batch_size])
-                pending = [(xs[cut:], ys[cut:], ws[cut:])] if cut < held else []
-                held -= cut
-        if held:
-            yield self._emit(*(np.concatenate(p) for p in zip(*pending)))
+        yield from read_ahead(self._read(units, chunk, threads=threads))
 
 
 def _keep_as_is(batch):
-    # DataLoader's default would turn numpy batches into tensors inside the worker, which
-    # then travel through one shared-memory segment each; pickled numpy arrays through the
-    # worker pipe are several times faster for batches of ~100 kB.
+    # Workers yield whole blocks as tensors already (`ParquetBatchStream.yield_blocks`).
     return batch
 
 
@@ -307,9 +277,22 @@ class BatchLoader:
         if not stream.as_numpy:
             raise ValueError("BatchLoader needs a ParquetBatchStream built with as_numpy=True")
         self.stream = stream
-        self.loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers,
-                                                  collate_fn=_keep_as_is)
+        self._worker_stream = None
+        if num_workers == 0:
+            # The stream is read directly: a DataLoader would only add per-batch bookkeeping.
+            self.loader = stream
+        else:
+            self._worker_stream = copy.copy(stream)
+            self._worker_stream.yield_blocks = True
+            self.loader = torch.utils.data.DataLoader(self._worker_stream, batch_size=None,
+                                                      num_workers=num_workers,
+                                                      collate_fn=_keep_as_is)
 
     def __iter__(self):
-        for x, y, w in self.loader:
-            yield torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w)
+        if self._worker_stream is None:
+            for x, y, w in self.loader:
+                yield torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(w)
+            return
+        # Workers send blocks of rows (tensors, so in shared memory); batches are cut here.
+        self._worker_stream.set_epoch(self.stream.epoch)
+        yield from cut_batches(self.loader, self.stream.batch_size)

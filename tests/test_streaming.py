@@ -11,8 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from analysis.streaming import (BatchLoader, ParquetBatchStream, RowGroupShuffleBuffer,  # noqa: E402
-                                row_group_units)
+from analysis.shuffle_buffer import RowGroupShuffleBuffer, as_rows, cut_batches  # noqa: E402
+from analysis.streaming import BatchLoader, ParquetBatchStream, row_group_units  # noqa: E402
 
 N_EXTRA = 7  # feature columns besides row_id, so a row is as wide as a real one-ish
 
@@ -41,7 +41,7 @@ def _ids(batches):
 def test_shuffle_buffer_hand_built():
     # Capacity 4, rows 10..13 in; two takes of 2 then nothing left: every row exactly once.
     buf = RowGroupShuffleBuffer(4, 1, np.random.default_rng(0))
-    buf.put(np.array([[10.0], [11.0], [12.0], [13.0]]), np.zeros(4), np.ones(4))
+    buf.put(as_rows(np.array([[10.0], [11.0], [12.0], [13.0]]), np.zeros(4), np.ones(4)))
     assert buf.free == 0
     first = buf.take(2)[0][:, 0]
     assert buf.n == 2
@@ -51,7 +51,34 @@ def test_shuffle_buffer_hand_built():
     assert sorted([*first, *second]) == [10.0, 11.0, 12.0, 13.0]
     assert buf.n == 0 and buf.peak_rows == 4
     with pytest.raises(ValueError, match="shuffle buffer overflow: 5 rows into 4 free slots"):
-        buf.put(np.zeros((5, 1)), np.zeros(5), np.zeros(5))
+        buf.put(np.zeros((5, 3), dtype=np.float32))
+
+
+def test_shuffle_buffer_exchange_swaps_drawn_rows_for_incoming():
+    buf = RowGroupShuffleBuffer(4, 1, np.random.default_rng(1))
+    buf.put(as_rows(np.array([[10.0], [11.0], [12.0], [13.0]]), np.zeros(4), np.ones(4)))
+    drawn = buf.exchange(as_rows(np.array([[20.0], [21.0]]), np.ones(2), np.full(2, 2.0)))
+    out = sorted(drawn[:, 0])
+    assert len(out) == 2 and set(out) <= {10.0, 11.0, 12.0, 13.0}
+    assert drawn[:, 1].tolist() == [0.0, 0.0] and drawn[:, 2].tolist() == [1.0, 1.0]
+    # The incoming rows took the drawn rows' slots: held = the two not drawn + 20, 21.
+    held = sorted(buf.x[:4, 0])
+    assert held == sorted({10.0, 11.0, 12.0, 13.0} - set(out) | {20.0, 21.0}) and buf.n == 4
+    assert sorted(buf.y[:4]) == [0.0, 0.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="exchange of 5 rows with 4 held"):
+        buf.exchange(np.zeros((5, 3), dtype=np.float32))
+
+
+def test_cut_batches_joins_blocks_into_full_batches():
+    blocks = [as_rows(np.arange(a, b, dtype=np.float32)[:, None], np.zeros(b - a), np.ones(b - a))
+              for a, b in ((0, 3), (3, 8), (8, 9), (9, 11))]
+    batches = list(cut_batches(blocks, 4))
+    assert [len(y) for _, y, _ in batches] == [4, 4, 3]  # only the last is short
+    assert np.concatenate([x[:, 0] for x, _, _ in batches]).tolist() == list(range(11))
+    torch_batches = list(cut_batches([torch.from_numpy(b) for b in blocks], 4))
+    assert [len(y) for _, y, _ in torch_batches] == [4, 4, 3]
+    assert all(isinstance(x, torch.Tensor) for x, _, _ in torch_batches)
+    assert list(cut_batches([], 4)) == []
 
 
 def test_row_group_units_lists_every_group(tmp_path):
@@ -89,12 +116,13 @@ def test_stream_much_larger_than_buffer_is_bounded_and_exactly_once(tmp_path):
     assert not np.array_equal(first_batch, np.sort(first_batch))
 
 
-def test_epochs_reshuffle_reproducibly(tmp_path):
+@pytest.mark.parametrize("read_threads", [1, 2, 3])
+def test_epochs_reshuffle_reproducibly(tmp_path, read_threads):
     files = _write_split(tmp_path / "train", 6_000, file_rows=2_000, row_group_rows=500)
 
     def order(epoch, seed=5):
         stream = ParquetBatchStream(files, FEATURES, batch_size=100, shuffle_buffer=1_000,
-                                    seed=seed, as_numpy=True)
+                                    seed=seed, as_numpy=True, read_threads=read_threads)
         stream.set_epoch(epoch)
         return _ids(stream)
 
