@@ -11,6 +11,7 @@ log-loss and keeps the best iteration only (``save_best``), so every consumer of
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +23,8 @@ from analysis.progress import stage_console
 from analysis.train_common import cuda_gpu_count
 from analysis.train_inputs import LABEL, TRAIN_WEIGHT, PreparedSplits
 
-__all__ = ["EARLY_STOPPING_METRIC", "read_split_dask", "train_xgboost", "training_client",
-           "xgboost_params"]
+__all__ = ["EARLY_STOPPING_METRIC", "plan_partitions", "read_split_dask", "train_xgboost",
+           "training_client", "xgboost_params"]
 
 # Last in eval_metric, so it is the one early stopping watches (xgboost's rule).
 EARLY_STOPPING_METRIC = "logloss"
@@ -53,28 +54,91 @@ def xgboost_params(cfg: XGBoostConfig, *, device: str) -> dict:
     }
 
 
-def read_split_dask(files: list[Path], features: list[str], *, min_partitions: int = 1):
+# Rows per dask partition at most (about 100 MB of float32 features): bounds the memory
+# of one read task.
+MAX_PARTITION_ROWS = 1_000_000
+
+
+def plan_partitions(files: list[Path], n_workers: int, *,
+                    max_rows: int = MAX_PARTITION_ROWS) -> list[list[tuple[Path, int, int, int]]]:
+    """Cut a split into a multiple of ``n_workers`` partitions of equal rows (to one row).
+
+    xgboost.dask trains each worker on the partitions it holds and every boosting round
+    waits for the slowest worker, so partitions are balanced whatever the row groups:
+    the split's rows in file order are cut into equal ranges, and a row group across a
+    cut is read by both partitions (each keeps its own rows).
+
+    Returns
+    -------
+    list of partitions, each a list of ``(path, row_group, first_row, stop_row)`` with
+    rows counted within the row group; none empty.
+    """
+    from analysis.streaming import row_group_units
+
+    units = row_group_units(files)
+    total = sum(u[2] for u in units)
+    target = max(1, n_workers) * max(1, math.ceil(total / (max(1, n_workers) * max_rows)))
+    target = max(1, min(target, total))
+    cuts = [total * k // target for k in range(target + 1)]
+    partitions = []
+    for lo, hi in zip(cuts, cuts[1:]):
+        part, seen = [], 0
+        for path, group, rows in units:
+            a, b = max(lo - seen, 0), min(hi - seen, rows)
+            if a < b:
+                part.append((path, group, a, b))
+            seen += rows
+        partitions.append(part)
+    return partitions
+
+
+def _read_partition(slices: list[tuple[Path, int, int, int]], features: list[str]):
+    """``(X, y, w)`` of the row-group slices: X a C-contiguous float32 matrix, as xgboost takes it."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files: dict[Path, pq.ParquetFile] = {}
+    tables = []
+    for path, group, first, stop in slices:
+        handle = files.setdefault(path, pq.ParquetFile(path))
+        table = handle.read_row_group(group, columns=[*features, LABEL, TRAIN_WEIGHT])
+        tables.append(table.slice(first, stop - first))
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    x = np.empty((table.num_rows, len(features)), dtype=np.float32)
+    for j, name in enumerate(features):
+        x[:, j] = table.column(name).to_numpy()
+    return (x, table.column(LABEL).to_numpy().astype(np.float32),
+            table.column(TRAIN_WEIGHT).to_numpy().astype(np.float32))
+
+
+def read_split_dask(files: list[Path], features: list[str], *, n_workers: int = 1):
     """One split as dask arrays with only the columns training reads.
 
-    The three arrays are column slices of one array, so they have the same partitions by
-    construction (separately projected dask DataFrames do not: the query planner fuses
-    small projections into fewer partitions, which xgboost.dask rejects).
+    Each partition is a task that reads its row groups (`plan_partitions`) on a worker,
+    so no split passes through the client; X, y and w are the three outputs of the same
+    tasks, so they have the same partitions by construction, and the row counts come
+    from the Parquet metadata, so the chunks are known. (A dask DataFrame would fuse the
+    projected partitions into fewer than there are workers, which leaves workers idle or
+    is rejected by xgboost.dask.)
 
     Returns
     -------
     (X, y, w)
         X: float32 ``(rows, len(features))`` standardised features in ``features`` order;
-        y: ``(rows,)`` label 0/1; w: ``(rows,)`` train_weight. Row chunks follow the
-        Parquet partitions (sizes unknown until read).
+        y: float32 ``(rows,)`` label 0/1; w: float32 ``(rows,)`` train_weight.
     """
-    import dask.dataframe as dd
+    import dask
+    import dask.array as da
+    import numpy as np
 
-    frame = dd.read_parquet([str(f) for f in files], columns=[*features, LABEL, TRAIN_WEIGHT])
-    if frame.npartitions < min_partitions:
-        frame = frame.repartition(npartitions=min_partitions)
-    table = frame.to_dask_array()  # float64: exact for the float32 features and int8 label
     n = len(features)
-    return table[:, :n].astype("float32"), table[:, n], table[:, n + 1]
+    read = dask.delayed(_read_partition, pure=True, nout=3)
+    parts = [(read(part, features), sum(stop - first for _, _, first, stop in part))
+             for part in plan_partitions(files, n_workers)]
+    return tuple(da.concatenate([da.from_delayed(arrays[k], shape=(rows, n)[:ndim], dtype=np.float32)
+                                 for arrays, rows in parts])
+                 for k, ndim in ((0, 2), (1, 1), (2, 1)))
 
 
 @contextlib.contextmanager
@@ -130,8 +194,8 @@ def train_xgboost(prepared: PreparedSplits, out: Path, config: Config, *, device
     start = time.perf_counter()
     with training_client(config.cluster, scheduler, device) as client:
         n_workers = len(client.nthreads())
-        x, y, w = read_split_dask(train.files, prepared.features, min_partitions=n_workers)
-        xv, yv, wv = read_split_dask(val.files, prepared.features, min_partitions=n_workers)
+        x, y, w = read_split_dask(train.files, prepared.features, n_workers=n_workers)
+        xv, yv, wv = read_split_dask(val.files, prepared.features, n_workers=n_workers)
         dtrain = xgb.dask.DaskQuantileDMatrix(client, x, y, weight=w,
                                               feature_names=prepared.features)
         dval = xgb.dask.DaskQuantileDMatrix(client, xv, yv, weight=wv, ref=dtrain,

@@ -137,8 +137,12 @@ def _dask(client, prep: Path, params: dict, rounds: int):
 
     from analysis.train_xgb import read_split_dask
 
-    x, y, w = read_split_dask(sorted((prep / "train").glob("part-*.parquet")), DEFAULT_FEATURES)
-    xv, yv, wv = read_split_dask(sorted((prep / "val").glob("part-*.parquet")), DEFAULT_FEATURES)
+    # As the trainer reads them: balanced partitions, a multiple of the workers.
+    n_workers = len(client.nthreads())
+    x, y, w = read_split_dask(sorted((prep / "train").glob("part-*.parquet")), DEFAULT_FEATURES,
+                              n_workers=n_workers)
+    xv, yv, wv = read_split_dask(sorted((prep / "val").glob("part-*.parquet")), DEFAULT_FEATURES,
+                                 n_workers=n_workers)
     dtrain = xgb.dask.DaskQuantileDMatrix(client, x, y, weight=w, feature_names=DEFAULT_FEATURES)
     dval = xgb.dask.DaskQuantileDMatrix(client, xv, yv, weight=wv, ref=dtrain,
                                         feature_names=DEFAULT_FEATURES)

@@ -165,3 +165,37 @@ def test_local_gpu_cluster_is_one_worker_per_gpu(monkeypatch):
     with pytest.raises(HepprepError, match=r"needs the optional package 'dask_cuda': pip install dask_cuda"):
         with train_xgb.training_client(cluster_cfg, None, "cuda"):
             pass
+
+
+@pytest.mark.parametrize("n_workers, max_rows, expected", [
+    (2, 10_000, [1_750] * 2),  # cut in the middle of a 300-row group
+    (3, 10_000, [1_166, 1_167, 1_167]),
+    (2, 600, [583, 583, 584, 583, 583, 584]),  # a multiple of the workers, each <= max_rows
+])
+def test_partitions_are_balanced_whatever_the_row_groups(tmp_path, n_workers, max_rows, expected):
+    from analysis.train_xgb import plan_partitions, read_split_dask
+
+    # 3 500 rows in files of 1 000 and row groups of 300: 12 uneven groups.
+    prep = write_prepared_dir(tmp_path / "p", rows=(3_500, 0, 0), row_group_rows=300,
+                              file_rows=1_000)
+    files = sorted((prep / "train").glob("part-*.parquet"))
+    parts = plan_partitions(files, n_workers, max_rows=max_rows)
+    assert [sum(b - a for _, _, a, b in p) for p in parts] == expected
+    x, y, w = read_split_dask(files, DEFAULT_FEATURES, n_workers=n_workers)
+    assert x.chunks[1] == (len(DEFAULT_FEATURES),) and y.chunks == w.chunks == (x.chunks[0],)
+    # Every row exactly once, in file order, with its own label and weight.
+    whole = read_split(prep, "train")
+    xs, ys, ws = (np.asarray(a.compute(scheduler="sync")) for a in (x, y, w))
+    assert np.array_equal(xs, whole[DEFAULT_FEATURES].to_numpy(np.float32))
+    assert np.array_equal(ys, whole.label.to_numpy(np.float32))
+    assert np.allclose(ws, whole.train_weight.to_numpy(), rtol=1e-6)
+
+
+def test_one_row_group_still_feeds_every_worker(tmp_path):
+    from analysis.train_xgb import plan_partitions
+
+    prep = write_prepared_dir(tmp_path / "p", rows=(900, 0, 0), row_group_rows=1_000,
+                              file_rows=1_000)
+    parts = plan_partitions(sorted((prep / "train").glob("part-*.parquet")), 4)
+    assert [[(g, a, b) for _, g, a, b in p] for p in parts] == [
+        [(0, 0, 225)], [(0, 225, 450)], [(0, 450, 675)], [(0, 675, 900)]]
