@@ -228,6 +228,9 @@ class XGBoostConfig(_Strict):
     min_child_weight: float = Field(50.0, ge=0)  # in units of the hessian x train_weight
     tree_method: Literal["hist", "approx"] = "hist"
     seed: int = 7
+    # xgboost needs train_weight >= 0; signed NLO weights (prepare.negative_weights = "keep")
+    # are trained on as |w| ("abs") or dropped ("zero"), or stop the run ("error").
+    negative_weights: Literal["abs", "zero", "error"] = "abs"
 
 
 class MLPConfig(_Strict):

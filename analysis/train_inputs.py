@@ -41,6 +41,9 @@ class SplitFiles:
         Row groups over all files (the unit the streaming loader shuffles).
     signal_rows, background_rows : int
         Rows with label 1 and label 0.
+    negative_weight_rows : int
+        Rows with ``train_weight < 0`` (NLO samples kept signed by
+        ``prepare.negative_weights = "keep"``).
     """
 
     name: str
@@ -49,6 +52,7 @@ class SplitFiles:
     row_groups: int
     signal_rows: int
     background_rows: int
+    negative_weight_rows: int = 0
 
 
 @dataclass
@@ -111,7 +115,7 @@ def _inspect_split(root: Path, name: str, features: list[str]) -> SplitFiles | N
     if not files:
         return None
     needed = [*features, LABEL, TRAIN_WEIGHT]
-    rows = row_groups = signal = background = 0
+    rows = row_groups = signal = background = negative = 0
     for path in files:
         try:
             meta = pq.ParquetFile(path)
@@ -128,8 +132,24 @@ def _inspect_split(root: Path, name: str, features: list[str]) -> SplitFiles | N
         labels = meta.read(columns=[LABEL]).column(0).to_numpy()
         signal += int(np.count_nonzero(labels == 1))
         background += int(np.count_nonzero(labels == 0))
+        if _may_have_negative(meta, TRAIN_WEIGHT):
+            weights = meta.read(columns=[TRAIN_WEIGHT]).column(0).to_numpy()
+            negative += int(np.count_nonzero(weights < 0))
     return SplitFiles(name=name, files=files, rows=rows, row_groups=row_groups,
-                      signal_rows=signal, background_rows=background)
+                      signal_rows=signal, background_rows=background,
+                      negative_weight_rows=negative)
+
+
+def _may_have_negative(handle: pq.ParquetFile, column: str) -> bool:
+    """False when every row group's statistics show ``column >= 0`` (the column is then not read)."""
+    meta = handle.metadata
+    index = next(j for j in range(meta.num_columns)
+                 if meta.schema.column(j).path == column)
+    for k in range(meta.num_row_groups):
+        stats = meta.row_group(k).column(index).statistics
+        if stats is None or not stats.has_min_max or stats.min < 0:
+            return True
+    return False
 
 
 def inspect_prepared(prep_dir: str | Path, features: list[str]) -> PreparedSplits:

@@ -16,15 +16,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from analysis._optional import optional_import
 from analysis.cluster import dask_client, describe_cluster, resolve_scheduler
 from analysis.config import ClusterConfig, Config, XGBoostConfig
+from analysis.errors import StageInputError
 from analysis.progress import stage_console
 from analysis.train_common import cuda_gpu_count
 from analysis.train_inputs import LABEL, TRAIN_WEIGHT, PreparedSplits
 
-__all__ = ["EARLY_STOPPING_METRIC", "plan_partitions", "read_split_dask", "train_xgboost",
-           "training_client", "xgboost_params"]
+__all__ = ["EARLY_STOPPING_METRIC", "local_gpu_workers", "plan_partitions", "read_split_dask",
+           "train_xgboost", "training_client", "xgboost_params"]
 
 # Last in eval_metric, so it is the one early stopping watches (xgboost's rule).
 EARLY_STOPPING_METRIC = "logloss"
@@ -92,8 +92,13 @@ def plan_partitions(files: list[Path], n_workers: int, *,
     return partitions
 
 
-def _read_partition(slices: list[tuple[Path, int, int, int]], features: list[str]):
-    """``(X, y, w)`` of the row-group slices: X a C-contiguous float32 matrix, as xgboost takes it."""
+def _read_partition(slices: list[tuple[Path, int, int, int]], features: list[str],
+                    negative_weights: str):
+    """``(X, y, w)`` of the row-group slices: X a C-contiguous float32 matrix, as xgboost takes it.
+
+    ``negative_weights`` ``abs`` or ``zero`` makes ``w >= 0`` (xgboost refuses negative
+    weights); anything else leaves w as read.
+    """
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -108,11 +113,16 @@ def _read_partition(slices: list[tuple[Path, int, int, int]], features: list[str
     x = np.empty((table.num_rows, len(features)), dtype=np.float32)
     for j, name in enumerate(features):
         x[:, j] = table.column(name).to_numpy()
-    return (x, table.column(LABEL).to_numpy().astype(np.float32),
-            table.column(TRAIN_WEIGHT).to_numpy().astype(np.float32))
+    w = table.column(TRAIN_WEIGHT).to_numpy().astype(np.float32)
+    if negative_weights == "abs":
+        np.abs(w, out=w)
+    elif negative_weights == "zero":
+        np.maximum(w, 0, out=w)
+    return x, table.column(LABEL).to_numpy().astype(np.float32), w
 
 
-def read_split_dask(files: list[Path], features: list[str], *, n_workers: int = 1):
+def read_split_dask(files: list[Path], features: list[str], *, n_workers: int = 1,
+                    negative_weights: str = "keep"):
     """One split as dask arrays with only the columns training reads.
 
     Each partition is a task that reads its row groups (`plan_partitions`) on a worker,
@@ -121,6 +131,9 @@ def read_split_dask(files: list[Path], features: list[str], *, n_workers: int = 
     from the Parquet metadata, so the chunks are known. (A dask DataFrame would fuse the
     projected partitions into fewer than there are workers, which leaves workers idle or
     is rejected by xgboost.dask.)
+
+    ``negative_weights``: ``abs`` or ``zero`` turns negative train weights into |w| or 0
+    (``train.xgboost.negative_weights``); ``keep`` leaves them.
 
     Returns
     -------
@@ -134,18 +147,35 @@ def read_split_dask(files: list[Path], features: list[str], *, n_workers: int = 
 
     n = len(features)
     read = dask.delayed(_read_partition, pure=True, nout=3)
-    parts = [(read(part, features), sum(stop - first for _, _, first, stop in part))
+    parts = [(read(part, features, negative_weights), sum(stop - first for _, _, first, stop in part))
              for part in plan_partitions(files, n_workers)]
     return tuple(da.concatenate([da.from_delayed(arrays[k], shape=(rows, n)[:ndim], dtype=np.float32)
                                  for arrays, rows in parts])
                  for k, ndim in ((0, 2), (1, 1), (2, 1)))
 
 
+def local_gpu_workers(cluster: ClusterConfig, scheduler: str | None, device: str) -> str | None:
+    """How a local CUDA run gets its workers: ``"dask_cuda"``, ``"one worker"``, or None when not local CUDA.
+
+    dask_cuda pins one worker to each GPU. Without it (not installed), one plain worker
+    trains on the first visible GPU: enough for a single-GPU machine, and still a GPU
+    run where there are several.
+    """
+    if device != "cuda" or resolve_scheduler(cluster, scheduler) is not None or cluster.kind != "local":
+        return None
+    try:
+        import dask_cuda  # noqa: F401
+    except ImportError:
+        return "one worker"
+    return "dask_cuda"
+
+
 @contextlib.contextmanager
 def training_client(cluster: ClusterConfig, scheduler: str | None, device: str) -> Iterator:
     """The dask client to train on: one worker per GPU for a local CUDA run, else `dask_client`."""
-    if device == "cuda" and resolve_scheduler(cluster, scheduler) is None and cluster.kind == "local":
-        dask_cuda = optional_import("dask_cuda", purpose="xgboost on local GPUs (one dask worker per GPU)")
+    plan = local_gpu_workers(cluster, scheduler, device)
+    if plan == "dask_cuda":
+        import dask_cuda
         from distributed import Client
 
         with dask_cuda.LocalCUDACluster(n_workers=max(1, cuda_gpu_count()), threads_per_worker=
@@ -153,7 +183,7 @@ def training_client(cluster: ClusterConfig, scheduler: str | None, device: str) 
                 Client(gpu_cluster) as client:
             yield client
         return
-    with dask_client(cluster, scheduler) as client:
+    with dask_client(cluster, scheduler, n_workers=1 if plan == "one worker" else None) as client:
         yield client
 
 
@@ -185,17 +215,30 @@ def train_xgboost(prepared: PreparedSplits, out: Path, config: Config, *, device
     cfg = config.train.xgboost
     params = xgboost_params(cfg, device=device)
     console = stage_console(quiet=not progress)
-    where = ("local GPU workers (dask_cuda)" if device == "cuda" and
-             resolve_scheduler(config.cluster, scheduler) is None else
-             describe_cluster(config.cluster, scheduler))
+    plan = local_gpu_workers(config.cluster, scheduler, device)
+    where = {"dask_cuda": "local GPU workers (dask_cuda, one per GPU)",
+             "one worker": "one local worker on the first GPU (pip install dask-cuda for one "
+                           "worker per GPU)"}.get(plan) or describe_cluster(config.cluster, scheduler)
     train, val = prepared.split("train"), prepared.split("val")
+    negative = {"train": train.negative_weight_rows, "val": val.negative_weight_rows}
+    if any(negative.values()):
+        counts = f"{negative['train']} train and {negative['val']} val rows have train_weight < 0"
+        if cfg.negative_weights == "error":
+            raise StageInputError(f"{prepared.root}: {counts}, which xgboost cannot train on; set "
+                                  f"train.xgboost.negative_weights to \"abs\" or \"zero\", or "
+                                  f"prepare with prepare.negative_weights = \"abs\" or \"zero\"")
+        console.print(f"xgboost: {counts}: trained as "
+                      f"{'|train_weight|' if cfg.negative_weights == 'abs' else 'weight 0'} "
+                      f"(train.xgboost.negative_weights = {cfg.negative_weights!r})")
     console.print(f"train xgboost.dask on {device}: {train.rows} train rows, {val.rows} val rows, "
                   f"{where}")
     start = time.perf_counter()
     with training_client(config.cluster, scheduler, device) as client:
         n_workers = len(client.nthreads())
-        x, y, w = read_split_dask(train.files, prepared.features, n_workers=n_workers)
-        xv, yv, wv = read_split_dask(val.files, prepared.features, n_workers=n_workers)
+        x, y, w = read_split_dask(train.files, prepared.features, n_workers=n_workers,
+                                  negative_weights=cfg.negative_weights)
+        xv, yv, wv = read_split_dask(val.files, prepared.features, n_workers=n_workers,
+                                     negative_weights=cfg.negative_weights)
         dtrain = xgb.dask.DaskQuantileDMatrix(client, x, y, weight=w,
                                               feature_names=prepared.features)
         dval = xgb.dask.DaskQuantileDMatrix(client, xv, yv, weight=wv, ref=dtrain,
@@ -228,6 +271,8 @@ def train_xgboost(prepared: PreparedSplits, out: Path, config: Config, *, device
         "train_seconds": round(seconds, 3),
         "train_rows": train.rows,
         "val_rows": val.rows,
+        "negative_weight_rows": negative,
+        "negative_weights": cfg.negative_weights,
         "dask_workers": n_workers,
         "train_partitions": int(x.numblocks[0]),
         "cluster": where,

@@ -138,7 +138,7 @@ def test_incomplete_model_directory_is_refused(tmp_path):
         load_model(tmp_path / "half")
 
 
-def test_local_gpu_cluster_is_one_worker_per_gpu(monkeypatch):
+def test_local_gpu_cluster_is_one_worker_per_gpu_or_one_without_dask_cuda(monkeypatch):
     # No GPU here: a stand-in dask_cuda records what training_client asks for.
     import sys
     import types
@@ -146,7 +146,6 @@ def test_local_gpu_cluster_is_one_worker_per_gpu(monkeypatch):
     from distributed import LocalCluster
 
     import analysis.train_xgb as train_xgb
-    from analysis.errors import HepprepError
 
     asked = {}
 
@@ -161,10 +160,15 @@ def test_local_gpu_cluster_is_one_worker_per_gpu(monkeypatch):
     with train_xgb.training_client(cluster_cfg, None, "cuda") as client:
         assert len(client.scheduler_info()["workers"]) == 3
     assert asked["n_workers"] == 3
+    assert train_xgb.local_gpu_workers(cluster_cfg, None, "cuda") == "dask_cuda"
+    # Without dask_cuda: one plain worker (it trains on the first GPU), not an error.
     monkeypatch.setitem(sys.modules, "dask_cuda", None)  # not installed
-    with pytest.raises(HepprepError, match=r"needs the optional package 'dask_cuda': pip install dask_cuda"):
-        with train_xgb.training_client(cluster_cfg, None, "cuda"):
-            pass
+    assert train_xgb.local_gpu_workers(cluster_cfg, None, "cuda") == "one worker"
+    with train_xgb.training_client(cluster_cfg, None, "cuda") as client:
+        assert len(client.scheduler_info()["workers"]) == 1
+    # CPU runs and runs on a given scheduler never take the GPU path.
+    assert train_xgb.local_gpu_workers(cluster_cfg, None, "cpu") is None
+    assert train_xgb.local_gpu_workers(cluster_cfg, "tcp://127.0.0.1:1", "cuda") is None
 
 
 @pytest.mark.parametrize("n_workers, max_rows, expected", [
@@ -199,3 +203,44 @@ def test_one_row_group_still_feeds_every_worker(tmp_path):
     parts = plan_partitions(sorted((prep / "train").glob("part-*.parquet")), 4)
     assert [[(g, a, b) for _, g, a, b in p] for p in parts] == [
         [(0, 0, 225)], [(0, 225, 450)], [(0, 450, 675)], [(0, 675, 900)]]
+
+
+def _with_negative_weights(tmp_path):
+    """A prepared directory whose first train file has train_weight < 0 on every 7th row."""
+    import pyarrow.parquet as pq
+
+    prep = write_prepared_dir(tmp_path / "p", rows=(4_000, 1_000, 0), row_group_rows=500,
+                              file_rows=2_000)
+    path = sorted((prep / "train").glob("part-*.parquet"))[0]
+    table = pq.read_table(path)
+    w = table.column("train_weight").to_numpy().copy()
+    w[::7] *= -1  # as NLO generators do for a fraction of their events
+    table = table.set_column(table.schema.get_field_index("train_weight"), "train_weight", pa.array(w))
+    pq.write_table(table, path, row_group_size=500)
+    return prep, int(np.count_nonzero(w < 0))
+
+
+def test_negative_train_weights_are_counted_and_trained_as_policy(tmp_path):
+    from analysis.train_inputs import inspect_prepared
+    from analysis.train_xgb import _read_partition, plan_partitions
+
+    prep, negative = _with_negative_weights(tmp_path)
+    splits = inspect_prepared(prep, DEFAULT_FEATURES)
+    assert splits.split("train").negative_weight_rows == negative == 286
+    assert splits.split("val").negative_weight_rows == 0  # known from statistics, not read
+    part = plan_partitions(splits.split("train").files, 1)[0]
+    raw = read_split(prep, "train").train_weight.to_numpy().astype(np.float32)
+    assert np.array_equal(_read_partition(part, DEFAULT_FEATURES, "abs")[2], np.abs(raw))
+    assert np.array_equal(_read_partition(part, DEFAULT_FEATURES, "zero")[2], np.maximum(raw, 0))
+    # xgboost itself refuses them; the default policy trains on |w| and says so.
+    config = config_from_dict({"train": {"xgboost": {**XGB, "num_boost_round": 5}},
+                               "cluster": {"n_workers": 2, "memory_limit": "1GiB"}})
+    out = run_train(prep, tmp_path / "m", config, model="xgboost", device="cpu", progress=False)
+    info = json.loads((out / "model_info.json").read_text())
+    assert info["negative_weight_rows"] == {"train": 286, "val": 0}
+    assert info["negative_weights"] == "abs"
+    config.train.xgboost.negative_weights = "error"
+    with pytest.raises(StageInputError, match=r"286 train and 0 val rows have train_weight < 0, "
+                                              r"which xgboost cannot train on; set "
+                                              r"train.xgboost.negative_weights to \"abs\" or \"zero\""):
+        run_train(prep, tmp_path / "m2", config, model="xgboost", device="cpu", progress=False)
