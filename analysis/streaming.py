@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from analysis._optional import optional_import
 from analysis.shuffle_buffer import RowGroupShuffleBuffer, as_rows, cut_batches
-from analysis.train_inputs import LABEL, TRAIN_WEIGHT
+from analysis.train_inputs import LABEL, TRAIN_WEIGHT, row_group_units
 
 torch = optional_import("torch", purpose="the mlp model's streaming loader")
 
@@ -68,15 +68,6 @@ def round_robin_threads(sources: Sequence[Iterable]) -> Iterator:
                     continue
                 pending[i] = pool.submit(next, iterators[i], _END)
                 yield item
-
-
-def row_group_units(files: Sequence[str | Path]) -> list[tuple[Path, int, int]]:
-    """Every row group of ``files`` as ``(path, row_group_index, rows)``, in file order."""
-    units = []
-    for path in files:
-        meta = pq.ParquetFile(path).metadata
-        units += [(Path(path), i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
-    return units
 
 
 class ParquetBatchStream(torch.utils.data.IterableDataset):

@@ -9,6 +9,7 @@ Only Parquet metadata and the small `label` column are read here.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import pyarrow.parquet as pq
 
 from analysis.errors import StageInputError
 
-__all__ = ["LABEL", "TRAIN_WEIGHT", "PreparedSplits", "SplitFiles", "inspect_prepared"]
+__all__ = ["LABEL", "TRAIN_WEIGHT", "PreparedSplits", "SplitFiles", "inspect_prepared",
+           "row_group_units"]
 
 LABEL = "label"  # int8: 1 signal, 0 background (real data never reaches the splits)
 TRAIN_WEIGHT = "train_weight"  # float64: class-balanced training weight, mean 1 per split
@@ -66,6 +68,15 @@ class PreparedSplits:
 
     def split(self, name: str) -> SplitFiles:
         return self.splits[name]
+
+
+def row_group_units(files: Sequence[str | Path]) -> list[tuple[Path, int, int]]:
+    """Every row group of ``files`` as ``(path, row_group_index, rows)``, in file order."""
+    units = []
+    for path in files:
+        meta = pq.ParquetFile(path).metadata
+        units += [(Path(path), i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
+    return units
 
 
 def _read_stats(root: Path) -> dict:

@@ -21,7 +21,7 @@ from analysis.config import ClusterConfig, Config, XGBoostConfig
 from analysis.errors import StageInputError
 from analysis.progress import stage_console
 from analysis.train_common import cuda_gpu_count
-from analysis.train_inputs import LABEL, TRAIN_WEIGHT, PreparedSplits
+from analysis.train_inputs import LABEL, TRAIN_WEIGHT, PreparedSplits, row_group_units
 
 __all__ = ["EARLY_STOPPING_METRIC", "local_gpu_workers", "plan_partitions", "read_split_dask",
            "train_xgboost", "training_client", "xgboost_params"]
@@ -73,8 +73,6 @@ def plan_partitions(files: list[Path], n_workers: int, *,
     list of partitions, each a list of ``(path, row_group, first_row, stop_row)`` with
     rows counted within the row group; none empty.
     """
-    from analysis.streaming import row_group_units
-
     units = row_group_units(files)
     total = sum(u[2] for u in units)
     target = max(1, n_workers) * max(1, math.ceil(total / (max(1, n_workers) * max_rows)))

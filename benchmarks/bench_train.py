@@ -153,6 +153,9 @@ def _dask(client, prep: Path, params: dict, rounds: int):
 
 
 def bench_xgboost(prep: Path, *, rounds: int) -> dict:
+    import dask.array  # noqa: F401 - imported before timing: imports are not training time
+    import xgboost.dask  # noqa: F401
+
     from analysis.cluster import dask_client
     from analysis.train_xgb import xgboost_params
 
