@@ -19,11 +19,13 @@ The runs are made comparable and bounded by a fixed amount of work:
   torch CPU threads, mixed precision on CUDA as the trainer does; ``train_seconds`` is
   the trainer's sum of epoch times (training pass and validation pass of each epoch).
 
-Other settings are the pipeline defaults; all of them are written into gpu.json. The
-default run (5M train rows, both models, both devices) is sized to stay well under 8
-minutes on the GPU machine of the device tool (16 cores): writing the data takes under a
-minute there, 200 rounds of depth-3 trees and 3 epochs of the 64-128-64 network are each
-a few minutes at most on 16 CPU cores and less on the GPU.
+Other settings are the pipeline defaults; all of them are written into gpu.json. Rounds
+and epochs are chosen so that the default run (5M train rows, both models, both devices)
+stays under ~8 minutes on the device tool's GPU machine (16 cores): on a shared 2-core
+machine ``--quick`` (200k rows) took 1 s to write the data, 26 s for xgboost on CPU
+(about 8 s of it starting the cluster) and 4 s for the mlp on CPU; 25 times the rows on 8
+times the threads gives roughly 40 s of writing, 1.5-2 min for xgboost and about 1 min for
+the mlp on CPU, less on the GPU (an estimate until a GPU session measures it).
 
 A device that cannot be used (no GPU visible, or a backend built without CUDA) is recorded
 as ``unavailable`` with the trainer's one-line reason (`resolve_device`'s ConfigError); a
