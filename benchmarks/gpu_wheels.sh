@@ -15,11 +15,13 @@
 #                                        (carried or stashed in DIR), pip install everything
 #                                        into --target (default /tmp/site), check the imports
 #
-# Why the xgboost wheel is special: its CUDA build is ~130 MB compressed (libxgboost.so is
-# ~240 MB), twice a call's upload. Rezipped without compression and then xz-compressed it is
-# ~90 MB, so two parts of at most PART_MIB: one call carries and stashes the first, the next
-# call carries the second. nvidia-nccl-cu12 (xgboost's requirement, ~200 MB) is left out:
-# xgboost opens NCCL only for multi-GPU communication, and the machine has one GPU.
+# Why the xgboost wheel is special: its CUDA build (3.2.0) is 126 MiB compressed
+# (libxgboost.so is 226 MiB), twice a call's upload. Rezipped without compression and then
+# xz-compressed it is 93 MiB, so two parts of at most PART_MIB: one call carries and stashes
+# the first, the next call carries the second. nvidia-nccl-cu12 (xgboost's requirement,
+# ~200 MB) is left out: this xgboost loads NCCL at run time (dlopen) for GPU communication
+# between workers, and a run on the machine's one GPU has a single worker; should it be
+# asked for anyway, xgboost finds the image's own nvidia-nccl-cu13.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,8 +30,8 @@ cd "$REPO"
 # Packages on the training path (analysis.train, train_xgb, train_mlp, cluster, config and
 # tests/_train_helpers, with their requirements) that the machine's image lacks. Found by
 # walking the Requires-Dist of xgboost, dask[array,dataframe] (xgboost.dask imports
-# dask.dataframe), distributed, pydantic, rich, pyarrow,
-# numpy, scikit-learn, scipy, psutil in .venv against the image's package list.
+# dask.dataframe), distributed, pydantic, rich, pyarrow, numpy, scikit-learn, scipy and
+# psutil in .venv against the image's package list.
 SMALL=(dask distributed tornado tblib zict partd locket
        pydantic pydantic-core annotated-types typing-inspection)
 BIG=xgboost
