@@ -98,25 +98,30 @@ def _read_partition(slices: list[tuple[Path, int, int, int]], features: list[str
     weights); anything else leaves w as read.
     """
     import numpy as np
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    rows = sum(stop - first for _, _, first, stop in slices)
+    x = np.empty((rows, len(features)), dtype=np.float32)
+    y = np.empty(rows, dtype=np.float32)
+    w = np.empty(rows, dtype=np.float32)
     files: dict[Path, pq.ParquetFile] = {}
-    tables = []
+    at = 0
     for path, group, first, stop in slices:
         handle = files.setdefault(path, pq.ParquetFile(path))
         table = handle.read_row_group(group, columns=[*features, LABEL, TRAIN_WEIGHT])
-        tables.append(table.slice(first, stop - first))
-    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-    x = np.empty((table.num_rows, len(features)), dtype=np.float32)
-    for j, name in enumerate(features):
-        x[:, j] = table.column(name).to_numpy()
-    w = table.column(TRAIN_WEIGHT).to_numpy().astype(np.float32)
+        table = table.slice(first, stop - first)
+        # Each column goes straight into its rows: one copy, no concatenated table first.
+        rows_here = slice(at, at + table.num_rows)
+        for j, name in enumerate(features):
+            x[rows_here, j] = table.column(name).to_numpy()
+        y[rows_here] = table.column(LABEL).to_numpy()
+        w[rows_here] = table.column(TRAIN_WEIGHT).to_numpy()
+        at += table.num_rows
     if negative_weights == "abs":
         np.abs(w, out=w)
     elif negative_weights == "zero":
         np.maximum(w, 0, out=w)
-    return x, table.column(LABEL).to_numpy().astype(np.float32), w
+    return x, y, w
 
 
 def read_split_dask(files: list[Path], features: list[str], *, n_workers: int = 1,
