@@ -247,6 +247,9 @@ class MLPConfig(_Strict):
     lr_decay_patience: int = Field(2, ge=0)  # stalled epochs before the lr is lowered
     shuffle_buffer: int = Field(100_000, gt=0)  # rows held by the streaming loader's buffer
     num_workers: int = Field(0, ge=0)  # DataLoader worker processes
+    # Without workers: threads reading and shuffling, each with a share of the row groups
+    # and of the buffer (more help a GPU wait less; the row order depends on the number).
+    read_threads: int = Field(2, gt=0)
     cpu_threads: int = Field(1, ge=0)  # torch intra-op threads; 0 = torch's default (all cores)
     seed: int = 7
 

@@ -153,7 +153,7 @@ def _train(torch, prepared: PreparedSplits, out: Path, config: Config, *, device
     torch.manual_seed(cfg.seed)
     train_stream = ParquetBatchStream(train.files, features, batch_size=cfg.batch_size,
                                       shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
-                                      as_numpy=True)
+                                      as_numpy=True, read_threads=cfg.read_threads)
     val_stream = ParquetBatchStream(val.files, features, batch_size=_VAL_BATCH,
                                     shuffle_buffer=_VAL_BATCH, shuffle=False)
     loader = BatchLoader(train_stream, num_workers=cfg.num_workers)
@@ -184,7 +184,9 @@ def _train(torch, prepared: PreparedSplits, out: Path, config: Config, *, device
         console.print(f"mlp: --resume but no {ckpt_path}: starting a new run")
     console.print(f"train mlp {cfg.hidden} on {device}{' (mixed precision)' if amp else ''}: "
                   f"{train.rows} train rows streamed in {train.row_groups} row groups, "
-                  f"buffer {cfg.shuffle_buffer} rows, {cfg.num_workers} loader workers")
+                  f"buffer {cfg.shuffle_buffer} rows, "
+                  + (f"{cfg.num_workers} loader workers" if cfg.num_workers else
+                     f"{cfg.read_threads} read threads"))
     begin = time.perf_counter()
     with progress_bar(quiet=not progress) as bars:
         epoch = start_epoch
