@@ -3,7 +3,10 @@
 A job of `analysis.submit` leaves ``jobs/<k>/started`` when it begins, ``jobs/<k>/exit_code``
 and ``jobs/<k>/skim.log`` when it ends, and ``manifests/job-<k>.json`` from the skim. From
 those, `job_states` tells which jobs are done, failed (with the error), running, or
-missing (not started: still queued, or never submitted), without asking the batch system.
+missing (not started). A job killed without a trace (SIGKILL, node failure) leaves no exit
+code and would look running or missing for ever, so the batch system is asked too
+(``squeue``, ``condor_q``; `queued_tasks`): a job that it no longer holds and that left no
+exit code failed.
 
 `merge_job_manifests` turns the per-job manifests of a finished run into the
 ``manifest.json`` and ``cutflow.json`` a single ``hepprep skim`` would have written: the
@@ -13,6 +16,8 @@ cutflow is summed from the parts themselves in the same order, so it is identica
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +28,8 @@ from analysis.skim_manifest import build_cutflow, build_manifest, job_manifest_p
 from analysis.submit import JOBS_DIR, read_submit_record
 from processors.parts import read_part_summary
 
-__all__ = ["JOB_STATES", "JobState", "format_job_states", "job_states", "merge_job_manifests"]
+__all__ = ["JOB_STATES", "JobState", "format_job_states", "job_states", "merge_job_manifests",
+           "queued_tasks"]
 
 JOB_STATES = ("done", "failed", "running", "missing")
 
@@ -81,15 +87,80 @@ def _job_state(out: Path, job: dict[str, Any]) -> JobState:
     return JobState(k, "missing", job["files"])
 
 
+def queued_tasks(system: str, batch_id: str) -> set[int] | None:
+    """Slices of the batch submission ``batch_id`` that the batch system still holds.
+
+    Slurm: the array task ids (the slice numbers) that ``squeue`` lists, pending or
+    running. HTCondor: the ``ProcId`` of the jobs ``condor_q`` lists (idle, running or
+    held), counted in the submission's order. None when the batch system cannot be asked
+    (command not found, controller down): then nothing is concluded from the queue.
+    """
+    if system == "slurm":
+        command = ["squeue", "--noheader", "--array", "--format=%i", f"--jobs={batch_id}"]
+    else:
+        command = ["condor_q", batch_id, "-af", "ProcId"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        # A job that left the controller's memory is unknown to it: that is an answer.
+        return set() if "Invalid job id" in done.stderr else None
+    if system == "slurm":
+        return {int(m.group(1)) for m in re.finditer(rf"^{re.escape(batch_id)}_(\d+)$",
+                                                     done.stdout, re.MULTILINE)}
+    return {int(v) for v in done.stdout.split() if v.isdigit()}
+
+
+def _lost_jobs(record: dict[str, Any]) -> dict[int, str]:
+    """Job -> its batch task, for every job whose latest submission the batch system no longer holds.
+
+    Jobs whose latest submission was a dry run (submitted by hand) or whose batch system
+    could not be asked are left out.
+    """
+    latest: dict[int, tuple[dict[str, Any], int]] = {}
+    for submission in record.get("submissions", []):
+        for i, k in enumerate(submission["jobs"]):
+            latest[k] = (submission, i)
+    answers: dict[str, set[int] | None] = {}
+    gone = {}
+    for k, (submission, i) in latest.items():
+        batch_id = submission.get("batch_id")
+        if submission.get("dry_run") or not batch_id:
+            continue
+        if batch_id not in answers:
+            answers[batch_id] = queued_tasks(record["system"], batch_id)
+        held = answers[batch_id]
+        task = k if record["system"] == "slurm" else i  # HTCondor numbers procs in queue order
+        if held is not None and task not in held:
+            gone[k] = f"{batch_id}_{task}" if record["system"] == "slurm" else f"{batch_id}.{task}"
+    return gone
+
+
 def job_states(out_dir: str | Path) -> list[JobState]:
     """The state of every job of the submission in ``out_dir``, in job order.
 
-    A job killed without a trace (node crash, ``kill -9``) stays ``running``; the batch
-    system's own log is ``jobs/<k>/batch.out``.
+    A job that left no exit code but that the batch system no longer holds (killed
+    without a trace: SIGKILL, node failure) is ``failed``; its batch log is
+    ``jobs/<k>/batch.out``.
     """
     out = Path(out_dir).resolve()
     record = read_submit_record(out)
-    return [_job_state(out, job) for job in record["jobs"]]
+    # The queue first, then the files: a job that leaves the queue has written its exit
+    # code already, so a job finishing in between is never taken for a lost one.
+    gone = _lost_jobs(record)
+    states = []
+    for job in record["jobs"]:
+        state = _job_state(out, job)
+        if state.state in ("running", "missing") and job["job"] in gone:
+            what = "started" if state.state == "running" else "never started"
+            state = JobState(job["job"], "failed", job["files"],
+                             f"{what}, left no exit code and is no longer in the "
+                             f"{record['system']} queue (batch job {gone[job['job']]}): killed "
+                             f"without a trace (node failure, time or memory limit?); see "
+                             f"{out / JOBS_DIR / str(job['job']) / 'batch.out'}")
+        states.append(state)
+    return states
 
 
 def format_job_states(out_dir: str | Path, states: list[JobState]) -> str:

@@ -184,6 +184,12 @@ def fake_sbatch(tmp_path, monkeypatch) -> Path:
     script = bin_dir / "sbatch"
     script.write_text(f'#!/usr/bin/env bash\necho "$@" >> {calls}\necho "4242;cluster0"\n')
     script.chmod(0o755)
+    # And an `squeue` that lists what squeue-out.txt holds (every slice queued, to start).
+    queue = tmp_path / "squeue-out.txt"
+    queue.write_text("".join(f"4242_{k}\n" for k in range(4)))
+    (bin_dir / "squeue").write_text(f'#!/usr/bin/env bash\necho "$@" >> {tmp_path}/squeue-calls.txt\n'
+                                    f'cat {queue}\n')
+    (bin_dir / "squeue").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     return calls
 
@@ -280,3 +286,63 @@ def test_bad_submit_options_are_refused_before_anything_is_written(sample, tmp_p
     code, _, stderr = _cli(capsys, "submit", str(sample), "--out", str(out), "--dry-run", *options)
     assert (code, stderr) == (2, f"hepprep: error: {message}\n")
     assert not out.exists()
+
+
+def test_jobs_the_queue_no_longer_holds_without_exit_code_failed(sample, tmp_path, fake_sbatch, capsys):
+    out = tmp_path / "batch"
+    code, _, stderr = _cli(capsys, "submit", str(sample), "--out", str(out), "--jobs", "4")
+    assert code == 0, stderr
+    for k in (0, 2):  # started; 1 and 3 never did
+        (out / "jobs" / str(k) / "started").write_text("2026-11-23T12:00:00Z node1 4242_k\n")
+    # Slices 0 and 1 were killed without a trace (SIGKILL, node failure): squeue lost them.
+    (tmp_path / "squeue-out.txt").write_text("4242_2\n4242_3\n")
+    states = job_states(out)
+    assert [s.state for s in states] == ["failed", "failed", "running", "missing"]
+    assert states[0].error == (f"started, left no exit code and is no longer in the slurm queue "
+                               f"(batch job 4242_0): killed without a trace (node failure, time or "
+                               f"memory limit?); see {out.resolve()}/jobs/0/batch.out")
+    assert states[1].error.startswith("never started, left no exit code")
+    assert (tmp_path / "squeue-calls.txt").read_text() == "--noheader --array --format=%i --jobs=4242\n"
+    code, _, stderr = _cli(capsys, "submit", "--resubmit-failed", str(out))
+    assert code == 0, stderr
+    assert fake_sbatch.read_text().splitlines()[-1].startswith("--parsable --array=0-1 ")
+    # A job that finished left its exit code before leaving the queue: not a lost one.
+    (out / "jobs" / "2" / "exit_code").write_text("3\n")
+    (tmp_path / "squeue-out.txt").write_text("4242_0\n4242_1\n")
+    assert [s.state for s in job_states(out)] == ["missing", "missing", "failed", "failed"]
+    assert job_states(out)[2].error.startswith("exit code 3")
+
+
+@pytest.mark.parametrize("stderr, states", [
+    ("slurm_load_jobs error: Unable to contact slurm controller (connect failure)",
+     ["running", "missing"]),  # cannot ask: nothing concluded
+    ("slurm_load_jobs error: Invalid job id specified", ["failed", "failed"]),  # aged out: gone
+])
+def test_queue_errors_tell_unreachable_from_gone(sample, tmp_path, fake_sbatch, capsys, stderr, states):
+    out = tmp_path / "batch"
+    assert _cli(capsys, "submit", str(sample), "--out", str(out), "--jobs", "2")[0] == 0
+    (out / "jobs" / "0" / "started").write_text("now\n")
+    squeue = tmp_path / "bin" / "squeue"
+    squeue.write_text(f"#!/usr/bin/env bash\necho '{stderr}' >&2\nexit 1\n")
+    assert [s.state for s in job_states(out)] == states
+
+
+def test_htcondor_queue_is_read_in_submission_order(tmp_path, monkeypatch):
+    from analysis.submit_status import _lost_jobs, queued_tasks
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "condor_q").write_text('#!/usr/bin/env bash\n[ "$1" = 77 ] && printf "1\\n"\n'
+                                      '[ "$1" = 78 ] && printf "0\\n2\\n"\nexit 0\n')
+    (bin_dir / "condor_q").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert queued_tasks("htcondor", "78") == {0, 2}
+    # Cluster 77 ran slices 0-3 (ProcId = slice), then cluster 78 resubmitted 1, 3 and 2:
+    # its ProcIds 0, 1, 2 are slices 1, 3, 2. Slice 4 was only written (dry run).
+    record = {"system": "htcondor", "submissions": [
+        {"jobs": [0, 1, 2, 3], "batch_id": "77", "dry_run": False},
+        {"jobs": [1, 3, 2], "batch_id": "78", "dry_run": False},
+        {"jobs": [4], "batch_id": None, "dry_run": True}]}
+    assert _lost_jobs(record) == {0: "77.0", 3: "78.1"}
+    monkeypatch.setenv("PATH", str(tmp_path))  # no condor_q: nothing concluded
+    assert queued_tasks("htcondor", "78") is None and _lost_jobs(record) == {}
