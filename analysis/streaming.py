@@ -14,8 +14,9 @@ than reading the data.
 from __future__ import annotations
 
 import copy
+import queue
+import threading
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -45,29 +46,60 @@ def read_ahead(items: Iterable) -> Iterator:
     Parquet decoding releases the GIL, so reading row group k+1 overlaps with shuffling
     row group k. At most two items are alive at once: the one yielded and the next.
     """
-    return round_robin_threads([items])
+    return round_robin_threads([items], ahead=1)
 
 
-def round_robin_threads(sources: Sequence[Iterable]) -> Iterator:
+def round_robin_threads(sources: Sequence[Iterable], *, ahead: int = 2) -> Iterator:
     """Yield the items of several iterables in turn, each produced by a thread of its own.
 
     The order is fixed (one item of each source in turn, skipping exhausted sources),
-    whatever the threads' speeds, so a seeded stream stays reproducible. Each source
-    has one item in production while the caller holds the last one it was given.
+    whatever the threads' speeds, so a seeded stream stays reproducible. Each source may
+    run up to ``ahead`` items ahead of the one the caller holds, so a source that is
+    momentarily faster keeps working instead of waiting for its turn. An exception in a
+    source is raised here; closing this generator stops the threads.
     """
-    iterators = [iter(s) for s in sources]
-    with ThreadPoolExecutor(max_workers=max(1, len(iterators)),
-                            thread_name_prefix="parquet-read-ahead") as pool:
-        pending = [pool.submit(next, it, _END) for it in iterators]
-        alive = list(range(len(iterators)))
+    stop = threading.Event()
+    queues: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in sources]
+    # One slot per item not yet given back: the one the caller holds and ``ahead`` more.
+    slots = [threading.Semaphore(ahead + 1) for _ in sources]
+
+    def produce(source: Iterable, out: queue.SimpleQueue, free: threading.Semaphore) -> None:
+        try:
+            iterator = iter(source)
+            while True:
+                while not free.acquire(timeout=0.1):  # ``ahead`` items of ours are waiting
+                    if stop.is_set():
+                        return
+                if stop.is_set():
+                    return
+                item = next(iterator, _END)
+                out.put((item, None))
+                if item is _END:
+                    return
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, raised there
+            out.put((_END, err))
+
+    threads = [threading.Thread(target=produce, args=(s, q, f), daemon=True,
+                                name=f"parquet-read-{k}")
+               for k, (s, q, f) in enumerate(zip(sources, queues, slots))]
+    for thread in threads:
+        thread.start()
+    try:
+        alive = list(range(len(sources)))
         while alive:
             for i in list(alive):
-                item = pending[i].result()
+                item, err = queues[i].get()
+                if err is not None:
+                    raise err
                 if item is _END:
                     alive.remove(i)
                     continue
-                pending[i] = pool.submit(next, iterators[i], _END)
                 yield item
+                slots[i].release()  # the caller is done with it: source i may make one more
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
 
 
 class ParquetBatchStream(torch.utils.data.IterableDataset):
