@@ -200,7 +200,7 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
         open_file, handle = None, None
         for path, group, rows in units:
             if path != open_file:
-                handle, open_file = pq.ParquetFile(path), path
+                handle, open_file = pq.ParquetFile(path, memory_map=True), path
             if rows <= chunk:
                 pieces = [handle.read_row_group(group, columns=columns, use_threads=threads)]
             else:
