@@ -62,16 +62,22 @@ class _TreeRSSSampler(threading.Thread):
         return self.peak
 
 
-def measure(fn: Callable[[], Any], *, interval: float = 0.05) -> Measurement:
-    """Run ``fn()`` once; wall time and peak RSS of the whole process tree meanwhile."""
-    sampler = _TreeRSSSampler(interval)
-    sampler.start()
+def measure(fn: Callable[[], Any], *, interval: float = 0.05, sample_rss: bool = True) -> Measurement:
+    """Run ``fn()`` once; wall time and peak RSS of the whole process tree meanwhile.
+
+    ``sample_rss=False`` times without the sampling thread (``peak_rss_mib`` is then NaN):
+    for multi-threaded Python work of a fraction of a second, the sampler's own share of
+    the interpreter shows in the time.
+    """
+    sampler = _TreeRSSSampler(interval) if sample_rss else None
+    if sampler is not None:
+        sampler.start()
     start = time.perf_counter()
     try:
         result = fn()
     finally:
         seconds = time.perf_counter() - start
-        peak = sampler.stop()
+        peak = sampler.stop() if sampler is not None else float("nan")
     return Measurement(seconds=seconds, peak_rss_mib=peak / 2**20, result=result)
 
 
