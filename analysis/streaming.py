@@ -114,10 +114,12 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
     batch_size : int
         Rows per batch; the last batch of an epoch (per worker) may be smaller.
     shuffle_buffer : int
-        Capacity of the shuffle buffer in rows (config ``train.mlp.shuffle_buffer``).
-        The stream holds at most twice this many rows: the buffer, the half buffer being
-        exchanged in and the half buffer drawn out, plus two read chunks (the one being
-        shuffled in and the one read ahead) of at most ``min(shuffle_buffer, 131072)`` rows.
+        Capacity of the shuffle buffer in rows (config ``train.mlp.shuffle_buffer``),
+        shared by the read threads. The stream holds at most about 2.5 times this many
+        rows (the buffer, and up to three draws of half a buffer share per thread: the
+        one in use and two made ahead) plus, per read thread, one read chunk of at most
+        ``min(shuffle_buffer // read_threads, 131072)`` rows (three with one thread,
+        which reads ahead).
     shuffle : bool
         False streams rows in file order without a buffer (validation, prediction).
     seed : int
