@@ -9,7 +9,9 @@ same generated sample:
   workers are Slurm jobs;
 * ``hepprep submit --system slurm``: one ``sbatch`` array, no dask scheduler, then
   ``hepprep skim --status`` and ``--merge-manifests``; a job that failed is resubmitted
-  alone (``sbatch --array=K``) with ``hepprep submit --resubmit-failed``.
+  alone (``sbatch --array=K``) with ``hepprep submit --resubmit-failed``, and so is one
+  that left the queue without a trace (cancelled before it started: only ``squeue`` can
+  tell).
 
 Run with ``make test-integration`` (not part of ``make test``).
 """
@@ -27,7 +29,7 @@ import pytest
 from analysis.cli import main
 from analysis.config import config_from_dict
 from analysis.skim import run_skim
-from analysis.submit_status import job_states
+from analysis.submit_status import job_states, queued_tasks
 
 from tests._skim_helpers import read_skim
 
@@ -169,3 +171,32 @@ def test_failed_slurm_job_is_resubmitted_alone(slurm, sample, local_skim, tmp_pa
     reference = read_skim(local_skim)
     reference = reference[reference["dataset"].isin(kept)].reset_index(drop=True)
     pd.testing.assert_frame_equal(read_skim(out), reference)
+
+
+def test_slice_gone_from_the_queue_without_a_trace_is_failed_and_resubmitted(slurm, sample, local_skim,
+                                                                             tmp_path):
+    # Held at submission, so slice 1 can be cancelled before it ever starts: it leaves the
+    # queue and no file behind, which only the queue can tell.
+    out = tmp_path / "batch"
+    main(["submit", str(sample), "--out", str(out), "--jobs", "2", "--chunksize", str(CHUNKSIZE),
+          "--queue", PARTITION, "--extra=--hold"])
+    batch_id = json.loads((out / "jobs" / "submit.json").read_text())["submissions"][0]["batch_id"]
+    subprocess.run(["scancel", f"{batch_id}_1"], check=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        held = queued_tasks("slurm", batch_id)
+        if held is not None and 1 not in held:
+            break
+        time.sleep(1)
+    states = job_states(out)
+    assert [s.state for s in states] == ["missing", "failed"], states
+    assert states[1].error.startswith(f"never started, left no exit code and is no longer in the "
+                                      f"slurm queue (batch job {batch_id}_1)")
+    subprocess.run(["scontrol", "release", batch_id], check=True)
+    main(["submit", "--resubmit-failed", str(out)])
+    record = json.loads((out / "jobs" / "submit.json").read_text())
+    assert record["submissions"][-1]["jobs"] == [1]
+    subprocess.run(["scontrol", "release", record["submissions"][-1]["batch_id"]], check=True)
+    assert [s.state for s in _wait_for_jobs(out)] == ["done", "done"]
+    main(["skim", "--merge-manifests", str(out)])
+    pd.testing.assert_frame_equal(read_skim(out), read_skim(local_skim))
