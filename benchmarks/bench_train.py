@@ -3,7 +3,8 @@
 Two ratios against floors measured in the same run, on the same prepared files:
 
 1. loader: rows/s of one epoch of `ParquetBatchStream` (row-group shuffle + shuffle
-   buffer, float32 batches as torch tensors) / rows/s of a plain ``pyarrow.parquet``
+   buffer, float32 batches as torch tensors; as many read threads as pyarrow's CPU pool,
+   which the floor's read uses) / rows/s of a plain ``pyarrow.parquet``
    read of the same files and columns (best of 3 runs each, timed without the memory
    sampler, which gets a run of its own; imports excluded). Goal >= 0.5.
 2. xgboost: wall time of xgboost.dask on a 2-worker LocalCluster (1 thread each) /
@@ -61,12 +62,18 @@ def _pyarrow_read_numpy(files, columns):
     return rows
 
 
+def _read_threads() -> int:
+    # As many read threads as the floor's pyarrow read uses (its CPU pool: one per core).
+    return pa.cpu_count()
+
+
 def _loader_epoch(files, *, num_workers, buffer_rows, batch_size):
     from analysis.streaming import BatchLoader, ParquetBatchStream
 
     # As the MLP trainer reads it: torch tensors, optionally from DataLoader workers.
     stream = ParquetBatchStream(files, DEFAULT_FEATURES, batch_size=batch_size,
-                                shuffle_buffer=buffer_rows, seed=1, as_numpy=True)
+                                shuffle_buffer=buffer_rows, seed=1, as_numpy=True,
+                                read_threads=_read_threads())
     loader = BatchLoader(stream, num_workers=num_workers)
     rows = 0
     for x, _, _ in loader:
@@ -106,6 +113,7 @@ def bench_loader(prep: Path, *, buffer_rows: int, batch_size: int) -> dict:
         "loader_rows": rows,
         "loader_buffer_rows": buffer_rows,
         "loader_batch_size": batch_size,
+        "loader_read_threads": _read_threads(),
         "pyarrow_read_rows_per_s": round(rate["pyarrow"]),
         "pyarrow_read_numpy_rows_per_s": round(rate["pyarrow_numpy"]),
         "loader_rows_per_s": round(rate["loader"]),
@@ -239,6 +247,7 @@ def bench_generated(work: Path, *, events: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small smoke run")
+    parser.add_argument("--out", default="bench-output", help="folder for train.json")
     parser.add_argument("--only", choices=["loader", "xgboost", "physics"], action="append",
                         help="run only these parts (repeatable; default: all)")
     args = parser.parse_args(argv)
@@ -279,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         figures["loader_goal_met"] = figures["loader_ratio_vs_pyarrow"] >= 0.5
     if "xgb_dask_ratio_vs_single" in figures:
         figures["xgb_goal_met"] = figures["xgb_dask_ratio_vs_single"] <= 1.3
-    write_result("train", figures)
+    write_result("train", figures, args.out)
     return 1 if failed else 0
 
 

@@ -123,7 +123,7 @@ EOF
     local last=$parts
     for k in $(seq 1 "$((last - 1))"); do
         local extra=""
-        [ "$k" = 1 ] && extra=" && bash benchmarks/gpu_wheels.sh install && export PYTHONPATH=/tmp/site && PYTHONUNBUFFERED=1 python3 benchmarks/bench_gpu.py --models mlp --devices cpu,cuda --out \$OUT"
+        [ "$k" = 1 ] && extra=" && bash benchmarks/gpu_wheels.sh install && export PYTHONPATH=/tmp/site && PYTHONUNBUFFERED=1 python3 benchmarks/bench_gpu.py --models mlp --devices cpu,cuda --out \$OUT && python3 benchmarks/bench_train.py --only loader --out \$OUT"
         echo "  call $k: carry [\".whl\", \".whl-xgb$k\"], timeout_s 600, command:"
         echo "    bash benchmarks/gpu_wheels.sh stash /root/whl-parts$extra"
     done
