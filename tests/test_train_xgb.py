@@ -79,6 +79,8 @@ def test_model_directory_contents(prep, dask_model):
     assert info["train_partitions"] >= 2  # both workers hold training rows
     assert info["params"]["max_depth"] == 4 and info["params"]["objective"] == "binary:logistic"
     assert info["train_rows"] == 16_000 and info["train_seconds"] > 0
+    # The training curve is evaluated on every 4th training row: as many as the val split.
+    assert info["train_curve_rows"] == 4_000
     val_loss = history["val"]["logloss"]
     assert len(val_loss) == info["rounds_run"] == len(history["train"]["auc"])
     # Early stopping kept the best round only and stopped `early_stopping_rounds` after it.
