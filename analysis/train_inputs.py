@@ -140,12 +140,14 @@ def _inspect_split(root: Path, name: str, features: list[str]) -> SplitFiles | N
                                   f"stats.json or needed for training; re-run `hepprep prepare`")
         rows += meta.metadata.num_rows
         row_groups += meta.num_row_groups
-        labels = meta.read(columns=[LABEL]).column(0).to_numpy()
+        # train_weight only where the statistics allow a negative one: one read either way.
+        check_weights = _may_have_negative(meta, TRAIN_WEIGHT)
+        table = meta.read(columns=[LABEL, TRAIN_WEIGHT] if check_weights else [LABEL])
+        labels = table.column(LABEL).to_numpy()
         signal += int(np.count_nonzero(labels == 1))
         background += int(np.count_nonzero(labels == 0))
-        if _may_have_negative(meta, TRAIN_WEIGHT):
-            weights = meta.read(columns=[TRAIN_WEIGHT]).column(0).to_numpy()
-            negative += int(np.count_nonzero(weights < 0))
+        if check_weights:
+            negative += int(np.count_nonzero(table.column(TRAIN_WEIGHT).to_numpy() < 0))
     return SplitFiles(name=name, files=files, rows=rows, row_groups=row_groups,
                       signal_rows=signal, background_rows=background,
                       negative_weight_rows=negative)

@@ -250,8 +250,9 @@ def train_xgboost(prepared: PreparedSplits, out: Path, config: Config, *, device
         # rows as the validation split (prepared files are shuffled, so a fair sample):
         # evaluating the whole split each round costs as much as boosting it.
         step = max(1, math.ceil(train.rows / max(val.rows, 1)))
+        x_curve = x[::step]
         dcurve = dtrain if step == 1 else xgb.dask.DaskQuantileDMatrix(
-            client, x[::step], y[::step], weight=w[::step], ref=dtrain,
+            client, x_curve, y[::step], weight=w[::step], ref=dtrain,
             feature_names=prepared.features)
         stopper = xgb.callback.EarlyStopping(rounds=cfg.early_stopping_rounds,
                                              metric_name=EARLY_STOPPING_METRIC,
@@ -281,7 +282,7 @@ def train_xgboost(prepared: PreparedSplits, out: Path, config: Config, *, device
         "train_seconds": round(seconds, 3),
         "train_rows": train.rows,
         "val_rows": val.rows,
-        "train_curve_rows": int(x[::step].shape[0]),  # the rows behind history["train"]
+        "train_curve_rows": int(x_curve.shape[0]),  # the rows behind history["train"]
         "negative_weight_rows": negative,
         "negative_weights": cfg.negative_weights,
         "dask_workers": n_workers,
