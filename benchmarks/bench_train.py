@@ -5,8 +5,10 @@ Two ratios against floors measured in the same run, on the same prepared files:
 1. loader: rows/s of one epoch of `ParquetBatchStream` (row-group shuffle + shuffle
    buffer, float32 batches as torch tensors; as many read threads as pyarrow's CPU pool,
    which the floor's read uses) / rows/s of a plain ``pyarrow.parquet``
-   read of the same files and columns (best of 3 runs each, timed without the memory
-   sampler, which gets a run of its own; imports excluded). Goal >= 0.5.
+   read of the same files and columns: the median ratio over 9 back-to-back pairs of
+   runs (quartiles and the best-of ratio reported beside it), timed without the memory
+   sampler, which gets a run of its own; imports excluded. The stream is built once and
+   each run is one epoch, as in training. Goal >= 0.5.
 2. xgboost: wall time of xgboost.dask on a 2-worker LocalCluster (1 thread each) /
    single-process ``xgboost.train`` with 2 threads, same rows, parameters and number of
    rounds (the trainer's default ``num_boost_round``, no early stopping), both timed from
@@ -67,62 +69,85 @@ def _read_threads() -> int:
     return pa.cpu_count()
 
 
-def _loader_epoch(files, *, num_workers, buffer_rows, batch_size):
+def _loader(files, *, num_workers, buffer_rows, batch_size):
     from analysis.streaming import BatchLoader, ParquetBatchStream
 
-    # As the MLP trainer reads it: torch tensors, optionally from DataLoader workers.
+    # As the MLP trainer reads it: one stream, a new epoch (row-group order and buffer
+    # draws) per iteration, torch tensors, optionally from DataLoader workers.
     stream = ParquetBatchStream(files, DEFAULT_FEATURES, batch_size=batch_size,
                                 shuffle_buffer=buffer_rows, seed=1, as_numpy=True,
                                 read_threads=_read_threads())
     loader = BatchLoader(stream, num_workers=num_workers)
-    rows = 0
-    for x, _, _ in loader:
-        rows += len(x)
-    return rows
+
+    def epoch():
+        stream.set_epoch(stream.epoch + 1)
+        rows = 0
+        for x, _, _ in loader:
+            rows += len(x)
+        return rows
+
+    return epoch
 
 
-def _best_of(fn, repeats: int = 3):
-    # The machine is shared: the fastest of a few runs is the least disturbed one. They run
-    # without the memory sampler (its thread would take a share of these sub-second,
-    # multi-threaded runs); one more run measures the peak memory.
-    runs = [measure(fn, sample_rss=False) for _ in range(repeats)]
-    best = min(runs, key=lambda m: m.seconds)
-    best.peak_rss_mib = measure(fn).peak_rss_mib
-    return best
+def _paired(floor, run, pairs: int):
+    """``pairs`` runs of ``floor`` and ``run`` in turn; their times and the ratio of each pair.
+
+    The machine is shared and its speed drifts from second to second: a floor and a loader
+    run taken back to back see the same machine, so the median of the pairs' ratios is
+    steadier than the ratio of two best-ofs taken apart. No memory sampler runs meanwhile
+    (its thread would take a share of these sub-second multi-threaded runs).
+    """
+    floors, runs = [], []
+    for _ in range(pairs):
+        floors.append(measure(floor, sample_rss=False))
+        runs.append(measure(run, sample_rss=False))
+    ratios = [f.seconds / r.seconds for f, r in zip(floors, runs)]
+    return floors, runs, ratios
 
 
-def bench_loader(prep: Path, *, buffer_rows: int, batch_size: int) -> dict:
+def bench_loader(prep: Path, *, buffer_rows: int, batch_size: int, pairs: int = 9) -> dict:
+    import statistics
+
     import torch  # noqa: F401 - imported before timing: the import is not loader time
-
-    import analysis.streaming  # noqa: F401
 
     files = sorted((prep / "train").glob("part-*.parquet"))
     columns = [*DEFAULT_FEATURES, "label", "train_weight"]
-    _pyarrow_read(files, columns)  # warm the page cache for both
-    floor = _best_of(lambda: _pyarrow_read(files, columns))
-    floor_np = _best_of(lambda: _pyarrow_read_numpy(files, columns))
-    loader0 = _best_of(lambda: _loader_epoch(files, num_workers=0, buffer_rows=buffer_rows,
-                                             batch_size=batch_size))
-    loader2 = _best_of(lambda: _loader_epoch(files, num_workers=2, buffer_rows=buffer_rows,
-                                             batch_size=batch_size))
-    rows = floor.result
-    assert loader0.result == loader2.result == rows, (loader0.result, loader2.result, rows)
-    rate = {name: rows / m.seconds for name, m in
-            (("pyarrow", floor), ("pyarrow_numpy", floor_np), ("loader", loader0), ("loader_2w", loader2))}
+
+    def floor():
+        return _pyarrow_read(files, columns)
+
+    loader0 = _loader(files, num_workers=0, buffer_rows=buffer_rows, batch_size=batch_size)
+    loader2 = _loader(files, num_workers=2, buffer_rows=buffer_rows, batch_size=batch_size)
+    rows = floor()  # also warms the page cache for all of them
+    assert loader0() == loader2() == rows, rows
+    floors, runs0, ratios0 = _paired(floor, loader0, pairs)
+    floors2, runs2, ratios2 = _paired(floor, loader2, max(3, pairs // 3))
+    floor_np = min((measure(lambda: _pyarrow_read_numpy(files, columns), sample_rss=False)
+                    for _ in range(3)), key=lambda m: m.seconds)
+
+    def best_rate(ms):
+        return round(rows / min(m.seconds for m in ms))
+
     return {
         "loader_rows": rows,
         "loader_buffer_rows": buffer_rows,
         "loader_batch_size": batch_size,
         "loader_read_threads": _read_threads(),
-        "pyarrow_read_rows_per_s": round(rate["pyarrow"]),
-        "pyarrow_read_numpy_rows_per_s": round(rate["pyarrow_numpy"]),
-        "loader_rows_per_s": round(rate["loader"]),
-        "loader_2workers_rows_per_s": round(rate["loader_2w"]),
-        "loader_ratio_vs_pyarrow": round(rate["loader"] / rate["pyarrow"], 3),
-        "loader_2workers_ratio_vs_pyarrow": round(rate["loader_2w"] / rate["pyarrow"], 3),
+        "loader_pairs": pairs,
+        "pyarrow_read_rows_per_s": best_rate(floors),
+        "pyarrow_read_numpy_rows_per_s": round(rows / floor_np.seconds),
+        "loader_rows_per_s": best_rate(runs0),
+        "loader_2workers_rows_per_s": best_rate(runs2),
+        # The headline: median over back-to-back (floor, loader) pairs; the quartiles
+        # show the spread, the best-of ratio what the fastest runs of each gave.
+        "loader_ratio_vs_pyarrow": round(statistics.median(ratios0), 3),
+        "loader_ratio_quartiles": [round(q, 3) for q in statistics.quantiles(ratios0, n=4)],
+        "loader_ratio_best_of": round(min(f.seconds for f in floors)
+                                      / min(r.seconds for r in runs0), 3),
+        "loader_2workers_ratio_vs_pyarrow": round(statistics.median(ratios2), 3),
         "loader_goal_ratio": ">= 0.5",
-        "loader_peak_rss_mib": round(loader0.peak_rss_mib, 1),
-        "pyarrow_peak_rss_mib": round(floor.peak_rss_mib, 1),
+        "loader_peak_rss_mib": round(measure(loader0).peak_rss_mib, 1),
+        "pyarrow_peak_rss_mib": round(measure(floor).peak_rss_mib, 1),
     }
 
 
