@@ -3,7 +3,10 @@
 uproot reads any URL through fsspec; this module adds what a skim over a network needs on
 top: which failures are worth another try (a refused connection, a timeout, a dropped
 stream, but not a missing file), a pause between tries so that a restarting server can come
-back, and one readable `InputFileError` after the last try.
+back, and one readable `InputFileError` after the last try. A server that failed every try
+of one read is remembered for the rest of the skim (`UnreachableServers`): its other files
+and chunks get one try each, so a server that dies under a skim of a thousand chunks costs
+one round of retries per process, not a thousand.
 
 The same policy covers the two places a file is read: the input check in the main process
 (`call_with_retries`) and every chunk on the executor workers (`RetryingRunner`, a coffea
@@ -22,10 +25,12 @@ from __future__ import annotations
 
 import ssl
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from coffea import processor
 from coffea.processor.executor import WorkItem
@@ -33,8 +38,8 @@ from coffea.processor.executor import WorkItem
 from analysis._optional import optional_import
 from analysis.errors import InputFileError
 
-__all__ = ["RetryingRunner", "call_with_retries", "is_remote", "is_transient", "require_backend",
-           "transient_cause"]
+__all__ = ["RetryingRunner", "UnreachableServers", "call_with_retries", "is_remote",
+           "is_transient", "require_backend", "transient_cause"]
 
 T = TypeVar("T")
 
@@ -95,7 +100,35 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {' '.join(str(err).split())}"
 
 
-def call_with_retries(read: Callable[[], T], *, url: str, retries: int, wait: float) -> T:
+def _server(url: str) -> str:
+    return urlsplit(url).netloc
+
+
+class UnreachableServers:
+    """The servers (``host:port``) that failed every try of one read, and how many tries that was.
+
+    `call_with_retries` gives a read from such a server one try instead of
+    ``retries + 1``; a server that answers is forgotten. One instance serves one skim in
+    one process (the input check, or the chunks of one worker process), so a server that
+    comes back is tried in full again by the next skim.
+    """
+
+    def __init__(self) -> None:
+        self._failed_tries: dict[str, int] = {}
+
+    def failed_tries(self, url: str) -> int:
+        """Tries of an earlier read that the server of ``url`` failed (0: not known to be down)."""
+        return self._failed_tries.get(_server(url), 0)
+
+    def mark_down(self, url: str, tries: int) -> None:
+        self._failed_tries[_server(url)] = tries
+
+    def mark_up(self, url: str) -> None:
+        self._failed_tries.pop(_server(url), None)
+
+
+def call_with_retries(read: Callable[[], T], *, url: str, retries: int, wait: float,
+                      unreachable: UnreachableServers | None = None) -> T:
     """``read()``, tried again after transient network errors; other errors pass through.
 
     Parameters
@@ -108,44 +141,76 @@ def call_with_retries(read: Callable[[], T], *, url: str, retries: int, wait: fl
         Tries after the first one (``config.skim.retries``).
     wait : float
         Seconds between tries (``config.skim.retry_wait``).
+    unreachable : UnreachableServers, optional
+        The skim's memory of servers that failed every try of a read: a read from one of
+        them gets a single try, and this read's outcome updates it.
 
     Raises
     ------
     InputFileError
         ``<url>: cannot read after <retries + 1> tries: <ErrorType>: <message>`` once the
-        last try failed with a transient error.
+        last try failed with a transient error; for a server already known to be down,
+        ``<url>: cannot read: its server failed <n> tries of an earlier read in this skim,
+        and this read's one try: <ErrorType>: <message>``.
     """
+    known_down = unreachable.failed_tries(url) if unreachable is not None else 0
+    if known_down:
+        retries = 0
     for attempt in range(retries + 1):
         try:
-            return read()
+            result = read()
         except Exception as err:  # noqa: BLE001 - sorted by transient_cause just below
             cause = transient_cause(err)
             if cause is None:
                 raise
             if attempt == retries:
-                tries = "1 try" if retries == 0 else f"{retries + 1} tries"
-                raise InputFileError(url, f"cannot read after {tries}: {_one_line(cause)} "
-                                          f"(a server down or unreachable; raise skim.retries / "
-                                          f"skim.timeout for a slow one)") from None
+                raise _gave_up(url, cause, retries, known_down, unreachable) from None
             time.sleep(wait)
+        else:
+            if unreachable is not None:
+                unreachable.mark_up(url)
+            return result
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _retry_chunk(retries: int, wait: float, coffea_retries: int, skipbadfiles: Any,
-                 func: Callable[..., Any], *args: Any, use_result_type: bool = False, **kwargs: Any) -> Any:
-    """Stands in for coffea's ``Runner.automatic_retries`` (same arguments after the first two).
+def _gave_up(url: str, cause: BaseException, retries: int, known_down: int,
+             unreachable: UnreachableServers | None) -> InputFileError:
+    advice = "(a server down or unreachable; raise skim.retries / skim.timeout for a slow one)"
+    if known_down:
+        return InputFileError(url, f"cannot read: its server failed {_tries(known_down)} of an "
+                                   f"earlier read in this skim, and this read's one try: "
+                                   f"{_one_line(cause)} {advice}")
+    if unreachable is not None:
+        unreachable.mark_down(url, retries + 1)
+    return InputFileError(url, f"cannot read after {_tries(retries + 1)}: {_one_line(cause)} {advice}")
 
-    A chunk of a remote file gets `call_with_retries`; its last failure becomes the output
-    ``{"errors": {url: [cause]}}`` that `DiTauProcessor` returns for an unreadable chunk, so
-    the skim records or raises it like any bad file. Anything else is coffea's business.
+
+def _tries(n: int) -> str:
+    return "1 try" if n == 1 else f"{n} tries"
+
+
+# Per process, per skim (`RetryingRunner.skim_id`): the servers its chunks found down.
+_UNREACHABLE_BY_SKIM: dict[str, UnreachableServers] = {}
+
+
+def _retry_chunk(skim_id: str, retries: int, wait: float, coffea_retries: int, skipbadfiles: Any,
+                 func: Callable[..., Any], *args: Any, use_result_type: bool = False, **kwargs: Any) -> Any:
+    """Stands in for coffea's ``Runner.automatic_retries`` (same arguments after the first three).
+
+    A chunk of a remote file gets `call_with_retries`, with the memory of unreachable
+    servers that this process keeps for skim ``skim_id``; its last failure becomes the
+    output ``{"errors": {url: [cause]}}`` that `DiTauProcessor` returns for an unreadable
+    chunk, so the skim records or raises it like any bad file. Anything else is coffea's
+    business.
     """
     item = args[0][0] if args and isinstance(args[0], tuple) else (args[0] if args else None)
     if not isinstance(item, WorkItem) or not is_remote(item.filename):
         return processor.Runner.automatic_retries(coffea_retries, skipbadfiles, func, *args,
                                                   use_result_type=use_result_type, **kwargs)
     try:
+        unreachable = _UNREACHABLE_BY_SKIM.setdefault(skim_id, UnreachableServers())
         return call_with_retries(partial(func, *args, **kwargs), url=item.filename,
-                                 retries=retries, wait=wait)
+                                 retries=retries, wait=wait, unreachable=unreachable)
     except InputFileError as err:
         return {"out": {"errors": {item.filename: [err.cause]}}, "processed": {item}}
 
@@ -160,15 +225,20 @@ class RetryingRunner(processor.Runner):
         Tries after the first for a chunk of a remote file that fails with a transient error.
     retry_wait : float
         Seconds between those tries.
+    skim_id : str
+        Names this skim in each worker process's memory of unreachable servers (a new
+        one per runner), so that a later skim in the same worker tries a server afresh.
 
     The Runner's ``xrootdtimeout`` is the per-request timeout handed to ``uproot.open``.
     """
 
     remote_retries: int = 3
     retry_wait: float = 1.0
+    skim_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         # Runner calls `self.automatic_retries(retries, skipbadfiles, work, item)` per chunk;
         # an instance attribute shadows the static method (a module-level partial pickles small).
-        self.automatic_retries = partial(_retry_chunk, self.remote_retries, self.retry_wait)
+        self.automatic_retries = partial(_retry_chunk, self.skim_id, self.remote_retries,
+                                         self.retry_wait)

@@ -29,7 +29,7 @@ from analysis.cluster import dask_client
 from analysis.config import Config
 from analysis.errors import ConfigError, InputFileError, StageInputError
 from analysis.progress import progress_bar, stage_console
-from analysis.remote import RetryingRunner, call_with_retries, is_remote
+from analysis.remote import RetryingRunner, UnreachableServers, call_with_retries, is_remote
 from analysis.skim_inputs import DatasetInfo, check_file, load_fileset, resolve_datasets
 from analysis.skim_manifest import (build_cutflow, build_manifest, chunk_relpath, job_cutflow_path,
                                     job_manifest_path, plan_chunks, remove_stale_temp_files,
@@ -51,6 +51,7 @@ def _check_inputs(datasets: dict[str, DatasetInfo], config: Config, *, skip_bad_
     With `open_files`, local files stay open there for the chunks run in this process.
     """
     errors = []
+    unreachable = UnreachableServers()  # with skip_bad_files, a dead server's other files get one try
     for info in datasets.values():
         triggers = triggers_applied(config.selection, is_mc=info.is_mc)
         seen: dict[str, str] = {}
@@ -60,7 +61,7 @@ def _check_inputs(datasets: dict[str, DatasetInfo], config: Config, *, skip_bad_
                                 timeout=config.skim.timeout, open_files=open_files)
                 if is_remote(item.path):  # a network hiccup is tried again (analysis.remote)
                     call_with_retries(check, url=item.path, retries=config.skim.retries,
-                                      wait=config.skim.retry_wait)
+                                      wait=config.skim.retry_wait, unreachable=unreachable)
                 else:
                     check()
                 # Parts are named by file UUID: a copy of a file would share them, and its

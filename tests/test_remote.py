@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pytest
 from aiohttp import ClientResponseError, ServerDisconnectedError
+from coffea import processor
 
 from _remote_helpers import FileServer, url_fileset
 from _skim_helpers import generated_sample, read_skim  # noqa: F401 - fixture
 from analysis import remote
 from analysis.config import config_from_dict
 from analysis.errors import HepprepError, InputFileError
-from analysis.remote import call_with_retries, is_remote, require_backend, transient_cause
+from analysis.remote import (UnreachableServers, call_with_retries, is_remote, require_backend,
+                             transient_cause)
 from analysis.skim import run_skim
 from analysis.skim_inputs import load_fileset
 
@@ -108,6 +110,53 @@ def test_call_with_retries_last_failure_is_one_clear_line(monkeypatch):
     assert "skim.retries" in str(info.value)
     with pytest.raises(InputFileError, match="cannot read after 1 try: "):
         call_with_retries(_Flaky(1, TimeoutError("t")), url="u://x", retries=0, wait=0)
+
+
+def test_a_server_that_failed_every_try_gets_one_try_per_read_until_it_answers(monkeypatch):
+    waits = []
+    monkeypatch.setattr(remote.time, "sleep", waits.append)
+    unreachable = UnreachableServers()
+    refused = ConnectionRefusedError(111, "Connection refused")
+    first = _Flaky(5, refused)
+    with pytest.raises(InputFileError, match="cannot read after 3 tries: ConnectionRefusedError"):
+        call_with_retries(first, url="root://eos:1094//a.root", retries=2, wait=1.0,
+                          unreachable=unreachable)
+    assert first.calls == 3 and waits == [1.0, 1.0]
+
+    # Another file of the same server: one try, no pause, and the error says why.
+    second = _Flaky(5, refused)
+    with pytest.raises(InputFileError) as info:
+        call_with_retries(second, url="root://eos:1094//b.root", retries=2, wait=1.0,
+                          unreachable=unreachable)
+    assert second.calls == 1 and waits == [1.0, 1.0]
+    assert str(info.value).startswith(
+        "root://eos:1094//b.root: cannot read: its server failed 3 tries of an earlier read in "
+        "this skim, and this read's one try: ConnectionRefusedError: [Errno 111] Connection refused")
+
+    # Another server keeps its retries; so does a missing file's error (not the server's).
+    other = _Flaky(2, refused)
+    assert call_with_retries(other, url="root://other:1094//a.root", retries=2, wait=1.0,
+                             unreachable=unreachable) == "ok"
+    assert other.calls == 3
+    with pytest.raises(FileNotFoundError):
+        call_with_retries(_Flaky(1, FileNotFoundError("c.root")), url="root://eos:1094//c.root",
+                          retries=2, wait=0, unreachable=unreachable)
+
+    # The server answers again: it is forgotten, and its next failure gets every try again.
+    assert call_with_retries(_Flaky(0, refused), url="root://eos:1094//c.root", retries=2, wait=0,
+                             unreachable=unreachable) == "ok"
+    third = _Flaky(5, refused)
+    with pytest.raises(InputFileError, match="cannot read after 3 tries"):
+        call_with_retries(third, url="root://eos:1094//d.root", retries=2, wait=0,
+                          unreachable=unreachable)
+    assert third.calls == 3
+
+
+def test_each_skim_keeps_its_own_memory_of_unreachable_servers():
+    # Two runners (two skims) in one worker process never share what they found down.
+    first, second = (remote.RetryingRunner(executor=processor.IterativeExecutor()) for _ in range(2))
+    assert first.skim_id != second.skim_id
+    assert first.automatic_retries.args[0] == first.skim_id
 
 
 def test_call_with_retries_does_not_retry_a_missing_file():
@@ -210,11 +259,18 @@ def test_server_stopped_mid_skim_gives_retries_then_a_clear_error(generated_samp
     stopper.join()
     message = str(info.value)
     assert message.startswith(f"{server.base_url}/")
-    assert ".root: cannot read after 3 tries: ClientConnectorError: Cannot connect to host 127.0.0.1" in message
-    assert tries.count(0.05) >= 2 and tries.count(0.05) % 2 == 0  # 2 pauses per failed chunk
+    full = "cannot read after 3 tries: ClientConnectorError: Cannot connect to host 127.0.0.1"
+    known = ("cannot read: its server failed 3 tries of an earlier read in this skim, and this "
+             "read's one try: ClientConnectorError: Cannot connect to host 127.0.0.1")
+    assert full in message or known in message
     done = sorted((tmp_path / "skim").glob("*/part-*.parquet"))
     manifest = json.loads((tmp_path / "skim" / "manifest.json").read_text())
     assert manifest["complete"] is False and done
+    planned = sum(-(-f["entries"] // CHUNKSIZE) for f in manifest["files"])
+    assert planned - len(done) >= 2  # several chunks met the stopped server...
+    assert tries.count(0.05) == 2  # ...but only the first paid its 2 pauses; the others one try
+    errors = [f["error"] for f in manifest["files"] if f["error"]]
+    assert errors and all(full in e or known in e for e in errors)
 
     # The server comes back on the same address: the re-run resumes and completes the skim.
     with FileServer(generated_sample.parent, port=server.port):
