@@ -112,11 +112,11 @@ def queued_tasks(system: str, batch_id: str) -> set[int] | None:
     return {int(v) for v in done.stdout.split() if v.isdigit()}
 
 
-def _lost_jobs(record: dict[str, Any]) -> dict[int, str]:
-    """Job -> its batch task, for every job whose latest submission the batch system no longer holds.
+def _lost_jobs(record: dict[str, Any], candidates: set[int]) -> dict[int, str]:
+    """Job -> its batch task, for each of ``candidates`` whose latest submission the batch system no longer holds.
 
     Jobs whose latest submission was a dry run (submitted by hand) or whose batch system
-    could not be asked are left out.
+    could not be asked are left out. Only the submissions of candidates are asked about.
     """
     latest: dict[int, tuple[dict[str, Any], int]] = {}
     for submission in record.get("submissions", []):
@@ -125,6 +125,8 @@ def _lost_jobs(record: dict[str, Any]) -> dict[int, str]:
     answers: dict[str, set[int] | None] = {}
     gone = {}
     for k, (submission, i) in latest.items():
+        if k not in candidates:
+            continue
         batch_id = submission.get("batch_id")
         if submission.get("dry_run") or not batch_id:
             continue
@@ -146,20 +148,24 @@ def job_states(out_dir: str | Path) -> list[JobState]:
     """
     out = Path(out_dir).resolve()
     record = read_submit_record(out)
-    # The queue first, then the files: a job that leaves the queue has written its exit
-    # code already, so a job finishing in between is never taken for a lost one.
-    gone = _lost_jobs(record)
-    states = []
-    for job in record["jobs"]:
-        state = _job_state(out, job)
-        if state.state in ("running", "missing") and job["job"] in gone:
+    states = [_job_state(out, job) for job in record["jobs"]]
+    # The batch system is asked only about the jobs left without an exit code, and their
+    # files are read again after its answer: a job that leaves the queue has written its
+    # exit code already, so a job finishing in between is never taken for a lost one.
+    unfinished = {s.job for s in states if s.state in ("running", "missing")}
+    gone = _lost_jobs(record, unfinished) if unfinished else {}
+    for n, job in enumerate(record["jobs"]):
+        if job["job"] not in gone:
+            continue
+        state = _job_state(out, job)  # read again: it may have ended since the first read
+        if state.state in ("running", "missing"):
             what = "started" if state.state == "running" else "never started"
             state = JobState(job["job"], "failed", job["files"],
                              f"{what}, left no exit code and is no longer in the "
                              f"{record['system']} queue (batch job {gone[job['job']]}): killed "
                              f"without a trace (node failure, time or memory limit?); see "
                              f"{out / JOBS_DIR / str(job['job']) / 'batch.out'}")
-        states.append(state)
+        states[n] = state
     return states
 
 

@@ -311,6 +311,12 @@ def test_jobs_the_queue_no_longer_holds_without_exit_code_failed(sample, tmp_pat
     (tmp_path / "squeue-out.txt").write_text("4242_0\n4242_1\n")
     assert [s.state for s in job_states(out)] == ["missing", "missing", "failed", "failed"]
     assert job_states(out)[2].error.startswith("exit code 3")
+    # Once every job has left an exit code, the batch system is not asked at all.
+    for k in range(4):
+        (out / "jobs" / str(k) / "exit_code").write_text("3\n")
+    (tmp_path / "squeue-calls.txt").unlink()
+    assert [s.state for s in job_states(out)] == ["failed"] * 4
+    assert not (tmp_path / "squeue-calls.txt").exists()
 
 
 @pytest.mark.parametrize("stderr, states", [
@@ -343,6 +349,7 @@ def test_htcondor_queue_is_read_in_submission_order(tmp_path, monkeypatch):
         {"jobs": [0, 1, 2, 3], "batch_id": "77", "dry_run": False},
         {"jobs": [1, 3, 2], "batch_id": "78", "dry_run": False},
         {"jobs": [4], "batch_id": None, "dry_run": True}]}
-    assert _lost_jobs(record) == {0: "77.0", 3: "78.1"}
+    every_job = {0, 1, 2, 3, 4}
+    assert _lost_jobs(record, every_job) == {0: "77.0", 3: "78.1"}
     monkeypatch.setenv("PATH", str(tmp_path))  # no condor_q: nothing concluded
-    assert queued_tasks("htcondor", "78") is None and _lost_jobs(record) == {}
+    assert queued_tasks("htcondor", "78") is None and _lost_jobs(record, every_job) == {}
