@@ -164,7 +164,9 @@ def call_with_retries(read: Callable[[], T], *, url: str, retries: int, wait: fl
             if cause is None:
                 raise
             if attempt == retries:
-                raise _gave_up(url, cause, retries, known_down, unreachable) from None
+                if unreachable is not None and not known_down:
+                    unreachable.mark_down(url, retries + 1)
+                raise _gave_up(url, cause, retries, known_down) from None
             time.sleep(wait)
         else:
             if unreachable is not None:
@@ -173,15 +175,13 @@ def call_with_retries(read: Callable[[], T], *, url: str, retries: int, wait: fl
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _gave_up(url: str, cause: BaseException, retries: int, known_down: int,
-             unreachable: UnreachableServers | None) -> InputFileError:
+def _gave_up(url: str, cause: BaseException, retries: int, known_down: int) -> InputFileError:
+    """The one-line error of a read whose last try failed with ``cause``."""
     advice = "(a server down or unreachable; raise skim.retries / skim.timeout for a slow one)"
     if known_down:
         return InputFileError(url, f"cannot read: its server failed {_tries(known_down)} of an "
                                    f"earlier read in this skim, and this read's one try: "
                                    f"{_one_line(cause)} {advice}")
-    if unreachable is not None:
-        unreachable.mark_down(url, retries + 1)
     return InputFileError(url, f"cannot read after {_tries(retries + 1)}: {_one_line(cause)} {advice}")
 
 
