@@ -6,6 +6,7 @@ function, and turns any `HepprepError` into one line on stderr and a non-zero ex
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -18,6 +19,7 @@ except ImportError:  # pragma: no cover - older typer
     from click import exceptions as _click_exc
 
 from analysis.config import Config, config_to_toml, load_config
+from analysis.core.net import redact
 from analysis.errors import ConfigError, HepprepError
 
 app = typer.Typer(name="hepprep", add_completion=False, no_args_is_help=True,
@@ -160,6 +162,9 @@ def prepare(
     id_columns: Optional[str] = typer.Option(None, help="Flat table: comma-separated event identity columns."),
     features: Optional[str] = typer.Option(None, help="Flat table: comma-separated feature columns (default: all numeric)."),
     missing_value: Optional[float] = typer.Option(None, help="Flat table: value meaning 'undefined' (HiggsML: -999)."),
+    allow_incomplete: Optional[bool] = typer.Option(None, "--allow-incomplete/--no-allow-incomplete",
+                                                    help="Prepare a skim that is not complete (files not done, "
+                                                         "datasets without parts); recorded in manifest.json."),
     config: Optional[Path] = ConfigOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -176,7 +181,8 @@ def prepare(
                  id_columns=_csv_list(id_columns), feature_columns=_csv_list(features),
                  missing_value=missing_value)
     given = {k: v for k, v in table.items() if v is not None}
-    cfg = _load(config, prepare=dict(split=fractions, seed=seed, table=given or None))
+    cfg = _load(config, prepare=dict(split=fractions, seed=seed, table=given or None,
+                                     allow_incomplete=allow_incomplete))
     if table_format is not None:
         from analysis.tabular import run_prepare_table
 
@@ -214,6 +220,9 @@ def evaluate(
                                        help="Model directories to compare, then the prepared directory."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for metrics.json, plots/ and report.html."),
     skim: Optional[Path] = typer.Option(None, help="Skim folder with cutflow.json (default: the one prepare recorded)."),
+    allow_other_prepared: bool = typer.Option(False, "--allow-other-prepared",
+                                              help="Evaluate models trained on another preparation "
+                                                   "(marked in metrics.json and the report)."),
     config: Optional[Path] = ConfigOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -223,7 +232,8 @@ def evaluate(
                                  param_hint="PATHS")
     from analysis.evaluate import run_evaluate
 
-    report = run_evaluate(paths[:-1], paths[-1], out, _load(config), skim_dir=skim, progress=not quiet)
+    report = run_evaluate(paths[:-1], paths[-1], out, _load(config), skim_dir=skim,
+                          allow_other_prepared=allow_other_prepared, progress=not quiet)
     typer.echo(f"report: {report}")
 
 
@@ -259,13 +269,32 @@ def cluster(
     typer.echo(describe_cluster(_load(config).cluster, scheduler))
 
 
+def _os_error_line(err: OSError) -> str:
+    """``<file>: <cause>`` of an operating-system error (a full disk, a read-only folder, ...)."""
+    cause = err.strerror or " ".join(str(err).split()) or type(err).__name__
+    if err.errno == errno.ENOSPC or "No space left on device" in str(err):
+        cause = "no space left on device (nothing half-written is left; free space and run again)"
+    where = err.filename
+    if where is None:  # pyarrow and others put the path in the message only
+        return cause if err.strerror is None else " ".join(str(err).split())
+    return f"{where}: {cause}"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, printing user errors as one line (exit 2 for bad input)."""
+    """Entry point: run the app, printing user errors as one line.
+
+    Exit codes: 1 for an input hepprep refuses (`HepprepError`) or an operating-system error
+    (no space left, permission denied); 2 for a malformed command line (click's usage
+    errors); 130 when interrupted. Messages never repeat a URL's credentials.
+    """
     try:
         app(args=argv, prog_name="hepprep", standalone_mode=False)
     except HepprepError as err:
-        typer.echo(f"hepprep: error: {err}", err=True)
+        typer.echo(f"hepprep: error: {redact(' '.join(str(err).split()))}", err=True)
         sys.exit(err.exit_code)
+    except OSError as err:
+        typer.echo(f"hepprep: error: {redact(_os_error_line(err))}", err=True)
+        sys.exit(1)
     except _click_exc.NoArgsIsHelpError as err:
         typer.echo(err.ctx.get_help() if err.ctx else str(err), err=True)
         sys.exit(2)

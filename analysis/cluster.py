@@ -63,9 +63,11 @@ def dask_client(cluster: ClusterConfig, scheduler: str | None = None,
         return
     workers = n_workers or cluster.n_workers
     if cluster.kind == "local":
+        # The scheduler and workers listen on the loopback interface only, as does the
+        # dashboard unless `cluster.dashboard_address` opens it.
         with LocalCluster(n_workers=workers, threads_per_worker=cluster.threads_per_worker,
-                          memory_limit=cluster.memory_limit, processes=True,
-                          dashboard_address=":0") as local, Client(local) as client:
+                          memory_limit=cluster.memory_limit, processes=True, host="127.0.0.1",
+                          dashboard_address=cluster.dashboard_address) as local, Client(local) as client:
             yield client
         return
     jobqueue = optional_import("dask_jobqueue", purpose=f"cluster kind {cluster.kind!r}")

@@ -39,7 +39,9 @@ __all__ = [
 
 class _Strict(BaseModel):
     # Unknown keys are errors: a typo ("jet_pt_mni") must not silently keep a default.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and inf are errors too (TOML has both): `split = [nan, 0.2, 0.2]` would otherwise
+    # give an empty training split and a NaN cut a selection of nothing.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Sample(_Strict):
@@ -193,6 +195,9 @@ class PrepareConfig(_Strict):
     seed: int = 1234
     kfolds: int = Field(0, ge=0)  # >= 2 adds a `fold` column for cross-validation
     negative_weights: Literal["keep", "abs", "zero"] = "keep"
+    # Prepare a skim that is not complete (input files not done, datasets without parts),
+    # recorded in the prepared manifest; off: such a skim is refused.
+    allow_incomplete: bool = False
     bucket_rows: int = Field(1_000_000, gt=0)  # rows per shuffle bucket (sets peak memory)
     file_rows: int = Field(1_000_000, gt=0)  # rows per output Parquet file
     row_group_rows: int = Field(100_000, gt=0)  # rows per row group inside a file
@@ -275,6 +280,9 @@ class ClusterConfig(_Strict):
     n_workers: int = Field(2, gt=0)  # local workers, or batch jobs to scale to
     threads_per_worker: int = Field(1, gt=0)
     memory_limit: str = "4GiB"  # per worker
+    # Where a local cluster's dashboard listens: this machine only by default (on a shared
+    # machine anyone could watch, or stop, the tasks); ":0" listens on every interface.
+    dashboard_address: str = "127.0.0.1:0"
     jobqueue: dict[str, Any] = {}  # extra keyword arguments for dask-jobqueue's cluster class
 
     @model_validator(mode="after")
@@ -362,12 +370,34 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _non_finite(value: Any, where: str) -> str | None:
+    """The key of the first float in ``value`` that is NaN or infinite, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def config_from_dict(data: dict[str, Any], *, source: str = "config") -> Config:
     """Validate a (partial) configuration mapping over the defaults.
 
     Sections are merged key by key with the defaults; a `[samples]` table, when given,
     replaces the default sample list as a whole (an analysis names all of its samples).
+    Non-finite numbers are refused everywhere, free-form tables (``cluster.jobqueue``)
+    included.
     """
+    bad = _non_finite(data, "")
+    if bad is not None:
+        raise ConfigError(f"{source}: {bad}: must be a finite number (NaN and inf are not allowed)")
     try:
         merged = _deep_merge(default_config().model_dump(), data)
         return Config.model_validate(merged)

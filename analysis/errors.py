@@ -17,9 +17,7 @@ class HepprepError(Exception):
 
 
 class ConfigError(HepprepError, ValueError):
-    """Bad configuration or command-line value (`skim.chunksize: unknown key`)."""
-
-    exit_code = 2
+    """Bad configuration, fileset or command-line value (`skim.chunksize: unknown key`)."""
 
 
 class InputFileError(HepprepError):

@@ -16,7 +16,6 @@ Output folder::
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,9 @@ import pandas as pd
 import pyarrow.dataset as pads
 
 from analysis.config import Config
+from analysis.core.io import write_json_atomic
+from analysis.core.skimmed import skim_parts
+from analysis.core.standardise import Standardisation
 from analysis.errors import StageInputError
 from analysis.evaluate_inputs import (EVENT_COLUMNS, SPLITS, PreparedDir, check_model_features,
                                       load_models, model_names, open_prepared, read_cutflow,
@@ -70,9 +72,7 @@ class _Scorer:
         if self.same_standardisation:
             return frame[features].to_numpy(np.float32)
         raw = self.prepared.destandardise(frame[features], features)
-        mean = np.array([self.model.stats["features"][f]["mean"] for f in features])
-        std = np.array([self.model.stats["features"][f]["std"] for f in features])
-        return ((raw.to_numpy(np.float64) - mean) / std).astype(np.float32)
+        return Standardisation.from_stats(self.model.stats, features).transform(raw.to_numpy(np.float64))
 
 
 def _class_weight_sums(prepared: PreparedDir) -> dict[str, dict[int, float]]:
@@ -106,10 +106,12 @@ def _data_frames(prepared: PreparedDir, skim_dir: Path | None, config: Config, f
         for batch in prepared.iter_batches("data", features + ["weight"], batch_rows=BATCH_ROWS):
             yield prepared.destandardise(batch, features)
         return
-    if skim_dir is None:
+    if skim_dir is None or not (Path(skim_dir) / "manifest.json").is_file():
         return
-    folders = [skim_dir / name for name, s in config.samples.items() if s.label == -1]
-    files = sorted(str(p) for folder in folders if folder.is_dir() for p in folder.glob("*.parquet"))
+    # Only the parts the skim manifest lists (core.skimmed), of the datasets that are data.
+    parts = skim_parts(skim_dir, allow_incomplete=True).by_dataset
+    files = sorted(str(p) for name, s in config.samples.items() if s.label == -1
+                   for p in parts.get(name, ()))
     if not files:
         return
     dataset = pads.dataset(files, format="parquet")
@@ -300,14 +302,39 @@ def _draw_plots(out: Path, scorers: list[_Scorer], metrics: dict[str, dict], tes
     return plots
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+def _check_prepared_match(models: list, model_dirs: list[Path], prepared: PreparedDir, *,
+                          allow_other_prepared: bool) -> tuple[dict[str, bool], list[str]]:
+    """Whether each model was trained on this prepared folder; refused unless allowed.
+
+    A model trained on another preparation (another seed, other inputs) may have learnt
+    from events that are test events here: its figures would be optimistic. Returns
+    {model dir: matches} and the warnings for metrics.json and the report.
+    """
+    matches, warnings = {}, []
+    for model, model_dir in zip(models, model_dirs):
+        recorded = model.info.get("prepared_fingerprint")
+        ok = recorded is not None and recorded == prepared.fingerprint
+        matches[str(model_dir)] = ok
+        if ok:
+            continue
+        trained_on = model.info.get("prepared_dir", "an unrecorded folder")
+        why = (f"model {model_dir} was trained on another preparation ({trained_on}, prepared fingerprint "
+               f"{str(recorded)[:12]}) than {prepared.path} (fingerprint {str(prepared.fingerprint)[:12]})"
+               if recorded is not None else
+               f"model {model_dir} does not record which preparation it was trained on")
+        if not allow_other_prepared:
+            raise StageInputError(f"{why}: its test events may be events it was trained on; evaluate it "
+                                  "on the prepared folder it was trained on, or pass "
+                                  "--allow-other-prepared to evaluate it anyway (marked in metrics.json "
+                                  "and the report)")
+        warnings.append(f"{why}; evaluated anyway (--allow-other-prepared): its test events may "
+                        "include events it was trained on, so its figures may be optimistic")
+    return matches, warnings
 
 
 def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir: str | Path,
-                 config: Config, *, skim_dir: str | Path | None = None, progress: bool = True) -> Path:
+                 config: Config, *, skim_dir: str | Path | None = None,
+                 allow_other_prepared: bool = False, progress: bool = True) -> Path:
     """Evaluate trained models on a prepared directory; write metrics, plots and the report.
 
     Parameters
@@ -324,6 +351,9 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
     skim_dir : str or Path or None, keyword-only
         Skim directory for cutflow.json (and pseudo-data when <prep>/data is absent);
         default: the skim folder prepare recorded in manifest.json (``source``).
+    allow_other_prepared : bool, keyword-only
+        Evaluate a model that was not trained on ``prep_dir`` (its recorded prepared
+        fingerprint differs) instead of refusing it; marked in metrics.json and the report.
     progress : bool, keyword-only
         Progress bars on stderr.
 
@@ -335,8 +365,9 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
     Raises
     ------
     StageInputError
-        Missing or incomplete inputs, or a model whose features differ from the prepared
-        directory's (one line naming both and the differing features).
+        Missing or incomplete inputs, a model whose features differ from the prepared
+        directory's (one line naming both and the differing features), or a model trained
+        on another preparation (unless ``allow_other_prepared``).
     """
     from analysis.report import collect_provenance, write_report
 
@@ -348,6 +379,8 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
     models = load_models(model_dirs)
     for model, model_dir in zip(models, model_dirs):
         check_model_features(model, model_dir, prepared)
+    prepared_match, warnings = _check_prepared_match(models, model_dirs, prepared,
+                                                     allow_other_prepared=allow_other_prepared)
     names = model_names(model_dirs, models)
     scorers = [_Scorer(n, m, d, prepared) for n, m, d in zip(names, models, model_dirs)]
     skim = Path(skim_dir) if skim_dir is not None else prepared.skim_dir
@@ -383,14 +416,19 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
         "test_yield": {"signal": float(w_test[y_test == 1].sum()), "background": float(w_test[y_test == 0].sum())},
         "data_events": streamed.data_events,
         "negative_weights": {"yields": "signed", "roc_ks_correlation": "abs"},
-        "models": {name: {k: v for k, v in m.items() if not k.startswith("_")} for name, m in model_metrics.items()},
+        "models": {name: {**{k: v for k, v in m.items() if not k.startswith("_")},
+                          "trained_on_this_prepared": prepared_match[m["model_dir"]]}
+                   for name, m in model_metrics.items()},
+        "warnings": warnings,
         "plots": [p["file"] for p in plots],
     }
-    _write_json_atomic(out / "metrics.json", metrics)
+    write_json_atomic(out / "metrics.json", metrics)
     provenance = collect_provenance(model_dirs, prepared, skim, cutflow_path, config)
     report = write_report(out, metrics=metrics, plots=plots, cutflow=cutflow, config=config,
                           provenance=provenance)
     console = stage_console(quiet=not progress)
+    for warning in warnings:
+        console.print(f"evaluate: warning: {warning}", soft_wrap=True)
     for name, m in metrics["models"].items():
         console.print(f"{name}: AUC {m['roc_auc']:.4f}, AMS {m['ams']['ams']:.3f} at cut "
                       f"{m['ams']['best_cut']:.3f} (s {m['ams']['s']:.1f}, b {m['ams']['b']:.1f})")

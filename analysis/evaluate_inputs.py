@@ -9,9 +9,8 @@ directory's own stats.json (raw = standardised * std + mean).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 
+from analysis.core.io import read_json
+from analysis.core.prepared import PreparedListing, read_prepared_listing
+from analysis.core.standardise import Standardisation
 from analysis.errors import StageInputError
 
 __all__ = ["PreparedDir", "check_model_features", "load_models", "open_prepared",
@@ -30,38 +32,38 @@ EVENT_COLUMNS = ["weight", "label", "process", "dataset"]
 OPTIONAL_COLUMNS = ("process", "dataset")  # filled from the label when a prepared table lacks them
 
 
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise StageInputError(f"{path}: no {what}") from None
-    except json.JSONDecodeError as err:
-        raise StageInputError(f"{path}: {what} is not valid JSON ({err})") from None
-
-
 @dataclass
 class PreparedDir:
-    """A prepared directory: train/val/test (and optional data) Parquet with stats.json."""
+    """A prepared directory: train/val/test (and optional data) Parquet with stats.json.
+
+    Only the files its manifest lists are read (`analysis.core.prepared`).
+    """
 
     path: Path
     stats: dict
-    manifest: dict = field(default_factory=dict)
+    listing: PreparedListing
+
+    @property
+    def manifest(self) -> dict:
+        return self.listing.manifest
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.listing.fingerprint
 
     @property
     def feature_order(self) -> list[str]:
         return list(self.stats["feature_order"])
 
     def has_split(self, split: str) -> bool:
-        folder = self.path / split
-        return folder.is_dir() and any(folder.glob("*.parquet"))
+        return self.listing.has_split(split)
 
     def dataset(self, split: str) -> pads.Dataset:
-        """The pyarrow dataset of one split folder (``train``, ``val``, ``test`` or ``data``)."""
+        """The pyarrow dataset of one split (``train``, ``val``, ``test`` or ``data``)."""
         if not self.has_split(split):
-            raise StageInputError(f"{self.path / split}: no Parquet files; re-run `hepprep prepare` "
-                                  f"into {self.path}")
-        return pads.dataset(sorted(str(p) for p in (self.path / split).glob("*.parquet")),
-                            format="parquet")
+            raise StageInputError(f"{self.path / split}: the prepared manifest lists no files of this "
+                                  f"split; re-run `hepprep prepare` into {self.path}")
+        return pads.dataset([str(p) for p in self.listing.files(split)], format="parquet")
 
     def _present(self, dataset: pads.Dataset, columns: list[str]) -> list[str]:
         names = set(dataset.schema.names)
@@ -91,10 +93,15 @@ class PreparedDir:
     def destandardise(self, frame: pd.DataFrame, features: list[str] | None = None) -> pd.DataFrame:
         """Feature columns back in physical units: raw = standardised * std + mean (float64)."""
         frame = frame.copy()
+        standardisation = self.standardisation
         for name in features or self.feature_order:
-            s = self.stats["features"][name]
-            frame[name] = frame[name].to_numpy(np.float64) * s["std"] + s["mean"]
+            frame[name] = standardisation.inverse_column(standardisation.index(name), frame[name].to_numpy())
         return frame
+
+    @property
+    def standardisation(self) -> Standardisation:
+        """The directory's standardisation (its stats.json)."""
+        return Standardisation.from_stats(self.stats, source=str(self.path / "stats.json"))
 
     @property
     def skim_dir(self) -> Path | None:
@@ -137,14 +144,12 @@ def open_prepared(prep_dir: str | Path) -> PreparedDir:
     path = Path(prep_dir)
     if not path.is_dir():
         raise StageInputError(f"{path}: no such prepared directory; run `hepprep prepare SKIMDIR --out {path}`")
-    stats = _read_json(path / "stats.json", "stats.json (feature statistics of `hepprep prepare`)")
+    stats = read_json(path / "stats.json", "stats.json (feature statistics of `hepprep prepare`)")
     for key in ("feature_order", "features"):
         if key not in stats:
             raise StageInputError(f"{path / 'stats.json'}: no {key!r} key; it was not written by "
                                   "`hepprep prepare` or is from an older version: re-run prepare")
-    manifest_path = path / "manifest.json"
-    manifest = _read_json(manifest_path, "manifest.json") if manifest_path.is_file() else {}
-    prepared = PreparedDir(path=path, stats=stats, manifest=manifest)
+    prepared = PreparedDir(path=path, stats=stats, listing=read_prepared_listing(path))
     if not prepared.has_split("test"):
         raise StageInputError(f"{path / 'test'}: no test split to evaluate on; re-run `hepprep prepare` "
                               f"with a test fraction > 0 (--split 0.6,0.2,0.2)")
@@ -209,13 +214,11 @@ def standardisation_matches(model, prepared: PreparedDir, *, rtol: float = 1e-9)
     Then the standardised columns can go to the model as they are; otherwise evaluation
     hands it raw values and the model applies its own standardisation.
     """
-    for name in model.features:
-        mine = model.stats["features"].get(name, {})
-        theirs = prepared.stats["features"][name]
-        for key in ("mean", "std"):
-            if key not in mine or not np.isclose(mine[key], theirs[key], rtol=rtol, atol=0):
-                return False
-    return True
+    try:
+        mine = Standardisation.from_stats(model.stats, model.features)
+    except StageInputError:
+        return False
+    return mine.matches(prepared.standardisation, rtol=rtol)
 
 
 def _cutflow_rows(dataset: str, entry: Any) -> list[dict]:
@@ -263,7 +266,7 @@ def read_cutflow(path: str | Path) -> pd.DataFrame:
     top-level ``"datasets"`` key. Cut order is kept as written.
     """
     path = Path(path)
-    data = _read_json(path, "cutflow.json")
+    data = read_json(path, "cutflow.json")
     if isinstance(data, dict) and isinstance(data.get("datasets"), dict):
         data = data["datasets"]
     if not isinstance(data, dict):

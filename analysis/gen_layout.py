@@ -11,7 +11,6 @@ writes the tree with uproot.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import awkward as ak
@@ -19,6 +18,7 @@ import numpy as np
 import uproot
 
 from analysis.config import parse_compression
+from analysis.core.io import atomic_path
 
 __all__ = ["COLLECTIONS", "SCALARS", "STORE_ABS_ETA_MAX", "STORE_PT_MIN", "events_to_branches", "write_events"]
 
@@ -135,15 +135,10 @@ def write_events(path: str | Path, branches: dict[str, np.ndarray | ak.Array], *
     Collections become a counter ``nX`` and branches ``X_field`` (NanoAOD naming).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     types = {k: (v.type.content if isinstance(v, ak.Array) else v.dtype) for k, v in branches.items()}
-    try:
+    with atomic_path(path) as tmp:
         with uproot.recreate(tmp, compression=_compression(compression)) as file:
             tree = file.mktree("Events", types, counter_name=lambda c: "n" + c,
                                field_name=lambda c, f: f"{c}_{f}")
             tree.extend(branches)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

@@ -41,9 +41,7 @@ Fileset metadata
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 import zlib
 from pathlib import Path
@@ -51,14 +49,17 @@ from pathlib import Path
 import numpy as np
 
 from analysis.config import Config
-from analysis.errors import ConfigError
+from analysis.core.io import read_json, remove_stale_temp, write_json_atomic
+from analysis.core.names import dataset_folder
+from analysis.errors import ConfigError, StageInputError
 from analysis.gen_events import EventBatch, concatenate_batches
 from analysis.gen_layout import events_to_branches, write_events
 from analysis.gen_processes import PROCESSES, generate_process
 from analysis.progress import progress_bar, stage_console
 
-__all__ = ["RUN_RANGES", "dataset_event_counts", "expected_data_events", "generate_dataset_file",
-           "generate_samples", "split_evenly"]
+__all__ = ["RUN_RANGES", "SETTINGS_FILE", "dataset_event_counts", "expected_data_events",
+           "generate_dataset_file", "generate_samples", "generation_settings",
+           "read_generation_settings", "split_evenly"]
 
 # Run ranges of the 2012 TauPlusX datasets; the dataset name must contain the era.
 RUN_RANGES = {"Run2012A": (190456, 193621), "Run2012B": (193833, 196531),
@@ -195,10 +196,23 @@ def _fileset_entry(config: Config, name: str, files: list[str], n_events: int, s
     return {"files": {f: "Events" for f in files}, "metadata": meta}
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+SETTINGS_FILE = "generate.json"
+
+
+def generation_settings(config: Config) -> dict:
+    """Everything of the configuration that decides the generated files (what `hepprep run`
+    compares before it reuses a generated sample)."""
+    return {"generate": config.generate.model_dump(mode="json"), "lumi_pb": config.lumi_pb,
+            "samples": {name: s.model_dump(mode="json") for name, s in config.samples.items()}}
+
+
+def read_generation_settings(out_dir: str | Path) -> dict | None:
+    """The settings a sample folder was generated with (its ``generate.json``), or None."""
+    try:
+        data = read_json(Path(out_dir) / SETTINGS_FILE, "the generator settings")
+    except StageInputError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def generate_samples(out_dir: str | Path, config: Config, *, progress: bool = True) -> Path:
@@ -241,6 +255,8 @@ def generate_samples(out_dir: str | Path, config: Config, *, progress: bool = Tr
         _data_lumi(config, name)
     # A fileset left from an earlier run must not describe files this run is replacing.
     (out_dir / "fileset.json").unlink(missing_ok=True)
+    (out_dir / SETTINGS_FILE).unlink(missing_ok=True)
+    remove_stale_temp(out_dir)
     files: dict[str, list[str]] = {}
     totals: dict[str, int] = {}
     tried: dict[str, int] = {}
@@ -249,8 +265,10 @@ def generate_samples(out_dir: str | Path, config: Config, *, progress: bool = Tr
     def run(bar, task, name, index, n_events):
         bar.update(task, description=f"generate {name}_{index}")
         batch, n_tried = generate_dataset_file(config, name, index, n_events)
-        relative = f"{name}/{name}_{index}.root"
-        (out_dir / name).mkdir(exist_ok=True)
+        folder = dataset_folder(name)  # the name itself, unless it would not be a safe folder
+        relative = f"{folder}/{folder}_{index}.root"
+        (out_dir / folder).mkdir(exist_ok=True)
+        remove_stale_temp(out_dir / folder)
         write_events(out_dir / relative, events_to_branches(batch.scalars, batch.collections, batch.n),
                      compression=gen.compression)
         files.setdefault(name, []).append(relative)
@@ -275,7 +293,8 @@ def generate_samples(out_dir: str | Path, config: Config, *, progress: bool = Tr
     result = {name: _fileset_entry(config, name, files[name], totals[name], sumw.get(name))
               for name in config.samples}
     path = out_dir / "fileset.json"
-    _write_json_atomic(path, result)
+    write_json_atomic(out_dir / SETTINGS_FILE, generation_settings(config))
+    write_json_atomic(path, result)
     elapsed = time.perf_counter() - start
     n_mc = sum(totals[k] for k in mc_counts)
     n_data = sum(totals.values()) - n_mc

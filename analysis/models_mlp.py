@@ -13,11 +13,11 @@ __all__ = ["build_mlp", "impute_missing"]
 
 
 def impute_missing(x):
-    """Replace NaN features by 0, the training mean in standardised units.
+    """Replace missing features (NaN, and ±inf) by 0, the training mean in standardised units.
 
-    Prepare leaves non-finite raw values NaN after standardisation (trees treat NaN as
+    Prepare writes non-finite raw values as NaN after standardisation (trees treat NaN as
     missing); a network would turn one NaN into a NaN loss, so training and prediction
-    both impute the mean here.
+    both impute the mean here. ±inf (in a file prepare did not write) is missing too.
 
     Parameters
     ----------
@@ -25,7 +25,7 @@ def impute_missing(x):
     """
     import torch
 
-    return torch.nan_to_num(x, nan=0.0)
+    return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def build_mlp(n_features: int, *, hidden: list[int], dropout: float = 0.0):

@@ -15,8 +15,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from analysis.config import Config
+from analysis.errors import StageInputError
 from analysis.progress import stage_console
 
 __all__ = ["PipelineResult", "run_pipeline"]
@@ -33,6 +35,31 @@ class PipelineResult:
     model_dirs: list[Path] = field(default_factory=list)
     report: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _differences(old: Any, new: Any, where: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for key in sorted(set(old) | set(new), key=str)
+                for d in _differences(old.get(key), new.get(key), f"{where}.{key}" if where else str(key))]
+    return [] if old == new else [f"{where} {old!r} -> {new!r}"]
+
+
+def _check_reusable_sample(samples: Path, config: Config) -> None:
+    """Refuse to reuse a generated sample made with other settings than ``config``'s.
+
+    The skim and everything after it would otherwise describe events the configuration no
+    longer asks for; regenerating in place would leave skim parts of files that are gone.
+    """
+    from analysis.generate import SETTINGS_FILE, generation_settings, read_generation_settings
+
+    recorded = read_generation_settings(samples)
+    wanted = generation_settings(config)
+    if recorded == wanted:
+        return
+    what = (f"no {SETTINGS_FILE} records how it was generated" if recorded is None
+            else "it was generated with other settings (" + "; ".join(_differences(recorded, wanted)[:3]) + ")")
+    raise StageInputError(f"{samples}: cannot reuse this generated sample: {what}; run into another "
+                          f"--out, or delete {samples.parent} to start again")
 
 
 def run_pipeline(config: Config, out_dir: str | Path, *, fileset: str | Path | None = None,
@@ -78,6 +105,7 @@ def run_pipeline(config: Config, out_dir: str | Path, *, fileset: str | Path | N
     if fileset is None:
         fileset = out / "samples" / "fileset.json"
         if fileset.is_file():
+            _check_reusable_sample(out / "samples", config)
             console.print(f"generate: reusing {fileset}")
         else:
             fileset = timed("generate", generate_samples, out / "samples", config, progress=progress)

@@ -17,6 +17,7 @@ import mplhep as hep
 import numpy as np
 from matplotlib.figure import Figure
 
+from analysis.core.io import atomic_path
 from analysis.metrics import AMSScan, KSResult
 
 __all__ = ["EXPERIMENT_LABEL", "axis_label", "feature_label", "hep_label", "plot_ams",
@@ -91,7 +92,8 @@ def save(fig: Figure, path: str | Path, *, dpi: int) -> Path:
     """Write a figure as PNG (no timestamps in the metadata: re-runs give the same bytes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, metadata={"Software": None})
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
     return path
 
 

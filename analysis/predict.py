@@ -8,13 +8,14 @@ stats.json) to raw skim rows, so a model can score new events that never went th
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from analysis.core.io import read_json
+from analysis.core.standardise import Standardisation
 from analysis.errors import StageInputError
 from analysis.train_common import MODEL_INFO
 
@@ -37,11 +38,9 @@ def standardise(raw: np.ndarray, features: list[str], stats: dict) -> np.ndarray
 
     Returns
     -------
-    ndarray of float32, same shape
+    ndarray of float32, same shape; a raw value that is not finite (NaN, ±inf) is NaN
     """
-    mean = np.array([stats["features"][f]["mean"] for f in features], dtype=np.float64)
-    std = np.array([stats["features"][f]["std"] for f in features], dtype=np.float64)
-    return ((np.asarray(raw, dtype=np.float64) - mean) / std).astype(np.float32)
+    return Standardisation.from_stats(stats, features).transform(raw)
 
 
 def _feature_matrix(table: Any, features: list[str], model_dir: Path) -> np.ndarray:
@@ -132,34 +131,84 @@ class TrainedModel:
 def load_model(model_dir: str | Path) -> TrainedModel:
     """Read a model directory written by `hepprep train`.
 
+    Every file is checked and a damaged one named in one line; model files are data
+    (XGBoost JSON, a torch state dict of tensors only), never code.
+
     Raises
     ------
     StageInputError
-        No such directory, or no model_info.json (training did not finish).
+        No such directory, no model_info.json (training did not finish), or a file of the
+        folder that is damaged or does not fit the others.
     """
     path = Path(model_dir)
     info_path = path / MODEL_INFO
     if not info_path.is_file():
         what = "no such model directory" if not path.is_dir() else f"no {MODEL_INFO} (training did not finish)"
         raise StageInputError(f"{path}: {what}; run `hepprep train PREPDIR --out {path}` first")
-    info = json.loads(info_path.read_text())
-    features = json.loads((path / "features.json").read_text())
-    stats = json.loads((path / "stats.json").read_text())
+    retrain = f"; train it again with `hepprep train PREPDIR --out {path}`"
+    info = read_json(info_path, "the model record")
+    features = read_json(path / "features.json", "the model's feature list")
+    stats = read_json(path / "stats.json", "the model's statistics")
+    if not isinstance(info, dict):
+        raise StageInputError(f"{info_path}: not a model record (a JSON object){retrain}")
+    if not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features):
+        raise StageInputError(f"{path / 'features.json'}: not a list of feature names{retrain}")
+    if not isinstance(stats, dict):
+        raise StageInputError(f"{path / 'stats.json'}: not a statistics object{retrain}")
+    Standardisation.from_stats(stats, features, source=str(path / "stats.json"))
     kind = info.get("model")
     model = TrainedModel(name=path.name, kind=kind, path=path, features=features,
                          stats=stats, info=info)
     if kind == "xgboost":
-        import xgboost as xgb
-        model.booster = xgb.Booster(model_file=str(path / "model.json"))
-        model.booster.feature_names = features
+        model.booster = _load_booster(path / "model.json", features, retrain)
     elif kind == "mlp":
-        from analysis._optional import optional_import
-        from analysis.models_mlp import build_mlp
-        torch = optional_import("torch", purpose="the mlp model")
-        net = build_mlp(len(features), hidden=info["params"]["hidden"],
-                        dropout=info["params"]["dropout"])
-        net.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
-        model.network = net.eval()
+        model.network = _load_network(path, info, features, retrain)
     else:
         raise StageInputError(f"{info_path}: unknown model {kind!r}; expected xgboost or mlp")
     return model
+
+
+def _load_booster(file: Path, features: list[str], retrain: str) -> Any:
+    import xgboost as xgb
+
+    try:
+        booster = xgb.Booster(model_file=str(file))
+    except xgb.core.XGBoostError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "unreadable"
+        raise StageInputError(f"{file}: not a readable XGBoost model ({first[:200]}){retrain}") from None
+    if booster.num_features() != len(features):
+        raise StageInputError(f"{file}: the model takes {booster.num_features()} features, features.json "
+                              f"lists {len(features)}{retrain}")
+    booster.feature_names = features
+    return booster
+
+
+def _load_network(path: Path, info: dict, features: list[str], retrain: str) -> Any:
+    import pickle
+
+    from analysis._optional import optional_import
+    from analysis.models_mlp import build_mlp
+
+    torch = optional_import("torch", purpose="the mlp model")
+    params = info.get("params")
+    try:
+        net = build_mlp(len(features), hidden=list(params["hidden"]), dropout=float(params["dropout"]))
+    except (TypeError, KeyError, ValueError):
+        raise StageInputError(f"{path / MODEL_INFO}: no usable network shape (params.hidden, "
+                              f"params.dropout){retrain}") from None
+    file = path / "model.pt"
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise StageInputError(f"{file}: missing{retrain}") from None
+    except pickle.UnpicklingError:
+        raise StageInputError(f"{file}: holds more than tensors (refused: a model file is data, not "
+                              f"code){retrain}") from None
+    except Exception as err:  # noqa: BLE001 - truncated zip, not a torch file, ...
+        raise StageInputError(f"{file}: not a readable torch state dict ({type(err).__name__}){retrain}") from None
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StageInputError(f"{file}: does not fit the network of {MODEL_INFO} ({first[:200]}){retrain}") from None
+    return net.eval()

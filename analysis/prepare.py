@@ -23,14 +23,17 @@ import pyarrow.parquet as pq
 
 from analysis.cluster import dask_client
 from analysis.config import Config, PrepareConfig, config_from_dict
+from analysis.core.io import atomic_dir, read_json, remove_stale_temp, write_json_atomic
 from analysis.errors import StageInputError
+from analysis.core.skimmed import skim_parts
+from analysis.prepare_io import check_out_dir, outputs_intact
 from analysis.progress import progress_bar, stage_console
 from analysis.shuffle import InputUnit, ShufflePlan, scatter_unit, shuffle_bucket, split_names
 from analysis.split import SKIM_ID_COLUMNS, SPLIT_NAMES
 from analysis.stats import WeightedFeatureStats
 from analysis.weights import CLASS_NAMES, TrainWeightBalancer
 
-__all__ = ["PrepareInputs", "check_out_dir", "discover_skim", "prepare_inputs", "run_prepare"]
+__all__ = ["PrepareInputs", "prepare_inputs", "run_prepare"]
 
 STATS_FILE = "stats.json"
 MANIFEST_FILE = "manifest.json"
@@ -49,20 +52,7 @@ class PrepareInputs:
     features: tuple[str, ...]
     source: str
     sources: tuple[Path, ...]
-
-
-def discover_skim(skim_dir: str | Path) -> list[Path]:
-    """The skim's ``<dataset>/part-*.parquet`` files, sorted, or an error saying what is there."""
-    skim_dir = Path(skim_dir)
-    if not skim_dir.is_dir():
-        raise StageInputError(f"{skim_dir}: no such skim directory; run `hepprep skim` first or "
-                              "pass the folder given to `hepprep skim --out`")
-    files = sorted(p for p in skim_dir.glob("*/part-*.parquet") if p.is_file())
-    if not files:
-        present = sorted(p.name for p in skim_dir.iterdir())[:10]
-        raise StageInputError(f"{skim_dir}: no <dataset>/part-*.parquet files; the folder holds "
-                              f"{', '.join(present) or 'nothing'}")
-    return files
+    skim: dict[str, Any] | None = None  # what prepare took from a skim (`prepare_io.SkimParts.record`)
 
 
 def _known_data_rows(meta: pq.FileMetaData, rg: int) -> int | None:
@@ -77,21 +67,6 @@ def _known_data_rows(meta: pq.FileMetaData, rg: int) -> int | None:
     if stats is None or not stats.has_min_max or stats.min != stats.max:
         return None
     return meta.row_group(rg).num_rows if stats.min == -1 else 0
-
-
-def check_out_dir(out_dir: Path) -> None:
-    """Refuse to replace a folder that is not a prepare output (``--out ~`` must not wipe home)."""
-    if not out_dir.exists():
-        return
-    if out_dir.is_dir() and not any(out_dir.iterdir()):
-        return
-    try:
-        stage = json.loads((out_dir / MANIFEST_FILE).read_text()).get("stage")
-    except (OSError, ValueError, AttributeError):
-        stage = None
-    if stage != "prepare":
-        raise StageInputError(f"{out_dir}: exists and is not the output of `hepprep prepare` (no prepare "
-                              "manifest.json); it would be replaced: choose another --out or remove it")
 
 
 def _input_units(files: Sequence[Path], *, target_rows: int) -> list[InputUnit]:
@@ -129,7 +104,8 @@ def _count_labels(unit: InputUnit) -> tuple[int, int]:
 def _fingerprint(inputs: PrepareInputs, prep: PrepareConfig) -> str:
     files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in inputs.sources]
     blob = json.dumps({"files": files, "prepare": prep.model_dump(mode="json"),
-                       "features": inputs.features, "id": inputs.id_columns}, sort_keys=True)
+                       "features": inputs.features, "id": inputs.id_columns}, sort_keys=True,
+                      allow_nan=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -147,9 +123,12 @@ def _in_order(futures: list[Any], bar: Any, description: str) -> Iterator[Any]:
         yield result
 
 
-def _effective_prepare(config: Config, split: Sequence[float] | None, seed: int | None) -> PrepareConfig:
+def _effective_prepare(config: Config, split: Sequence[float] | None, seed: int | None,
+                       allow_incomplete: bool | None = None) -> PrepareConfig:
     """``config.prepare`` with the keyword overrides, validated like a config file."""
-    overrides = {key: value for key, value in (("split", split), ("seed", seed)) if value is not None}
+    overrides = {key: value for key, value in (("split", split), ("seed", seed),
+                                                ("allow_incomplete", allow_incomplete))
+                 if value is not None}
     if not overrides:
         return config.prepare
     data = config.model_dump()
@@ -159,18 +138,20 @@ def _effective_prepare(config: Config, split: Sequence[float] | None, seed: int 
 
 def run_prepare(skim_dir: str | Path, out_dir: str | Path, config: Config, *,
                 split: Sequence[float] | None = None, seed: int | None = None,
-                scheduler: str | None = None, progress: bool = True) -> dict[str, Any]:
+                allow_incomplete: bool | None = None, scheduler: str | None = None,
+                progress: bool = True) -> dict[str, Any]:
     """Split, weight, standardise and shuffle a skim into ``out_dir``.
 
     Parameters
     ----------
     skim_dir : str or Path
-        The skim output: ``<dataset>/part-*.parquet`` with the DESIGN.md columns.
+        The skim output: exactly the parts its ``manifest.json`` lists are read
+        (`analysis.prepare_io.skim_parts`).
     out_dir : str or Path
         Receives ``{train,val,test,data}/part-*.parquet``, ``stats.json``, ``manifest.json``.
     config : Config
         Uses ``config.features``, ``config.prepare`` and ``config.cluster``.
-    split, seed : optional overrides of ``config.prepare.split`` / ``.seed``
+    split, seed, allow_incomplete : optional overrides of ``config.prepare``
     scheduler : str or None
         Address of an existing dask scheduler (else ``DASK_SCHEDULER_ADDRESS`` or a LocalCluster).
     progress : bool
@@ -180,11 +161,19 @@ def run_prepare(skim_dir: str | Path, out_dir: str | Path, config: Config, *,
     -------
     dict : the manifest (also written to ``out_dir/manifest.json``).
     """
-    files = discover_skim(skim_dir)
-    inputs = PrepareInputs(files=tuple(files), id_columns=SKIM_ID_COLUMNS, features=tuple(config.features),
-                           source=str(Path(skim_dir).resolve()), sources=tuple(files))
-    return prepare_inputs(inputs, out_dir, config, split=split, seed=seed, scheduler=scheduler,
-                          progress=progress)
+    prep = _effective_prepare(config, split, seed, allow_incomplete)
+    parts = skim_parts(skim_dir, allow_incomplete=prep.allow_incomplete)
+    console = stage_console(quiet=not progress)
+    if parts.ignored:
+        console.print(f"prepare: {parts.ignored} Parquet file(s) in {skim_dir} are not parts of the skim "
+                      "manifest and are not read", soft_wrap=True)
+    if not parts.complete or parts.empty_datasets:
+        console.print(f"prepare: --allow-incomplete: {len(parts.not_done)} input file(s) not done, "
+                      f"datasets without parts: {', '.join(parts.empty_datasets) or 'none'}", soft_wrap=True)
+    inputs = PrepareInputs(files=parts.files, id_columns=SKIM_ID_COLUMNS, features=tuple(config.features),
+                           source=str(Path(skim_dir).resolve()), sources=parts.files, skim=parts.record)
+    config = config.model_copy(update={"prepare": prep})
+    return prepare_inputs(inputs, out_dir, config, scheduler=scheduler, progress=progress)
 
 
 def prepare_inputs(inputs: PrepareInputs, out_dir: str | Path, config: Config, *,
@@ -194,50 +183,39 @@ def prepare_inputs(inputs: PrepareInputs, out_dir: str | Path, config: Config, *
     prep = _effective_prepare(config, split, seed)
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
+    # A killed earlier run's temporary folder goes whether or not there is work to do.
+    remove_stale_temp(out_dir.parent, target=out_dir.name)
     console = stage_console(quiet=not progress)
     fingerprint = _fingerprint(inputs, prep)
     done = out_dir / MANIFEST_FILE
     if done.is_file():
         try:
-            previous = json.loads(done.read_text())
-        except ValueError:
+            previous = read_json(done, "the prepare manifest")
+        except StageInputError:
             previous = {}
-        if previous.get("fingerprint") == fingerprint:
-            console.print(f"prepare: {out_dir} is up to date with {inputs.source}; nothing to do",
-                          soft_wrap=True)
-            return previous
+        if isinstance(previous, dict) and previous.get("fingerprint") == fingerprint:
+            damage = outputs_intact(out_dir, previous)
+            if damage is None:
+                console.print(f"prepare: {out_dir} is up to date with {inputs.source}; nothing to do",
+                              soft_wrap=True)
+                return previous
+            console.print(f"prepare: {out_dir} was prepared from these inputs, but {damage}: "
+                          "preparing it again", soft_wrap=True)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    scratch = tmp / "_scatter"
-    scratch.mkdir(parents=True)
-    try:
+    with atomic_dir(out_dir) as tmp:
+        scratch = tmp / "_scatter"
+        scratch.mkdir()
         with dask_client(config.cluster, scheduler) as client, progress_bar(quiet=not progress) as bar:
             console.print(f"prepare: dask dashboard {client.dashboard_link}", soft_wrap=True)
             manifest, stats = _two_passes(client, bar, inputs, prep, tmp, scratch)
         shutil.rmtree(scratch)
         manifest["fingerprint"] = fingerprint
-        (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        _publish(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json_atomic(tmp / STATS_FILE, stats)
+        write_json_atomic(tmp / MANIFEST_FILE, manifest)
     rows = {s: manifest["splits"][s]["rows"] for s in manifest["splits"]}
     console.print(f"prepare: wrote {out_dir} ({', '.join(f'{s} {n}' for s, n in rows.items())} rows)",
                   soft_wrap=True)
     return manifest
-
-
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` by the finished ``tmp`` with renames (never half-written)."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _bucket_counts(labelled: int, data: int, prep: PrepareConfig) -> tuple[int, int, int, int]:
@@ -318,6 +296,7 @@ def _manifest(inputs: PrepareInputs, prep: PrepareConfig, plan: ShufflePlan, wri
     return {
         "stage": "prepare",
         "source": inputs.source,
+        **({"skim": inputs.skim} if inputs.skim is not None else {}),
         "inputs": [{"path": str(p), "bytes": p.stat().st_size} for p in inputs.sources],
         "input_pieces": len(units),
         "id_columns": list(inputs.id_columns),
@@ -343,8 +322,10 @@ def _stats_json(stats: WeightedFeatureStats, balancer: TrainWeightBalancer, prep
         "inverse": "raw = standardised * std + mean",
         "computed_on": "train",
         "weights": "train_weight (policy-applied weight x per-class scale)",
-        "missing_values": "non-finite raw values are left out of the statistics and stay NaN "
-                          "after standardisation (XGBoost treats NaN as missing)",
+        "missing_values": "non-finite raw values (NaN, +-inf) are left out of the statistics "
+                          "(counted per feature on the training rows: n_nan, n_inf) and are NaN "
+                          "after standardisation (XGBoost treats NaN as missing, the network "
+                          "imputes 0, the training mean)",
         "quantiles": f"weighted, from a sketch with bins 2^-{stats.mantissa_bits} of the value wide",
         "sum_weights": float(balancer.sum_weights_[train].sum()),
         "negative_weights": prep.negative_weights,

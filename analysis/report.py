@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.config import Config, config_to_toml
+from analysis.core.io import write_text_atomic
 from analysis.plots_inputs import format_yield
 
 __all__ = ["collect_provenance", "write_report"]
@@ -190,6 +191,7 @@ th { background: #eee; } td:first-child, th:first-child { text-align: left; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr)); gap: 1em; }
 .wide { display: grid; grid-template-columns: minmax(0, 1100px); gap: 1em; }
 figure { margin: 0; } img { width: 100%; height: auto; border: 1px solid #ddd; }
+.warning { background: #fff3cd; border: 1px solid #e0a800; padding: 0.6em 1em; }
 figcaption { font-size: 0.85em; color: #555; } pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
 """
 
@@ -203,6 +205,7 @@ def write_report(out: Path, *, metrics: dict, plots: list[dict], cutflow: pd.Dat
              "<h1>hepprep evaluation: H→ττ vs background</h1>",
              f"<p>Prepared directory <code>{_e(metrics['prep_dir'])}</code>; models: "
              f"{_e(', '.join(metrics['models']))}.</p>",
+             *(f'<p class="warning"><strong>Warning:</strong> {_e(w)}</p>' for w in metrics.get("warnings", [])),
              "<h2>Metrics (test split)</h2>", _metrics_table(metrics), _sample_table(metrics)]
     for key, heading in SECTIONS:
         figures = [p for p in plots if p["section"] == key]
@@ -232,7 +235,5 @@ def write_report(out: Path, *, metrics: dict, plots: list[dict], cutflow: pd.Dat
               "<h2>Configuration</h2>", f"<pre>{_e(config_to_toml(config))}</pre>",
               "</body>", "</html>"]
     path = out / "report.html"
-    tmp = out / ".report.html.tmp"
-    tmp.write_text("\n".join(parts) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, "\n".join(parts) + "\n")
     return path

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from analysis.core.standardise import Standardisation
 from analysis.errors import StageInputError
 from analysis.split import (SALT_BUCKET, SPLIT_NAMES, assign_fold, assign_split, event_hash, id_columns_of,
                             salted_uniform, shuffle_order_key)
@@ -157,6 +158,11 @@ def scatter_unit(unit: InputUnit, plan: ShufflePlan) -> dict[str, Any]:
         raise StageInputError(f"{unit.path}: labels {sorted(set(np.unique(label[bad]).tolist()))} found; "
                               "use 1 signal, 0 background, -1 real data")
     weight = table.column("weight").to_numpy().astype(np.float64)
+    bad_weight = ~np.isfinite(weight)
+    if bad_weight.any():
+        raise StageInputError(f"{unit.path}: {int(bad_weight.sum())} row(s) have a weight that is not a "
+                              f"finite number ({weight[bad_weight][0]!r}); every event needs a finite "
+                              "yield: check the cross section, luminosity and genWeight of its dataset")
     hashes = event_hash(id_columns_of(table, plan.id_columns), seed=plan.seed)
     split = assign_split(hashes, fractions=plan.fractions).astype(np.int64)
     split[label == -1] = len(SPLIT_NAMES)
@@ -241,8 +247,9 @@ def shuffle_bucket(group: int, pieces: Sequence[tuple[str, int]], plan: ShuffleP
     else:
         train_weight = plan.balancer.transform(np.full(len(label), split_index), label, weight)
 
+    standardisation = Standardisation(plan.features, plan.mean, plan.std)
     for j, name in enumerate(plan.features):  # column by column: no (n, d) copy in memory
-        standardised = ((_float64_column(table, name) - plan.mean[j]) / plan.std[j]).astype(np.float32)
+        standardised = standardisation.transform_column(j, _float64_column(table, name))
         table = table.set_column(table.schema.get_field_index(name), name, pa.array(standardised))
     for name in sorted(dictionary_columns):
         table = table.set_column(table.schema.get_field_index(name), name,

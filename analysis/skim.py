@@ -27,13 +27,13 @@ from coffea.processor.executor import FileMeta
 
 from analysis.cluster import dask_client
 from analysis.config import Config
+from analysis.core.io import write_json_atomic
 from analysis.errors import ConfigError, InputFileError, StageInputError
 from analysis.progress import progress_bar, stage_console
 from analysis.remote import RetryingRunner, UnreachableServers, call_with_retries, is_remote
 from analysis.skim_inputs import DatasetInfo, check_file, load_fileset, resolve_datasets
 from analysis.skim_manifest import (build_cutflow, build_manifest, chunk_relpath, job_cutflow_path,
-                                    job_manifest_path, plan_chunks, remove_stale_temp_files,
-                                    write_json_atomic)
+                                    job_manifest_path, plan_chunks, remove_stale_temp_files)
 from analysis.skim_open_files import LOCAL_READ_OPTIONS, OpenFiles
 from processors.ditau import DiTauProcessor, triggers_applied
 from processors.parts import chunk_fingerprint

@@ -11,20 +11,20 @@ coffea Runner does not open the files a second time.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import uproot
 
 from analysis.config import Config
+from analysis.core.names import dataset_folder
 from analysis.errors import InputFileError, StageInputError
-from analysis.remote import is_transient, require_backend
+from analysis.remote import is_remote, is_transient, require_backend
+from analysis.skim_fileset import load_fileset
 from analysis.skim_open_files import OpenFiles
 from processors.profiles import ProfileError, detect_profile
 
@@ -63,48 +63,15 @@ class DatasetInfo:
     sumw_source: str  # "metadata" or "computed"
     files: list[InputFile] = field(default_factory=list)
 
+    @property
+    def folder(self) -> str:
+        """The dataset's folder under the skim folder (`analysis.core.names.dataset_folder`)."""
+        return dataset_folder(self.name)
+
     def metadata(self) -> dict[str, Any]:
         """What the processor reads from ``events.metadata``."""
         return {"process": self.process, "label": self.label, "is_mc": self.is_mc,
                 "xsec_pb": self.xsec_pb, "sumw": self.sumw}
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
-def load_fileset(fileset: str | Path) -> dict[str, Any]:
-    """Read a coffea fileset JSON; relative file paths are resolved against its folder.
-
-    Returns ``{dataset: {"files": {path: treename}, "metadata": {...}}}`` with absolute paths.
-    """
-    path = Path(fileset)
-    if not path.is_file():
-        raise StageInputError(f"{path}: no such fileset file (write one with `hepprep generate --out DIR`)")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise StageInputError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(raw, dict) or not raw:
-        raise StageInputError(f"{path}: expected a mapping of dataset -> {{files, metadata}}")
-    base = path.resolve().parent
-    out = {}
-    for dataset, entry in raw.items():
-        if isinstance(entry, list):
-            entry = {"files": {f: "Events" for f in entry}}
-        if not isinstance(entry, dict) or "files" not in entry:
-            raise StageInputError(f"{path}: dataset {dataset!r} has no 'files'")
-        files = entry["files"]
-        if isinstance(files, list):
-            files = {f: entry.get("treename", "Events") for f in files}
-        resolved = {}
-        for name, tree in files.items():
-            if not _is_url(name):
-                local = Path(name.removeprefix("file://"))
-                name = str(local if local.is_absolute() else (base / local).resolve())
-            resolved[name] = tree or "Events"
-        out[dataset] = {"files": resolved, "metadata": dict(entry.get("metadata") or {})}
-    return out
 
 
 def resolve_datasets(fileset: dict[str, Any], config: Config) -> dict[str, DatasetInfo]:
@@ -184,7 +151,7 @@ def check_file(item: InputFile, *, triggers: list[str], need_sumw: bool,
         raised as it is, for `analysis.remote.call_with_retries` to try again.
     """
     path = item.path
-    remote = _is_url(path)
+    remote = is_remote(path)
     if remote:
         require_backend(path)
     else:

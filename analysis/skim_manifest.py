@@ -9,20 +9,20 @@ it is the same whether the chunks ran now, earlier, or on several attempts.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from analysis.core.names import dataset_folder
+from analysis.core.net import redact
 from analysis.errors import StageInputError
 from analysis.skim_inputs import DatasetInfo
 from processors.ditau import CUTS
 from processors.parts import part_name, read_part_summary
 
 __all__ = ["JOB_MANIFEST_DIR", "build_cutflow", "build_manifest", "chunk_relpath", "job_cutflow_path",
-           "job_manifest_path", "plan_chunks", "remove_stale_temp_files", "write_json_atomic"]
+           "job_manifest_path", "plan_chunks", "remove_stale_temp_files"]
 
 # A batch job (`hepprep submit`) skims one slice of the fileset into the shared skim folder
 # and keeps its bookkeeping here, one manifest per job, until `--merge-manifests`.
@@ -30,8 +30,12 @@ JOB_MANIFEST_DIR = "manifests"
 
 
 def chunk_relpath(dataset: str, fileuuid: str, start: int, stop: int) -> str:
-    """``<dataset>/part-<fileuuid>-<start>-<stop>.parquet``, relative to the skim folder."""
-    return f"{dataset}/{part_name(fileuuid, start, stop)}"
+    """``<dataset folder>/part-<fileuuid>-<start>-<stop>.parquet``, relative to the skim folder.
+
+    The folder is `analysis.core.names.dataset_folder` of the dataset name (the name itself
+    for a plain one).
+    """
+    return f"{dataset_folder(dataset)}/{part_name(fileuuid, start, stop)}"
 
 
 def job_manifest_path(out_dir: Path, job_id: int) -> Path:
@@ -87,8 +91,9 @@ def plan_chunks(out_dir: Path, planned: dict[str, str], known_uuids: set[str],
     """
     done = {}
     for dataset in datasets:
-        for part in sorted((out_dir / dataset).glob("part-*.parquet")):
-            rel = f"{dataset}/{part.name}"
+        folder = dataset_folder(dataset)
+        for part in sorted((out_dir / folder).glob("part-*.parquet")):
+            rel = f"{folder}/{part.name}"
             if rel in planned:
                 summary = read_part_summary(part)
                 if summary is None:
@@ -150,6 +155,7 @@ def build_manifest(*, fileset: str, chunksize: int, datasets: dict[str, DatasetI
     ``complete`` is true when every file is done or skipped.
     """
     failed = {e["path"]: e["cause"] for e in errors}
+    # Paths and causes are records: a URL's credentials are never written (core.net.redact).
     files = []
     for info in datasets.values():
         for item in info.files:
@@ -160,24 +166,21 @@ def build_manifest(*, fileset: str, chunksize: int, datasets: dict[str, DatasetI
                 status = "skipped" if skip_bad_files else "failed"
             else:
                 status = "done" if planned and len(chunks) == len(planned) else "incomplete"
-            files.append({"dataset": info.name, "path": item.path, "uuid": item.uuid or None,
+            error = failed.get(item.path)
+            files.append({"dataset": info.name, "path": redact(item.path), "uuid": item.uuid or None,
                           "entries": item.entries, "profile": item.profile or None,
-                          "status": status, "chunks": chunks, "error": failed.get(item.path)})
+                          "status": status, "chunks": chunks,
+                          "error": None if error is None else redact(error)})
     return {
         "stage": "skim",
         "fileset": fileset,
         "chunksize": chunksize,
         "complete": all(f["status"] in ("done", "skipped") for f in files),
         "datasets": {n: {"process": d.process, "label": d.label, "is_mc": d.is_mc,
-                         "xsec_pb": d.xsec_pb, "sumw": d.sumw, "sumw_source": d.sumw_source}
+                         "xsec_pb": d.xsec_pb, "sumw": d.sumw, "sumw_source": d.sumw_source,
+                         **({"folder": d.folder} if d.folder != n else {})}
                      for n, d in datasets.items()},
         "files": files,
-        "errors": errors,
+        "errors": [{**e, "path": redact(e["path"]), "cause": redact(e["cause"])} for e in errors],
     }
 
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half of it."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from analysis.core.standardise import Standardisation
 from analysis.errors import StageInputError
 
 __all__ = ["WeightedFeatureStats", "weighted_quantile"]
@@ -54,8 +55,9 @@ def _merge_sparse(a: _Sparse, b: _Sparse) -> _Sparse:
 class WeightedFeatureStats:
     """Weighted mean, standard deviation, min, max and quantiles of d features.
 
-    Non-finite values (NaN for "missing") are ignored feature by feature: they do not
-    count in that feature's totals, and standardisation keeps them NaN.
+    Non-finite values (NaN for "missing", and ±inf, which a broken input can hold) are
+    ignored feature by feature: they do not count in that feature's totals, and
+    standardisation makes them NaN. They are counted (`n_nan_`, `n_inf_`).
 
     Parameters
     ----------
@@ -69,6 +71,7 @@ class WeightedFeatureStats:
     ----------
     n_features_in_ : int
     n_samples_seen_ : numpy.ndarray of int64, shape (d,)  finite values per feature
+    n_nan_, n_inf_ : numpy.ndarray of int64, shape (d,)    NaN and ±inf values left out
     sum_weight_ : numpy.ndarray, shape (d,)               Σw over finite values
     mean_, var_ : numpy.ndarray, shape (d,)                weighted moments
     scale_ : numpy.ndarray, shape (d,)                     std, or 1 for a constant feature
@@ -93,6 +96,8 @@ class WeightedFeatureStats:
         self.n_features_in_ = n_features
         self.feature_names_in_ = list(names) if names is not None else [f"x{i}" for i in range(n_features)]
         self.n_samples_seen_ = np.zeros(n_features, dtype=np.int64)
+        self.n_nan_ = np.zeros(n_features, dtype=np.int64)
+        self.n_inf_ = np.zeros(n_features, dtype=np.int64)
         self.sum_weight_ = np.zeros(n_features)
         self._shift = np.full(n_features, np.nan)  # K: first chunk's weighted mean
         self._s1 = np.zeros(n_features)  # Σw(x-K)
@@ -147,6 +152,9 @@ class WeightedFeatureStats:
             x = np.ascontiguousarray(X[:, j])
             ok = np.isfinite(x)
             if not ok.all():
+                nan = int(np.isnan(x).sum())
+                self.n_nan_[j] += nan
+                self.n_inf_[j] += len(x) - int(ok.sum()) - nan
                 x, wj = x[ok], w[ok]
             else:
                 wj = w
@@ -195,6 +203,8 @@ class WeightedFeatureStats:
                 out._s1[j] += other._s1[j] + delta * other.sum_weight_[j]
                 out._s2[j] += other._s2[j] + 2 * delta * other._s1[j] + delta**2 * other.sum_weight_[j]
         out.n_samples_seen_ = self.n_samples_seen_ + other.n_samples_seen_
+        out.n_nan_ = self.n_nan_ + other.n_nan_
+        out.n_inf_ = self.n_inf_ + other.n_inf_
         out.sum_weight_ = self.sum_weight_ + other.sum_weight_
         out.min_ = np.minimum(self.min_, other.min_)
         out.max_ = np.maximum(self.max_, other.max_)
@@ -258,19 +268,28 @@ class WeightedFeatureStats:
             out[j] = lo + frac * (hi - lo)
         return out
 
+    def standardisation(self) -> Standardisation:
+        """The standardisation these statistics define (`analysis.core.standardise`)."""
+        return Standardisation(self.feature_names_in_, self.mean_, self.scale_)
+
     def transform(self, X: Any) -> np.ndarray:
-        """(X - mean_) / scale_ (NaN stays NaN), float64 (n, d)."""
-        return (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
+        """(X - mean_) / scale_, float64 (n, d); a non-finite value is NaN."""
+        return self.standardisation().transform(X, dtype=np.float64)
 
     def inverse_transform(self, Z: Any) -> np.ndarray:
-        return np.asarray(Z, dtype=np.float64) * self.scale_ + self.mean_
+        return self.standardisation().inverse(Z)
 
     def to_dict(self) -> dict[str, dict[str, float]]:
-        """{feature: {mean, std, min, max, median, q16, q84, sum_weight, n}} for stats.json."""
+        """{feature: {mean, std, min, max, median, q16, q84, sum_weight, n, n_nan, n_inf}} for stats.json.
+
+        ``n`` counts the finite values the statistics are made of; ``n_nan`` and ``n_inf``
+        the values left out as missing.
+        """
         mean, std = self.mean_, self.scale_
         q16, median, q84 = self.quantile(0.16), self.quantile(0.5), self.quantile(0.84)
         return {name: {"mean": float(mean[j]), "std": float(std[j]), "min": float(self.min_[j]),
                        "max": float(self.max_[j]), "median": float(median[j]), "q16": float(q16[j]),
                        "q84": float(q84[j]), "sum_weight": float(self.sum_weight_[j]),
-                       "n": int(self.n_samples_seen_[j])}
+                       "n": int(self.n_samples_seen_[j]), "n_nan": int(self.n_nan_[j]),
+                       "n_inf": int(self.n_inf_[j])}
                 for j, name in enumerate(self.feature_names_in_)}

@@ -38,7 +38,8 @@ from analysis.config import Config, config_to_toml
 from analysis.errors import ConfigError, HepprepError, InputFileError, StageInputError
 from analysis.progress import stage_console
 from analysis.skim_inputs import DatasetInfo, check_file, load_fileset, resolve_datasets
-from analysis.skim_manifest import job_cutflow_path, job_manifest_path, write_json_atomic
+from analysis.core.io import write_json_atomic
+from analysis.skim_manifest import job_cutflow_path, job_manifest_path
 from analysis.submit_scripts import (JOB_SCRIPT, SYSTEMS, htcondor_description, job_script,
                                      memory_mb, submit_command)
 from processors.ditau import triggers_applied

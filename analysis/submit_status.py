@@ -24,7 +24,9 @@ from typing import Any
 
 from analysis.errors import StageInputError
 from analysis.skim_inputs import DatasetInfo, InputFile
-from analysis.skim_manifest import build_cutflow, build_manifest, job_manifest_path, write_json_atomic
+from analysis.core.io import write_json_atomic
+from analysis.core.names import dataset_folder
+from analysis.skim_manifest import build_cutflow, build_manifest, job_manifest_path
 from analysis.submit import JOBS_DIR, read_submit_record
 from processors.parts import read_part_summary
 
@@ -224,8 +226,8 @@ def merge_job_manifests(out_dir: str | Path) -> dict[str, Any]:
         for entry in json.loads(job_manifest_path(out, state.job).read_text())["files"]:
             entries[(entry["dataset"], entry["path"])] = entry
     listed = {c["part"] for e in entries.values() for c in e["chunks"]}
-    on_disk = {f"{name}/{p.name}" for name in record["datasets"]
-               for p in (out / name).glob("part-*.parquet")}
+    on_disk = {f"{dataset_folder(name)}/{p.name}" for name in record["datasets"]
+               for p in (out / dataset_folder(name)).glob("part-*.parquet")}
     for parts, why in ((sorted(on_disk - listed), "is on disk but no job's manifest lists it (left by "
                         "another run?); delete it, or skim into a fresh --out"),
                        (sorted(listed - on_disk), "is listed by a job's manifest but missing from "

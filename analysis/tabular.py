@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import shutil
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,9 @@ import pyarrow.parquet as pq
 
 from analysis.config import Config, PrepareTableConfig
 from analysis.errors import StageInputError
-from analysis.prepare import PrepareInputs, check_out_dir, prepare_inputs
+from analysis.core.io import remove_stale_temp, temp_name
+from analysis.prepare import PrepareInputs, prepare_inputs
+from analysis.prepare_io import check_out_dir
 
 __all__ = ["normalise_table", "run_prepare_table", "table_files"]
 
@@ -151,7 +152,10 @@ def run_prepare_table(table: str | Path, out_dir: str | Path, config: Config, *,
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    ingest = out_dir.parent / f".{out_dir.name}.ingest-{uuid.uuid4().hex[:8]}"
+    # The converted copies live beside --out under a temporary name of this process (a
+    # killed run's copies are removed by the next run, as prepare's own temporaries).
+    remove_stale_temp(out_dir.parent, target=f"{out_dir.name}.ingest")
+    ingest = temp_name(out_dir.with_name(f"{out_dir.name}.ingest"))
     ingest.mkdir()
     try:
         files, features = [], None

@@ -63,6 +63,14 @@ def run_train(prep_dir: str | Path, out_dir: str | Path, config: Config, *,
                           "(drop --resume)")
     prepared = inspect_prepared(prep_dir, config.features)
     resolved = resolve_device(device or config.train.device, model=model)
+    if resume and model == "mlp":
+        # Validate first, then touch: a checkpoint that cannot continue this run must not
+        # cost the model directory its model_info.json.
+        from analysis.train_mlp import CHECKPOINT, load_checkpoint, run_key
+
+        checkpoint = Path(out_dir) / CHECKPOINT
+        if checkpoint.is_file():
+            load_checkpoint(checkpoint, run_key(config, prepared.features, prepared))
     out = start_model_dir(out_dir)
     if model == "xgboost":
         from analysis.train_xgb import train_xgboost
@@ -75,6 +83,6 @@ def run_train(prep_dir: str | Path, out_dir: str | Path, config: Config, *,
         result = train_mlp(prepared, out, config, device=resolved, resume=resume,
                            progress=progress)
     info = {**result["info"], "prepared_dir": str(Path(prep_dir).resolve()),
-            "features": prepared.features}
+            "prepared_fingerprint": prepared.fingerprint, "features": prepared.features}
     return finish_model_dir(out, features=prepared.features, stats=prepared.stats,
                             history=result["history"], info=info)

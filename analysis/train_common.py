@@ -8,34 +8,18 @@ written atomically (temp file + rename) and `model_info.json` last, so a directo
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
-from typing import Any
 
+from analysis.core.io import remove_stale_temp, write_json_atomic
 from analysis.errors import ConfigError
 
 __all__ = ["MODEL_INFO", "cuda_gpu_count", "finish_model_dir", "resolve_device",
-           "start_model_dir", "write_json_atomic"]
+           "start_model_dir"]
 
 MODEL_INFO = "model_info.json"  # written last: its presence marks a complete model directory
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temp file in the same folder and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cuda_gpu_count() -> int:
@@ -114,6 +98,7 @@ def start_model_dir(out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MODEL_INFO).unlink(missing_ok=True)
+    remove_stale_temp(out)  # temporaries of a run that was killed while writing
     return out
 
 

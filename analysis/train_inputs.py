@@ -1,14 +1,13 @@
 """Training stage: check a prepared directory before any model sees it, and describe its splits.
 
-Training reads `<prep>/{train,val,test}/part-*.parquet` and `<prep>/stats.json` (DESIGN.md
-"Prepared Parquet"). A wrong or half-written directory must fail in one line that names
+Training reads the files of `<prep>/{train,val,test}/` that the prepared manifest lists
+(`analysis.core.prepared`), and `<prep>/stats.json` (DESIGN.md "Prepared Parquet"). A wrong or half-written directory must fail in one line that names
 what is missing and how to fix it, not as a traceback from deep inside xgboost or torch.
 Only Parquet metadata and the small `label` column are read here.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from analysis.core.io import read_json
+from analysis.core.prepared import PreparedListing, read_prepared_listing
 from analysis.errors import StageInputError
 
 __all__ = ["LABEL", "TRAIN_WEIGHT", "PreparedSplits", "SplitFiles", "inspect_prepared",
@@ -65,6 +66,7 @@ class PreparedSplits:
     stats: dict
     features: list[str]
     splits: dict[str, SplitFiles] = field(default_factory=dict)
+    fingerprint: str | None = None  # the prepared manifest's: a model records what it learnt from
 
     def split(self, name: str) -> SplitFiles:
         return self.splits[name]
@@ -84,10 +86,9 @@ def _read_stats(root: Path) -> dict:
     if not path.is_file():
         raise StageInputError(f"{path}: missing; {root} is not a complete prepared directory "
                               f"(run `hepprep prepare SKIMDIR --out {root}` first)")
-    try:
-        stats = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise StageInputError(f"{path}: not valid JSON ({err}); re-run `hepprep prepare`") from None
+    stats = read_json(path, "the prepared statistics")
+    if not isinstance(stats, dict):
+        raise StageInputError(f"{path}: not a stats.json object; re-run `hepprep prepare`")
     order = stats.get("feature_order")
     if not isinstance(order, list) or not order:
         raise StageInputError(f"{path}: no 'feature_order' list; re-run `hepprep prepare`")
@@ -120,11 +121,11 @@ def _check_features(root: Path, stats: dict, features: list[str]) -> list[str]:
     return order
 
 
-def _inspect_split(root: Path, name: str, features: list[str]) -> SplitFiles | None:
-    folder = root / name
-    files = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+def _inspect_split(listing: PreparedListing, name: str, features: list[str]) -> SplitFiles | None:
+    files = listing.files(name)
     if not files:
         return None
+    expected = listing.rows(name)
     needed = [*features, LABEL, TRAIN_WEIGHT]
     rows = row_groups = signal = background = negative = 0
     for path in files:
@@ -138,6 +139,9 @@ def _inspect_split(root: Path, name: str, features: list[str]) -> SplitFiles | N
         if missing:
             raise StageInputError(f"{path}: missing columns {', '.join(missing)} listed in "
                                   f"stats.json or needed for training; re-run `hepprep prepare`")
+        if meta.metadata.num_rows != expected[path]:
+            raise StageInputError(f"{path}: holds {meta.metadata.num_rows} rows but the prepared manifest "
+                                  f"says {expected[path]}: not the file prepare wrote; re-run `hepprep prepare`")
         rows += meta.metadata.num_rows
         row_groups += meta.num_row_groups
         # train_weight only where the statistics allow a negative one: one read either way.
@@ -192,17 +196,17 @@ def inspect_prepared(prep_dir: str | Path, features: list[str]) -> PreparedSplit
         raise StageInputError(f"{root}: no such prepared directory "
                               f"(run `hepprep prepare SKIMDIR --out {root}` first)")
     stats = _read_stats(root)
+    listing = read_prepared_listing(root)
     order = _check_features(root, stats, features)
-    prepared = PreparedSplits(root=root, stats=stats, features=order)
+    prepared = PreparedSplits(root=root, stats=stats, features=order, fingerprint=listing.fingerprint)
     for name in (*REQUIRED_SPLITS, *OPTIONAL_SPLITS):
-        split = _inspect_split(root, name, order)
+        split = _inspect_split(listing, name, order)
         if split is None:
             if name in REQUIRED_SPLITS:
-                present = [s for s in (*REQUIRED_SPLITS, *OPTIONAL_SPLITS)
-                           if any((root / s).glob("part-*.parquet"))]
+                present = [s for s in (*REQUIRED_SPLITS, *OPTIONAL_SPLITS) if listing.has_split(s)]
                 raise StageInputError(
-                    f"{root}: the {name!r} split is missing (no {root / name}/part-*.parquet; "
-                    f"found splits: {', '.join(present) or 'none'}); training needs train and val: "
+                    f"{root}: the {name!r} split is missing (the prepared manifest lists no {name} "
+                    f"files; found splits: {', '.join(present) or 'none'}); training needs train and val: "
                     f"re-run `hepprep prepare` with a non-zero {name} fraction in --split")
             continue
         if name in REQUIRED_SPLITS:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-import os
+import pickle
 import time
 from pathlib import Path
 
@@ -22,12 +22,13 @@ import numpy as np
 
 from analysis._optional import optional_import
 from analysis.config import Config
+from analysis.core.io import atomic_file
 from analysis.errors import StageInputError
 from analysis.models_mlp import build_mlp, impute_missing
 from analysis.progress import progress_bar, stage_console
 from analysis.train_inputs import PreparedSplits
 
-__all__ = ["CHECKPOINT", "save_checkpoint", "train_mlp"]
+__all__ = ["CHECKPOINT", "load_checkpoint", "run_key", "save_checkpoint", "train_mlp"]
 
 CHECKPOINT = "checkpoint.pt"
 _VAL_BATCH = 16_384  # validation batch: no gradients, so larger batches are cheap
@@ -39,12 +40,12 @@ def save_checkpoint(path: Path, state: dict) -> None:
     """Write a checkpoint atomically (temp file + rename): an interrupted save leaves the old one."""
     import torch
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as handle:
+        torch.save(state, handle)
 
 
-def _run_key(config: Config, features: list[str], prepared: PreparedSplits) -> dict:
+def run_key(config: Config, features: list[str], prepared: PreparedSplits) -> dict:
+    """What a checkpoint must match to be resumed: the settings that shape the run and its data."""
     params = config.train.mlp.model_dump()
     for key in _RESUMABLE_CHANGES:
         params.pop(key)
@@ -53,12 +54,36 @@ def _run_key(config: Config, features: list[str], prepared: PreparedSplits) -> d
             "train_rows": prepared.split("train").rows}
 
 
-def _load_checkpoint(path: Path, key: dict) -> dict:
+def load_checkpoint(path: Path, key: dict) -> dict:
+    """Read ``checkpoint.pt`` and check it continues the run ``key`` describes.
+
+    Only tensors and plain containers are read (``weights_only=True``): a checkpoint is data,
+    and a file carrying a pickled object (code that would run when unpickled) is refused.
+
+    Raises
+    ------
+    StageInputError
+        One line: the file is not a readable checkpoint, or it is of another run.
+    """
     import torch
 
     # On the CPU: the RNG state must stay a CPU tensor; load_state_dict moves the weights and
     # the optimiser state to the parameters' device.
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StageInputError(f"{path}: cannot resume: the checkpoint holds more than tensors and plain "
+                              f"values, and is not loaded ({first}); train without --resume") from None
+    except Exception as err:  # noqa: BLE001 - truncated zip, not a torch file, ...
+        raise StageInputError(f"{path}: cannot resume: not a readable checkpoint ({type(err).__name__}: "
+                              f"{' '.join(str(err).split())[:200]}); train without --resume") from None
+    needed = ("run_key", "epoch", "stopped", "bad_epochs", "model", "optimiser", "scheduler",
+              "scaler", "rng_cpu", "history", "best")
+    if not isinstance(state, dict) or any(k not in state for k in needed):
+        missing = [k for k in needed if not isinstance(state, dict) or k not in state]
+        raise StageInputError(f"{path}: cannot resume: not a hepprep checkpoint (no {', '.join(missing)}); "
+                              "train without --resume")
     if state.get("run_key") != key:
         old, new = state.get("run_key", {}), key
         diff = sorted(k for k in set(old.get("params", {})) | set(new["params"])
@@ -165,10 +190,10 @@ def _train(torch, prepared: PreparedSplits, out: Path, config: Config, *, device
     history = {"epoch": [], "train_loss": [], "val_loss": [], "val_auc": [], "lr": [], "seconds": []}
     best = {"loss": math.inf, "epoch": -1, "state": None}
     start_epoch, bad_epochs, stopped = 0, 0, False
-    key = _run_key(config, features, prepared)
+    key = run_key(config, features, prepared)
     ckpt_path = out / CHECKPOINT
     if resume and ckpt_path.is_file():
-        state = _load_checkpoint(ckpt_path, key)
+        state = load_checkpoint(ckpt_path, key)
         net.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])
@@ -229,9 +254,8 @@ def _train(torch, prepared: PreparedSplits, out: Path, config: Config, *, device
     if best["state"] is None:
         raise StageInputError(f"{ckpt_path}: the run has no finished epoch to save "
                               f"(max_epochs {cfg.max_epochs}); raise train.mlp.max_epochs")
-    tmp = out / ".model.pt.tmp"
-    torch.save(best["state"], tmp)
-    os.replace(tmp, out / "model.pt")
+    with atomic_file(out / "model.pt") as handle:
+        torch.save(best["state"], handle)
     seconds = time.perf_counter() - begin
     console.print(f"mlp: best epoch {best['epoch']} of {len(history['epoch'])}, "
                   f"val loss {best['loss']:.4f}, {seconds:.1f} s")

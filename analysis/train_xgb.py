@@ -18,6 +18,7 @@ from pathlib import Path
 
 from analysis.cluster import dask_client, describe_cluster, resolve_scheduler
 from analysis.config import ClusterConfig, Config, XGBoostConfig
+from analysis.core.io import write_bytes_atomic
 from analysis.errors import StageInputError
 from analysis.progress import stage_console
 from analysis.train_common import cuda_gpu_count
@@ -117,6 +118,11 @@ def _read_partition(slices: list[tuple[Path, int, int, int]], features: list[str
         y[rows_here] = table.column(LABEL).to_numpy()
         w[rows_here] = table.column(TRAIN_WEIGHT).to_numpy()
         at += table.num_rows
+    # Prepare writes non-finite inputs as NaN (missing); a hand-made file may hold ±inf,
+    # which xgboost refuses: missing too.
+    infinite = np.isinf(x)
+    if infinite.any():
+        x[infinite] = np.nan
     if negative_weights == "abs":
         np.abs(w, out=w)
     elif negative_weights == "zero":
@@ -182,7 +188,8 @@ def training_client(cluster: ClusterConfig, scheduler: str | None, device: str) 
         from distributed import Client
 
         with dask_cuda.LocalCUDACluster(n_workers=max(1, cuda_gpu_count()), threads_per_worker=
-                                        cluster.threads_per_worker) as gpu_cluster, \
+                                        cluster.threads_per_worker,
+                                        dashboard_address=cluster.dashboard_address) as gpu_cluster, \
                 Client(gpu_cluster) as client:
             yield client
         return
@@ -268,7 +275,8 @@ def train_xgboost(prepared: PreparedSplits, out: Path, config: Config, *, device
                for split, metrics in result["history"].items()}
     val_loss = history["val"][EARLY_STOPPING_METRIC]
     best = min(range(len(val_loss)), key=val_loss.__getitem__)
-    booster.save_model(out / "model.json")
+    # save_raw gives the bytes save_model would write; written through the one atomic write.
+    write_bytes_atomic(out / "model.json", bytes(booster.save_raw("json")))
     info = {
         "model": "xgboost",
         "device": device,

@@ -22,6 +22,8 @@ import numpy as np
 from coffea import processor
 
 from analysis.config import SelectionConfig
+from analysis.core.names import dataset_folder
+from analysis.core.net import redact
 from analysis.remote import is_remote, is_transient
 from processors.features import ditau_features
 from processors.flat import (FlatObjects, ObjectColumns, clean_jet_mask, first_separated_pair,
@@ -94,7 +96,7 @@ class DiTauProcessor(processor.ProcessorABC):
     def process(self, events: ak.Array) -> dict[str, Any]:
         meta = dict(events.metadata)
         dataset = meta["dataset"]
-        relpath = f"{dataset}/{part_name(meta['fileuuid'], meta['entrystart'], meta['entrystop'])}"
+        relpath = f"{dataset_folder(dataset)}/{part_name(meta['fileuuid'], meta['entrystart'], meta['entrystop'])}"
         path = Path(self.out_dir) / relpath
         fingerprint = chunk_fingerprint(self.selection.model_dump(), self.lumi_pb, meta)
         done = read_part_summary(path) if path.exists() else None
@@ -115,7 +117,7 @@ class DiTauProcessor(processor.ProcessorABC):
 
         columns, cutflow = self._select(inputs, profile, meta, triggers)
         table = skim_table(columns, dataset=dataset, process=str(meta["process"]))
-        summary = {"dataset": dataset, "file": meta["filename"], "fileuuid": meta["fileuuid"],
+        summary = {"dataset": dataset, "file": redact(meta["filename"]), "fileuuid": meta["fileuuid"],
                    "start": int(meta["entrystart"]), "stop": int(meta["entrystop"]),
                    "rows": table.num_rows, "profile": profile.name, "fingerprint": fingerprint,
                    "sumw": meta["sumw"], "cutflow": cutflow}

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from analysis.core.io import atomic_path
 
 __all__ = ["SKIM_SCHEMA", "SUMMARY_KEY", "chunk_fingerprint", "part_name", "read_part_summary",
            "skim_table", "write_part"]
@@ -117,18 +117,13 @@ def write_part(table: pa.Table, path: str | Path, summary: dict[str, Any]) -> No
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     meta = dict(table.schema.metadata or {})
     meta[SUMMARY_KEY] = json.dumps(summary, sort_keys=True).encode()
-    try:
+    with atomic_path(path) as tmp:
         # Dictionary pages only for the string columns: trying them on every float column
         # (pyarrow's default) made writing 4x slower for files of the same size.
         pq.write_table(table.replace_schema_metadata(meta), tmp, compression="snappy",
                        use_dictionary=["dataset", "process"])
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def read_part_summary(path: str | Path) -> dict[str, Any] | None:

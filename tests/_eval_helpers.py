@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from _train_helpers import write_prepared_manifest
 from analysis.config import Config, config_from_dict
 
 TOY_FEATURES = ["tau1_pt", "tau2_eta", "jet1_btag", "njets", "m_vis", "mjj"]
@@ -159,11 +160,11 @@ def write_prepared(prep_dir: Path, *, features: list[str] | None = None, with_da
         data["split"] = "data"
         _write_parts(_standardise(data, stats, features), prep_dir / "data", parts=1)
     (prep_dir / "stats.json").write_text(json.dumps(stats, indent=1))
-    manifest = {"stage": "prepare", "seed": SEED}
+    manifest = {"seed": SEED}
     if skim_dir is not None:
         write_skim_cutflow(skim_dir)
         manifest["source"] = str(skim_dir)  # what prepare writes: the resolved skim folder
-    (prep_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    write_prepared_manifest(prep_dir, **manifest)
     return prep_dir
 
 
@@ -194,7 +195,9 @@ def write_xgboost_model(model_dir: Path, prep_dir: Path, *, rounds: int = 30,
     (model_dir / "history.json").write_text(json.dumps(history))
     (model_dir / "model_info.json").write_text(json.dumps({
         "model": "xgboost", "device": "cpu", "params": params,
-        "best_iteration": int(booster.best_iteration), "train_seconds": 0.1}))
+        "best_iteration": int(booster.best_iteration), "train_seconds": 0.1,
+        "prepared_dir": str(prep_dir),
+        "prepared_fingerprint": json.loads((prep_dir / "manifest.json").read_text())["fingerprint"]}))
     return model_dir
 
 

@@ -9,6 +9,7 @@ class-dependent visible mass), fast enough for the 20M-row benchmark.
 
 from __future__ import annotations
 
+import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,23 @@ def write_skim(root: str | Path, samples: list[SkimSample] | None = None, *, row
             table = skim_table(sample, start, stop, seed=seed)
             pq.write_table(table, folder / f"part-{k:05d}-{start}-{stop}.parquet",
                            row_group_size=row_group_rows or rows_per_file, compression=compression)
+    return write_skim_manifest(root)
+
+
+def write_skim_manifest(root: str | Path) -> Path:
+    """The skim manifest.json of a hand-written skim: every ``<dataset>/part-*.parquet`` as a
+    done chunk of its own input file, with its row count (prepare reads what it lists)."""
+    root = Path(root)
+    files, datasets = [], {}
+    for part in sorted(root.glob("*/part-*.parquet")):
+        rows = pq.read_metadata(part).num_rows
+        dataset = part.parent.name
+        datasets.setdefault(dataset, {"process": dataset, "label": 0})
+        files.append({"dataset": dataset, "path": f"/input/{dataset}/{part.stem}.root", "status": "done",
+                      "chunks": [{"start": 0, "stop": rows, "part": f"{dataset}/{part.name}", "rows": rows}],
+                      "error": None})
+    manifest = {"stage": "skim", "complete": True, "datasets": datasets, "files": files, "errors": []}
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return root
 
 
@@ -130,7 +148,7 @@ def repartition_skim(src: str | Path, dst: str | Path, *, rows_per_file: int, ro
         for k, start in enumerate(range(0, table.num_rows, rows_per_file)):
             pq.write_table(table.slice(start, rows_per_file), out / f"part-{k:05d}.parquet",
                            row_group_size=row_group_rows)
-    return Path(dst)
+    return write_skim_manifest(dst)
 
 
 def read_split(prep: str | Path, split: str, columns: list[str] | None = None) -> pa.Table:

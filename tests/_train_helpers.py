@@ -113,8 +113,30 @@ def write_prepared_dir(root: str | Path, *, rows: tuple[int, int, int] = (6000, 
         "class_totals": class_totals,
     }
     (root / "stats.json").write_text(json.dumps(stats, indent=1))
-    (root / "manifest.json").write_text(json.dumps({"source": "tests/_train_helpers.py",
-                                                    "rows": dict(zip(SPLITS, rows))}))
+    write_prepared_manifest(root, source="tests/_train_helpers.py", rows=dict(zip(SPLITS, rows)))
+    return root
+
+
+def write_prepared_manifest(root: str | Path, **extra) -> Path:
+    """The prepared manifest.json of a hand-written prepared folder: ``"stage": "prepare"``,
+    every ``<split>/*.parquet`` with its rows (training and evaluation read what it lists),
+    and a fingerprint of those files (what a model records of its preparation)."""
+    import hashlib
+
+    root = Path(root)
+    splits = {}
+    for split in (*SPLITS, "data"):
+        files = sorted((root / split).glob("*.parquet"))
+        splits[split] = {"rows": 0, "files": []}
+        for path in files:
+            rows = pq.read_metadata(path).num_rows
+            splits[split]["rows"] += rows
+            splits[split]["files"].append({"path": f"{split}/{path.name}", "rows": rows})
+    blob = json.dumps([(f["path"], f["rows"], (root / f["path"]).stat().st_size)
+                       for s in splits.values() for f in s["files"]])
+    manifest = {"stage": "prepare", **extra, "splits": splits,
+                "fingerprint": hashlib.sha256(blob.encode()).hexdigest()}
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return root
 
 

@@ -117,17 +117,19 @@ def test_cli_config_show_prints_effective_toml(capsys, tmp_path):
     assert Config.model_validate(shown) == load_config(path)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["config", "show", "--bogus"], "hepprep config show: error: No such option: --bogus"),
-    (["generate", "--out", "x", "--events", "-3"], "generate.events: Input should be greater than 0"),
-    (["generate", "--out", "x", "--events", "many"], "Invalid value for '--events'"),
-    (["generate", "--out", "x", "--compression", "GZIP:1"], "generate.compression: unknown compression"),
-    (["generate"], "Missing option '--out'"),
-    (["nosuchcommand"], "No such command 'nosuchcommand'"),
+# A malformed command line is a usage error (exit 2, as click and argparse do); a value
+# hepprep reads and refuses is an input error (exit 1).
+@pytest.mark.parametrize("argv, message, exit_code", [
+    (["config", "show", "--bogus"], "hepprep config show: error: No such option: --bogus", 2),
+    (["generate", "--out", "x", "--events", "-3"], "generate.events: Input should be greater than 0", 1),
+    (["generate", "--out", "x", "--events", "many"], "Invalid value for '--events'", 2),
+    (["generate", "--out", "x", "--compression", "GZIP:1"], "generate.compression: unknown compression", 1),
+    (["generate"], "Missing option '--out'", 2),
+    (["nosuchcommand"], "No such command 'nosuchcommand'", 2),
 ])
-def test_cli_bad_input_is_one_line_exit_2(capsys, argv, message):
+def test_cli_bad_input_is_one_line(capsys, argv, message, exit_code):
     code, out, err = _cli(capsys, *argv)
-    assert code == 2
+    assert code == exit_code
     lines = err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], err
 
@@ -137,6 +139,6 @@ def test_console_script_bad_config_exit_code(tmp_path):
     path.write_text("[skim]\nexecutor = \"threads\"\n")
     proc = subprocess.run([sys.executable, "-m", "analysis.cli", "config", "show", "-c", str(path)],
                           capture_output=True, text=True)
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert proc.stderr.strip() == (f"hepprep: error: {path}: skim.executor: Input should be "
                                    "'iterative', 'futures' or 'dask'")

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from _train_helpers import write_prepared_manifest
 from _eval_helpers import (TOY_FEATURES, assert_report_embeds_every_plot, toy_config, write_prepared,
                            write_xgboost_model)
 from analysis.cli import main
@@ -51,7 +52,8 @@ def evaluated(tmp_path_factory):
 def test_metrics_json_has_every_key(evaluated):
     m = evaluated["metrics"]
     assert set(m) == {"prep_dir", "test_fraction", "test_events", "test_yield", "data_events",
-                      "negative_weights", "models", "plots"}
+                      "negative_weights", "models", "plots", "warnings"}
+    assert m["warnings"] == []
     assert set(m["models"]) == {"xgboost", "xgb_short", "mlp"}
     assert set(m["test_fraction"]) == {"signal", "background", "nominal"}
     assert m["test_fraction"]["nominal"] == 0.2
@@ -59,8 +61,9 @@ def test_metrics_json_has_every_key(evaluated):
     assert m["data_events"] > 1000  # pseudo-data from <prep>/data was histogrammed
     for name, model in m["models"].items():
         trees = name != "mlp"
-        assert set(model) == {"model_dir", "kind", "roc_auc", "signal_efficiency", "ams", "ams_val_cut", "ks"} | (
-            {"importance"} if trees else set())
+        assert set(model) == {"model_dir", "kind", "roc_auc", "signal_efficiency", "ams", "ams_val_cut", "ks",
+                              "trained_on_this_prepared"} | ({"importance"} if trees else set())
+        assert model["trained_on_this_prepared"] is True
         assert model["kind"] == ("xgboost" if trees else "mlp")
         assert 0.65 < model["roc_auc"] < 1.0, name
         assert set(model["signal_efficiency"]) == {"0.01", "0.1"}
@@ -204,5 +207,8 @@ def test_missing_inputs_name_the_folder_and_the_fix(evaluated, tmp_path):
     empty = tmp_path / "prep_empty"
     empty.mkdir()
     (empty / "stats.json").write_text(json.dumps({"feature_order": ["a"], "features": {}}))
+    with pytest.raises(StageInputError, match=r"prep_empty/manifest.json: no such file \(the prepare manifest\)"):
+        run_evaluate(evaluated["models"], empty, tmp_path / "o", toy_config(), progress=False)
+    write_prepared_manifest(empty)  # a preparation that lists no test file
     with pytest.raises(StageInputError, match=r"prep_empty/test: no test split to evaluate on"):
         run_evaluate(evaluated["models"], empty, tmp_path / "o", toy_config(), progress=False)

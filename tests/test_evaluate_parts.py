@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from _prepare_helpers import write_skim_manifest
 from _eval_helpers import TOY_FEATURES, toy_config, write_prepared, write_xgboost_model
 from analysis.errors import StageInputError
 from analysis.evaluate import _data_frames, _Scorer
@@ -193,12 +194,15 @@ def test_pseudo_data_is_read_from_the_skim_when_prepare_wrote_none(toy, tmp_path
     raw = pd.DataFrame({f: np.linspace(1, 2, 7) for f in TOY_FEATURES} | {"weight": np.ones(7), "label": -1})
     pq.write_table(pa.Table.from_pandas(raw), skim / "Run2012B_TauPlusX" / "part-a-0-7.parquet")
     prepared = open_prepared(toy["prep"])
+    assert list(_data_frames(prepared, skim, toy_config(), TOY_FEATURES)) == []  # no skim manifest
+    write_skim_manifest(skim)  # only the parts it lists are read
     frames = list(_data_frames(prepared, skim, toy_config(), TOY_FEATURES))
     assert sum(len(f) for f in frames) == 7
     np.testing.assert_allclose(frames[0]["m_vis"], np.linspace(1, 2, 7))  # raw units, untouched
     assert list(_data_frames(prepared, None, toy_config(), TOY_FEATURES)) == []
     (skim / "Run2012B_TauPlusX" / "part-a-0-7.parquet").unlink()
-    pq.write_table(pa.Table.from_pandas(raw.drop(columns="mjj")), skim / "Run2012B_TauPlusX" / "p.parquet")
+    pq.write_table(pa.Table.from_pandas(raw.drop(columns="mjj")), skim / "Run2012B_TauPlusX" / "part-p.parquet")
+    write_skim_manifest(skim)
     with pytest.raises(StageInputError, match=r"skim: data skim has no column\(s\) mjj; re-run the skim"):
         list(_data_frames(prepared, skim, toy_config(), TOY_FEATURES))
 

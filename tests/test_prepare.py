@@ -250,12 +250,13 @@ def test_bad_inputs_fail_with_one_clear_message_and_leave_nothing(skim, schedule
         run_prepare(tmp_path / "no-such-dir", tmp_path / "prep", small_config(), progress=False)
     broken = tmp_path / "broken"
     shutil.copytree(skim, broken)
-    bad = broken / "TTbar" / "part-99999-0-1.parquet"
-    bad.write_bytes(b"not parquet at all")
-    with pytest.raises(StageInputError, match="part-99999-0-1.parquet: not a readable Parquet file"):
+    listed = broken / "TTbar" / "part-00000-0-1500.parquet"
+    table = pq.read_table(listed)
+    listed.write_bytes(b"not parquet at all")
+    with pytest.raises(StageInputError, match="part-00000-0-1500.parquet: a part listed in the skim "
+                                              "manifest is not a readable Parquet file"):
         run_prepare(broken, tmp_path / "prep", small_config(), scheduler=scheduler, progress=False)
-    bad.unlink()
-    table = pq.read_table(broken / "TTbar" / "part-00000-0-1500.parquet").drop_columns(["m_vis"])
+    table = table.drop_columns(["m_vis"])
     pq.write_table(table, broken / "TTbar" / "part-00000-0-1500.parquet")
     with pytest.raises(StageInputError, match=r"part-00000-0-1500.parquet: column\(s\) m_vis missing"):
         run_prepare(broken, tmp_path / "prep", small_config(), scheduler=scheduler, progress=False)

@@ -102,7 +102,8 @@ def test_constant_feature_gets_std_one_and_is_reported():
     assert stats.scale_[0] == 1.0 and stats.constant_features_ == ["njets"]
     np.testing.assert_array_equal(stats.transform(X)[:, 0], 0.0)
     assert stats.to_dict()["njets"] == {"mean": 2.0, "std": 1.0, "min": 2.0, "max": 2.0, "median": 2.0,
-                                        "q16": 2.0, "q84": 2.0, "sum_weight": 10.0, "n": 10}
+                                        "q16": 2.0, "q84": 2.0, "sum_weight": 10.0, "n": 10,
+                                        "n_nan": 0, "n_inf": 0}
 
 
 def test_dataframe_names_pickling_and_errors():

@@ -127,11 +127,11 @@ def test_table_errors_name_value_and_fix(tmp_path):
 def test_cli_errors_are_one_line_with_exit_codes(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["prepare", str(tmp_path / "skim"), "--out", str(tmp_path / "prep"), "--split", "0.6,0.4"])
-    assert exc.value.code == 2
+    assert exc.value.code == 1
     assert "--split '0.6,0.4': give three fractions train,val,test" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["prepare", str(tmp_path / "skim"), "--out", str(tmp_path / "prep"), "--split", "0.6,0.3,0.3"])
-    assert exc.value.code == 2
+    assert exc.value.code == 1
     err = capsys.readouterr().err
     assert "prepare.split" in err and "sum to 1" in err
     with pytest.raises(SystemExit) as exc:

@@ -284,7 +284,7 @@ def test_missing_sumw_is_summed_over_every_readable_file(nano_dy_path, tmp_path)
 def test_bad_submit_options_are_refused_before_anything_is_written(sample, tmp_path, capsys, options, message):
     out = tmp_path / "batch"
     code, _, stderr = _cli(capsys, "submit", str(sample), "--out", str(out), "--dry-run", *options)
-    assert (code, stderr) == (2, f"hepprep: error: {message}\n")
+    assert (code, stderr) == (1, f"hepprep: error: {message}\n")
     assert not out.exists()
 
 

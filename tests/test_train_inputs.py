@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from _train_helpers import write_prepared_dir
+from _train_helpers import write_prepared_dir, write_prepared_manifest
 from analysis.cli import main
 from analysis.config import DEFAULT_FEATURES, config_from_dict, default_config
 from analysis.errors import ConfigError, StageInputError
@@ -45,6 +45,7 @@ def test_complete_directory_is_described(prep):
 
 def test_missing_split_is_one_line(prep, tmp_path, capsys):
     shutil.rmtree(prep / "val")
+    write_prepared_manifest(prep)  # a preparation without a val split
     with pytest.raises(StageInputError, match=r"the 'val' split is missing .*found splits: train, test"):
         inspect_prepared(prep, DEFAULT_FEATURES)
     code, err = _cli_error(capsys, ["train", str(prep), "--out", str(tmp_path / "m"), "--quiet"])
@@ -56,6 +57,7 @@ def test_missing_split_is_one_line(prep, tmp_path, capsys):
 def test_missing_test_split_is_allowed(prep):
     # test/ is evaluation's input; training needs only train and val.
     shutil.rmtree(prep / "test")
+    write_prepared_manifest(prep)
     assert set(inspect_prepared(prep, DEFAULT_FEATURES).splits) == {"train", "val"}
 
 
