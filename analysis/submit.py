@@ -39,8 +39,8 @@ from analysis.errors import ConfigError, HepprepError, InputFileError, StageInpu
 from analysis.progress import stage_console
 from analysis.skim_inputs import DatasetInfo, check_file, load_fileset, resolve_datasets
 from analysis.skim_manifest import job_cutflow_path, job_manifest_path, write_json_atomic
-from analysis.submit_scripts import (JOB_SCRIPT, SYSTEMS, htcondor_description, job_script,
-                                     memory_mb, submit_command)
+from analysis.submit_scripts import (JOB_SCRIPT, SYSTEMS, check_submission, htcondor_description,
+                                     job_script, memory_mb, submit_command)
 from processors.ditau import triggers_applied
 
 __all__ = ["JOBS_DIR", "SUBMIT_RECORD", "balance_files", "fill_missing_sumw", "read_submit_record",
@@ -227,7 +227,9 @@ def submit_skim(fileset: str | Path, out_dir: str | Path, config: Config, *, job
     Raises
     ------
     ConfigError
-        Unknown system, ``jobs`` out of range, bad memory.
+        Unknown system, ``jobs`` out of range, bad memory; a control character in any value
+        written into the job script or submit description, a queue that is not a partition
+        name, a folder the batch system would misread (`analysis.submit_scripts.check_submission`).
     StageInputError
         ``out_dir`` already holds a submission.
     InputFileError
@@ -240,6 +242,9 @@ def submit_skim(fileset: str | Path, out_dir: str | Path, config: Config, *, job
     memory_mb(memory)  # a bad value is refused before anything is written
     out = Path(out_dir).resolve()
     jobs_dir = out / JOBS_DIR
+    # Every value that goes into job.sh or job.sub, refused before anything is written.
+    check_submission(system=system, folder=out, memory=memory, queue=queue, extra=extra,
+                     cores=cores, python=sys.executable)
     if (jobs_dir / SUBMIT_RECORD).exists():
         raise StageInputError(f"{out}: already holds a batch submission ({JOBS_DIR}/{SUBMIT_RECORD}); "
                               f"follow it with `hepprep skim --status {out}`, resubmit its failed "
@@ -303,6 +308,24 @@ def submit_skim(fileset: str | Path, out_dir: str | Path, config: Config, *, job
     return record
 
 
+def _check_record(record: dict[str, Any], out: Path) -> None:
+    """What a resubmission reads back from ``submit.json``, checked as `submit_skim` checks it.
+
+    The resources go into a new HTCondor description, so a record changed by hand (or
+    written before these checks) must not inject a line either; a bad value is a
+    `ConfigError` naming the file.
+    """
+    path = out / JOBS_DIR / SUBMIT_RECORD
+    try:
+        res = record.get("resources")
+        if not isinstance(res, dict):
+            raise ConfigError(f"resources {res!r}: not a mapping of cores, memory, queue, extra")
+        check_submission(system=record.get("system"), folder=out, memory=res.get("memory"),
+                         queue=res.get("queue"), extra=res.get("extra", ()), cores=res.get("cores"))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}; fix the file, or submit again into a fresh --out") from None
+
+
 def resubmit_failed(out_dir: str | Path, *, dry_run: bool = False) -> dict[str, Any]:
     """Submit again, alone, the jobs of a submission that failed (``hepprep skim --status``).
 
@@ -320,7 +343,11 @@ def resubmit_failed(out_dir: str | Path, *, dry_run: bool = False) -> dict[str, 
     record = read_submit_record(out_dir)
     out = Path(out_dir).resolve()
     jobs_dir = out / JOBS_DIR
+    _check_record(record, out)
     failed = [s.job for s in job_states(out) if s.state == "failed"]
+    if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in failed):
+        raise ConfigError(f"{jobs_dir / SUBMIT_RECORD}: job numbers {failed!r} are not all whole "
+                          f"numbers; fix the file, or submit again into a fresh --out")
     if not failed:
         stage_console().print("submit: no failed job to resubmit", soft_wrap=True)
         return {"jobs": [], "command": None, "batch_id": None, "dry_run": dry_run}
