@@ -35,13 +35,21 @@ from pathlib import Path
 from typing import Any
 
 from analysis.config import Config, config_to_toml
+from analysis.core.io import write_json_atomic, write_text_atomic
+from analysis.core.net import has_credentials, redact
 from analysis.errors import ConfigError, HepprepError, InputFileError, StageInputError
 from analysis.progress import stage_console
 from analysis.skim_inputs import DatasetInfo, check_file, load_fileset, resolve_datasets
-from analysis.core.io import write_json_atomic
 from analysis.skim_manifest import job_cutflow_path, job_manifest_path
-from analysis.submit_scripts import (JOB_SCRIPT, SYSTEMS, htcondor_description, job_script,
-                                     memory_mb, submit_command)
+from analysis.submit_scripts import (
+    JOB_SCRIPT,
+    SYSTEMS,
+    check_submission,
+    htcondor_description,
+    job_script,
+    memory_mb,
+    submit_command,
+)
 from processors.ditau import triggers_applied
 
 __all__ = ["JOBS_DIR", "SUBMIT_RECORD", "balance_files", "fill_missing_sumw", "read_submit_record",
@@ -228,7 +236,9 @@ def submit_skim(fileset: str | Path, out_dir: str | Path, config: Config, *, job
     Raises
     ------
     ConfigError
-        Unknown system, ``jobs`` out of range, bad memory.
+        Unknown system, ``jobs`` out of range, bad memory; a control character in any value
+        written into the job script or submit description, a queue that is not a partition
+        name, a folder the batch system would misread (`analysis.submit_scripts.check_submission`).
     StageInputError
         ``out_dir`` already holds a submission.
     InputFileError
@@ -241,6 +251,9 @@ def submit_skim(fileset: str | Path, out_dir: str | Path, config: Config, *, job
     memory_mb(memory)  # a bad value is refused before anything is written
     out = Path(out_dir).resolve()
     jobs_dir = out / JOBS_DIR
+    # Every value that goes into job.sh or job.sub, refused before anything is written.
+    check_submission(system=system, folder=out, memory=memory, queue=queue, extra=extra,
+                     cores=cores, python=sys.executable)
     if (jobs_dir / SUBMIT_RECORD).exists():
         raise StageInputError(f"{out}: already holds a batch submission ({JOBS_DIR}/{SUBMIT_RECORD}); "
                               f"follow it with `hepprep skim --status {out}`, resubmit its failed "
@@ -261,35 +274,41 @@ def submit_skim(fileset: str | Path, out_dir: str | Path, config: Config, *, job
     slices = balance_files(sizes, jobs)
 
     jobs_dir.mkdir(parents=True, exist_ok=True)
+    user_fileset = str(Path(fileset).resolve())
     for k, indexes in enumerate(slices):
         sliced: dict[str, Any] = {}
         for i in indexes:
             name, path, tree = files[i]
             entry = sliced.setdefault(name, {"files": {}, "metadata": {
                 **raw[name]["metadata"], **datasets[name].metadata()}})
-            entry["files"][path] = tree
+            # A URL's credentials stay in the user's fileset: the slice lists the URL without
+            # them, and the job reads it back from there (analysis.skim_fileset).
+            if has_credentials(path):
+                entry["files"][redact(path)] = {"object_path": tree, "credentials_from": user_fileset}
+            else:
+                entry["files"][path] = tree
         (jobs_dir / str(k)).mkdir(exist_ok=True)
         write_json_atomic(jobs_dir / str(k) / "fileset.json", sliced)
     _clear_job_files(jobs_dir, out, range(jobs))
-    (jobs_dir / "config.toml").write_text(config_to_toml(config))
+    write_text_atomic(jobs_dir / "config.toml", config_to_toml(config))
     executor = ["--executor", "iterative"] if cores == 1 else ["--executor", "futures", "--workers", str(cores)]
     command = [sys.executable, "-m", "analysis.cli", "skim", "--out", str(out),
                "--config", str(jobs_dir / "config.toml"), *executor, "--quiet"]
     script = jobs_dir / JOB_SCRIPT
-    script.write_text(job_script(system=system, jobs_dir=jobs_dir, skim_command=command, cores=cores,
-                                 memory=memory, queue=queue, extra=extra))
+    write_text_atomic(script, job_script(system=system, jobs_dir=jobs_dir, skim_command=command,
+                                         cores=cores, memory=memory, queue=queue, extra=extra))
     script.chmod(0o755)
     description = None
     if system == "htcondor":
         description = jobs_dir / "job.sub"
-        description.write_text(htcondor_description(jobs_dir=jobs_dir, cores=cores, memory=memory,
-                                                    extra=extra, n_jobs=jobs))
+        write_text_atomic(description, htcondor_description(jobs_dir=jobs_dir, cores=cores, memory=memory,
+                                                            extra=extra, n_jobs=jobs))
     record = {
-        "system": system, "fileset": str(fileset), "out": str(out), "n_jobs": jobs,
+        "system": system, "fileset": redact(str(fileset)), "out": str(out), "n_jobs": jobs,
         "chunksize": config.skim.chunksize, "skip_bad_files": skip,
         "resources": {"cores": cores, "memory": memory, "queue": queue, "extra": list(extra)},
         "datasets": {n: _dataset_record(d) for n, d in datasets.items()},
-        "files": [list(f) for f in files],
+        "files": [[name, redact(path), tree] for name, path, tree in files],
         "jobs": [{"job": k, "files": len(ix), "bytes": sum(sizes[i] for i in ix)}
                  for k, ix in enumerate(slices)],
         "submissions": [],
@@ -302,6 +321,24 @@ def submit_skim(fileset: str | Path, out_dir: str | Path, config: Config, *, job
         (jobs_dir / SUBMIT_RECORD).unlink()
         raise
     return record
+
+
+def _check_record(record: dict[str, Any], out: Path) -> None:
+    """What a resubmission reads back from ``submit.json``, checked as `submit_skim` checks it.
+
+    The resources go into a new HTCondor description, so a record changed by hand (or
+    written before these checks) must not inject a line either; a bad value is a
+    `ConfigError` naming the file.
+    """
+    path = out / JOBS_DIR / SUBMIT_RECORD
+    try:
+        res = record.get("resources")
+        if not isinstance(res, dict):
+            raise ConfigError(f"resources {res!r}: not a mapping of cores, memory, queue, extra")
+        check_submission(system=record.get("system"), folder=out, memory=res.get("memory"),
+                         queue=res.get("queue"), extra=res.get("extra", ()), cores=res.get("cores"))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}; fix the file, or submit again into a fresh --out") from None
 
 
 def resubmit_failed(out_dir: str | Path, *, dry_run: bool = False) -> dict[str, Any]:
@@ -321,7 +358,11 @@ def resubmit_failed(out_dir: str | Path, *, dry_run: bool = False) -> dict[str, 
     record = read_submit_record(out_dir)
     out = Path(out_dir).resolve()
     jobs_dir = out / JOBS_DIR
+    _check_record(record, out)
     failed = [s.job for s in job_states(out) if s.state == "failed"]
+    if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in failed):
+        raise ConfigError(f"{jobs_dir / SUBMIT_RECORD}: job numbers {failed!r} are not all whole "
+                          f"numbers; fix the file, or submit again into a fresh --out")
     if not failed:
         stage_console().print("submit: no failed job to resubmit", soft_wrap=True)
         return {"jobs": [], "command": None, "batch_id": None, "dry_run": dry_run}
@@ -330,9 +371,9 @@ def resubmit_failed(out_dir: str | Path, *, dry_run: bool = False) -> dict[str, 
         n = len(record["submissions"]) + 1
         description = jobs_dir / f"resubmit-{n}.sub"
         res = record["resources"]
-        description.write_text(htcondor_description(jobs_dir=jobs_dir, cores=res["cores"],
-                                                    memory=res["memory"], extra=res["extra"],
-                                                    job_ids=failed))
+        write_text_atomic(description, htcondor_description(jobs_dir=jobs_dir, cores=res["cores"],
+                                                            memory=res["memory"], extra=res["extra"],
+                                                            job_ids=failed))
     if not dry_run:
         _clear_job_files(jobs_dir, out, failed)
     return _submit(record, jobs_dir, failed, dry_run=dry_run, description=description)

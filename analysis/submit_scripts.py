@@ -7,10 +7,17 @@ script writes ``jobs/<k>/started`` (time, host, batch job id) when it begins and
 ``jobs/<k>/exit_code`` when it ends (also when the batch system terminates it), which is
 what ``hepprep skim --status`` reads.
 Everything here is text; nothing talks to a batch system.
+
+Every user value that goes into the script or the description is checked first
+(`check_submission`): control characters are refused everywhere (a newline would start a
+further shell, ``#SBATCH`` or submit-description line), the Slurm partition is limited to
+a conservative character set, and what a batch system would read wrongly is quoted or
+refused (see `sbatch_output_argument` and `check_folder`).
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,11 +26,125 @@ from dask.utils import parse_bytes
 
 from analysis.errors import ConfigError
 
-__all__ = ["JOB_SCRIPT", "SYSTEMS", "htcondor_description", "job_script", "memory_mb",
+__all__ = ["JOB_SCRIPT", "SYSTEMS", "check_extra", "check_folder", "check_queue", "check_submission",
+           "check_text", "htcondor_description", "job_script", "memory_mb", "sbatch_output_argument",
            "slurm_array_spec", "submit_command"]
 
 SYSTEMS = ("slurm", "htcondor")
 JOB_SCRIPT = "job.sh"
+
+
+# A Slurm partition name (or several, comma-separated): conservative on purpose.
+_PARTITION = re.compile(r"[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*")
+# Characters sbatch's #SBATCH parser (get_argument in src/sbatch/opt.c) reads as themselves
+# outside quotes; a value with any other character is written in double quotes.
+_SBATCH_PLAIN = re.compile(r"[A-Za-z0-9_./,:=+@%~-]*")
+_CONTROL_NAMES = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab"}
+
+
+def check_text(option: str, value: object, fix: str) -> str:
+    """``value`` if it is text without control characters, else a one-line `ConfigError`.
+
+    Control characters are every character below U+0020 and U+007F (DEL). ``option`` names
+    the value in the message (``--extra``), ``fix`` says what to give instead.
+    """
+    if not isinstance(value, str):
+        raise ConfigError(f"{option} {value!r}: not text; {fix}")
+    bad = next((c for c in value if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if bad is not None:
+        what = _CONTROL_NAMES.get(bad, f"the control character U+{ord(bad):04X}")
+        raise ConfigError(f"{option} {value!r}: holds {what} (control characters are refused: {fix})")
+    return value
+
+
+def check_queue(queue: object) -> None:
+    """A Slurm partition: letters, digits, ``. _ -``; several separated by commas."""
+    if queue is None or queue == "":
+        return
+    fix = "give a partition name such as short, or several separated by commas"
+    check_text("--queue", queue, fix)
+    if not _PARTITION.fullmatch(queue):
+        raise ConfigError(f"--queue {queue!r}: not a Slurm partition name (letters, digits and . _ - "
+                          f"only); {fix}")
+
+
+def check_extra(system: str, extra: object) -> None:
+    """Further ``#SBATCH`` options or HTCondor submit lines: one line each.
+
+    HTCondor also joins a line ending in a backslash with the next one (``getline_implementation``
+    in src/condor_utils/config.cpp), which would swallow the ``queue`` line: refused.
+    """
+    if isinstance(extra, str) or not isinstance(extra, Sequence):
+        raise ConfigError(f"--extra {extra!r}: not a list of options; give each with its own --extra")
+    where = "#SBATCH option" if system == "slurm" else "submit-description line"
+    for item in extra:
+        check_text("--extra", item, f"each --extra is one {where}; repeat --extra for more")
+        if system == "htcondor" and item.rstrip(" ").endswith("\\"):
+            raise ConfigError(f"--extra {item!r}: ends in a backslash, which HTCondor reads as a line "
+                              f"continuation (it would swallow the next line of the description); "
+                              f"remove the trailing backslash")
+
+
+def check_folder(system: str, folder: Path, option: str = "--out") -> None:
+    """Refuse a folder (the skim folder, or its ``jobs``) the batch system cannot be told about safely.
+
+    Slurm: a ``--output`` holding a backslash is taken literally, with none of its ``%``
+    patterns replaced (``expand_stdio_fields`` in src/common/print_fields.c), so the
+    per-job log name (``%a``) cannot be written: refused. HTCondor: ``$`` starts a macro in
+    the submit description (``$(X)``, ``$ENV(X)``, ``$$(X)`` at match time) and a ``"``
+    is refused too; neither can be written as itself there with certainty.
+    """
+    path = str(folder)
+    fix = "use an --out folder whose path has none"
+    check_text(option, path, fix)
+    if system == "slurm" and "\\" in path:
+        raise ConfigError(f"{option} {path!r}: holds a backslash, with which Slurm replaces none of "
+                          f"the %-patterns of the job log path (%a: one log per job); {fix}")
+    if system == "htcondor":
+        for char, why in (("$", "starts a macro in an HTCondor submit description ($(X), $ENV(X), $$(X))"),
+                          ('"', "has a meaning in some HTCondor submit commands, so hepprep does not "
+                                "write it into a submit description")):
+            if char in path:
+                raise ConfigError(f"{option} {path!r}: holds {char!r}, which {why}; "
+                                  f"use an --out folder whose path has no {char!r}")
+
+
+def sbatch_output_argument(jobs_dir: Path) -> str:
+    """The ``#SBATCH`` argument naming each job's log: ``--output=<jobs_dir>/%a/batch.out``.
+
+    Written as sbatch reads it: ``%`` of the folder doubled (a literal ``%`` in a Slurm
+    filename pattern, sbatch(1) "FILENAME PATTERN"), and the value in double quotes, with
+    ``\\`` and ``"`` escaped by a backslash, when it holds anything but plain path
+    characters (a space would end the argument; get_argument in src/sbatch/opt.c groups
+    quoted characters and copies the character after a backslash as itself).
+    Plain paths are written as they are.
+    """
+    value = str(jobs_dir).replace("%", "%%") + "/%a/batch.out"
+    if not _SBATCH_PLAIN.fullmatch(value):
+        value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"--output={value}"
+
+
+def check_submission(*, system: str, folder: Path, memory: object, queue: object = None,
+                     extra: object = (), cores: object = 1, python: str | None = None,
+                     folder_option: str = "--out") -> None:
+    """Every user value of a submission, checked before anything is written (`ConfigError`).
+
+    ``folder`` is the skim folder (``--out``), or the jobs folder inside it when
+    ``folder_option`` says so; ``python`` the interpreter the jobs run.
+    """
+    if system not in SYSTEMS:
+        raise ConfigError(f"--system {system!r}: choose one of {', '.join(SYSTEMS)}")
+    if not isinstance(cores, int) or isinstance(cores, bool) or cores < 1:
+        raise ConfigError(f"--cores {cores!r}: give at least 1 CPU per job")
+    check_text("--memory", memory, "give e.g. 2GiB or 1500MB")
+    memory_mb(memory)
+    check_queue(queue)
+    check_extra(system, extra)
+    check_folder(system, folder, folder_option)
+    if python is not None:
+        check_text("the Python executable", python,
+                   "run hepprep from a Python environment whose path has none")
 
 
 def memory_mb(memory: str) -> int:
@@ -58,13 +179,20 @@ def job_script(*, system: str, jobs_dir: Path, skim_command: Sequence[str], core
     cores, memory, queue, extra
         Resources: CPUs per job, memory per job (``2GiB``), Slurm partition, and further
         ``#SBATCH`` options (``--time=02:00:00``), one per item.
+
+    Raises
+    ------
+    ConfigError
+        A value `check_submission` refuses, or a control character in ``skim_command``.
     """
-    if system not in SYSTEMS:
-        raise ConfigError(f"--system {system!r}: choose one of {', '.join(SYSTEMS)}")
+    check_submission(system=system, folder=jobs_dir, folder_option="the jobs folder", memory=memory,
+                     queue=queue, extra=extra, cores=cores)
+    for argument in skim_command:
+        check_text("the job command argument", argument, "use paths without them")
     lines = ["#!/usr/bin/env bash"]
     if system == "slurm":
         lines += ["#SBATCH --job-name=hepprep-skim",
-                  f"#SBATCH --output={jobs_dir}/%a/batch.out",
+                  f"#SBATCH {sbatch_output_argument(jobs_dir)}",
                   f"#SBATCH --cpus-per-task={cores}",
                   f"#SBATCH --mem={memory_mb(memory)}M"]
         if queue:
@@ -115,9 +243,20 @@ def htcondor_description(*, jobs_dir: Path, cores: int, memory: str, extra: Sequ
     cores, memory : CPUs and memory per job (``request_cpus``, ``request_memory`` in MB).
     extra : sequence of str
         Further submit-description lines (``+JobFlavour = "longlunch"``), one per item.
+
+    Raises
+    ------
+    ConfigError
+        A value `check_submission` refuses (a ``$`` or ``"`` in ``jobs_dir``, a control
+        character or a trailing backslash in ``extra``, ...).
     """
     if (n_jobs is None) == (job_ids is None):
         raise ValueError("give exactly one of n_jobs (first submission) or job_ids (resubmission)")
+    check_submission(system="htcondor", folder=jobs_dir, folder_option="the jobs folder", memory=memory,
+                     extra=extra, cores=cores)
+    if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0
+               for k in ([n_jobs] if n_jobs is not None else job_ids)):
+        raise ValueError(f"job numbers must be non-negative integers: {n_jobs if job_ids is None else job_ids!r}")
     lines = [
         "# hepprep batch jobs, written by `hepprep submit`: one job per fileset slice.",
         "universe = vanilla",
