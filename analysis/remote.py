@@ -200,19 +200,68 @@ def _retry_chunk(skim_id: str, retries: int, wait: float, coffea_retries: int, s
     A chunk of a remote file gets `call_with_retries`, with the memory of unreachable
     servers that this process keeps for skim ``skim_id``; its last failure becomes the
     output ``{"errors": {url: [cause]}}`` that `DiTauProcessor` returns for an unreadable
-    chunk, so the skim records or raises it like any bad file. Anything else is coffea's
-    business.
+    chunk, so the skim records or raises it like any bad file. A chunk, local or remote,
+    that coffea cannot open or build events from (for another reason than the network)
+    becomes that output too (`_chunk_input_failure`); coffea retries a local chunk only
+    after a failure that another try may cure (`_local_chunk`).
     """
     item = args[0][0] if args and isinstance(args[0], tuple) else (args[0] if args else None)
-    if not isinstance(item, WorkItem) or not is_remote(item.filename):
+    if not isinstance(item, WorkItem):
         return processor.Runner.automatic_retries(coffea_retries, skipbadfiles, func, *args,
                                                   use_result_type=use_result_type, **kwargs)
-    try:
+    if is_remote(item.filename):
         unreachable = _UNREACHABLE_BY_SKIM.setdefault(skim_id, UnreachableServers())
-        return call_with_retries(partial(func, *args, **kwargs), url=item.filename,
-                                 retries=retries, wait=wait, unreachable=unreachable)
+        run = partial(call_with_retries, partial(func, *args, **kwargs), url=item.filename,
+                      retries=retries, wait=wait, unreachable=unreachable)
+    else:
+        run = partial(_local_chunk, coffea_retries, skipbadfiles, func, *args,
+                      use_result_type=use_result_type, **kwargs)
+    try:
+        return run()
     except InputFileError as err:
         return {"out": {"errors": {item.filename: [err.cause]}}, "processed": {item}}
+    except Exception as err:  # noqa: BLE001 - only coffea's input failures are kept, below
+        cause = _chunk_input_failure(item, err)
+        if cause is None:
+            raise
+        return {"out": {"errors": {item.filename: [cause]}}, "processed": {item}}
+
+
+def _local_chunk(coffea_retries: int, skipbadfiles: Any, func: Callable[..., Any], *args: Any,
+                 use_result_type: bool = False, **kwargs: Any) -> Any:
+    """A local chunk: one try, then coffea's retries only where another try may pass.
+
+    A damaged file fails the same way every time: coffea's retries (3 by default) would
+    cost three more reads and print three warnings before the skim's one-line error. An
+    OSError (a network file system's hiccup, say) still gets them.
+    """
+    try:
+        return func(*args, **kwargs)
+    except Exception as err:  # noqa: BLE001 - sorted by is_transient just below
+        if not coffea_retries or not is_transient(err):
+            raise
+    return processor.Runner.automatic_retries(coffea_retries - 1, skipbadfiles, func, *args,
+                                              use_result_type=use_result_type, **kwargs)
+
+
+# coffea 2026.9's work function raises a bare Exception with one of these prefixes and the
+# original error as its cause. The first two mean the chunk's file could not be opened, or
+# NanoEvents could not be built from its branches (one of the wrong shape: KeyError
+# 'content'), which for a file that passed `check_file` is the file's fault; left to
+# coffea, they would end the skim with a traceback, even with --skip-bad-files. A failure
+# inside the processor ("Failed processing file") is not: it returns unreadable input as
+# an error itself, so what it raises is a bug or the output disk, and stays an exception.
+_COFFEA_INPUT_FAILURES = {"Failed to open file": "cannot open it again",
+                          "Failed creating nanoevents": "cannot build its events"}
+
+
+def _chunk_input_failure(item: WorkItem, err: BaseException) -> str | None:
+    """The one-line cause for a chunk that coffea could not open or build events from, else None."""
+    what = next((w for prefix, w in _COFFEA_INPUT_FAILURES.items() if str(err).startswith(prefix)), None)
+    if what is None:
+        return None
+    return (f"cannot read entries {item.entrystart}-{item.entrystop} of {item.treename}: "
+            f"{what} ({_one_line(err.__cause__ or err)})")
 
 
 @dataclass

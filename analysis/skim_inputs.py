@@ -175,7 +175,15 @@ def check_file(item: InputFile, *, triggers: list[str], need_sumw: bool,
         if classes[item.treename] != "TTree":
             raise InputFileError(path, f"{item.treename!r} is a {classes[item.treename]}, not a TTree "
                                        f"(the skim reads NanoAOD TTrees)")
-        tree = file[item.treename]
+        # The TTree's metadata is read here, not at open: a damaged TKey or compressed record
+        # fails deep in uproot (zlib.error, DeserializationError...), a traceback otherwise.
+        try:
+            tree = file[item.treename]
+        except Exception as err:  # noqa: BLE001 - uproot raises many kinds; all mean "unreadable"
+            if remote and is_transient(err):
+                raise
+            raise InputFileError(path, f"cannot read the {item.treename!r} tree ({type(err).__name__}: "
+                                       f"{' '.join(str(err).split())})") from None
         if kept:
             open_files.count_branches(tree)
         if tree.num_entries == 0:
@@ -199,7 +207,8 @@ def check_file(item: InputFile, *, triggers: list[str], need_sumw: bool,
                 except Exception as err:  # noqa: BLE001
                     if remote and is_transient(err):
                         raise
-                    raise InputFileError(path, f"cannot read genWeight ({type(err).__name__}: {err})") from None
+                    raise InputFileError(path, f"cannot read genWeight ({type(err).__name__}: "
+                                               f"{' '.join(str(err).split())})") from None
                 item.sum_genweight = math.fsum(np.asarray(genweight, dtype=np.float64))
             else:
                 item.sum_genweight = float(item.entries)

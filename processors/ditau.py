@@ -112,8 +112,10 @@ class DiTauProcessor(processor.ProcessorABC):
         except Exception as err:  # noqa: BLE001 - any failure to read is the file's fault
             if is_remote(meta["filename"]) and is_transient(err):
                 raise  # the network's fault, not the file's: RetryingRunner tries the chunk again
+            # One line: uproot's messages span several (a dump of the basket it failed on).
             return {"errors": {meta["filename"]: [f"cannot read entries {meta['entrystart']}-"
-                                                  f"{meta['entrystop']} of Events ({type(err).__name__}: {err})"]}}
+                                                  f"{meta['entrystop']} of Events ({type(err).__name__}: "
+                                                  f"{' '.join(str(err).split())})"]}}
 
         columns, cutflow = self._select(inputs, profile, meta, triggers)
         table = skim_table(columns, dataset=dataset, process=str(meta["process"]))
