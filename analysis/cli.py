@@ -271,13 +271,11 @@ def cluster(
 
 def _os_error_line(err: OSError) -> str:
     """``<file>: <cause>`` of an operating-system error (a full disk, a read-only folder, ...)."""
-    cause = err.strerror or " ".join(str(err).split()) or type(err).__name__
     if err.errno == errno.ENOSPC or "No space left on device" in str(err):
         cause = "no space left on device (nothing half-written is left; free space and run again)"
-    where = err.filename
-    if where is None:  # pyarrow and others put the path in the message only
-        return cause if err.strerror is None else " ".join(str(err).split())
-    return f"{where}: {cause}"
+    else:  # pyarrow and others put the path in the message only
+        cause = (err.strerror if err.filename else None) or " ".join(str(err).split()) or type(err).__name__
+    return f"{err.filename}: {cause}" if err.filename else cause
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,6 +23,7 @@ when a kept-alive connection drops, and the XRootD client retries a refused conn
 
 from __future__ import annotations
 
+import errno
 import ssl
 import time
 import uuid
@@ -39,7 +40,7 @@ from analysis._optional import optional_import
 from analysis.errors import InputFileError
 
 __all__ = ["RetryingRunner", "UnreachableServers", "call_with_retries", "is_remote",
-           "is_transient", "require_backend", "transient_cause"]
+           "is_transient", "output_failure", "require_backend", "transient_cause"]
 
 T = TypeVar("T")
 
@@ -47,6 +48,21 @@ T = TypeVar("T")
 # (a certificate the client cannot verify): another try cannot help.
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
               ssl.SSLCertVerificationError)
+# Failures of the disk the skim writes to: neither the input's fault nor worth another try.
+_OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def output_failure(err: BaseException) -> OSError | None:
+    """The failure of the output disk (full, over quota, read-only) behind ``err``, or None.
+
+    Such a chunk must stop the skim with that error, not count as a bad input file (with
+    --skip-bad-files every file would be "skipped"), and is not retried.
+    """
+    for link in _chain(err):
+        if isinstance(link, OSError) and (link.errno in _OUTPUT_ERRNOS
+                                          or "No space left on device" in str(link)):
+            return link
+    return None
 
 
 def is_remote(path: str) -> bool:
@@ -82,7 +98,7 @@ def transient_cause(err: BaseException) -> BaseException | None:
     except ImportError:  # aiohttp only comes with fsspec's HTTP support
         ClientConnectorCertificateError = ClientError = ClientResponseError = ()  # noqa: N806
     for link in _chain(err):
-        if isinstance(link, (_PERMANENT, ClientConnectorCertificateError)):
+        if isinstance(link, (_PERMANENT, ClientConnectorCertificateError)) or output_failure(link):
             return None
         if isinstance(link, ClientResponseError) and link.status < 500:
             return None  # 404, 403...: the server answered, the file is not to be had
@@ -221,6 +237,9 @@ def _retry_chunk(skim_id: str, retries: int, wait: float, coffea_retries: int, s
     except InputFileError as err:
         return {"out": {"errors": {item.filename: [err.cause]}}, "processed": {item}}
     except Exception as err:  # noqa: BLE001 - only coffea's input failures are kept, below
+        disk = output_failure(err)
+        if disk is not None:
+            raise disk from None  # the output disk, as itself: the CLI says it in one line
         cause = _chunk_input_failure(item, err)
         if cause is None:
             raise

@@ -227,8 +227,10 @@ def _train(torch, prepared: PreparedSplits, out: Path, config: Config, *, device
             with torch.no_grad():
                 vloss_sum, vw_sum, scores, labels, weights = _epoch_loss(net, val_stream, device, amp=amp)
             val_loss = vloss_sum / vw_sum
+            # |train_weight|, as evaluation's ROC takes signed NLO weights: with negative
+            # weights the weighted ROC need not be monotonic and has no area.
             val_auc = float(roc_auc_score(np.concatenate(labels), np.concatenate(scores),
-                                          sample_weight=np.concatenate(weights)))
+                                          sample_weight=np.abs(np.concatenate(weights))))
             scheduler.step(val_loss)
             if val_loss < best["loss"]:
                 best = {"loss": val_loss, "epoch": epoch,
