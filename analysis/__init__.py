@@ -14,19 +14,19 @@ from analysis.config import Config, config_from_dict, default_config, load_confi
 from analysis.errors import ConfigError, HepprepError, InputFileError, StageInputError
 
 _LAZY = {
-    "generate_samples": "analysis.generate",
-    "run_skim": "analysis.skim",
-    "run_prepare": "analysis.prepare",
-    "run_prepare_table": "analysis.tabular",
-    "run_train": "analysis.train",
-    "load_model": "analysis.predict",
-    "run_evaluate": "analysis.evaluate",
+    "generate_samples": "analysis.generate.runner",
+    "run_skim": "analysis.skim.runner",
+    "run_prepare": "analysis.prepare.runner",
+    "run_prepare_table": "analysis.prepare.table",
+    "run_train": "analysis.train.runner",
+    "load_model": "analysis.train.predict",
+    "run_evaluate": "analysis.evaluate.runner",
     "run_pipeline": "analysis.pipeline",
-    "dask_client": "analysis.cluster",
-    "submit_skim": "analysis.submit",
-    "resubmit_failed": "analysis.submit",
-    "job_states": "analysis.submit_status",
-    "merge_job_manifests": "analysis.submit_status",
+    "dask_client": "analysis.core.cluster",
+    "submit_skim": "analysis.batch.submit",
+    "resubmit_failed": "analysis.batch.submit",
+    "job_states": "analysis.batch.status",
+    "merge_job_manifests": "analysis.batch.status",
 }
 
 __all__ = ["Config", "ConfigError", "HepprepError", "InputFileError", "StageInputError",

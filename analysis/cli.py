@@ -65,7 +65,7 @@ def generate(
     """Write synthetic samples in the CMS 2012 outreach NanoAOD layout and fileset.json."""
     cfg = _load(config, generate=dict(events=events, files_per_sample=files_per_sample,
                                       seed=seed, compression=compression))
-    from analysis.generate import generate_samples
+    from analysis.generate.runner import generate_samples
 
     fileset = generate_samples(out, cfg, progress=not quiet)
     typer.echo(f"fileset: {fileset}", err=True)
@@ -92,7 +92,11 @@ def skim(
         if fileset is not None or out is not None or (status and merge_manifests):
             raise ConfigError("--status DIR and --merge-manifests DIR take only the skim folder "
                               "of a batch run: give one of them, without FILESET or --out")
-        from analysis.submit_status import format_job_states, job_states, merge_job_manifests
+        from analysis.batch.status import (
+            format_job_states,
+            job_states,
+            merge_job_manifests,
+        )
 
         if status is not None:
             typer.echo(format_job_states(status, job_states(status)))
@@ -103,7 +107,7 @@ def skim(
         return
     if fileset is None or out is None:
         raise ConfigError("give FILESET and --out DIR (or --status DIR / --merge-manifests DIR for a batch run)")
-    from analysis.skim import run_skim
+    from analysis.skim.runner import run_skim
 
     cfg = _load(config, skim=dict(executor=executor, workers=workers, chunksize=chunksize,
                                   skip_bad_files=skip_bad_files))
@@ -132,13 +136,13 @@ def submit(
         if fileset is not None or out is not None or jobs is not None:
             raise ConfigError("--resubmit-failed DIR takes only the skim folder of a batch run "
                               "(the jobs are already written); leave out FILESET, --out and --jobs")
-        from analysis.submit import resubmit_failed as resubmit
+        from analysis.batch.submit import resubmit_failed as resubmit
 
         resubmit(resubmit_failed, dry_run=dry_run)
         return
     if fileset is None or out is None or jobs is None:
         raise ConfigError("give FILESET, --out DIR and --jobs N (or --resubmit-failed DIR)")
-    from analysis.submit import submit_skim
+    from analysis.batch.submit import submit_skim
 
     cfg = _load(config, skim=dict(chunksize=chunksize, skip_bad_files=skip_bad_files))
     submit_skim(fileset, out, cfg, jobs=jobs, system=system, dry_run=dry_run, cores=cores,
@@ -184,11 +188,11 @@ def prepare(
     cfg = _load(config, prepare=dict(split=fractions, seed=seed, table=given or None,
                                      allow_incomplete=allow_incomplete))
     if table_format is not None:
-        from analysis.tabular import run_prepare_table
+        from analysis.prepare.table import run_prepare_table
 
         run_prepare_table(skim_dir, out, cfg, scheduler=scheduler, progress=not quiet)
     else:
-        from analysis.prepare import run_prepare
+        from analysis.prepare.runner import run_prepare
 
         run_prepare(skim_dir, out, cfg, scheduler=scheduler, progress=not quiet)
     typer.echo(f"prepared: {out}", err=True)
@@ -206,7 +210,7 @@ def train(
     quiet: bool = QuietOption,
 ) -> None:
     """Train a classifier on the prepared splits with early stopping on the validation split."""
-    from analysis.train import run_train
+    from analysis.train.runner import run_train
 
     cfg = _load(config)
     model_dir = run_train(prep_dir, out, cfg, model=model, device=device, scheduler=scheduler,
@@ -230,7 +234,7 @@ def evaluate(
     if len(paths) < 2:
         raise typer.BadParameter(f"got {len(paths)} path; give MODELDIR [MODELDIR ...] PREPDIR",
                                  param_hint="PATHS")
-    from analysis.evaluate import run_evaluate
+    from analysis.evaluate.runner import run_evaluate
 
     report = run_evaluate(paths[:-1], paths[-1], out, _load(config), skim_dir=skim,
                           allow_other_prepared=allow_other_prepared, progress=not quiet)
@@ -264,7 +268,7 @@ def cluster(
     scheduler: Optional[str] = typer.Option(None, help="Existing dask scheduler (tcp://host:8786)."),
 ) -> None:
     """Print what the configuration would start or connect to for the dask stages."""
-    from analysis.cluster import describe_cluster
+    from analysis.core.cluster import describe_cluster
 
     typer.echo(describe_cluster(_load(config).cluster, scheduler))
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from analysis.config import Config
+from analysis.core.progress import stage_console
 from analysis.errors import StageInputError
-from analysis.progress import stage_console
 
 __all__ = ["PipelineResult", "run_pipeline"]
 
@@ -50,7 +50,11 @@ def _check_reusable_sample(samples: Path, config: Config) -> None:
     The skim and everything after it would otherwise describe events the configuration no
     longer asks for; regenerating in place would leave skim parts of files that are gone.
     """
-    from analysis.generate import SETTINGS_FILE, generation_settings, read_generation_settings
+    from analysis.generate.runner import (
+        SETTINGS_FILE,
+        generation_settings,
+        read_generation_settings,
+    )
 
     recorded = read_generation_settings(samples)
     wanted = generation_settings(config)
@@ -83,11 +87,11 @@ def run_pipeline(config: Config, out_dir: str | Path, *, fileset: str | Path | N
     progress : bool
         Progress bars on stderr.
     """
-    from analysis.evaluate import run_evaluate
-    from analysis.generate import generate_samples
-    from analysis.prepare import run_prepare
-    from analysis.skim import run_skim
-    from analysis.train import run_train
+    from analysis.evaluate.runner import run_evaluate
+    from analysis.generate.runner import generate_samples
+    from analysis.prepare.runner import run_prepare
+    from analysis.skim.runner import run_skim
+    from analysis.train.runner import run_train
 
     console = stage_console(quiet=not progress)
     out = Path(out_dir)

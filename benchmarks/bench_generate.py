@@ -24,11 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import write_result  # noqa: E402
-
 from analysis.config import config_from_dict  # noqa: E402
-from analysis.generate import generate_dataset_file, generate_samples  # noqa: E402
-from analysis.gen_layout import events_to_branches, write_events  # noqa: E402
+from analysis.generate.layout import events_to_branches, write_events  # noqa: E402
+from analysis.generate.runner import generate_dataset_file, generate_samples  # noqa: E402
+from benchmarks._common import write_result  # noqa: E402
 
 GOAL_EVENTS_PER_S_PER_CORE = 100_000
 COMPRESSIONS = ["LZ4:1", "ZLIB:1", "ZSTD:5", "LZMA:6"]

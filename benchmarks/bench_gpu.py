@@ -1,6 +1,6 @@
 """Benchmarks (training): CPU against GPU training time of both models (issue 5, acceptance 5).
 
-Times the real trainer, ``analysis.train.run_train``, for each requested model (xgboost,
+Times the real trainer, ``analysis.train.runner.run_train``, for each requested model (xgboost,
 mlp) on each requested device (cpu, cuda), on the same toy prepared directory
 (tests/_train_helpers.write_prepared_dir with prepare's default layout: 100k-row groups,
 1M-row files; ``--rows`` train rows, a quarter of that each for val and test), and writes
@@ -56,10 +56,11 @@ sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests"), str(HERE)]
 
 from _common import measure, write_result  # noqa: E402
 from _train_helpers import write_prepared_dir  # noqa: E402
+
 from analysis.config import Config, config_from_dict  # noqa: E402
 from analysis.errors import ConfigError  # noqa: E402
-from analysis.train import MODELS, run_train  # noqa: E402
-from analysis.train_common import resolve_device  # noqa: E402
+from analysis.train.model_dir import resolve_device  # noqa: E402
+from analysis.train.runner import MODELS, run_train  # noqa: E402
 
 DEVICES = ("cpu", "cuda")
 DEFAULT_ROWS = 5_000_000

@@ -29,7 +29,7 @@ from _common import measure, write_result  # noqa: E402
 from _prepare_helpers import default_samples, write_skim  # noqa: E402
 
 from analysis.config import config_from_dict  # noqa: E402
-from analysis.prepare import run_prepare  # noqa: E402
+from analysis.prepare.runner import run_prepare  # noqa: E402
 
 FIXTURE_ROWS = sum(s.events for s in default_samples())
 

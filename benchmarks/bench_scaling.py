@@ -25,11 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import measure, write_result  # noqa: E402
-
 from analysis.config import config_from_dict  # noqa: E402
-from analysis.generate import generate_samples  # noqa: E402
-from analysis.skim import run_skim  # noqa: E402
+from analysis.generate.runner import generate_samples  # noqa: E402
+from analysis.skim.runner import run_skim  # noqa: E402
+from benchmarks._common import measure, write_result  # noqa: E402
 
 BENCH_OUT = Path(__file__).resolve().parents[1] / "bench-output"
 FILES_PER_SAMPLE = 4  # 36 files: both workers always have a file of their own to read

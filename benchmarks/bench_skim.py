@@ -33,11 +33,10 @@ import uproot
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import write_result  # noqa: E402
-
 from analysis.config import config_from_dict  # noqa: E402
-from analysis.generate import generate_samples  # noqa: E402
-from analysis.skim import run_skim  # noqa: E402
+from analysis.generate.runner import generate_samples  # noqa: E402
+from analysis.skim.runner import run_skim  # noqa: E402
+from benchmarks._common import write_result  # noqa: E402
 from processors.profiles import detect_profile  # noqa: E402
 
 GOAL_RATIO = 0.5

@@ -41,9 +41,9 @@ sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests"), str(HERE)]
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-
 from _common import measure, write_result  # noqa: E402
 from _train_helpers import write_prepared_dir  # noqa: E402
+
 from analysis.config import DEFAULT_FEATURES, config_from_dict  # noqa: E402
 
 
@@ -70,7 +70,7 @@ def _read_threads() -> int:
 
 
 def _loader(files, *, num_workers, buffer_rows, batch_size):
-    from analysis.streaming import BatchLoader, ParquetBatchStream
+    from analysis.train.stream import BatchLoader, ParquetBatchStream
 
     # As the MLP trainer reads it: one stream, a new epoch (row-group order and buffer
     # draws) per iteration, torch tensors, optionally from DataLoader workers.
@@ -175,7 +175,7 @@ def _dask(client, prep: Path, params: dict, rounds: int):
     import xgboost as xgb
     import xgboost.dask  # noqa: F401
 
-    from analysis.train_xgb import read_split_dask
+    from analysis.train.xgb import read_split_dask
 
     # As the trainer reads them: balanced partitions, a multiple of the workers.
     n_workers = len(client.nthreads())
@@ -194,8 +194,8 @@ def bench_xgboost(prep: Path, *, rounds: int) -> dict:
     import dask.array  # noqa: F401 - imported before timing: imports are not training time
     import xgboost.dask  # noqa: F401
 
-    from analysis.cluster import dask_client
-    from analysis.train_xgb import xgboost_params
+    from analysis.core.cluster import dask_client
+    from analysis.train.xgb import xgboost_params
 
     config = config_from_dict({"cluster": {"n_workers": 2, "threads_per_worker": 1,
                                            "memory_limit": "4GiB"}})
@@ -233,14 +233,14 @@ def bench_xgboost(prep: Path, *, rounds: int) -> dict:
 
 
 def bench_generated(work: Path, *, events: int) -> dict:
+    from _train_helpers import generated_prepared_dir, read_split
     from distributed import LocalCluster
     from sklearn.metrics import roc_auc_score
-
-    from _train_helpers import generated_prepared_dir, read_split
-    from analysis.config import default_config
-    from analysis.predict import load_model
-    from analysis.train import run_train
     from test_train_generated import _single_process_auc
+
+    from analysis.config import default_config
+    from analysis.train.predict import load_model
+    from analysis.train.runner import run_train
 
     config = default_config()
     with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="4GiB", processes=True,

@@ -27,7 +27,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
 
-# Packages on the training path (analysis.train, train_xgb, train_mlp, cluster, config and
+# Packages on the training path (analysis.train: runner, xgb, mlp; core.cluster, config and
 # tests/_train_helpers, with their requirements) that the machine's image lacks. Found by
 # walking the Requires-Dist of xgboost, dask[array,dataframe] (xgboost.dask imports
 # dask.dataframe), distributed, pydantic, rich, pyarrow, numpy, scikit-learn, scipy and
@@ -195,7 +195,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 target = Path(sys.argv[1])
-mods = ["analysis.train", "analysis.train_xgb", "analysis.train_mlp", "analysis.cluster",
+mods = ["analysis.train.runner", "analysis.train.xgb", "analysis.train.mlp", "analysis.core.cluster",
         "dask.array", "distributed", "pydantic"]
 try:
     import xgboost  # noqa: F401

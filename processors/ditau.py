@@ -23,13 +23,30 @@ from coffea import processor
 
 from analysis.config import SelectionConfig
 from analysis.core.names import dataset_folder
-from analysis.core.net import redact
-from analysis.remote import is_remote, is_transient
+from analysis.core.net import is_remote, is_transient, redact
 from processors.features import ditau_features
-from processors.flat import (FlatObjects, ObjectColumns, clean_jet_mask, first_separated_pair,
-                             leading_two, object_event, pt_order)
-from processors.parts import chunk_fingerprint, part_name, read_part_summary, skim_table, write_part
-from processors.profiles import InputProfile, ProfileError, detect_profile, event_branches
+from processors.flat import (
+    FlatObjects,
+    ObjectColumns,
+    clean_jet_mask,
+    first_separated_pair,
+    leading_two,
+    object_event,
+    pt_order,
+)
+from processors.parts import (
+    chunk_fingerprint,
+    part_name,
+    read_part_summary,
+    skim_table,
+    write_part,
+)
+from processors.profiles import (
+    InputProfile,
+    ProfileError,
+    detect_profile,
+    event_branches,
+)
 from processors.selection import good_tau_mask
 
 __all__ = ["CUTS", "DiTauProcessor", "dataset_weight", "triggers_applied"]
@@ -81,7 +98,7 @@ class DiTauProcessor(processor.ProcessorABC):
         The skim folder; parts go to ``<out_dir>/<dataset>/``.
 
     The chunk's dataset metadata (``events.metadata``) must hold ``process``, ``label``,
-    ``is_mc``, ``xsec_pb`` and ``sumw``, as `analysis.skim.run_skim` resolves them.
+    ``is_mc``, ``xsec_pb`` and ``sumw``, as `analysis.skim.runner.run_skim` resolves them.
 
     The output is ``{"chunks": {relpath: summary}}`` for a written (or already present)
     part and ``{"errors": {filename: [cause]}}`` for a chunk whose input could not be read

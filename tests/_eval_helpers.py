@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from _train_helpers import write_prepared_manifest
+
 from analysis.config import Config, config_from_dict
 
 TOY_FEATURES = ["tau1_pt", "tau2_eta", "jet1_btag", "njets", "m_vis", "mjj"]

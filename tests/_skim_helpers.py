@@ -11,7 +11,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -35,7 +34,7 @@ def generated_sample(tmp_path_factory) -> Path:
     fileset = root / "fileset.json"
     if not fileset.exists():
         from analysis.config import config_from_dict
-        from analysis.generate import generate_samples
+        from analysis.generate.runner import generate_samples
 
         config = config_from_dict({"generate": {"events": SAMPLE_EVENTS, "files_per_sample": 2,
                                                 "data_scale": 0.1, "seed": 11}})

@@ -155,9 +155,9 @@ def generated_prepared_dir(out: str | Path, *, events: int, scheduler: str | Non
     prepared directory ``out/prepared``.
     """
     from analysis.config import config_from_dict
-    from analysis.generate import generate_samples
-    from analysis.prepare import run_prepare
-    from analysis.skim import run_skim
+    from analysis.generate.runner import generate_samples
+    from analysis.prepare.runner import run_prepare
+    from analysis.skim.runner import run_skim
 
     out = Path(out)
     config = config_from_dict({"generate": {"events": events, "seed": seed},

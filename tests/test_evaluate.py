@@ -14,16 +14,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
+from _eval_helpers import (
+    TOY_FEATURES,
+    assert_report_embeds_every_plot,
+    toy_config,
+    write_prepared,
+    write_xgboost_model,
+)
 from _train_helpers import write_prepared_manifest
-from _eval_helpers import (TOY_FEATURES, assert_report_embeds_every_plot, toy_config, write_prepared,
-                           write_xgboost_model)
+
 from analysis.cli import main
 from analysis.config import config_from_dict
 from analysis.errors import StageInputError
-from analysis.evaluate import run_evaluate
-from analysis.predict import load_model
-from analysis.train import run_train
+from analysis.evaluate.runner import run_evaluate
+from analysis.train.predict import load_model
+from analysis.train.runner import run_train
 
 FAST = {"evaluate": {"dpi": 30, "n_bins": 12, "shap_rows": 300}}
 

@@ -9,21 +9,21 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from _eval_helpers import assert_report_embeds_every_plot
+
 from analysis.cli import main
 from analysis.config import DEFAULT_FEATURES, config_from_dict
-from analysis.predict import load_model
+from analysis.train.predict import load_model
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
-    from analysis.generate import generate_samples
-    from analysis.prepare import run_prepare
-    from analysis.skim import run_skim
-    from analysis.train import run_train
+    from analysis.generate.runner import generate_samples
+    from analysis.prepare.runner import run_prepare
+    from analysis.skim.runner import run_skim
+    from analysis.train.runner import run_train
 
     root = tmp_path_factory.mktemp("default_sample")
     cfg = config_from_dict({"generate": {"events": 20_000, "files_per_sample": 1},

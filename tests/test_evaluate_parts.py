@@ -11,15 +11,26 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from _prepare_helpers import write_skim_manifest
 from _eval_helpers import TOY_FEATURES, toy_config, write_prepared, write_xgboost_model
+from _prepare_helpers import write_skim_manifest
+
 from analysis.errors import StageInputError
-from analysis.evaluate import _data_frames, _Scorer
-from analysis.evaluate_inputs import (EVENT_COLUMNS, check_model_features, model_names, open_prepared,
-                                      read_cutflow, standardisation_matches)
-from analysis.plots_inputs import FeatureHistograms, WeightedCorrelation, _nice_scale, feature_edges
-from analysis.predict import load_model
+from analysis.evaluate.input_plots import (
+    FeatureHistograms,
+    WeightedCorrelation,
+    _nice_scale,
+    feature_edges,
+)
+from analysis.evaluate.inputs import (
+    EVENT_COLUMNS,
+    check_model_features,
+    model_names,
+    open_prepared,
+    read_cutflow,
+    standardisation_matches,
+)
+from analysis.evaluate.runner import _data_frames, _Scorer
+from analysis.train.predict import load_model
 
 
 def test_feature_edges_by_hand():

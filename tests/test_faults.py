@@ -16,13 +16,13 @@ import pandas as pd
 import psutil
 import pyarrow.parquet as pq
 import pytest
-from distributed import Client, LocalCluster
-
 from _fault_helpers import kill_one_worker, killed_pid
 from _skim_helpers import generated_sample, read_skim, subset_fileset  # noqa: F401 - fixture
+from distributed import Client, LocalCluster
+
 from analysis.config import config_from_dict
-from analysis.prepare import run_prepare
-from analysis.skim import run_skim
+from analysis.prepare.runner import run_prepare
+from analysis.skim.runner import run_skim
 
 KEYS = ["dataset", "run", "luminosityBlock", "event"]
 WORKERS = 3

@@ -19,7 +19,7 @@ import uproot
 from analysis.cli import main
 from analysis.config import config_from_dict
 from analysis.errors import ConfigError
-from analysis.generate import dataset_event_counts, generate_samples
+from analysis.generate.runner import dataset_event_counts, generate_samples
 
 # PHYSICS.md "Input layout: CMS 2012 outreach NanoAOD": branch -> ROOT type as uproot names it.
 F, I, U, B = "float", "int32_t", "uint32_t", "bool"
@@ -119,8 +119,8 @@ def test_cross_references_point_at_the_right_objects(small_sample):
 
 
 def test_muon_triggers_follow_the_isolated_muons():
-    from analysis.gen_layout import events_to_branches
-    from analysis.gen_objects import EventContext
+    from analysis.generate.layout import events_to_branches
+    from analysis.generate.objects import EventContext
 
     # Isolated muons above 24 GeV are rare in tau_h tau_h events: look at many events.
     ctx = EventContext(np.random.default_rng(3), 300_000)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _generate_helpers import read_events, select
 from scipy.stats import gaussian_kde
 
-from _generate_helpers import read_events, select
 from analysis.config import config_from_dict
-from analysis.generate import generate_samples
+from analysis.generate.runner import generate_samples
 
 SIGNAL = ("GluGluToHToTauTau", "VBF_HToTauTau")
 W_JETS = ("W1JetsToLNu", "W2JetsToLNu", "W3JetsToLNu")

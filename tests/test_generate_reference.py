@@ -19,7 +19,7 @@ import pytest
 import uproot
 
 from analysis.config import config_from_dict
-from analysis.generate import generate_samples
+from analysis.generate.runner import generate_samples
 
 REFERENCE = Path(__file__).parent / "reference" / "generate_small.json"
 

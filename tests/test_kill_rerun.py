@@ -21,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from _prepare_helpers import default_samples, write_skim
 
 REPO = Path(__file__).resolve().parents[1]

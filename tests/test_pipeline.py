@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from analysis.cli import main
 import pytest
+
+from analysis.cli import main
 
 
 def test_run_end_to_end_then_resume(tmp_path, capsys):

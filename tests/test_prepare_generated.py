@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis.config import config_from_dict
-from analysis.generate import generate_samples
-from analysis.prepare import run_prepare
-from analysis.skim import run_skim
+from analysis.generate.runner import generate_samples
+from analysis.prepare.runner import run_prepare
+from analysis.skim.runner import run_skim
 from tests._prepare_helpers import read_split
 
 

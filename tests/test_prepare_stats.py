@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from analysis.errors import StageInputError
-from analysis.stats import WeightedFeatureStats, weighted_quantile
+from analysis.prepare.stats import WeightedFeatureStats, weighted_quantile
 
 NAMES = ["tau1_pt", "tau1_eta", "m_vis"]
 

@@ -14,7 +14,7 @@ import pytest
 from analysis.cli import main
 from analysis.config import config_from_dict
 from analysis.errors import StageInputError
-from analysis.tabular import normalise_table, run_prepare_table
+from analysis.prepare.table import normalise_table, run_prepare_table
 from tests._prepare_helpers import read_split
 
 # The 30 features of the HiggsML challenge file (Adam-Bourdarios et al., 2014).

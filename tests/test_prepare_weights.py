@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from analysis.errors import ConfigError, StageInputError
-from analysis.weights import TrainWeightBalancer, apply_negative_weight_policy
+from analysis.prepare.weights import TrainWeightBalancer, apply_negative_weight_policy
 
 # Hand-made table, all rows in train (split 0): two signal, three background events.
 LABEL = np.array([1, 1, 0, 0, 0])

@@ -14,18 +14,18 @@ import time
 from pathlib import Path
 
 import pytest
+from _remote_helpers import FileServer, url_fileset
+from _skim_helpers import generated_sample, read_skim  # noqa: F401 - fixture
 from aiohttp import ClientResponseError, ServerDisconnectedError
 from coffea import processor
 
-from _remote_helpers import FileServer, url_fileset
-from _skim_helpers import generated_sample, read_skim  # noqa: F401 - fixture
-from analysis import remote
+from analysis.skim import remote
 from analysis.config import config_from_dict
+from analysis.core.net import is_remote, require_backend, transient_cause
 from analysis.errors import HepprepError, InputFileError
-from analysis.remote import (UnreachableServers, call_with_retries, is_remote, require_backend,
-                             transient_cause)
-from analysis.skim import run_skim
-from analysis.skim_inputs import load_fileset
+from analysis.skim.inputs import load_fileset
+from analysis.skim.remote import UnreachableServers, call_with_retries
+from analysis.skim.runner import run_skim
 
 # One small dataset (two files, six chunks): enough chunks to stop a server between them.
 DATASETS = ["GluGluToHToTauTau"]

@@ -10,10 +10,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import uproot
-from _skim_helpers import (QUIET_COFFEA, SAMPLE_CHUNKSIZE, default_config, generated_sample,  # noqa: F401
-                           independent_selection, loosened_config, read_skim)
+from _skim_helpers import (  # noqa: F401
+    QUIET_COFFEA,
+    SAMPLE_CHUNKSIZE,
+    default_config,
+    generated_sample,
+    independent_selection,
+    loosened_config,
+    read_skim,
+)
 
-from analysis.skim import run_skim
+from analysis.skim.runner import run_skim
 
 pytestmark = QUIET_COFFEA
 

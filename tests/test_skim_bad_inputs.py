@@ -14,7 +14,7 @@ from _skim_helpers import QUIET_COFFEA, generated_sample  # noqa: F401
 
 from analysis.cli import main
 from analysis.config import default_config
-from analysis.skim import run_skim
+from analysis.skim.runner import run_skim
 
 pytestmark = QUIET_COFFEA
 

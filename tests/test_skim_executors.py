@@ -5,10 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
-from _skim_helpers import QUIET_COFFEA, default_config, generated_sample, read_skim, subset_fileset  # noqa: F401
+from _skim_helpers import (  # noqa: F401
+    QUIET_COFFEA,
+    default_config,
+    generated_sample,
+    read_skim,
+    subset_fileset,
+)
 
 from analysis.errors import ConfigError
-from analysis.skim import run_skim
+from analysis.skim.runner import run_skim
 
 pytestmark = QUIET_COFFEA
 

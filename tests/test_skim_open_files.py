@@ -9,10 +9,10 @@ import pytest
 import uproot
 from _skim_helpers import QUIET_COFFEA, default_config, generated_sample, subset_fileset  # noqa: F401
 
-import analysis.skim
-from analysis.skim import run_skim
-from analysis.skim_inputs import InputFile, check_file
-from analysis.skim_open_files import OpenFiles
+import analysis.skim.runner
+from analysis.skim.inputs import InputFile, check_file
+from analysis.skim.open_files import OpenFiles
+from analysis.skim.runner import run_skim
 
 pytestmark = QUIET_COFFEA
 
@@ -49,7 +49,7 @@ def test_iterative_skim_reads_each_tree_once_and_closes_the_files(generated_samp
             kept.append(file)
             return file, keep
 
-    monkeypatch.setattr(analysis.skim, "OpenFiles", Recording)
+    monkeypatch.setattr(analysis.skim.runner, "OpenFiles", Recording)
     summary = run_skim(fileset, tmp_path / "iterative", default_config(), executor="iterative",
                        chunksize=300, progress=False)
     assert summary["chunks"] >= 2 * len(files)  # several chunks per file, each opening it

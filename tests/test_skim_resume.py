@@ -10,11 +10,17 @@ import sys
 import time
 
 import pytest
-from _skim_helpers import QUIET_COFFEA, default_config, generated_sample, read_skim, subset_fileset  # noqa: F401
+from _skim_helpers import (  # noqa: F401
+    QUIET_COFFEA,
+    default_config,
+    generated_sample,
+    read_skim,
+    subset_fileset,
+)
 
 from analysis.config import config_from_dict
 from analysis.errors import StageInputError
-from analysis.skim import run_skim
+from analysis.skim.runner import run_skim
 
 pytestmark = QUIET_COFFEA
 

@@ -12,8 +12,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from analysis.shuffle_buffer import RowGroupShuffleBuffer, as_rows, cut_batches  # noqa: E402
-from analysis.streaming import BatchLoader, ParquetBatchStream, row_group_units  # noqa: E402
+from analysis.train.stream import BatchLoader, ParquetBatchStream, row_group_units  # noqa: E402
+from analysis.train.stream_buffer import RowGroupShuffleBuffer, as_rows, cut_batches  # noqa: E402
 
 N_EXTRA = 7  # feature columns besides row_id, so a row is as wide as a real one-ish
 
@@ -172,7 +172,7 @@ def test_bad_sizes_are_refused(tmp_path):
 
 
 def test_read_ahead_keeps_order_and_stops_early():
-    from analysis.streaming import read_ahead
+    from analysis.train.stream import read_ahead
 
     assert list(read_ahead(iter(range(5)))) == [0, 1, 2, 3, 4]
     assert list(read_ahead([])) == []
@@ -199,7 +199,7 @@ def test_read_ahead_keeps_order_and_stops_early():
 
 
 def test_round_robin_threads_keeps_a_fixed_order_whatever_the_speeds():
-    from analysis.streaming import round_robin_threads
+    from analysis.train.stream import round_robin_threads
 
     def slow(tag, n, pause):
         for i in range(n):

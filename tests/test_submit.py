@@ -17,12 +17,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from analysis.batch.status import job_states, merge_job_manifests
 from analysis.cli import main
 from analysis.config import config_from_dict
 from analysis.errors import StageInputError
-from analysis.skim import run_skim
-from analysis.submit_status import job_states, merge_job_manifests
-
+from analysis.skim.runner import run_skim
 from tests._skim_helpers import read_skim
 
 CHUNKSIZE = 1_500
@@ -34,7 +33,7 @@ NO_SUMW = ("DYJetsToLL", "Run2012B_TauPlusX", "Run2012C_TauPlusX")
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory) -> Path:
     """fileset.json of a 6k-event generated sample (2 files per dataset), DY and data without sumw."""
-    from analysis.generate import generate_samples
+    from analysis.generate.runner import generate_samples
 
     root = tmp_path_factory.mktemp("submit-sample")
     config = config_from_dict({"generate": {"events": 6_000, "files_per_sample": 2,
@@ -256,10 +255,10 @@ def test_missing_sumw_is_summed_over_every_readable_file(nano_dy_path, tmp_path)
 
     import uproot
 
+    from analysis.batch.submit import fill_missing_sumw
     from analysis.config import default_config
     from analysis.errors import InputFileError
-    from analysis.skim_inputs import DatasetInfo, InputFile
-    from analysis.submit import fill_missing_sumw
+    from analysis.skim.inputs import DatasetInfo, InputFile
 
     def dataset():
         return DatasetInfo(name="DY", process="DY", label=0, is_mc=True, xsec_pb=6025.2, sumw=None,
@@ -334,7 +333,7 @@ def test_queue_errors_tell_unreachable_from_gone(sample, tmp_path, fake_sbatch, 
 
 
 def test_htcondor_queue_is_read_in_submission_order(tmp_path, monkeypatch):
-    from analysis.submit_status import _lost_jobs, queued_tasks
+    from analysis.batch.status import _lost_jobs, queued_tasks
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -6,11 +6,16 @@ from pathlib import Path
 
 import pytest
 
+from analysis.batch.scripts import (
+    htcondor_description,
+    job_script,
+    memory_mb,
+    slurm_array_spec,
+    submit_command,
+)
+from analysis.batch.submit import balance_files
 from analysis.errors import ConfigError, StageInputError
-from analysis.skim_manifest import plan_chunks, remove_stale_temp_files
-from analysis.submit import balance_files
-from analysis.submit_scripts import (htcondor_description, job_script, memory_mb, slurm_array_spec,
-                                     submit_command)
+from analysis.skim.manifest import plan_chunks, remove_stale_temp_files
 
 
 def test_balance_files_worked_example():
@@ -157,7 +162,7 @@ def test_job_script_records_a_job_the_batch_system_terminates(tmp_path):
 def test_job_states_from_the_files_jobs_leave(tmp_path):
     import json
 
-    from analysis.submit_status import format_job_states, job_states
+    from analysis.batch.status import format_job_states, job_states
 
     jobs = tmp_path / "jobs"
     (tmp_path / "manifests").mkdir()

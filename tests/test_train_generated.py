@@ -12,13 +12,13 @@ import json
 
 import pytest
 import xgboost as xgb
+from _train_helpers import generated_prepared_dir, read_split
 from sklearn.metrics import roc_auc_score
 
-from _train_helpers import generated_prepared_dir, read_split
 from analysis.config import default_config
-from analysis.predict import load_model
-from analysis.train import run_train
-from analysis.train_xgb import EARLY_STOPPING_METRIC, xgboost_params
+from analysis.train.predict import load_model
+from analysis.train.runner import run_train
+from analysis.train.xgb import EARLY_STOPPING_METRIC, xgboost_params
 
 CI_EVENTS = 40_000
 DEFAULT_EVENTS = default_config().generate.events

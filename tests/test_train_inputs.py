@@ -9,14 +9,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from _train_helpers import write_prepared_dir, write_prepared_manifest
+
 from analysis.cli import main
 from analysis.config import DEFAULT_FEATURES, config_from_dict, default_config
 from analysis.errors import ConfigError, StageInputError
-from analysis.train import run_train
-from analysis.train_common import resolve_device
-from analysis.train_inputs import inspect_prepared
+from analysis.train.inputs import inspect_prepared
+from analysis.train.model_dir import resolve_device
+from analysis.train.runner import run_train
 
 SMALL = (600, 200, 200)
 
@@ -126,7 +126,7 @@ def test_bad_model_and_resume_flags(prep, tmp_path):
 
 
 def test_device_resolution(monkeypatch):
-    import analysis.train_common as common
+    import analysis.train.model_dir as common
 
     assert resolve_device("cpu", model="xgboost") == "cpu"
     with pytest.raises(ConfigError, match=r"--device 'tpu': unknown device; use auto, cpu or cuda"):
@@ -146,7 +146,7 @@ def test_device_resolution(monkeypatch):
 
 
 def test_cuda_visible_devices_empty_hides_gpus(monkeypatch):
-    from analysis.train_common import cuda_gpu_count
+    from analysis.train.model_dir import cuda_gpu_count
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert cuda_gpu_count() == 0

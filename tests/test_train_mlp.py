@@ -11,13 +11,14 @@ from sklearn.metrics import roc_auc_score
 
 torch = pytest.importorskip("torch")
 
-import analysis.train_mlp as train_mlp  # noqa: E402
 from _train_helpers import read_split, write_prepared_dir  # noqa: E402
+
+import analysis.train.mlp as train_mlp  # noqa: E402
 from analysis.cli import main  # noqa: E402
 from analysis.config import DEFAULT_FEATURES, config_from_dict  # noqa: E402
 from analysis.errors import StageInputError  # noqa: E402
-from analysis.predict import load_model  # noqa: E402
-from analysis.train import run_train  # noqa: E402
+from analysis.train.predict import load_model  # noqa: E402
+from analysis.train.runner import run_train  # noqa: E402
 
 
 def _config(**mlp):

@@ -9,15 +9,15 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import xgboost as xgb
+from _train_helpers import read_split, write_prepared_dir
 from sklearn.metrics import roc_auc_score
 
-from _train_helpers import read_split, write_prepared_dir
 from analysis.cli import main
 from analysis.config import DEFAULT_FEATURES, config_from_dict
 from analysis.errors import StageInputError
-from analysis.predict import load_model
-from analysis.train import run_train
-from analysis.train_xgb import EARLY_STOPPING_METRIC, xgboost_params
+from analysis.train.predict import load_model
+from analysis.train.runner import run_train
+from analysis.train.xgb import EARLY_STOPPING_METRIC, xgboost_params
 
 XGB = {"max_depth": 4, "eta": 0.15, "num_boost_round": 120, "early_stopping_rounds": 10}
 
@@ -147,7 +147,7 @@ def test_local_gpu_cluster_is_one_worker_per_gpu_or_one_without_dask_cuda(monkey
 
     from distributed import LocalCluster
 
-    import analysis.train_xgb as train_xgb
+    import analysis.train.xgb as train_xgb
 
     asked = {}
 
@@ -179,7 +179,7 @@ def test_local_gpu_cluster_is_one_worker_per_gpu_or_one_without_dask_cuda(monkey
     (2, 600, [583, 583, 584, 583, 583, 584]),  # a multiple of the workers, each <= max_rows
 ])
 def test_partitions_are_balanced_whatever_the_row_groups(tmp_path, n_workers, max_rows, expected):
-    from analysis.train_xgb import plan_partitions, read_split_dask
+    from analysis.train.xgb import plan_partitions, read_split_dask
 
     # 3 500 rows in files of 1 000 and row groups of 300: 12 uneven groups.
     prep = write_prepared_dir(tmp_path / "p", rows=(3_500, 0, 0), row_group_rows=300,
@@ -198,7 +198,7 @@ def test_partitions_are_balanced_whatever_the_row_groups(tmp_path, n_workers, ma
 
 
 def test_one_row_group_still_feeds_every_worker(tmp_path):
-    from analysis.train_xgb import plan_partitions
+    from analysis.train.xgb import plan_partitions
 
     prep = write_prepared_dir(tmp_path / "p", rows=(900, 0, 0), row_group_rows=1_000,
                               file_rows=1_000)
@@ -223,8 +223,8 @@ def _with_negative_weights(tmp_path):
 
 
 def test_negative_train_weights_are_counted_and_trained_as_policy(tmp_path):
-    from analysis.train_inputs import inspect_prepared
-    from analysis.train_xgb import _read_partition, plan_partitions
+    from analysis.train.inputs import inspect_prepared
+    from analysis.train.xgb import _read_partition, plan_partitions
 
     prep, negative = _with_negative_weights(tmp_path)
     splits = inspect_prepared(prep, DEFAULT_FEATURES)

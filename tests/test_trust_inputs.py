@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from _skim_helpers import QUIET_COFFEA, generated_sample, subset_fileset  # noqa: F401
+
 from analysis.cli import main
 from analysis.config import config_from_dict
 from analysis.core.names import dataset_folder, dataset_folders
 from analysis.errors import ConfigError, StageInputError
-from analysis.prepare import run_prepare
-from analysis.skim import run_skim
+from analysis.prepare.runner import run_prepare
+from analysis.skim.runner import run_skim
 
 pytestmark = QUIET_COFFEA
 
@@ -168,7 +168,7 @@ def test_non_finite_fileset_numbers_are_refused(das_fileset, tmp_path, capsys):
 # -- item 9: `hepprep run` and the generated sample ----------------------------------------
 
 def test_run_refuses_a_generated_sample_of_other_settings(tmp_path):
-    from analysis.generate import generate_samples
+    from analysis.generate.runner import generate_samples
     from analysis.pipeline import run_pipeline
 
     small = config_from_dict({"generate": {"events": 400, "files_per_sample": 1, "seed": 5}})
@@ -185,7 +185,11 @@ def test_run_refuses_a_generated_sample_of_other_settings(tmp_path):
 
 
 def test_generated_settings_are_recorded(tmp_path):
-    from analysis.generate import generate_samples, generation_settings, read_generation_settings
+    from analysis.generate.runner import (
+        generate_samples,
+        generation_settings,
+        read_generation_settings,
+    )
 
     config = config_from_dict({"generate": {"events": 300, "files_per_sample": 1}})
     generate_samples(tmp_path, config, progress=False)

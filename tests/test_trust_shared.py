@@ -18,8 +18,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from _skim_helpers import QUIET_COFFEA, generated_sample, subset_fileset  # noqa: F401
+
 from analysis.cli import main
 from analysis.config import ClusterConfig
 from analysis.core import io
@@ -107,7 +107,7 @@ def _listening(process: psutil.Process) -> list[str]:
 
 
 def test_the_local_cluster_listens_on_this_machine_only():
-    from analysis.cluster import dask_client
+    from analysis.core.cluster import dask_client
 
     before = set(_listening(psutil.Process()))
     with dask_client(ClusterConfig(n_workers=1, memory_limit="1GiB")) as client:
@@ -155,7 +155,7 @@ def test_credentials_are_never_printed_nor_stored(generated_sample, tmp_path, ca
 
 
 def test_batch_jobs_read_credentials_from_the_users_fileset_only(generated_sample, tmp_path, capsys):  # noqa: F811
-    from analysis.skim_inputs import load_fileset
+    from analysis.skim.inputs import load_fileset
 
     raw = json.loads(generated_sample.read_text())
     good = (generated_sample.parent / next(iter(raw["DYJetsToLL"]["files"]))).resolve()

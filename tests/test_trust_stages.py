@@ -17,14 +17,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from _prepare_helpers import default_samples, write_skim
+
 from analysis.cli import main
 from analysis.config import config_from_dict
 from analysis.errors import StageInputError
-from analysis.evaluate import run_evaluate
-from analysis.prepare import run_prepare
-from analysis.train import run_train
+from analysis.evaluate.runner import run_evaluate
+from analysis.prepare.runner import run_prepare
+from analysis.train.runner import run_train
 
 FEATURES = ["tau1_pt", "tau2_pt", "jet1_btag", "m_vis", "mjj", "jdeta", "met_pt"]
 

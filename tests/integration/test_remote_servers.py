@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _remote_helpers import FileServer, url_fileset
 from _skim_helpers import read_skim
+
 from analysis.config import config_from_dict
-from analysis.skim import run_skim
+from analysis.skim.runner import run_skim
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,8 @@ def served_sample():
     """A generated sample in a folder that the (non-root) xrootd user can read."""
     # Imported here, not at module level: `make test` collects this file without the extra.
     import fsspec_xrootd  # noqa: F401 - root:// support; `make test-integration` installs hepprep[xrootd]
-    from analysis.generate import generate_samples
+
+    from analysis.generate.runner import generate_samples
 
     root = Path(tempfile.mkdtemp(prefix="hepprep-remote-"))
     root.chmod(0o755)
@@ -181,7 +182,7 @@ def _gave_up_on_a_stopped_server(line: str, cause: str) -> bool:
     """The skim's last line names a file of the stopped server after its tries (skim.retries = 2).
 
     The first read that meets the stopped server uses all 3 tries; the later reads of each
-    worker process get one (`analysis.remote.UnreachableServers`), and either may be named.
+    worker process get one (`analysis.skim.remote.UnreachableServers`), and either may be named.
     """
     return (f".root: cannot read after 3 tries: {cause}" in line
             or (".root: cannot read: its server failed 3 tries of an earlier read in this skim, "

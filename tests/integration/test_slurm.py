@@ -26,11 +26,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from analysis.batch.status import job_states, queued_tasks
 from analysis.cli import main
 from analysis.config import config_from_dict
-from analysis.skim import run_skim
-from analysis.submit_status import job_states, queued_tasks
-
+from analysis.skim.runner import run_skim
 from tests._skim_helpers import read_skim
 
 pytestmark = pytest.mark.integration
@@ -55,7 +54,7 @@ def slurm(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory) -> Path:
-    from analysis.generate import generate_samples
+    from analysis.generate.runner import generate_samples
 
     root = tmp_path_factory.mktemp("slurm-sample")
     config = config_from_dict({"generate": {"events": EVENTS, "files_per_sample": 2,

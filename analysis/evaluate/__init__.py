@@ -1,0 +1,1 @@
+"""Evaluation stage: metrics, plots and a self-contained report for trained models."""

@@ -1,0 +1,277 @@
+"""Evaluation stage: reading what the earlier stages wrote — prepared splits, models, cutflow.
+
+Everything here checks its input and fails with one line naming the folder or file, what is
+missing or inconsistent, and the fix (`StageInputError`), because evaluation is where the
+outputs of three other stages meet. Feature columns of the prepared directory are
+standardised; `PreparedDir.destandardise` turns them back into physical units with the
+directory's own stats.json (raw = standardised * std + mean).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as pads
+
+from analysis.core.io import read_json
+from analysis.core.prepared import PreparedListing, read_prepared_listing
+from analysis.core.standardise import Standardisation
+from analysis.errors import StageInputError
+
+__all__ = ["PreparedDir", "check_model_features", "load_models", "open_prepared",
+           "read_cutflow", "standardisation_matches"]
+
+SPLITS = ("train", "val", "test")
+# Columns evaluation needs beside the features (DESIGN.md "Skim Parquet").
+EVENT_COLUMNS = ["weight", "label", "process", "dataset"]
+OPTIONAL_COLUMNS = ("process", "dataset")  # filled from the label when a prepared table lacks them
+
+
+@dataclass
+class PreparedDir:
+    """A prepared directory: train/val/test (and optional data) Parquet with stats.json.
+
+    Only the files its manifest lists are read (`analysis.core.prepared`).
+    """
+
+    path: Path
+    stats: dict
+    listing: PreparedListing
+
+    @property
+    def manifest(self) -> dict:
+        return self.listing.manifest
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.listing.fingerprint
+
+    @property
+    def feature_order(self) -> list[str]:
+        return list(self.stats["feature_order"])
+
+    def has_split(self, split: str) -> bool:
+        return self.listing.has_split(split)
+
+    def dataset(self, split: str) -> pads.Dataset:
+        """The pyarrow dataset of one split (``train``, ``val``, ``test`` or ``data``)."""
+        if not self.has_split(split):
+            raise StageInputError(f"{self.path / split}: the prepared manifest lists no files of this "
+                                  f"split; re-run `hepprep prepare` into {self.path}")
+        return pads.dataset([str(p) for p in self.listing.files(split)], format="parquet")
+
+    def _present(self, dataset: pads.Dataset, columns: list[str]) -> list[str]:
+        names = set(dataset.schema.names)
+        missing = [c for c in columns if c not in names and c not in OPTIONAL_COLUMNS]
+        if missing:
+            raise StageInputError(f"{self.path}: prepared Parquet has no column(s) {', '.join(missing)}; "
+                                  f"it holds {', '.join(sorted(names))}; re-run `hepprep prepare`")
+        return [c for c in columns if c in names]
+
+    def read(self, split: str, columns: list[str]) -> pd.DataFrame:
+        """One whole split as a DataFrame (string columns as str, not dictionary).
+
+        ``process`` and ``dataset`` may be absent (a prepared flat table has no process):
+        they are then filled with "signal"/"background"/"data" from the label.
+        """
+        dataset = self.dataset(split)
+        return _complete(_to_pandas(dataset.to_table(columns=self._present(dataset, columns))), columns)
+
+    def iter_batches(self, split: str, columns: list[str], *, batch_rows: int = 200_000
+                     ) -> Iterator[pd.DataFrame]:
+        """Stream a split in bounded-size batches (memory set by ``batch_rows``)."""
+        dataset = self.dataset(split)
+        for batch in dataset.to_batches(columns=self._present(dataset, columns), batch_size=batch_rows):
+            if batch.num_rows:
+                yield _complete(_to_pandas(batch), columns)
+
+    def destandardise(self, frame: pd.DataFrame, features: list[str] | None = None) -> pd.DataFrame:
+        """Feature columns back in physical units: raw = standardised * std + mean (float64)."""
+        frame = frame.copy()
+        standardisation = self.standardisation
+        for name in features or self.feature_order:
+            frame[name] = standardisation.inverse_column(standardisation.index(name), frame[name].to_numpy())
+        return frame
+
+    @property
+    def standardisation(self) -> Standardisation:
+        """The directory's standardisation (its stats.json)."""
+        return Standardisation.from_stats(self.stats, source=str(self.path / "stats.json"))
+
+    @property
+    def skim_dir(self) -> Path | None:
+        """The skim directory this was prepared from, when the manifest names it."""
+        # prepare writes the resolved skim folder as "source" (a file for a flat-table input)
+        for key in ("skim_dir", "source"):
+            value = self.manifest.get(key)
+            if isinstance(value, str) and value:
+                path = Path(value)
+                return path if path.is_absolute() else (self.path / path).resolve()
+        return None
+
+    def split_fractions(self) -> list[float] | None:
+        split = self.stats.get("split")
+        if isinstance(split, dict) and isinstance(split.get("fractions"), list):
+            return [float(f) for f in split["fractions"]]
+        return None
+
+
+def _complete(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    for name in OPTIONAL_COLUMNS:
+        if name in columns and name not in frame.columns:
+            if "label" not in frame.columns:
+                raise StageInputError(f"prepared Parquet has neither {name!r} nor 'label'")
+            frame[name] = np.select([frame["label"] == 1, frame["label"] == 0], ["signal", "background"],
+                                    default="data")
+    return frame
+
+
+def _to_pandas(table) -> pd.DataFrame:
+    frame = table.to_pandas()
+    for name in ("process", "dataset"):
+        if name in frame.columns and not pd.api.types.is_string_dtype(frame[name].dtype):
+            frame[name] = frame[name].astype(str)
+    return frame
+
+
+def open_prepared(prep_dir: str | Path) -> PreparedDir:
+    """Open and check a prepared directory (stats.json present, a non-empty test split)."""
+    path = Path(prep_dir)
+    if not path.is_dir():
+        raise StageInputError(f"{path}: no such prepared directory; run `hepprep prepare SKIMDIR --out {path}`")
+    stats = read_json(path / "stats.json", "stats.json (feature statistics of `hepprep prepare`)")
+    for key in ("feature_order", "features"):
+        if key not in stats:
+            raise StageInputError(f"{path / 'stats.json'}: no {key!r} key; it was not written by "
+                                  "`hepprep prepare` or is from an older version: re-run prepare")
+    prepared = PreparedDir(path=path, stats=stats, listing=read_prepared_listing(path))
+    if not prepared.has_split("test"):
+        raise StageInputError(f"{path / 'test'}: no test split to evaluate on; re-run `hepprep prepare` "
+                              f"with a test fraction > 0 (--split 0.6,0.2,0.2)")
+    return prepared
+
+
+def _load_one(model_dir: Path):
+    from analysis.train.predict import load_model
+
+    return load_model(model_dir)
+
+
+def load_models(model_dirs: list[str | Path]) -> list:
+    """Load each model directory with `analysis.train.predict.load_model` (the one prediction API).
+
+    Two models with the same name (``models/a/xgboost``, ``models/b/xgboost``) are told
+    apart by their parent folder in `names` of the returned order.
+    """
+    if not model_dirs:
+        raise StageInputError("no model directory given: pass at least one MODELDIR "
+                              "(e.g. `hepprep evaluate models/xgboost prepared --out eval`)")
+    models = []
+    for model_dir in model_dirs:
+        path = Path(model_dir)
+        if not path.is_dir():
+            raise StageInputError(f"{path}: no such model directory; train one with "
+                                  f"`hepprep train PREPDIR --model xgboost --out {path}`")
+        models.append(_load_one(path))
+    return models
+
+
+def model_names(model_dirs: list[str | Path], models: list) -> list[str]:
+    """Unique display names: the model's name, or parent/name when two collide."""
+    names = [str(getattr(m, "name", Path(d).name)) for d, m in zip(model_dirs, models)]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{Path(d).resolve().parent.name}/{n}" if names.count(n) > 1 else n
+            for d, n in zip(model_dirs, names)]
+
+
+def check_model_features(model, model_dir: str | Path, prepared: PreparedDir) -> None:
+    """One-line `StageInputError` when a model's features differ from the prepared directory's."""
+    wanted, have = list(model.features), prepared.feature_order
+    if set(wanted) == set(have):
+        return
+    missing = [f for f in wanted if f not in have]
+    extra = [f for f in have if f not in wanted]
+    parts = []
+    if missing:
+        parts.append(f"missing from the prepared directory: {', '.join(missing)}")
+    if extra:
+        parts.append(f"not used by the model: {', '.join(extra)}")
+    raise StageInputError(
+        f"model {Path(model_dir)} was trained on {len(wanted)} features but prepared directory "
+        f"{prepared.path} has {len(have)} ({'; '.join(parts)}); evaluate the model on the "
+        "prepared directory it was trained on, or re-train it on this one")
+
+
+def standardisation_matches(model, prepared: PreparedDir, *, rtol: float = 1e-9) -> bool:
+    """True when the model's stored mean/std equal the prepared directory's for every feature.
+
+    Then the standardised columns can go to the model as they are; otherwise evaluation
+    hands it raw values and the model applies its own standardisation.
+    """
+    try:
+        mine = Standardisation.from_stats(model.stats, model.features)
+    except StageInputError:
+        return False
+    return mine.matches(prepared.standardisation, rtol=rtol)
+
+
+def _cutflow_rows(dataset: str, entry: Any) -> list[dict]:
+    """Normalise one dataset's cutflow to rows {dataset, cut, events, sumw}."""
+
+    def pick(d: dict, *keys):
+        for key in keys:
+            if key in d:
+                return d[key]
+        return None
+
+    rows = []
+    if isinstance(entry, dict) and isinstance(entry.get("cuts"), dict):
+        # the skim's layout: {"process": ..., "label": ..., "cuts": {cut: {"events", "sum_weight"}}}
+        entry = entry["cuts"]
+    if isinstance(entry, dict) and isinstance(entry.get("cuts"), list):
+        cuts = entry["cuts"]
+        events = pick(entry, "events", "n", "counts", "entries") or [None] * len(cuts)
+        sumw = pick(entry, "sumw", "sum_weight", "sum_weights", "weights", "weighted") or [None] * len(cuts)
+        if cuts and isinstance(cuts[0], dict):  # [{"name"/"cut": ..., "events": ..., "sumw": ...}]
+            return _cutflow_rows(dataset, cuts)
+        rows = [{"cut": c, "events": e, "sumw": w} for c, e, w in zip(cuts, events, sumw)]
+    elif isinstance(entry, dict):
+        for cut, value in entry.items():
+            if isinstance(value, dict):
+                rows.append({"cut": cut, "events": pick(value, "events", "n", "count", "entries"),
+                             "sumw": pick(value, "sumw", "sum_weight", "sum_weights", "weight", "weighted")})
+            elif isinstance(value, (int, float)):
+                rows.append({"cut": cut, "events": value, "sumw": None})
+    elif isinstance(entry, list):
+        for item in entry:
+            if isinstance(item, dict):
+                rows.append({"cut": pick(item, "cut", "name", "step"),
+                             "events": pick(item, "events", "n", "count", "entries"),
+                             "sumw": pick(item, "sumw", "sum_weight", "sum_weights", "weight", "weighted")})
+    return [dict(r, dataset=dataset) for r in rows if r["cut"] is not None]
+
+
+def read_cutflow(path: str | Path) -> pd.DataFrame:
+    """The skim's cutflow.json as a tidy table: columns dataset, cut, events, sumw.
+
+    Accepts the skim's ``{dataset: {"cuts": {cut: {"events": n, "sum_weight": w}}, ...}}``,
+    ``{dataset: {cut: {"events": n, "sumw": w}}}`` and the list/column variants
+    (``{dataset: {"cuts": [...], "events": [...], "sumw": [...]}}``), optionally under a
+    top-level ``"datasets"`` key. Cut order is kept as written.
+    """
+    path = Path(path)
+    data = read_json(path, "cutflow.json")
+    if isinstance(data, dict) and isinstance(data.get("datasets"), dict):
+        data = data["datasets"]
+    if not isinstance(data, dict):
+        raise StageInputError(f"{path}: expected an object with one entry per dataset, got {type(data).__name__}")
+    rows = [row for dataset, entry in data.items() for row in _cutflow_rows(dataset, entry)]
+    if not rows:
+        raise StageInputError(f"{path}: no cuts found; expected {{dataset: {{cut: {{\"events\": n, \"sumw\": w}}}}}}")
+    return pd.DataFrame(rows, columns=["dataset", "cut", "events", "sumw"])

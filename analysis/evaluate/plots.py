@@ -1,0 +1,225 @@
+"""Evaluation stage: classifier plots (ROC, train/test scores, AMS vs cut, feature importance).
+
+Each ``plot_*`` function draws one PNG in the HEP style of mplhep and returns its path. They
+build `matplotlib.figure.Figure` objects directly (Agg canvas, no pyplot state), so they run
+headless, in threads, and inside notebooks without touching the user's backend.
+Feature axis labels with units come from `feature_label`; `plots_inputs` uses them too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import matplotlib.style
+import mplhep as hep
+import numpy as np
+from matplotlib.figure import Figure
+
+from analysis.core.io import atomic_path
+from analysis.evaluate.metrics import AMSScan, KSResult
+
+__all__ = ["EXPERIMENT_LABEL", "axis_label", "feature_label", "hep_label", "plot_ams",
+           "plot_importance", "plot_roc", "plot_scores", "save", "style"]
+
+EXPERIMENT_LABEL = "hepprep"  # not "CMS": these are synthetic samples, not a CMS result
+CENTRE_OF_MASS_TEV = 8
+
+# feature -> (math label, unit); unit "" for dimensionless quantities
+_FEATURES = {
+    "tau1_pt": (r"$p_{T}^{\tau_1}$", "GeV"), "tau2_pt": (r"$p_{T}^{\tau_2}$", "GeV"),
+    "tau1_eta": (r"$\eta^{\tau_1}$", ""), "tau2_eta": (r"$\eta^{\tau_2}$", ""),
+    "tau1_phi": (r"$\phi^{\tau_1}$", "rad"), "tau2_phi": (r"$\phi^{\tau_2}$", "rad"),
+    "tau1_mass": (r"$m^{\tau_1}$", "GeV"), "tau2_mass": (r"$m^{\tau_2}$", "GeV"),
+    "tau1_iso": (r"$\tau_1$ rel. isolation", ""), "tau2_iso": (r"$\tau_2$ rel. isolation", ""),
+    "jet1_pt": (r"$p_{T}^{j_1}$", "GeV"), "jet2_pt": (r"$p_{T}^{j_2}$", "GeV"),
+    "jet1_eta": (r"$\eta^{j_1}$", ""), "jet2_eta": (r"$\eta^{j_2}$", ""),
+    "jet1_phi": (r"$\phi^{j_1}$", "rad"), "jet2_phi": (r"$\phi^{j_2}$", "rad"),
+    "jet1_mass": (r"$m^{j_1}$", "GeV"), "jet2_mass": (r"$m^{j_2}$", "GeV"),
+    "jet1_btag": (r"$j_1$ b-tag discriminant", ""), "jet2_btag": (r"$j_2$ b-tag discriminant", ""),
+    "met_pt": (r"$p_{T}^{miss}$", "GeV"), "met_phi": (r"$\phi^{miss}$", "rad"),
+    "njets": (r"$N_{jets}$", ""), "ntaus": (r"$N_{\tau}$", ""), "npv": (r"$N_{PV}$", ""),
+    "m_vis": (r"$m_{vis}^{\tau\tau}$", "GeV"), "pt_vis": (r"$p_{T,vis}^{\tau\tau}$", "GeV"),
+    "dr_tautau": (r"$\Delta R(\tau_1, \tau_2)$", ""),
+    "mt_tau1": (r"$m_{T}(\tau_1, p_{T}^{miss})$", "GeV"),
+    "mt_tau2": (r"$m_{T}(\tau_2, p_{T}^{miss})$", "GeV"),
+    "mjj": (r"$m_{jj}$", "GeV"), "ptjj": (r"$p_{T}^{jj}$", "GeV"),
+    "jdeta": (r"$|\Delta\eta_{jj}|$", ""), "pt_h": (r"$p_{T}^{H}$", "GeV"),
+}
+
+
+def feature_label(name: str) -> tuple[str, str]:
+    """(label, unit) of a feature; unknown names get their own name and a unit from the suffix."""
+    if name in _FEATURES:
+        return _FEATURES[name]
+    unit = ""
+    if name.endswith(("_pt", "_mass", "_sumet")) or name.startswith(("m_", "mt_", "pt_")):
+        unit = "GeV"
+    elif name.endswith("_phi"):
+        unit = "rad"
+    return name.replace("_", " "), unit
+
+
+def axis_label(name: str) -> str:
+    """Axis title of a feature with its unit in brackets: ``$m_{jj}$ [GeV]``."""
+    label, unit = feature_label(name)
+    return f"{label} [{unit}]" if unit else label
+
+
+@contextlib.contextmanager
+def style() -> Iterator[None]:
+    """mplhep's CMS-like style for the duration of one plot (no global rcParams change)."""
+    with matplotlib.style.context(hep.style.CMS):
+        yield
+
+
+def hep_label(ax, *, lumi_fb: float | None = None, data: bool = False, text: str = "Simulation") -> None:
+    """The experiment/luminosity header above an axes, in the usual HEP layout.
+
+    Drawn with two annotations instead of `mplhep.label.exp_label`, which re-draws the
+    figure to place its texts (about 1 s per plot).
+    """
+    head = ax.text(0.0, 1.01, EXPERIMENT_LABEL, transform=ax.transAxes, ha="left", va="bottom",
+                   fontsize=20, fontweight="bold")
+    ax.annotate("Pseudo-data" if data else text, xy=(1.0, 0.0), xycoords=head, xytext=(6, 0),
+                textcoords="offset points", ha="left", va="bottom", fontsize=17, fontstyle="italic")
+    right = f"{lumi_fb:.1f} fb$^{{-1}}$ ({CENTRE_OF_MASS_TEV} TeV)" if lumi_fb else f"({CENTRE_OF_MASS_TEV} TeV)"
+    ax.text(1.0, 1.01, right, transform=ax.transAxes, ha="right", va="bottom", fontsize=17)
+
+
+def save(fig: Figure, path: str | Path, *, dpi: int) -> Path:
+    """Write a figure as PNG (no timestamps in the metadata: re-runs give the same bytes)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
+    return path
+
+
+def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: str | Path, *,
+             working_points=(0.01, 0.1), lumi_fb: float | None = None, dpi: int = 100) -> Path:
+    """ROC curves of several models on one plot (background efficiency on a log axis).
+
+    Parameters
+    ----------
+    curves : mapping of model name to (background efficiency, signal efficiency, AUC)
+        From `analysis.evaluate.metrics.weighted_roc` and `weighted_roc_auc`.
+    working_points : background efficiencies marked with dotted vertical lines.
+    """
+    with style():
+        fig = Figure(figsize=(10, 9))
+        ax = fig.add_subplot()
+        floor = 1e-4
+        for name, (fpr, tpr, auc) in curves.items():
+            keep = fpr >= floor
+            ax.plot(fpr[keep], tpr[keep], lw=2.5, label=f"{name} (weighted AUC = {auc:.3f})")
+        x = np.logspace(np.log10(floor), 0, 200)
+        ax.plot(x, x, ls="--", color="grey", lw=1.5, label="random classifier")
+        for wp in working_points:
+            ax.axvline(wp, ls=":", color="black", lw=1.2)
+            ax.text(wp * 1.08, 0.03, f"{wp:.0%}", fontsize=14, rotation=90, va="bottom")
+        ax.set_xscale("log")
+        ax.set_xlim(floor, 1)
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("Background efficiency (weighted)")
+        ax.set_ylabel("Signal efficiency (weighted)")
+        ax.legend(loc="upper left", fontsize=16)
+        hep_label(ax, lumi_fb=lumi_fb)
+        fig.tight_layout()
+        return save(fig, path, dpi=dpi)
+
+
+def _density(values, weights, bins):
+    """Normalised weighted histogram and its statistical error (sqrt(sum w^2))."""
+    counts, _ = np.histogram(values, bins=bins, weights=weights)
+    sumw2, _ = np.histogram(values, bins=bins, weights=weights ** 2)
+    norm = counts.sum() * np.diff(bins)
+    norm = np.where(norm > 0, norm, 1.0)
+    return counts / norm, np.sqrt(sumw2) / norm
+
+
+def plot_scores(name: str, train: tuple, test: tuple, ks: Mapping[str, KSResult], path: str | Path, *,
+                bins: int = 40, dpi: int = 100) -> Path:
+    """Score distributions of train (points) and test (filled) per class, with KS p-values.
+
+    Parameters
+    ----------
+    train, test : (scores, labels, weights) tuples of 1-d arrays
+        Physics weights; |weight| is used, as for every shape comparison (metrics docstring).
+    ks : {"signal": KSResult, "background": KSResult}
+    """
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    colours = {1: "#d62728", 0: "#1f77b4"}
+    with style():
+        fig = Figure(figsize=(10, 9))
+        ax = fig.add_subplot()
+        for label, cls in ((1, "signal"), (0, "background")):
+            s_te, y_te, w_te = (np.asarray(a) for a in test)
+            s_tr, y_tr, w_tr = (np.asarray(a) for a in train)
+            dens_te, _ = _density(s_te[y_te == label], np.abs(w_te[y_te == label]), edges)
+            dens_tr, err_tr = _density(s_tr[y_tr == label], np.abs(w_tr[y_tr == label]), edges)
+            ax.stairs(dens_te, edges, fill=True, alpha=0.3, color=colours[label])
+            ax.stairs(dens_te, edges, lw=2, color=colours[label], label=f"{cls} (test)")
+            ax.errorbar(centres, dens_tr, yerr=err_tr, fmt="o", ms=5, color=colours[label],
+                        label=f"{cls} (train), KS p = {ks[cls].pvalue:.3g}")
+        ax.set_yscale("log")
+        ymax = ax.get_ylim()[1]
+        ax.set_ylim(top=ymax * 30)  # headroom for the legend above the peaks
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(f"{name} signal score")
+        ax.set_ylabel("Normalised to unit area")
+        ax.legend(loc="upper center", fontsize=15, ncol=1)
+        hep_label(ax)
+        fig.tight_layout()
+        return save(fig, path, dpi=dpi)
+
+
+def plot_ams(scans: Mapping[str, AMSScan], path: str | Path, *, lumi_fb: float | None = None,
+             dpi: int = 100) -> Path:
+    """AMS (b_reg from the scan) against the score cut for every model; the best cut marked."""
+    with style():
+        fig = Figure(figsize=(10, 9))
+        ax = fig.add_subplot()
+        b_reg = None
+        for name, scan in scans.items():
+            line, = ax.plot(scan.cuts, scan.ams, lw=2.5,
+                            label=f"{name}: max AMS = {scan.best_ams:.2f} at cut {scan.best_cut:.3f}")
+            ax.plot([scan.best_cut], [scan.best_ams], marker="*", ms=18, color=line.get_color())
+            b_reg = scan.b_reg
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.3)
+        ax.set_xlabel("Cut on the signal score (events with score $\\geq$ cut)")
+        ax.set_ylabel(f"AMS ($b_{{reg}}$ = {b_reg:g}, yields at full luminosity)")
+        ax.legend(loc="upper left", fontsize=15)
+        hep_label(ax, lumi_fb=lumi_fb)
+        fig.tight_layout()
+        return save(fig, path, dpi=dpi)
+
+
+def plot_importance(name: str, gain: Mapping[str, float], mean_abs_shap: Mapping[str, float],
+                    path: str | Path, *, dpi: int = 100) -> Path:
+    """XGBoost feature importance: normalised total gain and mean |SHAP| side by side.
+
+    Features are sorted by mean |SHAP| (the most important at the top); a feature the trees
+    never split on has gain 0.
+    """
+    features = sorted(mean_abs_shap, key=lambda f: mean_abs_shap[f])
+    total_gain = sum(gain.values()) or 1.0
+    labels = [axis_label(f).replace(" [GeV]", "").replace(" [rad]", "") for f in features]
+    y = np.arange(len(features))
+    with style():
+        fig = Figure(figsize=(14, max(6.0, 0.45 * len(features) + 2.5)))
+        ax_gain, ax_shap = fig.subplots(1, 2, sharey=True)
+        ax_gain.barh(y, [gain.get(f, 0.0) / total_gain for f in features], color="#1f77b4")
+        ax_shap.barh(y, [mean_abs_shap[f] for f in features], color="#ff7f0e")
+        ax_gain.set_yticks(y, labels, fontsize=15)
+        ax_gain.set_xlabel("Fraction of total gain")
+        ax_shap.set_xlabel("Mean |SHAP| [log-odds]")
+        for ax in (ax_gain, ax_shap):
+            ax.tick_params(axis="y", which="minor", left=False, right=False)
+        ax_gain.set_title(f"{name}: split gain", fontsize=18)
+        ax_shap.set_title(f"{name}: mean |SHAP| on test", fontsize=18)
+        fig.tight_layout()
+        return save(fig, path, dpi=dpi)

@@ -1,0 +1,1 @@
+"""Prepare stage: skim Parquet -> train/val/test Parquet with weights, statistics and a global shuffle."""

@@ -1,0 +1,345 @@
+"""Prepare stage: skim Parquet -> train/val/test Parquet, stats.json, manifest.json, on dask.
+
+`run_prepare` is what `hepprep prepare` and the notebooks call. It plans bounded input
+pieces, runs the two passes of `analysis.prepare.shuffle` as dask tasks (LocalCluster, or an
+existing scheduler), reduces the per-piece statistics and class totals in a fixed order
+(so re-runs are byte-identical), and publishes the result atomically: everything is
+written into a hidden sibling folder that is renamed to ``out_dir`` only when complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from analysis.config import Config, PrepareConfig, config_from_dict
+from analysis.core.cluster import dask_client
+from analysis.core.io import atomic_dir, read_json, remove_stale_temp, write_json_atomic
+from analysis.core.progress import progress_bar, stage_console
+from analysis.core.skimmed import skim_parts
+from analysis.errors import StageInputError
+from analysis.prepare.outputs import check_out_dir, outputs_intact
+from analysis.prepare.shuffle import (
+    InputUnit,
+    ShufflePlan,
+    scatter_unit,
+    shuffle_bucket,
+    split_names,
+)
+from analysis.prepare.split import SKIM_ID_COLUMNS, SPLIT_NAMES
+from analysis.prepare.stats import WeightedFeatureStats
+from analysis.prepare.weights import CLASS_NAMES, TrainWeightBalancer
+
+__all__ = ["PrepareInputs", "prepare_inputs", "run_prepare"]
+
+STATS_FILE = "stats.json"
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareInputs:
+    """What prepare reads: Parquet files with identity, label, weight and feature columns.
+
+    ``sources`` are the user's files (for the manifest and the re-run check); ``files`` the
+    Parquet files actually read (the same for a skim; converted copies for a CSV table).
+    """
+
+    files: tuple[Path, ...]
+    id_columns: tuple[str, ...]
+    features: tuple[str, ...]
+    source: str
+    sources: tuple[Path, ...]
+    skim: dict[str, Any] | None = None  # what prepare took from a skim (`prepare_io.SkimParts.record`)
+
+
+def _known_data_rows(meta: pq.FileMetaData, rg: int) -> int | None:
+    """Real-data rows of a row group from its `label` min/max statistics, if they settle it.
+
+    A skim file holds one dataset, so its label is constant and the count needs no read.
+    """
+    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    if "label" not in names:
+        return None
+    stats = meta.row_group(rg).column(names.index("label")).statistics
+    if stats is None or not stats.has_min_max or stats.min != stats.max:
+        return None
+    return meta.row_group(rg).num_rows if stats.min == -1 else 0
+
+
+def _input_units(files: Sequence[Path], *, target_rows: int) -> list[InputUnit]:
+    """Consecutive row groups of each file, about `target_rows` per piece (pass-1 memory)."""
+    units: list[InputUnit] = []
+    for path in files:
+        try:
+            meta = pq.ParquetFile(path).metadata
+        except Exception as err:  # noqa: BLE001 - any reader failure is a bad input file
+            raise StageInputError(f"{path}: not a readable Parquet file ({err})") from None
+        current: list[int] = []
+        rows, data = 0, 0
+        for rg in range(meta.num_row_groups):
+            current.append(rg)
+            rows += meta.row_group(rg).num_rows
+            known = _known_data_rows(meta, rg)
+            data = None if data is None or known is None else data + known
+            if rows >= target_rows or rg == meta.num_row_groups - 1:
+                if rows:
+                    units.append(InputUnit(len(units), str(path), tuple(current), rows, data))
+                current, rows, data = [], 0, 0
+    return units
+
+
+def _count_labels(unit: InputUnit) -> tuple[int, int]:
+    """(labelled rows, real-data rows) of one piece, reading only the label column."""
+    try:
+        table = pq.ParquetFile(unit.path).read_row_groups(list(unit.row_groups), columns=["label"])
+    except Exception as err:  # noqa: BLE001
+        raise StageInputError(f"{unit.path}: cannot read column 'label' ({err})") from None
+    data = int((table.column("label").to_numpy() == -1).sum())
+    return table.num_rows - data, data
+
+
+def _fingerprint(inputs: PrepareInputs, prep: PrepareConfig) -> str:
+    files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in inputs.sources]
+    blob = json.dumps({"files": files, "prepare": prep.model_dump(mode="json"),
+                       "features": inputs.features, "id": inputs.id_columns}, sort_keys=True,
+                      allow_nan=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _in_order(futures: list[Any], bar: Any, description: str) -> Iterator[Any]:
+    """Task results one at a time in submission order, each released once handed over.
+
+    Reducing in a fixed order keeps floating-point sums (and so the output bytes)
+    independent of task timing; releasing each result keeps the client's memory flat.
+    """
+    task = bar.add_task(description, total=len(futures))
+    for i, future in enumerate(futures):
+        result = future.result()
+        futures[i] = None  # the scheduler forgets a result nobody refers to
+        bar.advance(task)
+        yield result
+
+
+def _effective_prepare(config: Config, split: Sequence[float] | None, seed: int | None,
+                       allow_incomplete: bool | None = None) -> PrepareConfig:
+    """``config.prepare`` with the keyword overrides, validated like a config file."""
+    overrides = {key: value for key, value in (("split", split), ("seed", seed),
+                                                ("allow_incomplete", allow_incomplete))
+                 if value is not None}
+    if not overrides:
+        return config.prepare
+    data = config.model_dump()
+    data["prepare"].update(overrides)
+    return config_from_dict(data, source="run_prepare arguments").prepare
+
+
+def run_prepare(skim_dir: str | Path, out_dir: str | Path, config: Config, *,
+                split: Sequence[float] | None = None, seed: int | None = None,
+                allow_incomplete: bool | None = None, scheduler: str | None = None,
+                progress: bool = True) -> dict[str, Any]:
+    """Split, weight, standardise and shuffle a skim into ``out_dir``.
+
+    Parameters
+    ----------
+    skim_dir : str or Path
+        The skim output: exactly the parts its ``manifest.json`` lists are read
+        (`analysis.prepare.outputs.skim_parts`).
+    out_dir : str or Path
+        Receives ``{train,val,test,data}/part-*.parquet``, ``stats.json``, ``manifest.json``.
+    config : Config
+        Uses ``config.features``, ``config.prepare`` and ``config.cluster``.
+    split, seed, allow_incomplete : optional overrides of ``config.prepare``
+    scheduler : str or None
+        Address of an existing dask scheduler (else ``DASK_SCHEDULER_ADDRESS`` or a LocalCluster).
+    progress : bool
+        Progress bars and the dashboard link on stderr.
+
+    Returns
+    -------
+    dict : the manifest (also written to ``out_dir/manifest.json``).
+    """
+    prep = _effective_prepare(config, split, seed, allow_incomplete)
+    parts = skim_parts(skim_dir, allow_incomplete=prep.allow_incomplete)
+    console = stage_console(quiet=not progress)
+    if parts.ignored:
+        console.print(f"prepare: {parts.ignored} Parquet file(s) in {skim_dir} are not parts of the skim "
+                      "manifest and are not read", soft_wrap=True)
+    if not parts.complete or parts.empty_datasets:
+        console.print(f"prepare: --allow-incomplete: {len(parts.not_done)} input file(s) not done, "
+                      f"datasets without parts: {', '.join(parts.empty_datasets) or 'none'}", soft_wrap=True)
+    inputs = PrepareInputs(files=parts.files, id_columns=SKIM_ID_COLUMNS, features=tuple(config.features),
+                           source=str(Path(skim_dir).resolve()), sources=parts.files, skim=parts.record)
+    config = config.model_copy(update={"prepare": prep})
+    return prepare_inputs(inputs, out_dir, config, scheduler=scheduler, progress=progress)
+
+
+def prepare_inputs(inputs: PrepareInputs, out_dir: str | Path, config: Config, *,
+                   split: Sequence[float] | None = None, seed: int | None = None,
+                   scheduler: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """`run_prepare` on any `PrepareInputs` (the skim, or a converted flat table)."""
+    prep = _effective_prepare(config, split, seed)
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir)
+    # A killed earlier run's temporary folder goes whether or not there is work to do.
+    remove_stale_temp(out_dir.parent, target=out_dir.name)
+    console = stage_console(quiet=not progress)
+    fingerprint = _fingerprint(inputs, prep)
+    done = out_dir / MANIFEST_FILE
+    if done.is_file():
+        try:
+            previous = read_json(done, "the prepare manifest")
+        except StageInputError:
+            previous = {}
+        if isinstance(previous, dict) and previous.get("fingerprint") == fingerprint:
+            damage = outputs_intact(out_dir, previous)
+            if damage is None:
+                console.print(f"prepare: {out_dir} is up to date with {inputs.source}; nothing to do",
+                              soft_wrap=True)
+                return previous
+            console.print(f"prepare: {out_dir} was prepared from these inputs, but {damage}: "
+                          "preparing it again", soft_wrap=True)
+
+    with atomic_dir(out_dir) as tmp:
+        scratch = tmp / "_scatter"
+        scratch.mkdir()
+        with dask_client(config.cluster, scheduler) as client, progress_bar(quiet=not progress) as bar:
+            console.print(f"prepare: dask dashboard {client.dashboard_link}", soft_wrap=True)
+            manifest, stats = _two_passes(client, bar, inputs, prep, tmp, scratch)
+        shutil.rmtree(scratch)
+        manifest["fingerprint"] = fingerprint
+        write_json_atomic(tmp / STATS_FILE, stats)
+        write_json_atomic(tmp / MANIFEST_FILE, manifest)
+    rows = {s: manifest["splits"][s]["rows"] for s in manifest["splits"]}
+    console.print(f"prepare: wrote {out_dir} ({', '.join(f'{s} {n}' for s, n in rows.items())} rows)",
+                  soft_wrap=True)
+    return manifest
+
+
+def _bucket_counts(labelled: int, data: int, prep: PrepareConfig) -> tuple[int, int, int, int]:
+    per_split = [max(1, math.ceil(labelled * f / prep.bucket_rows)) if f > 0 else 0 for f in prep.split]
+    return (*per_split, math.ceil(data / prep.bucket_rows) if data else 0)  # type: ignore[return-value]
+
+
+def _two_passes(client: Any, bar: Any, inputs: PrepareInputs, prep: PrepareConfig, tmp: Path,
+                scratch: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    units = _input_units(inputs.files, target_rows=max(1, prep.bucket_rows // 2))
+    # Task keys unique per run: a shared scheduler must never hand back another run's result.
+    run = uuid.uuid4().hex[:8]
+    unknown = [u for u in units if u.data_rows is None]
+    futures = client.map(_count_labels, unknown, key=[f"prepare-count-{run}-{u.index}" for u in unknown])
+    counts = list(_in_order(futures, bar, "prepare: count labels")) if unknown else []
+    counts += [(u.rows - u.data_rows, u.data_rows) for u in units if u.data_rows is not None]
+    labelled, data = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    if labelled == 0:
+        raise StageInputError(f"{inputs.source}: no simulated (label 0/1) events to train on")
+    plan = ShufflePlan(scratch_dir=str(scratch), out_dir=str(tmp), id_columns=inputs.id_columns,
+                       features=inputs.features, fractions=tuple(prep.split), seed=prep.seed,
+                       kfolds=prep.kfolds, negative_weights=prep.negative_weights,
+                       buckets=_bucket_counts(labelled, data, prep), file_rows=prep.file_rows,
+                       row_group_rows=prep.row_group_rows)
+
+    futures = client.map(scatter_unit, units, plan=plan, key=[f"prepare-scatter-{run}-{u.index}" for u in units])
+    balancer = TrainWeightBalancer(negative_weights=prep.negative_weights)
+    class_stats = [WeightedFeatureStats(feature_names=inputs.features) for _ in CLASS_NAMES]
+    skim_datasets: dict[str, list[float]] = {}
+    pieces: list[list[tuple[str, int]]] = [[] for _ in range(sum(plan.buckets))]
+    for result in _in_order(futures, bar, "prepare: split + statistics"):
+        balancer = balancer.merge(result["balancer"])
+        class_stats = [mine.merge(theirs) for mine, theirs in zip(class_stats, result["stats"])]
+        for name, (n, w) in result["datasets"].items():
+            acc = skim_datasets.setdefault(name, [0.0, 0.0])
+            acc[0] += n
+            acc[1] += w
+        for group, (rg, _rows) in sorted(result["groups"].items()):
+            pieces[group].append((result["path"], rg))
+    scale = balancer.finalize()
+    # Training statistics weighted by train_weight = policy weight x class scale.
+    stats = class_stats[0].scaled(scale[0, 0]).merge(class_stats[1].scaled(scale[0, 1]))
+    plan = dataclasses.replace(plan, mean=tuple(stats.mean_.tolist()), std=tuple(stats.scale_.tolist()),
+                               balancer=balancer)
+
+    groups = [g for g in range(len(pieces)) if pieces[g]]
+    futures = client.map(shuffle_bucket, groups, [pieces[g] for g in groups], plan=plan,
+                         key=[f"prepare-shuffle-{run}-{g}" for g in groups])
+    written = [f for files in _in_order(futures, bar, "prepare: shuffle + write") for f in files]
+    manifest = _manifest(inputs, prep, plan, written, skim_datasets, balancer, units)
+    return manifest, _stats_json(stats, balancer, prep, inputs)
+
+
+def _manifest(inputs: PrepareInputs, prep: PrepareConfig, plan: ShufflePlan, written: list[dict[str, Any]],
+              skim_datasets: dict[str, list[float]], balancer: TrainWeightBalancer,
+              units: Sequence[InputUnit]) -> dict[str, Any]:
+    splits: dict[str, Any] = {}
+    prepared: dict[str, list[float]] = {}
+    for name in split_names():
+        files = sorted((f for f in written if f["path"].startswith(name + "/")), key=lambda f: f["path"])
+        per_dataset: dict[str, list[float]] = {}
+        for f in files:
+            for ds, (n, w) in f["datasets"].items():
+                for acc in (per_dataset.setdefault(ds, [0.0, 0.0]), prepared.setdefault(ds, [0.0, 0.0])):
+                    acc[0] += n
+                    acc[1] += w
+        splits[name] = {"rows": sum(f["rows"] for f in files),
+                        "files": [{"path": f["path"], "rows": f["rows"]} for f in files],
+                        "datasets": {ds: {"rows": int(n), "sum_weight": w} for ds, (n, w) in sorted(per_dataset.items())}}
+    datasets = {}
+    for ds, (n, w) in sorted(skim_datasets.items()):
+        got_n, got_w = prepared.get(ds, [0.0, 0.0])
+        # Invariant of DESIGN.md: every event exactly once, Σweight per dataset preserved.
+        if got_n != n or not math.isclose(got_w, w, rel_tol=1e-9, abs_tol=1e-12):
+            raise RuntimeError(f"prepare lost events of {ds}: {n:.0f} rows / Σw {w!r} in, "
+                               f"{got_n:.0f} rows / Σw {got_w!r} out")
+        datasets[ds] = {"rows": int(n), "sum_weight": w, "prepared_sum_weight": got_w}
+    return {
+        "stage": "prepare",
+        "source": inputs.source,
+        **({"skim": inputs.skim} if inputs.skim is not None else {}),
+        "inputs": [{"path": str(p), "bytes": p.stat().st_size} for p in inputs.sources],
+        "input_pieces": len(units),
+        "id_columns": list(inputs.id_columns),
+        "features": list(inputs.features),
+        "prepare": prep.model_dump(mode="json"),
+        "buckets": dict(zip(split_names(), plan.buckets)),
+        "splits": splits,
+        "datasets": datasets,
+        "train_weight": balancer.summary(),
+    }
+
+
+def _stats_json(stats: WeightedFeatureStats, balancer: TrainWeightBalancer, prep: PrepareConfig,
+                inputs: PrepareInputs) -> dict[str, Any]:
+    """stats.json (DESIGN.md contract); depends on the training rows only."""
+    train = 0
+    notes = [f"{name}: constant on the training rows (std 0); stored std 1 so it standardises to 0"
+             for name in stats.constant_features_]
+    return {
+        "feature_order": list(inputs.features),
+        "features": stats.to_dict(),
+        "transform": "standardised = (raw - mean) / std",
+        "inverse": "raw = standardised * std + mean",
+        "computed_on": "train",
+        "weights": "train_weight (policy-applied weight x per-class scale)",
+        "missing_values": "non-finite raw values (NaN, +-inf) are left out of the statistics "
+                          "(counted per feature on the training rows: n_nan, n_inf) and are NaN "
+                          "after standardisation (XGBoost treats NaN as missing, the network "
+                          "imputes 0, the training mean)",
+        "quantiles": f"weighted, from a sketch with bins 2^-{stats.mantissa_bits} of the value wide",
+        "sum_weights": float(balancer.sum_weights_[train].sum()),
+        "negative_weights": prep.negative_weights,
+        "split": {"fractions": list(prep.split), "seed": prep.seed, "kfolds": prep.kfolds,
+                  "id_columns": list(inputs.id_columns), "names": list(SPLIT_NAMES)},
+        "class_totals": {cls: {"rows": int(balancer.counts_[train, c]),
+                               "sum_weight": float(balancer.sum_weights_[train, c]),
+                               "train_weight_scale": float(balancer.scale_[train, c])}
+                         for c, cls in CLASS_NAMES.items()},
+        "notes": notes,
+    }

@@ -1,0 +1,186 @@
+"""Skim stage: resume planning and the run's bookkeeping files (`cutflow.json`, `manifest.json`).
+
+Resume works from what is on disk: a chunk whose part exists (with the settings
+fingerprint of this run) is done. Parts that do not fit this run's plan, from another
+chunk size, other settings or a file no longer in the fileset, are an error rather than a
+silent double count. `cutflow.json` is summed from the summaries stored in the parts, so
+it is the same whether the chunks ran now, earlier, or on several attempts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from analysis.core.names import dataset_folder
+from analysis.core.net import redact
+from analysis.errors import StageInputError
+from analysis.skim.inputs import DatasetInfo
+from processors.ditau import CUTS
+from processors.parts import part_name, read_part_summary
+
+__all__ = ["JOB_MANIFEST_DIR", "build_cutflow", "build_manifest", "chunk_relpath", "job_cutflow_path",
+           "job_manifest_path", "plan_chunks", "remove_stale_temp_files"]
+
+# A batch job (`hepprep submit`) skims one slice of the fileset into the shared skim folder
+# and keeps its bookkeeping here, one manifest per job, until `--merge-manifests`.
+JOB_MANIFEST_DIR = "manifests"
+
+
+def chunk_relpath(dataset: str, fileuuid: str, start: int, stop: int) -> str:
+    """``<dataset folder>/part-<fileuuid>-<start>-<stop>.parquet``, relative to the skim folder.
+
+    The folder is `analysis.core.names.dataset_folder` of the dataset name (the name itself
+    for a plain one).
+    """
+    return f"{dataset_folder(dataset)}/{part_name(fileuuid, start, stop)}"
+
+
+def job_manifest_path(out_dir: Path, job_id: int) -> Path:
+    """``<out>/manifests/job-<k>.json``: the manifest of batch job ``k``."""
+    return Path(out_dir) / JOB_MANIFEST_DIR / f"job-{job_id}.json"
+
+
+def job_cutflow_path(out_dir: Path, job_id: int) -> Path:
+    """``<out>/manifests/job-<k>.cutflow.json``: the cutflow of batch job ``k``'s slice."""
+    return Path(out_dir) / JOB_MANIFEST_DIR / f"job-{job_id}.cutflow.json"
+
+
+def remove_stale_temp_files(out_dir: Path, *, uuids: set[str] | None = None) -> int:
+    """Delete temporary part files a killed run left behind (hidden ``.part-*.tmp-*``).
+
+    ``uuids`` limits it to the temporary files of those input files: a batch job shares the
+    folder with jobs still writing theirs.
+    """
+    removed = 0
+    for tmp in out_dir.glob("*/.part-*.tmp-*"):
+        if uuids is not None and tmp.name.removeprefix(".part-")[:36] not in uuids:
+            continue
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def plan_chunks(out_dir: Path, planned: dict[str, str], known_uuids: set[str],
+                datasets: Iterable[str], *, other_jobs: bool = False) -> dict[str, dict[str, Any]]:
+    """Which planned chunks are already done, checking the folder holds nothing else.
+
+    Parameters
+    ----------
+    out_dir : Path
+        The skim folder.
+    planned : dict of relpath -> fingerprint
+        Every chunk of this run and the settings fingerprint its part must carry.
+    known_uuids : set of str
+        uuids of the input files of this run (files that failed the checks included).
+    datasets : iterable of str
+    other_jobs : bool
+        The folder is shared with other batch jobs: parts of files outside ``known_uuids``
+        are theirs and left alone (`--merge-manifests` checks them against every job).
+
+    Returns
+    -------
+    dict of relpath -> stored summary, for the chunks already done.
+
+    Raises
+    ------
+    StageInputError
+        A part from another chunk size or other settings; the message names the part and the fix.
+    """
+    done = {}
+    for dataset in datasets:
+        folder = dataset_folder(dataset)
+        for part in sorted((out_dir / folder).glob("part-*.parquet")):
+            rel = f"{folder}/{part.name}"
+            if rel in planned:
+                summary = read_part_summary(part)
+                if summary is None:
+                    raise StageInputError(f"{part}: not a skim part written by hepprep (no chunk "
+                                          f"summary in its metadata); delete it and re-run")
+                if summary.get("fingerprint") != planned[rel]:
+                    raise StageInputError(
+                        f"{part}: written with other settings (selection, luminosity, cross "
+                        f"section or sumw differ from this run's); skim into a fresh --out or "
+                        f"delete {out_dir}")
+                done[rel] = summary
+                continue
+            fileuuid = part.name.removeprefix("part-").rsplit("-", 2)[0]
+            if other_jobs and fileuuid not in known_uuids:
+                continue
+            why = ("another --chunksize" if fileuuid in known_uuids
+                   else "an input file that is not in this fileset")
+            raise StageInputError(f"{part}: a part from {why}, so this run's chunks would count "
+                                  f"its events twice; re-run with the earlier settings, or skim "
+                                  f"into a fresh --out")
+    return done
+
+
+def build_cutflow(summaries: dict[str, dict[str, Any]],
+                  datasets: dict[str, DatasetInfo]) -> dict[str, Any]:
+    """Events and sum of weights after each cut, per dataset, summed over the parts.
+
+    The sums run over the parts sorted by name (`math.fsum`), so the result does not
+    depend on which executor or which run produced each part.
+    """
+    out: dict[str, Any] = {}
+    for name, info in datasets.items():
+        parts = [summaries[k] for k in sorted(summaries) if summaries[k]["dataset"] == name]
+        cuts = [c for c in CUTS if any(c in p["cutflow"] for p in parts)]
+        out[name] = {
+            "process": info.process, "label": info.label,
+            "cuts": {c: {"events": sum(p["cutflow"][c]["events"] for p in parts),
+                         "sum_weight": math.fsum(p["cutflow"][c]["sum_weight"] for p in parts)}
+                     for c in cuts},
+        }
+    return out
+
+
+def build_manifest(*, fileset: str, chunksize: int, datasets: dict[str, DatasetInfo],
+                   plan: dict[str, list[str]], summaries: dict[str, dict[str, Any]],
+                   errors: list[dict[str, str]], skip_bad_files: bool) -> dict[str, Any]:
+    """`manifest.json`: every input file with its uuid, entry ranges done, parts, errors.
+
+    Parameters
+    ----------
+    plan : dict of input path -> list of chunk relpaths planned for that file
+    summaries : dict of relpath -> chunk summary, for every chunk done (now or earlier)
+    errors : list of {"dataset", "path", "cause"}
+    skip_bad_files : bool
+        Whether a file with an error counts as skipped (the run goes on) or failed.
+
+    A file's ``status`` is ``done``, ``skipped`` (bad, and --skip-bad-files), ``failed``
+    (bad) or ``incomplete`` (some chunks not done yet: resume with the same command);
+    ``complete`` is true when every file is done or skipped.
+    """
+    failed = {e["path"]: e["cause"] for e in errors}
+    # Paths and causes are records: a URL's credentials are never written (core.net.redact).
+    files = []
+    for info in datasets.values():
+        for item in info.files:
+            planned = plan.get(item.path, [])
+            chunks = [dict(start=summaries[r]["start"], stop=summaries[r]["stop"], part=r,
+                           rows=summaries[r]["rows"]) for r in planned if r in summaries]
+            if item.path in failed:
+                status = "skipped" if skip_bad_files else "failed"
+            else:
+                status = "done" if planned and len(chunks) == len(planned) else "incomplete"
+            error = failed.get(item.path)
+            files.append({"dataset": info.name, "path": redact(item.path), "uuid": item.uuid or None,
+                          "entries": item.entries, "profile": item.profile or None,
+                          "status": status, "chunks": chunks,
+                          "error": None if error is None else redact(error)})
+    return {
+        "stage": "skim",
+        "fileset": fileset,
+        "chunksize": chunksize,
+        "complete": all(f["status"] in ("done", "skipped") for f in files),
+        "datasets": {n: {"process": d.process, "label": d.label, "is_mc": d.is_mc,
+                         "xsec_pb": d.xsec_pb, "sumw": d.sumw, "sumw_source": d.sumw_source,
+                         **({"folder": d.folder} if d.folder != n else {})}
+                     for n, d in datasets.items()},
+        "files": files,
+        "errors": [{**e, "path": redact(e["path"]), "cause": redact(e["cause"])} for e in errors],
+    }
+

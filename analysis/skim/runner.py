@@ -1,0 +1,269 @@
+"""Skim stage: `run_skim`, the coffea Runner over a fileset writing skim Parquet, cutflow and manifest.
+
+Steps: read the fileset; check every file (`analysis.skim.inputs`); compute missing ``sumw``;
+cut the files into chunks with coffea's `Runner.preprocess` (fed from the checks, so no file
+is opened twice); drop the chunks whose part already exists (resume); run
+`processors.ditau.DiTauProcessor` on the rest with the iterative, futures or dask executor;
+write ``cutflow.json`` and ``manifest.json``. Each chunk writes its own part, so a killed run
+loses at most the chunks in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from coffea import processor
+from coffea.nanoevents import NanoAODSchema
+from coffea.processor import executor as _coffea_executor
+from coffea.processor.executor import FileMeta
+
+from analysis.config import Config
+from analysis.core.cluster import dask_client
+from analysis.core.io import write_json_atomic
+from analysis.core.net import is_remote
+from analysis.core.progress import progress_bar, stage_console
+from analysis.errors import ConfigError, InputFileError, StageInputError
+from analysis.skim.inputs import DatasetInfo, check_file, load_fileset, resolve_datasets
+from analysis.skim.manifest import (
+    build_cutflow,
+    build_manifest,
+    chunk_relpath,
+    job_cutflow_path,
+    job_manifest_path,
+    plan_chunks,
+    remove_stale_temp_files,
+)
+from analysis.skim.open_files import LOCAL_READ_OPTIONS, OpenFiles
+from analysis.skim.remote import RetryingRunner, UnreachableServers, call_with_retries
+from processors.ditau import DiTauProcessor, triggers_applied
+from processors.parts import chunk_fingerprint
+from processors.profiles import readable_branches
+
+__all__ = ["EXECUTORS", "run_skim"]
+
+EXECUTORS = ("iterative", "futures", "dask")
+
+
+def _check_inputs(datasets: dict[str, DatasetInfo], config: Config, *, skip_bad_files: bool,
+                  open_files: OpenFiles | None = None) -> list[dict[str, str]]:
+    """Check every file; fill in each dataset's sumw. Returns the errors of skipped files.
+
+    With `open_files`, local files stay open there for the chunks run in this process.
+    """
+    errors = []
+    unreachable = UnreachableServers()  # with skip_bad_files, a dead server's other files get one try
+    for info in datasets.values():
+        triggers = triggers_applied(config.selection, is_mc=info.is_mc)
+        seen: dict[str, str] = {}
+        for item in info.files:
+            try:
+                check = partial(check_file, item, triggers=triggers, need_sumw=info.sumw is None,
+                                timeout=config.skim.timeout, open_files=open_files)
+                if is_remote(item.path):  # a network hiccup is tried again (analysis.skim.remote)
+                    call_with_retries(check, url=item.path, retries=config.skim.retries,
+                                      wait=config.skim.retry_wait, unreachable=unreachable)
+                else:
+                    check()
+                # Parts are named by file UUID: a copy of a file would share them, and its
+                # events would be counted twice anyway.
+                if item.uuid in seen:
+                    raise InputFileError(item.path, f"same ROOT file UUID {item.uuid} as "
+                                                    f"{seen[item.uuid]}: a copy of the same events; "
+                                                    f"list only one of them in the fileset")
+                seen[item.uuid] = item.path
+            except InputFileError as err:
+                if not skip_bad_files:
+                    raise
+                item.error = err.cause
+                errors.append({"dataset": info.name, "path": item.path, "cause": err.cause})
+        if info.sumw is None:
+            # Before any selection, over the files that could be read (PHYSICS.md weights).
+            info.sumw = math.fsum(f.sum_genweight for f in info.files if f.error is None)
+        if info.is_mc and info.sumw == 0 and any(f.error is None for f in info.files):
+            raise StageInputError(f"dataset {info.name!r}: the sum of generator weights is 0, "
+                                  f"so no MC weight can be formed; give 'sumw' in the fileset metadata")
+    return errors
+
+
+def _executor(kind: str, *, workers: int, progress: bool, client=None) -> processor.executor.ExecutorBase:
+    if kind == "iterative":
+        return processor.IterativeExecutor(status=progress, desc="skim")
+    if kind == "futures":
+        return processor.FuturesExecutor(workers=workers, status=progress, desc="skim")
+    return processor.DaskExecutor(client=client, status=progress, desc="skim")
+
+
+@contextlib.contextmanager
+def _coffea_progress(enabled: bool) -> Iterator[None]:
+    """Route coffea's executor progress bars through `analysis.core.progress` (stderr, --quiet).
+
+    coffea 2026.9 draws its bars with ``coffea.processor.executor.rich_bar`` on stdout and
+    ignores ``status=False`` (the flag reaches rich as an unused task field), so `--quiet`
+    could not silence it otherwise. The original is restored on exit.
+    """
+    original = _coffea_executor.rich_bar
+    _coffea_executor.rich_bar = lambda: progress_bar(quiet=not enabled)
+    try:
+        yield
+    finally:
+        _coffea_executor.rich_bar = original
+
+
+def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
+             executor: str | None = None, workers: int | None = None, scheduler: str | None = None,
+             chunksize: int | None = None, skip_bad_files: bool | None = None,
+             progress: bool = True, job_id: int | None = None) -> dict[str, Any]:
+    """Skim every file of a fileset into ``out_dir`` (resuming a previous run there).
+
+    Parameters
+    ----------
+    fileset : str or Path
+        coffea fileset JSON (DESIGN.md "Fileset"); relative paths are taken from its folder.
+    out_dir : str or Path
+        The skim folder: ``<dataset>/part-*.parquet``, ``cutflow.json``, ``manifest.json``.
+    config : Config
+        ``selection``, ``lumi_pb``, ``samples`` (fallback metadata), ``skim``, ``cluster``.
+    executor : {"iterative", "futures", "dask"} or None
+        None takes ``config.skim.executor``.
+    workers : int or None
+        Processes of the futures executor, or of a LocalCluster started for dask.
+    scheduler : str or None
+        Address of an existing dask scheduler; implies the dask executor (see `analysis.core.cluster`).
+    chunksize, skip_bad_files : None takes the value of ``config.skim``.
+    progress : bool
+        coffea's progress bar.
+    job_id : int or None
+        Batch job ``k`` of `hepprep submit`: ``fileset`` is one slice of the full fileset and
+        ``out_dir`` is shared with the other jobs, so the manifest and cutflow go to
+        ``manifests/job-<k>.json`` and ``manifests/job-<k>.cutflow.json``, and other jobs'
+        parts and temporary files are left alone.
+
+    Returns
+    -------
+    dict
+        ``chunks`` (planned), ``chunks_run`` (this call), ``chunks_skipped`` (already done),
+        ``rows``, ``events``, ``bad_files``, ``seconds``, ``out_dir``.
+
+    Raises
+    ------
+    InputFileError
+        A bad input file, unless ``skip_bad_files``.
+    StageInputError
+        An unreadable fileset, or ``out_dir`` holding parts of other settings.
+    """
+    start_time = time.perf_counter()
+    if scheduler and executor not in (None, "dask"):
+        raise ConfigError(f"scheduler {scheduler!r} is a dask scheduler: use executor 'dask', "
+                          f"not {executor!r}")
+    # An explicit scheduler address means dask, whatever the config's default executor.
+    executor = executor or ("dask" if scheduler else config.skim.executor)
+    if executor not in EXECUTORS:
+        raise ConfigError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}")
+    workers = workers or config.skim.workers
+    chunksize = chunksize or config.skim.chunksize
+    skip = config.skim.skip_bad_files if skip_bad_files is None else skip_bad_files
+    out = Path(out_dir)
+
+    datasets = resolve_datasets(load_fileset(fileset), config)
+    # The iterative executor runs the chunks in this process: the checked files stay open
+    # and coffea reuses their TTrees instead of reading them again (analysis.skim.open_files).
+    open_files = OpenFiles() if executor == "iterative" else None
+    errors = _check_inputs(datasets, config, skip_bad_files=skip, open_files=open_files)
+    out.mkdir(parents=True, exist_ok=True)
+    known = {f.uuid for d in datasets.values() for f in d.files if f.uuid}  # this run's input files
+    remove_stale_temp_files(out, uuids=known if job_id is not None else None)
+
+    # coffea chunking, fed with the checks' metadata so the Runner opens no file itself.
+    cache, coffea_fileset = {}, {}
+    for info in datasets.values():
+        good = [f for f in info.files if f.error is None]
+        if good:
+            coffea_fileset[info.name] = {"files": {f.path: f.treename for f in good},
+                                         "metadata": info.metadata()}
+        for f in good:
+            cache[FileMeta(info.name, f.path, f.treename)] = {
+                **info.metadata(), "numentries": f.entries, "uuid": f.uuid_bytes}
+    proc = DiTauProcessor(selection=config.selection, lumi_pb=config.lumi_pb, out_dir=str(out))
+    selection = config.selection.model_dump()
+    fingerprints = {n: chunk_fingerprint(selection, config.lumi_pb, d.metadata())
+                    for n, d in datasets.items()}
+
+    with ExitStack() as stack:
+        if open_files is not None:
+            stack.callback(open_files.close)
+        stack.enter_context(_coffea_progress(progress))
+        client = None
+        if executor == "dask":
+            client = stack.enter_context(dask_client(config.cluster, scheduler, n_workers=workers))
+        runner = RetryingRunner(executor=_executor(executor, workers=workers, progress=progress,
+                                                   client=client),
+                                chunksize=chunksize, metadata_cache=cache, schema=NanoAODSchema,
+                                xrootdtimeout=config.skim.timeout, remote_retries=config.skim.retries,
+                                retry_wait=config.skim.retry_wait)
+        items = list(runner.preprocess(coffea_fileset)) if coffea_fileset else []
+        plan: dict[str, list[str]] = {}
+        planned: dict[str, str] = {}
+        for wi in items:
+            rel = chunk_relpath(wi.dataset, str(uuid.UUID(bytes=wi.fileuuid)), wi.entrystart, wi.entrystop)
+            plan.setdefault(wi.filename, []).append(rel)
+            planned[rel] = fingerprints[wi.dataset]
+        done = plan_chunks(out, planned, known, datasets, other_jobs=job_id is not None)
+        todo = [wi for wi in items
+                if chunk_relpath(wi.dataset, str(uuid.UUID(bytes=wi.fileuuid)), wi.entrystart,
+                                 wi.entrystop) not in done]
+        # NanoEvents sees only the branches a profile can use: building the events of a
+        # chunk from a 1,500-branch NanoAOD file would otherwise cost more than reading it.
+        triggers = sorted({t for d in datasets.values()
+                           for t in triggers_applied(config.selection, is_mc=d.is_mc)})
+        iteritems = {"filter_name": readable_branches(triggers)}
+        # Memory-mapped reads when every file is local; kept files' TTrees reused.
+        local = not any(is_remote(wi.filename) for wi in todo)
+        uproot_options = dict(LOCAL_READ_OPTIONS) if local else {}
+        if open_files is not None:
+            uproot_options.update(open_files.chunk_options(iteritems["filter_name"]))
+        result = (runner(todo, proc, iteritems_options=iteritems, uproot_options=uproot_options)
+                  if todo else {})
+
+    summaries = {**done, **result.get("chunks", {})}
+    by_path = {f.path: (d, f) for d in datasets.values() for f in d.files}
+    # Several chunks of one file may fail; the first (sorted) cause stands for the file.
+    run_errors = sorted((path, sorted(causes)[0]) for path, causes in result.get("errors", {}).items())
+    for path, cause in run_errors:
+        info, item = by_path[path]
+        item.error = cause
+        errors.append({"dataset": info.name, "path": path, "cause": cause})
+
+    manifest = build_manifest(fileset=str(fileset), chunksize=chunksize, datasets=datasets,
+                              plan=plan, summaries=summaries, errors=errors, skip_bad_files=skip)
+    manifest_path, cutflow_path = out / "manifest.json", out / "cutflow.json"
+    if job_id is not None:
+        manifest_path, cutflow_path = job_manifest_path(out, job_id), job_cutflow_path(out, job_id)
+        manifest_path.parent.mkdir(exist_ok=True)
+    write_json_atomic(cutflow_path, build_cutflow(summaries, datasets))
+    write_json_atomic(manifest_path, manifest)
+    if run_errors and not skip:
+        raise InputFileError(*run_errors[0])
+
+    summary = {
+        "out_dir": str(out), "executor": executor, "chunks": len(items),
+        "chunks_run": len(todo), "chunks_skipped": len(done),
+        "events": sum(s["stop"] - s["start"] for s in summaries.values()),
+        "rows": sum(s["rows"] for s in summaries.values()),
+        "bad_files": len(errors), "complete": manifest["complete"],
+        "seconds": round(time.perf_counter() - start_time, 3),
+    }
+    # The one-line summary stays with --quiet (which silences progress bars only).
+    stage_console().print(
+        f"skim: {summary['rows']:,} events selected of {summary['events']:,}; "
+        f"{summary['chunks_run']} chunks run, {summary['chunks_skipped']} already done"
+        + (f"; {len(errors)} bad file(s) skipped, see {manifest_path.name}" if errors else "")
+        + f" -> {out}", soft_wrap=True)
+    return summary

@@ -1,0 +1,280 @@
+"""Training stage (MLP): a PyTorch network trained from streamed Parquet, with checkpoint and resume.
+
+Weighted binary cross entropy on `train_weight` (each event's loss times its weight, so
+the classes count equally and background is scaled, never dropped), AdamW, a learning
+rate halved when the validation loss stalls, early stopping on the weighted validation
+loss. Every epoch ends with a checkpoint holding everything the next epoch depends on —
+network, optimiser, scheduler, gradient scaler, RNG state, history, best weights — so
+``--resume`` continues the same run: the data order is a function of (seed, epoch) and
+the RNG state is restored, so a resumed run ends with the same weights as one that was
+never interrupted. Mixed precision (float16 autocast + GradScaler) is used on CUDA only.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+
+from analysis.config import Config
+from analysis.core.io import atomic_file
+from analysis.core.optional import optional_import
+from analysis.core.progress import progress_bar, stage_console
+from analysis.errors import StageInputError
+from analysis.train.inputs import PreparedSplits
+from analysis.train.networks import build_mlp, impute_missing
+
+__all__ = ["CHECKPOINT", "load_checkpoint", "run_key", "save_checkpoint", "train_mlp"]
+
+CHECKPOINT = "checkpoint.pt"
+_VAL_BATCH = 16_384  # validation batch: no gradients, so larger batches are cheap
+# Settings that may change between a run and its resumption (they do not alter the past).
+_RESUMABLE_CHANGES = ("max_epochs", "patience", "num_workers", "cpu_threads")
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write a checkpoint atomically (temp file + rename): an interrupted save leaves the old one."""
+    import torch
+
+    with atomic_file(path) as handle:
+        torch.save(state, handle)
+
+
+def run_key(config: Config, features: list[str], prepared: PreparedSplits) -> dict:
+    """What a checkpoint must match to be resumed: the settings that shape the run and its data."""
+    params = config.train.mlp.model_dump()
+    for key in _RESUMABLE_CHANGES:
+        params.pop(key)
+    return {"params": params, "features": features,
+            "train_files": [p.name for p in prepared.split("train").files],
+            "train_rows": prepared.split("train").rows}
+
+
+def load_checkpoint(path: Path, key: dict) -> dict:
+    """Read ``checkpoint.pt`` and check it continues the run ``key`` describes.
+
+    Only tensors and plain containers are read (``weights_only=True``): a checkpoint is data,
+    and a file carrying a pickled object (code that would run when unpickled) is refused.
+
+    Raises
+    ------
+    StageInputError
+        One line: the file is not a readable checkpoint, or it is of another run.
+    """
+    import torch
+
+    # On the CPU: the RNG state must stay a CPU tensor; load_state_dict moves the weights and
+    # the optimiser state to the parameters' device.
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StageInputError(f"{path}: cannot resume: the checkpoint holds more than tensors and plain "
+                              f"values, and is not loaded ({first}); train without --resume") from None
+    except Exception as err:  # noqa: BLE001 - truncated zip, not a torch file, ...
+        raise StageInputError(f"{path}: cannot resume: not a readable checkpoint ({type(err).__name__}: "
+                              f"{' '.join(str(err).split())[:200]}); train without --resume") from None
+    needed = ("run_key", "epoch", "stopped", "bad_epochs", "model", "optimiser", "scheduler",
+              "scaler", "rng_cpu", "history", "best")
+    if not isinstance(state, dict) or any(k not in state for k in needed):
+        missing = [k for k in needed if not isinstance(state, dict) or k not in state]
+        raise StageInputError(f"{path}: cannot resume: not a hepprep checkpoint (no {', '.join(missing)}); "
+                              "train without --resume")
+    if state.get("run_key") != key:
+        old, new = state.get("run_key", {}), key
+        diff = sorted(k for k in set(old.get("params", {})) | set(new["params"])
+                      if old.get("params", {}).get(k) != new["params"].get(k))
+        what = (f"settings {', '.join(diff)} differ" if diff else
+                "the features or the prepared training files differ")
+        raise StageInputError(f"{path}: cannot resume: {what} from the checkpointed run; "
+                              f"train without --resume to start a new run")
+    return state
+
+
+def _epoch_loss(net, loader, device, *, optimiser=None, scaler=None, amp=False, on_batch=None):
+    """One pass: weighted BCE summed over events; trains when an optimiser is given.
+
+    Returns (sum of w*loss, sum of w, scores, labels, weights) with scores only when evaluating.
+    """
+    import torch
+
+    bce = torch.nn.BCEWithLogitsLoss(reduction="none")
+    # Accumulated on the device: reading a GPU scalar every batch would stall the pipeline.
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    total_w = torch.zeros((), dtype=torch.float64, device=device)
+    keep = optimiser is None
+    scores, labels, weights = [], [], []
+    for x, y, w in loader:
+        x, y, w = (t.to(device, non_blocking=True) for t in (x, y, w))
+        x = impute_missing(x)
+        with torch.autocast(device_type=device, dtype=torch.float16, enabled=amp):
+            logits = net(x)[:, 0]
+        per_event = bce(logits.float(), y) * w
+        if optimiser is not None:
+            # mean(w * loss) estimates the weighted mean loss: train_weight has mean 1.
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(per_event.mean()).backward()
+            scaler.step(optimiser)
+            scaler.update()
+        total += per_event.detach().sum().double()
+        total_w += w.sum().double()
+        if keep:
+            scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+            labels.append(y.cpu().numpy())
+            weights.append(w.cpu().numpy())
+        if on_batch is not None:
+            on_batch(len(y))
+    return float(total), float(total_w), scores, labels, weights
+
+
+def train_mlp(prepared: PreparedSplits, out: Path, config: Config, *, device: str,
+              resume: bool = False, progress: bool = True) -> dict:
+    """Train the network, checkpointing each epoch to ``out/checkpoint.pt``; write ``out/model.pt``.
+
+    Parameters
+    ----------
+    prepared : PreparedSplits
+        Checked prepared directory.
+    out : Path
+        The model directory (already created).
+    config : Config
+        Uses ``train.mlp``.
+    device : str
+        ``cpu`` or ``cuda`` (resolved).
+    resume : bool
+        Continue from ``out/checkpoint.pt`` (a fresh run when there is none).
+
+    Returns
+    -------
+    dict
+        ``{"info": {...}, "history": {...}}``; model.pt holds the best epoch's weights.
+    """
+    torch = optional_import("torch", purpose="the mlp model")
+    threads = torch.get_num_threads()
+    if config.train.mlp.cpu_threads:
+        # A small network gains little from threads and loses a lot on a shared, busy CPU.
+        torch.set_num_threads(config.train.mlp.cpu_threads)
+    try:
+        return _train(torch, prepared, out, config, device=device, resume=resume, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(torch, prepared: PreparedSplits, out: Path, config: Config, *, device: str,
+           resume: bool, progress: bool) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    from analysis.train.stream import BatchLoader, ParquetBatchStream
+
+    cfg = config.train.mlp
+    console = stage_console(quiet=not progress)
+    features = prepared.features
+    train, val = prepared.split("train"), prepared.split("val")
+    amp = device == "cuda"
+    torch.manual_seed(cfg.seed)
+    train_stream = ParquetBatchStream(train.files, features, batch_size=cfg.batch_size,
+                                      shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
+                                      as_numpy=True, read_threads=cfg.read_threads)
+    val_stream = ParquetBatchStream(val.files, features, batch_size=_VAL_BATCH,
+                                    shuffle_buffer=_VAL_BATCH, shuffle=False)
+    loader = BatchLoader(train_stream, num_workers=cfg.num_workers)
+    net = build_mlp(len(features), hidden=cfg.hidden, dropout=cfg.dropout).to(device)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimiser, factor=cfg.lr_decay_factor, patience=cfg.lr_decay_patience)
+    scaler = torch.amp.GradScaler(device, enabled=amp)
+    history = {"epoch": [], "train_loss": [], "val_loss": [], "val_auc": [], "lr": [], "seconds": []}
+    best = {"loss": math.inf, "epoch": -1, "state": None}
+    start_epoch, bad_epochs, stopped = 0, 0, False
+    key = run_key(config, features, prepared)
+    ckpt_path = out / CHECKPOINT
+    if resume and ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path, key)
+        net.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if amp and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        history, best, bad_epochs = state["history"], state["best"], state["bad_epochs"]
+        start_epoch, stopped = state["epoch"] + 1, state["stopped"]
+        console.print(f"mlp: resuming {ckpt_path} after epoch {state['epoch']}"
+                      + (" (already finished)" if stopped else ""))
+    elif resume:
+        console.print(f"mlp: --resume but no {ckpt_path}: starting a new run")
+    console.print(f"train mlp {cfg.hidden} on {device}{' (mixed precision)' if amp else ''}: "
+                  f"{train.rows} train rows streamed in {train.row_groups} row groups, "
+                  f"buffer {cfg.shuffle_buffer} rows, "
+                  + (f"{cfg.num_workers} loader workers" if cfg.num_workers else
+                     f"{cfg.read_threads} read threads"))
+    begin = time.perf_counter()
+    with progress_bar(quiet=not progress) as bars:
+        epoch = start_epoch
+        while epoch < cfg.max_epochs and not stopped:
+            t0 = time.perf_counter()
+            task = bars.add_task(f"mlp epoch {epoch}", total=train.rows)
+            train_stream.set_epoch(epoch)
+            net.train()
+            loss_sum, w_sum, *_ = _epoch_loss(net, loader, device, optimiser=optimiser,
+                                              scaler=scaler, amp=amp,
+                                              on_batch=lambda n: bars.advance(task, n))
+            net.eval()
+            with torch.no_grad():
+                vloss_sum, vw_sum, scores, labels, weights = _epoch_loss(net, val_stream, device, amp=amp)
+            val_loss = vloss_sum / vw_sum
+            # |train_weight|, as evaluation's ROC takes signed NLO weights: with negative
+            # weights the weighted ROC need not be monotonic and has no area.
+            val_auc = float(roc_auc_score(np.concatenate(labels), np.concatenate(scores),
+                                          sample_weight=np.abs(np.concatenate(weights))))
+            scheduler.step(val_loss)
+            if val_loss < best["loss"]:
+                best = {"loss": val_loss, "epoch": epoch,
+                        "state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}}
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+            stopped = bad_epochs >= cfg.patience
+            for name, value in (("epoch", epoch), ("train_loss", loss_sum / w_sum),
+                                ("val_loss", val_loss), ("val_auc", val_auc),
+                                ("lr", optimiser.param_groups[0]["lr"]),
+                                ("seconds", time.perf_counter() - t0)):
+                history[name].append(value)
+            bars.update(task, description=f"mlp epoch {epoch}: val loss {val_loss:.4f} AUC {val_auc:.4f}")
+            save_checkpoint(ckpt_path, {
+                "run_key": key, "epoch": epoch, "stopped": stopped, "bad_epochs": bad_epochs,
+                "model": net.state_dict(), "optimiser": optimiser.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state_all() if amp else None,
+                "history": history, "best": best})
+            epoch += 1
+    if best["state"] is None:
+        raise StageInputError(f"{ckpt_path}: the run has no finished epoch to save "
+                              f"(max_epochs {cfg.max_epochs}); raise train.mlp.max_epochs")
+    with atomic_file(out / "model.pt") as handle:
+        torch.save(best["state"], handle)
+    seconds = time.perf_counter() - begin
+    console.print(f"mlp: best epoch {best['epoch']} of {len(history['epoch'])}, "
+                  f"val loss {best['loss']:.4f}, {seconds:.1f} s")
+    info = {
+        "model": "mlp",
+        "device": device,
+        "mixed_precision": amp,
+        "params": copy.deepcopy(config.train.mlp.model_dump()),
+        "n_features": len(features),
+        "best_epoch": best["epoch"],
+        "epochs_run": len(history["epoch"]),
+        "stopped_early": bool(stopped),
+        "best_val_loss": best["loss"],
+        "best_val_auc": history["val_auc"][history["epoch"].index(best["epoch"])],
+        "train_seconds": round(sum(history["seconds"]), 3),
+        "train_rows": train.rows,
+        "val_rows": val.rows,
+        "torch_version": torch.__version__,
+    }
+    return {"info": info, "history": history}
