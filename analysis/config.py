@@ -13,36 +13,17 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from analysis.core.features import DEFAULT_FEATURES as _REGISTRY_DEFAULTS
+from analysis.core.settings import (deep_merge, first_non_finite, format_validation_error, given,
+                                    parse_compression)
 from analysis.errors import ConfigError
 
-__all__ = [
-    "ClusterConfig",
-    "Config",
-    "ConfigError",
-    "DEFAULT_FEATURES",
-    "EvaluateConfig",
-    "GenerateConfig",
-    "MLPConfig",
-    "PrepareConfig",
-    "PrepareTableConfig",
-    "Sample",
-    "SelectionConfig",
-    "SkimConfig",
-    "TrainConfig",
-    "XGBoostConfig",
-    "config_to_toml",
-    "default_config",
-    "load_config",
-]
+__all__ = ["ClusterConfig", "Config", "ConfigError", "DEFAULT_FEATURES", "EvaluateConfig",
+           "GenerateConfig", "MLPConfig", "PrepareConfig", "PrepareTableConfig", "Sample",
+           "SelectionConfig", "SkimConfig", "TrainConfig", "XGBoostConfig", "config_to_toml",
+           "default_config", "load_config", "with_overrides"]
 
 
 class _Strict(BaseModel):
@@ -126,14 +107,8 @@ class SelectionConfig(_Strict):
         return self
 
 
-# Training inputs by default: kinematics without azimuthal angles (the problem is symmetric
-# in phi), the derived features of PHYSICS.md, and b-tags for the ttbar background.
-DEFAULT_FEATURES: list[str] = [
-    "tau1_pt", "tau1_eta", "tau2_pt", "tau2_eta",
-    "jet1_pt", "jet1_eta", "jet1_btag", "jet2_pt", "jet2_eta", "jet2_btag",
-    "met_pt", "njets",
-    "m_vis", "pt_vis", "dr_tautau", "mt_tau1", "mt_tau2", "mjj", "ptjj", "jdeta", "pt_h",
-]
+# Training inputs by default (chosen, with their reasons, in the feature registry).
+DEFAULT_FEATURES: list[str] = list(_REGISTRY_DEFAULTS)
 
 
 class GenerateConfig(_Strict):
@@ -150,21 +125,6 @@ class GenerateConfig(_Strict):
     def _check_compression(cls, value: str) -> str:
         parse_compression(value)
         return value
-
-
-def parse_compression(value: str) -> tuple[str, int]:
-    """Split 'ALG:LEVEL' (e.g. 'LZ4:1', 'ZSTD:5', or 'ZLIB' for its default level)."""
-    alg, _, level = value.partition(":")
-    alg = alg.upper()
-    if alg not in {"ZLIB", "LZ4", "ZSTD", "LZMA"}:
-        raise ValueError(f"unknown compression {value!r}: use ZLIB, LZ4, ZSTD or LZMA, as ALG:LEVEL")
-    try:
-        lvl = int(level) if level else {"ZLIB": 1, "LZ4": 1, "ZSTD": 5, "LZMA": 9}[alg]
-    except ValueError:
-        raise ValueError(f"compression level in {value!r} must be an integer") from None
-    if not 0 <= lvl <= 22:
-        raise ValueError(f"compression level in {value!r} must be within 0..22")
-    return alg, lvl
 
 
 class SkimConfig(_Strict):
@@ -352,49 +312,6 @@ def default_config() -> Config:
     return Config()
 
 
-def _format_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    msg = msg.removeprefix("Value error, ")
-    # Validators raise "key: why" for a field inside the model; join it to the location.
-    where = loc
-    if ": " in msg and not msg.startswith("input"):
-        head, rest = msg.split(": ", 1)
-        if head.replace("_", "").isalnum():
-            where, msg = (f"{loc}.{head}" if loc else head), rest
-    return f"{where}: {msg}" if where else msg
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "samples":
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _non_finite(value: Any, where: str) -> str | None:
-    """The key of the first float in ``value`` that is NaN or infinite, or None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return where
-    if isinstance(value, dict):
-        items = value.items()
-    elif isinstance(value, (list, tuple)):
-        items = enumerate(value)
-    else:
-        return None
-    for key, item in items:
-        found = _non_finite(item, f"{where}.{key}" if where else str(key))
-        if found is not None:
-            return found
-    return None
-
-
 def config_from_dict(data: dict[str, Any], *, source: str = "config") -> Config:
     """Validate a (partial) configuration mapping over the defaults.
 
@@ -403,14 +320,28 @@ def config_from_dict(data: dict[str, Any], *, source: str = "config") -> Config:
     Non-finite numbers are refused everywhere, free-form tables (``cluster.jobqueue``)
     included.
     """
-    bad = _non_finite(data, "")
+    bad = first_non_finite(data)
     if bad is not None:
         raise ConfigError(f"{source}: {bad}: must be a finite number (NaN and inf are not allowed)")
     try:
-        merged = _deep_merge(default_config().model_dump(), data)
+        merged = deep_merge(default_config().model_dump(), data, replace=("samples",))
         return Config.model_validate(merged)
     except ValidationError as err:
-        raise ConfigError(f"{source}: {_format_error(err)}") from None
+        raise ConfigError(f"{source}: {format_validation_error(err)}") from None
+
+
+def with_overrides(config: Config, overrides: dict[str, Any], *, source: str) -> Config:
+    """``config`` with ``overrides`` folded in and the result validated like a config file.
+
+    The one way flags and keyword arguments change a configuration: ``overrides`` is a
+    nested mapping (``{"skim": {"chunksize": 50000}}``) in which None means "not given"
+    (so 0 stays 0, never the default); ``source`` names them in an error
+    (``--chunksize``, ``run_skim arguments``). Without anything given, ``config`` itself.
+    """
+    changes = given(overrides)
+    if not changes:
+        return config
+    return config_from_dict(deep_merge(config.model_dump(), changes, replace=("samples",)), source=source)
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -440,7 +371,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML ({err})") from None
     if overrides:
-        data = _deep_merge(data, overrides)
+        data = deep_merge(data, given(overrides), replace=("samples",))
     return config_from_dict(data, source=source)
 
 

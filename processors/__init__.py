@@ -3,21 +3,9 @@
 from processors.ditau import CUTS, DiTauProcessor, dataset_weight
 from processors.features import FEATURES, ditau_features
 from processors.parts import SKIM_SCHEMA
-from processors.physics import (
-           delta_phi,
-           delta_r,
-           pair_mass_pt,
-           transverse_mass,
-           vector_sum_pt,
-)
+from processors.physics import delta_phi, delta_r, pair_mass_pt, transverse_mass, vector_sum_pt
 from processors.profiles import InputProfile, ProfileError, detect_profile
-from processors.selection import (
-           good_tau_mask,
-           select_jets,
-           select_tau_pair,
-           select_taus,
-           sort_by_pt,
-)
+from processors.selection import good_tau_mask, select_jets, select_tau_pair, select_taus, sort_by_pt
 
 __all__ = ["CUTS", "FEATURES", "SKIM_SCHEMA", "DiTauProcessor", "InputProfile", "ProfileError",
            "dataset_weight", "delta_phi", "delta_r", "detect_profile", "ditau_features",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,28 +26,10 @@ from analysis.config import SelectionConfig
 from analysis.core.names import dataset_folder
 from analysis.core.net import is_remote, is_transient, redact
 from processors.features import ditau_features
-from processors.flat import (
-    FlatObjects,
-    ObjectColumns,
-    clean_jet_mask,
-    first_separated_pair,
-    leading_two,
-    object_event,
-    pt_order,
-)
-from processors.parts import (
-    chunk_fingerprint,
-    part_name,
-    read_part_summary,
-    skim_table,
-    write_part,
-)
-from processors.profiles import (
-    InputProfile,
-    ProfileError,
-    detect_profile,
-    event_branches,
-)
+from processors.flat import (FlatObjects, ObjectColumns, clean_jet_mask, first_separated_pair, leading_two,
+                             object_event, pt_order)
+from processors.parts import chunk_fingerprint, part_name, read_part_summary, skim_table, write_part
+from processors.profiles import InputProfile, ProfileError, detect_profile, event_branches
 from processors.selection import good_tau_mask
 
 __all__ = ["CUTS", "DiTauProcessor", "dataset_weight", "triggers_applied"]
@@ -105,10 +88,14 @@ class DiTauProcessor(processor.ProcessorABC):
     (a list, so that coffea's accumulation of several bad chunks of a file concatenates).
     """
 
-    def __init__(self, *, selection: SelectionConfig, lumi_pb: float, out_dir: str):
+    def __init__(self, *, selection: SelectionConfig, lumi_pb: float, out_dir: str,
+                 chunk_tree: Callable[[ak.Array], Any] | None = None):
         self.selection = selection
         self.lumi_pb = lumi_pb
         self.out_dir = str(out_dir)
+        # Given by the skim (`analysis.skim.coffea_compat.chunk_tree`): the chunk's open TTree,
+        # read in one call, where the runner can find it; None reads through NanoEvents.
+        self.chunk_tree = chunk_tree
 
     def process(self, events: ak.Array) -> dict[str, Any]:
         meta = dict(events.metadata)
@@ -123,7 +110,8 @@ class DiTauProcessor(processor.ProcessorABC):
         triggers = triggers_applied(self.selection, is_mc=bool(meta["is_mc"]))
         try:
             profile = detect_profile(event_branches(events))
-            inputs = _read_inputs(events, profile, triggers)
+            tree = self.chunk_tree(events) if self.chunk_tree is not None else None
+            inputs = _read_inputs(events, profile, triggers, tree)
         except ProfileError as err:
             return {"errors": {meta["filename"]: [str(err)]}}
         except Exception as err:  # noqa: BLE001 - any failure to read is the file's fault
@@ -238,13 +226,13 @@ _TAU_OUT = ("pt", "eta", "phi", "mass", "charge", "decayMode", "iso")
 _JET_OUT = ("pt", "eta", "phi", "mass", "btag")
 
 
-def _read_inputs(events: ak.Array, profile: InputProfile, triggers: list[str]) -> dict[str, Any]:
+def _read_inputs(events: ak.Array, profile: InputProfile, triggers: list[str], tree: Any) -> dict[str, Any]:
     """Read (materialise) every branch the selection needs, and nothing else.
 
     Event quantities come out as numpy arrays, the taus and jets as `FlatObjects`. When the
-    chunk's TTree is at hand (`_chunk_tree`), all of them are read with one
-    ``TTree.arrays`` call, as plain uproot does: the lazy per-branch reads through NanoEvents
-    cost twice as much for the same bytes. Otherwise the NanoEvents fields are read.
+    chunk's TTree is at hand (``tree``), all of them are read with one ``TTree.arrays`` call,
+    as plain uproot does: the lazy per-branch reads through NanoEvents cost twice as much
+    for the same bytes. Otherwise (None) the NanoEvents fields are read.
     """
     fields = set(events.fields)
     for path in triggers:
@@ -254,7 +242,6 @@ def _read_inputs(events: ak.Array, profile: InputProfile, triggers: list[str]) -
     objects = {name: sorted({b.split("_", 1)[1] for b in profile.branches if b.startswith(f"{name}_")})
                for name in ("Tau", "Jet")}
     has_genweight = "genWeight" in fields
-    tree = _chunk_tree(events)
     if tree is not None:
         meta = events.metadata
         names = [*_EVENT_BRANCHES, *triggers, *(["genWeight"] if has_genweight else []),
@@ -290,17 +277,3 @@ def _read_inputs(events: ak.Array, profile: InputProfile, triggers: list[str]) -
 
 # Event-level branches every profile reads.
 _EVENT_BRANCHES = ("run", "luminosityBlock", "event", "PV_npvs", "MET_pt", "MET_phi")
-
-
-def _chunk_tree(events: ak.Array) -> Any:
-    """The uproot TTree coffea built the chunk's events from, or None where it cannot be found.
-
-    coffea keeps it open in the events' factory (``NanoEventsFactory._mapping._file_handle``,
-    the file it opened for this chunk, the TTree in that file's object cache), which is not
-    public API: any other layout, or another coffea version, falls back to the lazy reads.
-    """
-    try:
-        file = events.attrs["@events_factory"]._mapping._file_handle
-        return file[events.metadata["treename"]]
-    except Exception:  # noqa: BLE001 - an unknown layout only costs the faster path
-        return None

@@ -10,12 +10,13 @@ from __future__ import annotations
 import awkward as ak
 import numpy as np
 
+from analysis.core.features import DERIVED_FEATURES
 from processors.physics import delta_r, pair_mass_pt, transverse_mass, vector_sum_pt
 
 __all__ = ["FEATURES", "ditau_features"]
 
-# Column names, in the order of DESIGN.md "Skim Parquet".
-FEATURES = ("m_vis", "pt_vis", "dr_tautau", "mt_tau1", "mt_tau2", "mjj", "ptjj", "jdeta", "pt_h")
+# Column names, in the order of DESIGN.md "Skim Parquet" (the feature registry's).
+FEATURES = tuple(f.name for f in DERIVED_FEATURES)
 
 
 def _numpy(x) -> np.ndarray:

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from analysis.core.features import DITAU_COLUMNS
 from analysis.core.io import atomic_path
 
 __all__ = ["SKIM_SCHEMA", "SUMMARY_KEY", "chunk_fingerprint", "part_name", "read_part_summary",
@@ -28,20 +29,13 @@ SUMMARY_KEY = b"hepprep.skim"
 SKIM_FORMAT_VERSION = 1
 
 _STRING_DICT = pa.dictionary(pa.int32(), pa.string())
-_TAU = [(f"tau{i}_{v}", t) for i in (1, 2) for v, t in
-        (("pt", pa.float32()), ("eta", pa.float32()), ("phi", pa.float32()), ("mass", pa.float32()),
-         ("charge", pa.int8()), ("decayMode", pa.int8()), ("iso", pa.float32()))]
-_JET = [(f"jet{i}_{v}", pa.float32()) for i in (1, 2) for v in ("pt", "eta", "phi", "mass", "btag")]
-_FEATURES = ("m_vis", "pt_vis", "dr_tautau", "mt_tau1", "mt_tau2", "mjj", "ptjj", "jdeta", "pt_h")
 
+# Identity and bookkeeping columns (hepprep's), then the feature columns (the registry's).
 SKIM_SCHEMA = pa.schema(
     [("run", pa.int32()), ("luminosityBlock", pa.uint32()), ("event", pa.uint64()),
      ("dataset", _STRING_DICT), ("process", _STRING_DICT), ("label", pa.int8()),
      ("genWeight", pa.float32()), ("weight", pa.float64())]
-    + _TAU + _JET
-    + [("met_pt", pa.float32()), ("met_phi", pa.float32()), ("npv", pa.int16()),
-       ("njets", pa.int16()), ("ntaus", pa.int16())]
-    + [(name, pa.float32()) for name in _FEATURES]
+    + [(f.name, pa.type_for_alias(f.dtype)) for f in DITAU_COLUMNS]
 )
 
 # numpy dtype of every non-string column (pa.DataType.to_pandas_dtype would import pandas).

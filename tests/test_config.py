@@ -9,15 +9,8 @@ import tomllib
 import pytest
 
 from analysis.cli import main
-from analysis.config import (
-    Config,
-    ConfigError,
-    config_from_dict,
-    config_to_toml,
-    default_config,
-    load_config,
-    parse_compression,
-)
+from analysis.config import (Config, ConfigError, config_from_dict, config_to_toml, default_config,
+                             load_config, parse_compression)
 
 
 def test_defaults_match_physics_md():

@@ -14,13 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _eval_helpers import (
-    TOY_FEATURES,
-    assert_report_embeds_every_plot,
-    toy_config,
-    write_prepared,
-    write_xgboost_model,
-)
+from _eval_helpers import (TOY_FEATURES, assert_report_embeds_every_plot, toy_config, write_prepared,
+                           write_xgboost_model)
 from _train_helpers import write_prepared_manifest
 
 from analysis.cli import main

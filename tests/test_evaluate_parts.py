@@ -15,21 +15,11 @@ from _eval_helpers import TOY_FEATURES, toy_config, write_prepared, write_xgboos
 from _prepare_helpers import write_skim_manifest
 
 from analysis.errors import StageInputError
-from analysis.evaluate.input_plots import (
-    FeatureHistograms,
-    WeightedCorrelation,
-    _nice_scale,
-    feature_edges,
-)
-from analysis.evaluate.inputs import (
-    EVENT_COLUMNS,
-    check_model_features,
-    model_names,
-    open_prepared,
-    read_cutflow,
-    standardisation_matches,
-)
-from analysis.evaluate.runner import _data_frames, _Scorer
+from analysis.evaluate.input_plots import FeatureHistograms, WeightedCorrelation, _nice_scale, feature_edges
+from analysis.evaluate.inputs import (EVENT_COLUMNS, check_model_features, model_names, open_prepared,
+                                      read_cutflow, standardisation_matches)
+from analysis.evaluate.scoring import Scorer as _Scorer
+from analysis.evaluate.scoring import data_frames as _data_frames
 from analysis.train.predict import load_model
 
 

@@ -9,13 +9,7 @@ import numpy as np
 import pytest
 
 from processors.features import FEATURES, ditau_features
-from processors.physics import (
-    delta_phi,
-    delta_r,
-    pair_mass_pt,
-    transverse_mass,
-    vector_sum_pt,
-)
+from processors.physics import delta_phi, delta_r, pair_mass_pt, transverse_mass, vector_sum_pt
 
 
 @pytest.mark.parametrize(("phi1", "phi2", "expected"), [

@@ -12,26 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis.generate.detector import (
-    btag_discriminant,
-    jet_pt_resolution,
-    met_resolution,
-    sample_npv,
-    smear_jet_pt,
-    smear_met,
-)
+from analysis.generate.detector import (btag_discriminant, jet_pt_resolution, met_resolution, sample_npv,
+                                        smear_jet_pt, smear_met)
 from analysis.generate.events import EventBuilder, concatenate_batches
-from analysis.generate.kinematics import (
-    MASS_TAU,
-    boost,
-    delta_phi,
-    four_vector,
-    invariant_mass,
-    pt_eta_phi_mass,
-    sample_breit_wigner,
-    sample_power_law,
-    two_body_decay,
-)
+from analysis.generate.kinematics import (MASS_TAU, boost, delta_phi, four_vector, invariant_mass,
+                                          pt_eta_phi_mass, sample_breit_wigner, sample_power_law,
+                                          two_body_decay)
 from analysis.generate.layout import events_to_branches
 from analysis.generate.objects import pick_one_per_event
 from analysis.generate.taus import MASS_PION, decay_hadronic_taus, tau_identification

@@ -9,14 +9,8 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from analysis.evaluate.metrics import (
-    ams,
-    ams_scan,
-    signal_efficiency_at,
-    weighted_ks_2samp,
-    weighted_roc,
-    weighted_roc_auc,
-)
+from analysis.evaluate.metrics import (ams, ams_scan, signal_efficiency_at, weighted_ks_2samp, weighted_roc,
+                                       weighted_roc_auc)
 
 
 # AMS = sqrt(2((s + b + b_reg) ln(1 + s/(b + b_reg)) - s)), worked out by hand:

@@ -16,12 +16,7 @@ from analysis.errors import ConfigError, StageInputError
 from analysis.prepare.runner import run_prepare
 from analysis.prepare.split import SKIM_ID_COLUMNS, assign_split, event_hash
 from analysis.prepare.stats import weighted_quantile
-from tests._prepare_helpers import (
-    default_samples,
-    read_split,
-    repartition_skim,
-    write_skim,
-)
+from tests._prepare_helpers import default_samples, read_split, repartition_skim, write_skim
 
 SPLITS = ("train", "val", "test")
 MC_DATASETS = {s.name for s in default_samples() if s.label != -1}

@@ -9,15 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analysis.errors import ConfigError, StageInputError
-from analysis.prepare.split import (
-    SALT_BUCKET,
-    SALT_SPLIT,
-    assign_fold,
-    assign_split,
-    event_hash,
-    id_columns_of,
-    salted_uniform,
-)
+from analysis.prepare.split import (SALT_BUCKET, SALT_SPLIT, assign_fold, assign_split, event_hash,
+                                    id_columns_of, salted_uniform)
 
 
 def _ids(n: int, seed: int = 0) -> dict[str, np.ndarray]:

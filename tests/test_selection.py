@@ -8,12 +8,7 @@ import pytest
 from analysis.config import SelectionConfig
 from analysis.errors import ConfigError
 from processors.profiles import COMMON_BRANCHES, ProfileError, detect_profile
-from processors.selection import (
-    good_tau_mask,
-    select_jets,
-    select_tau_pair,
-    select_taus,
-)
+from processors.selection import good_tau_mask, select_jets, select_tau_pair, select_taus
 
 
 def _taus(events):

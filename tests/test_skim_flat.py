@@ -10,15 +10,8 @@ import pytest
 
 from analysis.config import SelectionConfig
 from processors.ditau import DiTauProcessor
-from processors.flat import (
-    FlatObjects,
-    ObjectColumns,
-    clean_jet_mask,
-    first_separated_pair,
-    leading_two,
-    object_event,
-    pt_order,
-)
+from processors.flat import (FlatObjects, ObjectColumns, clean_jet_mask, first_separated_pair, leading_two,
+                             object_event, pt_order)
 from processors.profiles import COMMON_BRANCHES, detect_profile
 from processors.selection import good_tau_mask, select_jets, select_tau_pair, sort_by_pt
 

@@ -82,19 +82,3 @@ def test_open_files_stop_keeping_at_the_branch_bound(generated_sample):  # noqa:
     assert open_files.object_cache == held
     open_files.close()
     assert len(open_files) == 0 and not open_files.object_cache and first.closed
-
-
-def test_chunks_read_their_branches_in_one_call_on_coffeas_tree(generated_sample, tmp_path,  # noqa: F811
-                                                                monkeypatch):
-    """The processor finds the TTree coffea opened for each chunk (a private coffea layout):
-    a coffea version that moves it would silently fall back to the slower lazy reads."""
-    import processors.ditau
-
-    found = []
-    original = processors.ditau._chunk_tree
-    monkeypatch.setattr(processors.ditau, "_chunk_tree", lambda events: found.append(original(events)) or found[-1])
-    fileset = subset_fileset(generated_sample, ["TTbar"], tmp_path / "fileset.json")
-    summary = run_skim(fileset, tmp_path / "out", default_config(), executor="iterative",
-                       chunksize=300, progress=False)
-    assert len(found) == summary["chunks_run"] > 0
-    assert all(isinstance(t, uproot.behaviors.TTree.TTree) for t in found)

@@ -6,13 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from analysis.batch.scripts import (
-    htcondor_description,
-    job_script,
-    memory_mb,
-    slurm_array_spec,
-    submit_command,
-)
+from analysis.batch.scripts import (htcondor_description, job_script, memory_mb, slurm_array_spec,
+                                    submit_command)
 from analysis.batch.submit import balance_files
 from analysis.errors import ConfigError, StageInputError
 from analysis.skim.manifest import plan_chunks, remove_stale_temp_files

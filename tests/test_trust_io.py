@@ -16,15 +16,8 @@ from pathlib import Path
 import pytest
 
 from analysis.core import io
-from analysis.core.io import (
-    atomic_dir,
-    atomic_file,
-    atomic_path,
-    remove_stale_temp,
-    temp_name,
-    write_json_atomic,
-    write_text_atomic,
-)
+from analysis.core.io import (atomic_dir, atomic_file, atomic_path, remove_stale_temp, temp_name,
+                              write_json_atomic, write_text_atomic)
 
 REPO = Path(__file__).resolve().parents[1]
 

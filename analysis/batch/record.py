@@ -25,7 +25,4 @@ def read_submit_record(out_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise StageInputError(f"{Path(out_dir)}: no batch submission here (no {JOBS_DIR}/{SUBMIT_RECORD}); "
                               f"submit one with `hepprep submit FILESET --out {out_dir} --jobs N`")
-    record = read_json(path, "the batch submission record")
-    if not isinstance(record, dict):
-        raise StageInputError(f"{path}: not a submission record (a JSON object); submit again into a fresh --out")
-    return record
+    return read_json(path, "the batch submission record", expect=dict, fix="submit again into a fresh --out")

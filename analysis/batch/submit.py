@@ -34,16 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from analysis.batch.record import JOBS_DIR, SUBMIT_RECORD, read_submit_record
-from analysis.batch.scripts import (
-    JOB_SCRIPT,
-    SYSTEMS,
-    check_submission,
-    htcondor_description,
-    job_script,
-    memory_mb,
-    submit_command,
-)
-from analysis.config import Config, config_to_toml
+from analysis.batch.scripts import (JOB_SCRIPT, SYSTEMS, check_submission, htcondor_description, job_script,
+                                    memory_mb, submit_command)
+from analysis.config import Config, config_to_toml, with_overrides
 from analysis.core.io import write_json_atomic, write_text_atomic
 from analysis.core.net import has_credentials, redact
 from analysis.core.progress import stage_console
@@ -247,8 +240,8 @@ def submit_skim(fileset: str | Path, out_dir: str | Path, config: Config, *, job
         raise StageInputError(f"{out}: already holds a batch submission ({JOBS_DIR}/{SUBMIT_RECORD}); "
                               f"follow it with `hepprep skim --status {out}`, resubmit its failed "
                               f"jobs with `hepprep submit --resubmit-failed {out}`, or use a fresh --out")
-    skip = config.skim.skip_bad_files if skip_bad_files is None else skip_bad_files
-    config = config.model_copy(update={"skim": config.skim.model_copy(update={"skip_bad_files": skip})})
+    config = with_overrides(config, {"skim": {"skip_bad_files": skip_bad_files}}, source="--skip-bad-files")
+    skip = config.skim.skip_bad_files
 
     raw = load_fileset(fileset)
     datasets = resolve_datasets(raw, config)

@@ -150,10 +150,11 @@ def write_json_atomic(path: str | Path, data: Any, *, indent: int | None = 2) ->
     write_text_atomic(path, text + "\n")
 
 
-def read_json(path: str | Path, what: str) -> Any:
+def read_json(path: str | Path, what: str, *, expect: type | None = None, fix: str = "") -> Any:
     """Read a JSON file hepprep wrote, or raise `StageInputError` naming the file and ``what`` it is.
 
-    ``what`` says what the file is for the message (``"the skim manifest"``).
+    ``what`` says what the file is for the message (``"the skim manifest"``); with ``expect``
+    (``dict``, ``list``) anything else is refused too, and ``fix`` ends that message.
     """
     path = Path(path)
     try:
@@ -165,9 +166,13 @@ def read_json(path: str | Path, what: str) -> Any:
     except UnicodeDecodeError:
         raise StageInputError(f"{path}: {what} is not text (a corrupt or foreign file)") from None
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise StageInputError(f"{path}: {what} is not valid JSON ({err})") from None
+    if expect is not None and not isinstance(data, expect):
+        kind = {dict: "a JSON object", list: "a JSON list"}.get(expect, expect.__name__)
+        raise StageInputError(f"{path}: {what} is not {kind}" + (f"; {fix}" if fix else ""))
+    return data
 
 
 def _writer_gone(match: re.Match[str]) -> bool:

@@ -18,12 +18,13 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 
+from analysis.core.features import feature_differences
 from analysis.core.io import read_json
 from analysis.core.prepared import PreparedListing, read_prepared_listing
 from analysis.core.standardise import Standardisation
 from analysis.errors import StageInputError
 
-__all__ = ["PreparedDir", "check_model_features", "load_models", "open_prepared",
+__all__ = ["PreparedDir", "check_model_features", "check_prepared_match", "load_models", "open_prepared",
            "read_cutflow", "standardisation_matches"]
 
 SPLITS = ("train", "val", "test")
@@ -193,18 +194,13 @@ def model_names(model_dirs: list[str | Path], models: list) -> list[str]:
 def check_model_features(model, model_dir: str | Path, prepared: PreparedDir) -> None:
     """One-line `StageInputError` when a model's features differ from the prepared directory's."""
     wanted, have = list(model.features), prepared.feature_order
-    if set(wanted) == set(have):
+    differences = feature_differences(wanted, have, missing="missing from the prepared directory",
+                                      extra="not used by the model")
+    if differences is None:
         return
-    missing = [f for f in wanted if f not in have]
-    extra = [f for f in have if f not in wanted]
-    parts = []
-    if missing:
-        parts.append(f"missing from the prepared directory: {', '.join(missing)}")
-    if extra:
-        parts.append(f"not used by the model: {', '.join(extra)}")
     raise StageInputError(
         f"model {Path(model_dir)} was trained on {len(wanted)} features but prepared directory "
-        f"{prepared.path} has {len(have)} ({'; '.join(parts)}); evaluate the model on the "
+        f"{prepared.path} has {len(have)} ({differences}); evaluate the model on the "
         "prepared directory it was trained on, or re-train it on this one")
 
 
@@ -275,3 +271,33 @@ def read_cutflow(path: str | Path) -> pd.DataFrame:
     if not rows:
         raise StageInputError(f"{path}: no cuts found; expected {{dataset: {{cut: {{\"events\": n, \"sumw\": w}}}}}}")
     return pd.DataFrame(rows, columns=["dataset", "cut", "events", "sumw"])
+
+
+def check_prepared_match(models: list, model_dirs: list[Path], prepared: PreparedDir, *,
+                          allow_other_prepared: bool) -> tuple[dict[str, bool], list[str]]:
+    """Whether each model was trained on this prepared folder; refused unless allowed.
+
+    A model trained on another preparation (another seed, other inputs) may have learnt
+    from events that are test events here: its figures would be optimistic. Returns
+    {model dir: matches} and the warnings for metrics.json and the report.
+    """
+    matches, warnings = {}, []
+    for model, model_dir in zip(models, model_dirs):
+        recorded = model.info.get("prepared_fingerprint")
+        ok = recorded is not None and recorded == prepared.fingerprint
+        matches[str(model_dir)] = ok
+        if ok:
+            continue
+        trained_on = model.info.get("prepared_dir", "an unrecorded folder")
+        why = (f"model {model_dir} was trained on another preparation ({trained_on}, prepared fingerprint "
+               f"{str(recorded)[:12]}) than {prepared.path} (fingerprint {str(prepared.fingerprint)[:12]})"
+               if recorded is not None else
+               f"model {model_dir} does not record which preparation it was trained on")
+        if not allow_other_prepared:
+            raise StageInputError(f"{why}: its test events may be events it was trained on; evaluate it "
+                                  "on the prepared folder it was trained on, or pass "
+                                  "--allow-other-prepared to evaluate it anyway (marked in metrics.json "
+                                  "and the report)")
+        warnings.append(f"{why}; evaluated anyway (--allow-other-prepared): its test events may "
+                        "include events it was trained on, so its figures may be optimistic")
+    return matches, warnings

@@ -17,6 +17,7 @@ import mplhep as hep
 import numpy as np
 from matplotlib.figure import Figure
 
+from analysis.core.features import feature
 from analysis.core.io import atomic_path
 from analysis.evaluate.metrics import AMSScan, KSResult
 
@@ -26,39 +27,10 @@ __all__ = ["EXPERIMENT_LABEL", "axis_label", "feature_label", "hep_label", "plot
 EXPERIMENT_LABEL = "hepprep"  # not "CMS": these are synthetic samples, not a CMS result
 CENTRE_OF_MASS_TEV = 8
 
-# feature -> (math label, unit); unit "" for dimensionless quantities
-_FEATURES = {
-    "tau1_pt": (r"$p_{T}^{\tau_1}$", "GeV"), "tau2_pt": (r"$p_{T}^{\tau_2}$", "GeV"),
-    "tau1_eta": (r"$\eta^{\tau_1}$", ""), "tau2_eta": (r"$\eta^{\tau_2}$", ""),
-    "tau1_phi": (r"$\phi^{\tau_1}$", "rad"), "tau2_phi": (r"$\phi^{\tau_2}$", "rad"),
-    "tau1_mass": (r"$m^{\tau_1}$", "GeV"), "tau2_mass": (r"$m^{\tau_2}$", "GeV"),
-    "tau1_iso": (r"$\tau_1$ rel. isolation", ""), "tau2_iso": (r"$\tau_2$ rel. isolation", ""),
-    "jet1_pt": (r"$p_{T}^{j_1}$", "GeV"), "jet2_pt": (r"$p_{T}^{j_2}$", "GeV"),
-    "jet1_eta": (r"$\eta^{j_1}$", ""), "jet2_eta": (r"$\eta^{j_2}$", ""),
-    "jet1_phi": (r"$\phi^{j_1}$", "rad"), "jet2_phi": (r"$\phi^{j_2}$", "rad"),
-    "jet1_mass": (r"$m^{j_1}$", "GeV"), "jet2_mass": (r"$m^{j_2}$", "GeV"),
-    "jet1_btag": (r"$j_1$ b-tag discriminant", ""), "jet2_btag": (r"$j_2$ b-tag discriminant", ""),
-    "met_pt": (r"$p_{T}^{miss}$", "GeV"), "met_phi": (r"$\phi^{miss}$", "rad"),
-    "njets": (r"$N_{jets}$", ""), "ntaus": (r"$N_{\tau}$", ""), "npv": (r"$N_{PV}$", ""),
-    "m_vis": (r"$m_{vis}^{\tau\tau}$", "GeV"), "pt_vis": (r"$p_{T,vis}^{\tau\tau}$", "GeV"),
-    "dr_tautau": (r"$\Delta R(\tau_1, \tau_2)$", ""),
-    "mt_tau1": (r"$m_{T}(\tau_1, p_{T}^{miss})$", "GeV"),
-    "mt_tau2": (r"$m_{T}(\tau_2, p_{T}^{miss})$", "GeV"),
-    "mjj": (r"$m_{jj}$", "GeV"), "ptjj": (r"$p_{T}^{jj}$", "GeV"),
-    "jdeta": (r"$|\Delta\eta_{jj}|$", ""), "pt_h": (r"$p_{T}^{H}$", "GeV"),
-}
-
-
 def feature_label(name: str) -> tuple[str, str]:
-    """(label, unit) of a feature; unknown names get their own name and a unit from the suffix."""
-    if name in _FEATURES:
-        return _FEATURES[name]
-    unit = ""
-    if name.endswith(("_pt", "_mass", "_sumet")) or name.startswith(("m_", "mt_", "pt_")):
-        unit = "GeV"
-    elif name.endswith("_phi"):
-        unit = "rad"
-    return name.replace("_", " "), unit
+    """(label, unit) of a feature, from the feature registry (`analysis.core.features`)."""
+    found = feature(name)
+    return found.label, found.unit
 
 
 def axis_label(name: str) -> str:

@@ -18,218 +18,33 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as pads
 
 from analysis.config import Config
 from analysis.core.io import write_json_atomic
 from analysis.core.progress import progress_bar, stage_console
-from analysis.core.skimmed import skim_parts
-from analysis.core.standardise import Standardisation
 from analysis.errors import StageInputError
-from analysis.evaluate.input_plots import (
-    FeatureHistograms,
-    WeightedCorrelation,
-    plot_correlation,
-    plot_cutflow_table,
-    plot_feature,
-)
-from analysis.evaluate.inputs import (
-    EVENT_COLUMNS,
-    SPLITS,
-    PreparedDir,
-    check_model_features,
-    load_models,
-    model_names,
-    open_prepared,
-    read_cutflow,
-    standardisation_matches,
-)
-from analysis.evaluate.metrics import (
-    ams_scan,
-    signal_efficiency_at,
-    weighted_ks_2samp,
-    weighted_roc,
-    weighted_roc_auc,
-)
+from analysis.evaluate.input_plots import (plot_correlation,
+                                           plot_cutflow_table, plot_feature)
+from analysis.evaluate.inputs import (EVENT_COLUMNS, check_model_features, check_prepared_match, load_models,
+                                      model_names, open_prepared, read_cutflow)
+from analysis.evaluate.metrics import (ams_scan, signal_efficiency_at, weighted_ks_2samp, weighted_roc,
+                                       weighted_roc_auc)
+from analysis.evaluate.scoring import (Scorer, Streamed, class_weight_sums,
+                                       feature_importance, find_cutflow, split_fractions, stream_events)
 from analysis.evaluate.plots import plot_ams, plot_importance, plot_roc, plot_scores
 
 __all__ = ["run_evaluate"]
-
-BATCH_ROWS = 200_000  # rows per streamed batch: bounds the memory of the feature histograms
-SCORED_SPLITS = ("train", "val")  # besides test: overtraining check, and the AMS cut choice
-
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "model"
 
 
-class _Scorer:
-    """A loaded model with what is needed to feed it prepared (standardised) columns."""
-
-    def __init__(self, name: str, model, model_dir: Path, prepared: PreparedDir):
-        self.name, self.model, self.model_dir, self.prepared = name, model, model_dir, prepared
-        # Same mean/std as the prepared directory: pass standardised columns as they are;
-        # otherwise hand over raw values and let the model apply its own standardisation.
-        self.same_standardisation = standardisation_matches(model, prepared)
-
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        features = list(self.model.features)
-        if self.same_standardisation:
-            return np.asarray(self.model.predict(frame[features], standardised=True), dtype=np.float64)
-        raw = self.prepared.destandardise(frame[features], features)
-        return np.asarray(self.model.predict(raw, standardised=False), dtype=np.float64)
-
-    def model_inputs(self, frame: pd.DataFrame) -> np.ndarray:
-        """Feature matrix as the model saw it in training (its own standardisation)."""
-        features = list(self.model.features)
-        if self.same_standardisation:
-            return frame[features].to_numpy(np.float32)
-        raw = self.prepared.destandardise(frame[features], features)
-        return Standardisation.from_stats(self.model.stats, features).transform(raw.to_numpy(np.float64))
-
-
-def _class_weight_sums(prepared: PreparedDir) -> dict[str, dict[int, float]]:
-    """Σ weight per class in each split (reads only two columns)."""
-    out = {}
-    for split in SPLITS:
-        if not prepared.has_split(split):
-            out[split] = {0: 0.0, 1: 0.0}
-            continue
-        frame = prepared.read(split, ["label", "weight"])
-        sums = frame.groupby("label")["weight"].sum()
-        out[split] = {label: float(sums.get(label, 0.0)) for label in (0, 1)}
-    return out
-
-
-def _split_fractions(sums: dict[str, dict[int, float]], split: str, path: Path) -> tuple[float, float]:
-    """(signal, background) fraction of the full yield that ``split`` holds."""
-    fractions = []
-    for label, cls in ((1, "signal"), (0, "background")):
-        total = sum(sums[s][label] for s in SPLITS)
-        if not sums[split][label] > 0 or not total > 0:
-            raise StageInputError(f"{path}: the {split} split has no {cls} yield (sum of weight "
-                                  f"{sums[split][label]:g}); evaluation needs both classes")
-        fractions.append(min(1.0, sums[split][label] / total))
-    return fractions[0], fractions[1]
-
-
-def _data_frames(prepared: PreparedDir, skim_dir: Path | None, config: Config, features: list[str]):
-    """Pseudo-data batches in raw units: <prep>/data (standardised) or the skim's data datasets."""
-    if prepared.has_split("data"):
-        for batch in prepared.iter_batches("data", features + ["weight"], batch_rows=BATCH_ROWS):
-            yield prepared.destandardise(batch, features)
-        return
-    if skim_dir is None or not (Path(skim_dir) / "manifest.json").is_file():
-        return
-    # Only the parts the skim manifest lists (core.skimmed), of the datasets that are data.
-    parts = skim_parts(skim_dir, allow_incomplete=True).by_dataset
-    files = sorted(str(p) for name, s in config.samples.items() if s.label == -1
-                   for p in parts.get(name, ()))
-    if not files:
-        return
-    dataset = pads.dataset(files, format="parquet")
-    missing = [c for c in features + ["weight"] if c not in dataset.schema.names]
-    if missing:
-        raise StageInputError(f"{skim_dir}: data skim has no column(s) {', '.join(missing)}; "
-                              "re-run the skim with this feature list")
-    for batch in dataset.to_batches(columns=features + ["weight"], batch_size=BATCH_ROWS):
-        if batch.num_rows:
-            yield batch.to_pandas()
-
-
-def _find_cutflow(prepared: PreparedDir, skim_dir: Path | None) -> Path | None:
-    for folder in (skim_dir, prepared.skim_dir):
-        if folder is not None and (Path(folder) / "cutflow.json").is_file():
-            return Path(folder) / "cutflow.json"
-    return None
-
-
-def _importance(scorer: _Scorer, test: pd.DataFrame, rows: int) -> tuple[dict, dict] | None:
-    """(normalised total gain, mean |SHAP|) per feature for XGBoost models, else None."""
-    booster = getattr(scorer.model, "booster", None)
-    if scorer.model.kind != "xgboost" or booster is None:
-        return None
-    import xgboost as xgb
-
-    features = list(scorer.model.features)
-    names = booster.feature_names
-    # A booster trained without names reports f0, f1, ... in the order of features.json.
-    by_name = {(names[i] if names else f"f{i}"): f for i, f in enumerate(features)}
-    gain = {by_name.get(k, k): float(v) for k, v in booster.get_score(importance_type="total_gain").items()}
-    sample = test.iloc[:rows]  # the test split is shuffled by prepare: the head is a random sample
-    dmat = xgb.DMatrix(scorer.model_inputs(sample), feature_names=names)
-    # All trees of the saved booster: the ones `TrainedModel.predict` scores with.
-    contribs = booster.predict(dmat, pred_contribs=True)
-    shap = np.abs(contribs[:, : len(features)]).mean(axis=0)  # last column is the bias
-    return gain, {f: float(v) for f, v in zip(features, shap)}
-
-
-@dataclass
-class _Scored:
-    """Scores of every model on one split, with the split's labels and physics weights."""
-
-    scores: dict[str, np.ndarray]
-    labels: np.ndarray
-    weights: np.ndarray
-
-
-@dataclass
-class _Streamed:
-    """What one pass over every prepared event gives: input histograms, correlations, and
-    the scores on the training split (overtraining check) and the validation split (an
-    AMS cut chosen away from the test events)."""
-
-    hists: FeatureHistograms
-    correlations: dict[int, WeightedCorrelation]
-    signal_processes: set[str] = field(default_factory=set)
-    scored: dict[str, _Scored] = field(default_factory=dict)
-    data_events: int = 0
-
-
-def _stream_events(prepared: PreparedDir, scorers: list[_Scorer], skim: Path | None, config: Config,
-                   bar) -> _Streamed:
-    """One bounded-memory pass over train/val/test (and pseudo-data)."""
-    features = prepared.feature_order
-    result = _Streamed(FeatureHistograms(features, prepared.stats["features"], n_bins=config.evaluate.n_bins),
-                       {1: WeightedCorrelation(), 0: WeightedCorrelation()})
-    parts: dict[str, dict[str, list]] = {split: {s.name: [] for s in scorers} for split in SCORED_SPLITS}
-    labels: dict[str, list] = {split: [] for split in SCORED_SPLITS}
-    weights: dict[str, list] = {split: [] for split in SCORED_SPLITS}
-    rows = sum(prepared.dataset(s).count_rows() for s in SPLITS if prepared.has_split(s))
-    task = bar.add_task("evaluate: stream events", total=rows)
-    for split in SPLITS:
-        if not prepared.has_split(split):
-            continue
-        for batch in prepared.iter_batches(split, features + EVENT_COLUMNS, batch_rows=BATCH_ROWS):
-            result.signal_processes.update(batch.loc[batch["label"] == 1, "process"].unique())
-            for label in (0, 1):
-                mask = (batch["label"] == label).to_numpy()
-                if mask.any():  # correlations are invariant under standardisation: no inversion
-                    result.correlations[label].partial_fit(batch.loc[mask, features].to_numpy(),
-                                                           batch.loc[mask, "weight"].to_numpy())
-            result.hists.partial_fit(prepared.destandardise(batch, features))
-            if split in SCORED_SPLITS:
-                for scorer in scorers:
-                    parts[split][scorer.name].append(scorer.predict(batch))
-                labels[split].append(batch["label"].to_numpy())
-                weights[split].append(batch["weight"].to_numpy(np.float64))
-            bar.advance(task, len(batch))
-    for batch in _data_frames(prepared, skim, config, features):
-        result.hists.partial_fit(batch, process="data")
-        result.data_events += len(batch)
-    result.scored = {split: _Scored({name: np.concatenate(p) for name, p in parts[split].items()},
-                                    np.concatenate(labels[split]), np.concatenate(weights[split]))
-                     for split in SCORED_SPLITS if labels[split]}
-    return result
-
-
-def _ams_at_val_cut(scorer: _Scorer, scores: np.ndarray, y: np.ndarray, w: np.ndarray,
-                    streamed: _Streamed, fractions: dict[str, tuple[float, float]], ev) -> dict | None:
+def _ams_at_val_cut(scorer: Scorer, scores: np.ndarray, y: np.ndarray, w: np.ndarray,
+                    streamed: Streamed, fractions: dict[str, tuple[float, float]], ev) -> dict | None:
     """AMS on the test split at the cut that maximises it on the validation split.
 
     The best test-split cut is tuned on the very events it is quoted on, which favours
@@ -246,7 +61,7 @@ def _ams_at_val_cut(scorer: _Scorer, scores: np.ndarray, y: np.ndarray, w: np.nd
             "ams_on_val": val_scan.best_ams}
 
 
-def _model_metrics(scorer: _Scorer, scores: np.ndarray, test: pd.DataFrame, streamed: _Streamed,
+def _model_metrics(scorer: Scorer, scores: np.ndarray, test: pd.DataFrame, streamed: Streamed,
                    fractions: dict[str, tuple[float, float]], ev) -> dict:
     """metrics.json entry of one model, plus the curves its plots need (keys starting with _)."""
     y, w = test["label"].to_numpy(), test["weight"].to_numpy(np.float64)
@@ -272,8 +87,8 @@ def _model_metrics(scorer: _Scorer, scores: np.ndarray, test: pd.DataFrame, stre
     }
 
 
-def _draw_plots(out: Path, scorers: list[_Scorer], metrics: dict[str, dict], test: pd.DataFrame,
-                test_scores: dict[str, np.ndarray], streamed: _Streamed, cutflow: pd.DataFrame | None,
+def _draw_plots(out: Path, scorers: list[Scorer], metrics: dict[str, dict], test: pd.DataFrame,
+                test_scores: dict[str, np.ndarray], streamed: Streamed, cutflow: pd.DataFrame | None,
                 features: list[str], config: Config, bar) -> list[dict]:
     """Every plot; returns [{"section", "title", "file"}] in report order. Adds the
     XGBoost importances to ``metrics``."""
@@ -298,11 +113,11 @@ def _draw_plots(out: Path, scorers: list[_Scorer], metrics: dict[str, dict], tes
             plot_scores(name, (train.scores[name], train.labels, train.weights),
                         (test_scores[name], test["label"].to_numpy(), test["weight"].to_numpy()),
                         metrics[name]["_ks"], plot_dir / f"scores_{_slug(name)}.png", dpi=ev.dpi))
-        importance = _importance(scorer, test, ev.shap_rows)
-        if importance is None:  # not a tree model
+        found = feature_importance(scorer, test, ev.shap_rows)
+        if found is None:  # not a tree model
             bar.advance(task)
             continue
-        gain, shap = importance
+        gain, shap = found
         metrics[name]["importance"] = {"total_gain": gain, "mean_abs_shap": shap}
         add("importance", f"{name}: feature importance (gain, mean |SHAP|)",
             plot_importance(name, gain, shap, plot_dir / f"importance_{_slug(name)}.png", dpi=ev.dpi))
@@ -318,36 +133,6 @@ def _draw_plots(out: Path, scorers: list[_Scorer], metrics: dict[str, dict], tes
     if cutflow is not None:
         add("cutflow", "Cutflow of the skim", plot_cutflow_table(cutflow, path=plot_dir / "cutflow.png", dpi=ev.dpi))
     return plots
-
-
-def _check_prepared_match(models: list, model_dirs: list[Path], prepared: PreparedDir, *,
-                          allow_other_prepared: bool) -> tuple[dict[str, bool], list[str]]:
-    """Whether each model was trained on this prepared folder; refused unless allowed.
-
-    A model trained on another preparation (another seed, other inputs) may have learnt
-    from events that are test events here: its figures would be optimistic. Returns
-    {model dir: matches} and the warnings for metrics.json and the report.
-    """
-    matches, warnings = {}, []
-    for model, model_dir in zip(models, model_dirs):
-        recorded = model.info.get("prepared_fingerprint")
-        ok = recorded is not None and recorded == prepared.fingerprint
-        matches[str(model_dir)] = ok
-        if ok:
-            continue
-        trained_on = model.info.get("prepared_dir", "an unrecorded folder")
-        why = (f"model {model_dir} was trained on another preparation ({trained_on}, prepared fingerprint "
-               f"{str(recorded)[:12]}) than {prepared.path} (fingerprint {str(prepared.fingerprint)[:12]})"
-               if recorded is not None else
-               f"model {model_dir} does not record which preparation it was trained on")
-        if not allow_other_prepared:
-            raise StageInputError(f"{why}: its test events may be events it was trained on; evaluate it "
-                                  "on the prepared folder it was trained on, or pass "
-                                  "--allow-other-prepared to evaluate it anyway (marked in metrics.json "
-                                  "and the report)")
-        warnings.append(f"{why}; evaluated anyway (--allow-other-prepared): its test events may "
-                        "include events it was trained on, so its figures may be optimistic")
-    return matches, warnings
 
 
 def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir: str | Path,
@@ -397,17 +182,17 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
     models = load_models(model_dirs)
     for model, model_dir in zip(models, model_dirs):
         check_model_features(model, model_dir, prepared)
-    prepared_match, warnings = _check_prepared_match(models, model_dirs, prepared,
+    prepared_match, warnings = check_prepared_match(models, model_dirs, prepared,
                                                      allow_other_prepared=allow_other_prepared)
     names = model_names(model_dirs, models)
-    scorers = [_Scorer(n, m, d, prepared) for n, m, d in zip(names, models, model_dirs)]
+    scorers = [Scorer(n, m, d, prepared) for n, m, d in zip(names, models, model_dirs)]
     skim = Path(skim_dir) if skim_dir is not None else prepared.skim_dir
     features = prepared.feature_order
-    sums = _class_weight_sums(prepared)
-    fractions = {"test": _split_fractions(sums, "test", prepared.path / "test")}
+    sums = class_weight_sums(prepared)
+    fractions = {"test": split_fractions(sums, "test", prepared.path / "test")}
     if all(sums["val"][label] > 0 for label in (0, 1)):
-        fractions["val"] = _split_fractions(sums, "val", prepared.path / "val")
-    cutflow_path = _find_cutflow(prepared, skim)
+        fractions["val"] = split_fractions(sums, "val", prepared.path / "val")
+    cutflow_path = find_cutflow(prepared, skim)
     cutflow = read_cutflow(cutflow_path) if cutflow_path else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -419,7 +204,7 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
         for scorer in scorers:
             test_scores[scorer.name] = scorer.predict(test)
             bar.advance(task)
-        streamed = _stream_events(prepared, scorers, skim, config, bar)
+        streamed = stream_events(prepared, scorers, skim, config, bar)
         model_metrics = {s.name: _model_metrics(s, test_scores[s.name], test, streamed, fractions, config.evaluate)
                          for s in scorers}
         plots = _draw_plots(out, scorers, model_metrics, test, test_scores, streamed, cutflow, features,

@@ -17,8 +17,8 @@ import awkward as ak
 import numpy as np
 import uproot
 
-from analysis.config import parse_compression
 from analysis.core.io import atomic_path
+from analysis.core.settings import parse_compression
 
 __all__ = ["COLLECTIONS", "SCALARS", "STORE_ABS_ETA_MAX", "STORE_PT_MIN", "events_to_branches", "write_events"]
 

@@ -13,20 +13,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from analysis.generate.detector import (
-    btag_discriminant,
-    sample_npv,
-    smear_jet_pt,
-    smear_met,
-)
+from analysis.generate.detector import btag_discriminant, sample_npv, smear_jet_pt, smear_met
 from analysis.generate.events import EventBatch, EventBuilder
 from analysis.generate.kinematics import pt_eta_phi_mass
-from analysis.generate.taus import (
-    MASS_PION,
-    fake_decay_modes,
-    reconstructed_tau_charge,
-    tau_identification,
-)
+from analysis.generate.taus import MASS_PION, fake_decay_modes, reconstructed_tau_charge, tau_identification
 
 __all__ = ["EventContext", "pick_one_per_event", "reconstruct", "truncated_normal"]
 

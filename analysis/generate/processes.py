@@ -29,14 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from analysis.generate.events import EventBatch, EventBuilder, concatenate_batches
-from analysis.generate.kinematics import (
-    MASS_TAU,
-    four_vector,
-    pt_eta_phi_mass,
-    sample_breit_wigner,
-    sample_power_law,
-    two_body_decay,
-)
+from analysis.generate.kinematics import (MASS_TAU, four_vector, pt_eta_phi_mass, sample_breit_wigner,
+                                          sample_power_law, two_body_decay)
 from analysis.generate.objects import pick_one_per_event, reconstruct, truncated_normal
 from analysis.generate.taus import decay_hadronic_taus
 

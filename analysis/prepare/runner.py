@@ -21,20 +21,14 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from analysis.config import Config, PrepareConfig, config_from_dict
+from analysis.config import Config, PrepareConfig, with_overrides
 from analysis.core.cluster import dask_client
 from analysis.core.io import atomic_dir, read_json, remove_stale_temp, write_json_atomic
 from analysis.core.progress import progress_bar, stage_console
 from analysis.core.skimmed import skim_parts
 from analysis.errors import StageInputError
 from analysis.prepare.outputs import check_out_dir, outputs_intact
-from analysis.prepare.shuffle import (
-    InputUnit,
-    ShufflePlan,
-    scatter_unit,
-    shuffle_bucket,
-    split_names,
-)
+from analysis.prepare.shuffle import InputUnit, ShufflePlan, scatter_unit, shuffle_bucket, split_names
 from analysis.prepare.split import SKIM_ID_COLUMNS, SPLIT_NAMES
 from analysis.prepare.stats import WeightedFeatureStats
 from analysis.prepare.weights import CLASS_NAMES, TrainWeightBalancer
@@ -132,14 +126,9 @@ def _in_order(futures: list[Any], bar: Any, description: str) -> Iterator[Any]:
 def _effective_prepare(config: Config, split: Sequence[float] | None, seed: int | None,
                        allow_incomplete: bool | None = None) -> PrepareConfig:
     """``config.prepare`` with the keyword overrides, validated like a config file."""
-    overrides = {key: value for key, value in (("split", split), ("seed", seed),
-                                                ("allow_incomplete", allow_incomplete))
-                 if value is not None}
-    if not overrides:
-        return config.prepare
-    data = config.model_dump()
-    data["prepare"].update(overrides)
-    return config_from_dict(data, source="run_prepare arguments").prepare
+    return with_overrides(config, {"prepare": {"split": split, "seed": seed,
+                                               "allow_incomplete": allow_incomplete}},
+                          source="run_prepare arguments").prepare
 
 
 def run_prepare(skim_dir: str | Path, out_dir: str | Path, config: Config, *,

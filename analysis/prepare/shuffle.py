@@ -25,16 +25,8 @@ import pyarrow.parquet as pq
 
 from analysis.core.standardise import Standardisation
 from analysis.errors import StageInputError
-from analysis.prepare.split import (
-    SALT_BUCKET,
-    SPLIT_NAMES,
-    assign_fold,
-    assign_split,
-    event_hash,
-    id_columns_of,
-    salted_uniform,
-    shuffle_order_key,
-)
+from analysis.prepare.split import (SALT_BUCKET, SPLIT_NAMES, assign_fold, assign_split, event_hash,
+                                    id_columns_of, salted_uniform, shuffle_order_key)
 from analysis.prepare.stats import WeightedFeatureStats
 from analysis.prepare.weights import TrainWeightBalancer, apply_negative_weight_policy
 

@@ -14,10 +14,11 @@ entry whose file was closed, so a stale one is never used. Executors in other pr
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import uproot
+
+from analysis.skim.coffea_compat import restrict_typenames
 
 __all__ = ["LOCAL_READ_OPTIONS", "MAX_KEPT_BRANCHES", "OpenFiles"]
 
@@ -81,7 +82,7 @@ class OpenFiles:
         if filter_name is not None:
             for obj in self.object_cache.values():
                 if isinstance(obj, uproot.behaviors.TTree.TTree):
-                    obj.typenames = partial(type(obj).typenames, obj, filter_name=filter_name)
+                    restrict_typenames(obj, filter_name)
         return {"object_cache": self.object_cache}
 
     def open(self, path: str, **options: Any) -> tuple[Any, bool]:

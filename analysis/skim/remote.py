@@ -34,8 +34,9 @@ from urllib.parse import urlsplit
 from coffea import processor
 from coffea.processor.executor import WorkItem
 
-from analysis.core.net import is_remote, output_failure, transient_cause
+from analysis.core.net import is_remote, is_transient, output_failure, transient_cause
 from analysis.errors import InputFileError
+from analysis.skim.coffea_compat import coffea_retries, input_failure_kind, install_chunk_retry
 
 __all__ = ["RetryingRunner", "UnreachableServers", "call_with_retries"]
 
@@ -138,7 +139,7 @@ def _tries(n: int) -> str:
 _UNREACHABLE_BY_SKIM: dict[str, UnreachableServers] = {}
 
 
-def _retry_chunk(skim_id: str, retries: int, wait: float, coffea_retries: int, skipbadfiles: Any,
+def _retry_chunk(skim_id: str, retries: int, wait: float, coffea_retries_n: int, skipbadfiles: Any,
                  func: Callable[..., Any], *args: Any, use_result_type: bool = False, **kwargs: Any) -> Any:
     """Stands in for coffea's ``Runner.automatic_retries`` (same arguments after the first three).
 
@@ -152,14 +153,14 @@ def _retry_chunk(skim_id: str, retries: int, wait: float, coffea_retries: int, s
     """
     item = args[0][0] if args and isinstance(args[0], tuple) else (args[0] if args else None)
     if not isinstance(item, WorkItem):
-        return processor.Runner.automatic_retries(coffea_retries, skipbadfiles, func, *args,
-                                                  use_result_type=use_result_type, **kwargs)
+        return coffea_retries(coffea_retries_n, skipbadfiles, func, *args,
+                              use_result_type=use_result_type, **kwargs)
     if is_remote(item.filename):
         unreachable = _UNREACHABLE_BY_SKIM.setdefault(skim_id, UnreachableServers())
         run = partial(call_with_retries, partial(func, *args, **kwargs), url=item.filename,
                       retries=retries, wait=wait, unreachable=unreachable)
     else:
-        run = partial(_local_chunk, coffea_retries, skipbadfiles, func, *args,
+        run = partial(_local_chunk, coffea_retries_n, skipbadfiles, func, *args,
                       use_result_type=use_result_type, **kwargs)
     try:
         return run()
@@ -175,7 +176,7 @@ def _retry_chunk(skim_id: str, retries: int, wait: float, coffea_retries: int, s
         return {"out": {"errors": {item.filename: [cause]}}, "processed": {item}}
 
 
-def _local_chunk(coffea_retries: int, skipbadfiles: Any, func: Callable[..., Any], *args: Any,
+def _local_chunk(coffea_retries_n: int, skipbadfiles: Any, func: Callable[..., Any], *args: Any,
                  use_result_type: bool = False, **kwargs: Any) -> Any:
     """A local chunk: one try, then coffea's retries only where another try may pass.
 
@@ -186,26 +187,21 @@ def _local_chunk(coffea_retries: int, skipbadfiles: Any, func: Callable[..., Any
     try:
         return func(*args, **kwargs)
     except Exception as err:  # noqa: BLE001 - sorted by is_transient just below
-        if not coffea_retries or not is_transient(err):
+        if not coffea_retries_n or not is_transient(err) or output_failure(err):
             raise
-    return processor.Runner.automatic_retries(coffea_retries - 1, skipbadfiles, func, *args,
-                                              use_result_type=use_result_type, **kwargs)
-
-
-# coffea 2026.9's work function raises a bare Exception with one of these prefixes and the
-# original error as its cause. The first two mean the chunk's file could not be opened, or
-# NanoEvents could not be built from its branches (one of the wrong shape: KeyError
-# 'content'), which for a file that passed `check_file` is the file's fault; left to
-# coffea, they would end the skim with a traceback, even with --skip-bad-files. A failure
-# inside the processor ("Failed processing file") is not: it returns unreadable input as
-# an error itself, so what it raises is a bug or the output disk, and stays an exception.
-_COFFEA_INPUT_FAILURES = {"Failed to open file": "cannot open it again",
-                          "Failed creating nanoevents": "cannot build its events"}
+    return coffea_retries(coffea_retries_n - 1, skipbadfiles, func, *args,
+                          use_result_type=use_result_type, **kwargs)
 
 
 def _chunk_input_failure(item: WorkItem, err: BaseException) -> str | None:
-    """The one-line cause for a chunk that coffea could not open or build events from, else None."""
-    what = next((w for prefix, w in _COFFEA_INPUT_FAILURES.items() if str(err).startswith(prefix)), None)
+    """The one-line cause for a chunk that coffea could not open or build events from, else None.
+
+    For a file that passed `check_file`, such a failure is the file's fault; left to coffea
+    it would end the skim with a traceback, even with --skip-bad-files. A failure inside the
+    processor is not: the processor returns unreadable input as an error itself, so what it
+    raises is a bug or the output disk, and stays an exception.
+    """
+    what = input_failure_kind(err)
     if what is None:
         return None
     return (f"cannot read entries {item.entrystart}-{item.entrystop} of {item.treename}: "
@@ -235,7 +231,5 @@ class RetryingRunner(processor.Runner):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        # Runner calls `self.automatic_retries(retries, skipbadfiles, work, item)` per chunk;
-        # an instance attribute shadows the static method (a module-level partial pickles small).
-        self.automatic_retries = partial(_retry_chunk, self.skim_id, self.remote_retries,
-                                         self.retry_wait)
+        # A module-level partial: it pickles small to the executor's workers.
+        install_chunk_retry(self, partial(_retry_chunk, self.skim_id, self.remote_retries, self.retry_wait))

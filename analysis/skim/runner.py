@@ -10,11 +10,9 @@ loses at most the chunks in flight.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 import uuid
-from collections.abc import Iterator
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
@@ -22,25 +20,18 @@ from typing import Any
 
 from coffea import processor
 from coffea.nanoevents import NanoAODSchema
-from coffea.processor import executor as _coffea_executor
 from coffea.processor.executor import FileMeta
 
-from analysis.config import Config
+from analysis.config import Config, with_overrides
 from analysis.core.cluster import dask_client
 from analysis.core.io import write_json_atomic
 from analysis.core.net import is_remote
-from analysis.core.progress import progress_bar, stage_console
+from analysis.core.progress import stage_console
 from analysis.errors import ConfigError, InputFileError, StageInputError
+from analysis.skim.coffea_compat import chunk_tree, progress_bars
 from analysis.skim.inputs import DatasetInfo, check_file, load_fileset, resolve_datasets
-from analysis.skim.manifest import (
-    build_cutflow,
-    build_manifest,
-    chunk_relpath,
-    job_cutflow_path,
-    job_manifest_path,
-    plan_chunks,
-    remove_stale_temp_files,
-)
+from analysis.skim.manifest import (build_cutflow, build_manifest, chunk_relpath, job_cutflow_path,
+                                    job_manifest_path, plan_chunks, remove_stale_temp_files)
 from analysis.skim.open_files import LOCAL_READ_OPTIONS, OpenFiles
 from analysis.skim.remote import RetryingRunner, UnreachableServers, call_with_retries
 from processors.ditau import DiTauProcessor, triggers_applied
@@ -101,22 +92,6 @@ def _executor(kind: str, *, workers: int, progress: bool, client=None) -> proces
     return processor.DaskExecutor(client=client, status=progress, desc="skim")
 
 
-@contextlib.contextmanager
-def _coffea_progress(enabled: bool) -> Iterator[None]:
-    """Route coffea's executor progress bars through `analysis.core.progress` (stderr, --quiet).
-
-    coffea 2026.9 draws its bars with ``coffea.processor.executor.rich_bar`` on stdout and
-    ignores ``status=False`` (the flag reaches rich as an unused task field), so `--quiet`
-    could not silence it otherwise. The original is restored on exit.
-    """
-    original = _coffea_executor.rich_bar
-    _coffea_executor.rich_bar = lambda: progress_bar(quiet=not enabled)
-    try:
-        yield
-    finally:
-        _coffea_executor.rich_bar = original
-
-
 def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
              executor: str | None = None, workers: int | None = None, scheduler: str | None = None,
              chunksize: int | None = None, skip_bad_files: bool | None = None,
@@ -164,12 +139,11 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
         raise ConfigError(f"scheduler {scheduler!r} is a dask scheduler: use executor 'dask', "
                           f"not {executor!r}")
     # An explicit scheduler address means dask, whatever the config's default executor.
-    executor = executor or ("dask" if scheduler else config.skim.executor)
-    if executor not in EXECUTORS:
-        raise ConfigError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}")
-    workers = workers or config.skim.workers
-    chunksize = chunksize or config.skim.chunksize
-    skip = config.skim.skip_bad_files if skip_bad_files is None else skip_bad_files
+    config = with_overrides(config, {"skim": {
+        "executor": executor or ("dask" if scheduler else None), "workers": workers,
+        "chunksize": chunksize, "skip_bad_files": skip_bad_files}}, source="run_skim arguments")
+    executor, workers = config.skim.executor, config.skim.workers
+    chunksize, skip = config.skim.chunksize, config.skim.skip_bad_files
     out = Path(out_dir)
 
     datasets = resolve_datasets(load_fileset(fileset), config)
@@ -191,7 +165,8 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
         for f in good:
             cache[FileMeta(info.name, f.path, f.treename)] = {
                 **info.metadata(), "numentries": f.entries, "uuid": f.uuid_bytes}
-    proc = DiTauProcessor(selection=config.selection, lumi_pb=config.lumi_pb, out_dir=str(out))
+    proc = DiTauProcessor(selection=config.selection, lumi_pb=config.lumi_pb, out_dir=str(out),
+                          chunk_tree=chunk_tree)
     selection = config.selection.model_dump()
     fingerprints = {n: chunk_fingerprint(selection, config.lumi_pb, d.metadata())
                     for n, d in datasets.items()}
@@ -199,7 +174,7 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
     with ExitStack() as stack:
         if open_files is not None:
             stack.callback(open_files.close)
-        stack.enter_context(_coffea_progress(progress))
+        stack.enter_context(progress_bars(progress))
         client = None
         if executor == "dask":
             client = stack.enter_context(dask_client(config.cluster, scheduler, n_workers=workers))

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from analysis.core.features import feature_differences
 from analysis.core.io import read_json
 from analysis.core.prepared import PreparedListing, read_prepared_listing
 from analysis.errors import StageInputError
@@ -86,9 +87,7 @@ def _read_stats(root: Path) -> dict:
     if not path.is_file():
         raise StageInputError(f"{path}: missing; {root} is not a complete prepared directory "
                               f"(run `hepprep prepare SKIMDIR --out {root}` first)")
-    stats = read_json(path, "the prepared statistics")
-    if not isinstance(stats, dict):
-        raise StageInputError(f"{path}: not a stats.json object; re-run `hepprep prepare`")
+    stats = read_json(path, "the prepared statistics", expect=dict, fix="re-run `hepprep prepare`")
     order = stats.get("feature_order")
     if not isinstance(order, list) or not order:
         raise StageInputError(f"{path}: no 'feature_order' list; re-run `hepprep prepare`")
@@ -106,16 +105,11 @@ def _read_stats(root: Path) -> dict:
 
 def _check_features(root: Path, stats: dict, features: list[str]) -> list[str]:
     order = list(stats["feature_order"])
-    if set(order) != set(features):
-        not_prepared = [f for f in features if f not in order]
-        not_configured = [f for f in order if f not in features]
-        parts = []
-        if not_prepared:
-            parts.append(f"in the config but not in stats.json: {', '.join(not_prepared)}")
-        if not_configured:
-            parts.append(f"in stats.json but not in the config: {', '.join(not_configured)}")
+    differences = feature_differences(features, order, missing="in the config but not in stats.json",
+                                      extra="in stats.json but not in the config")
+    if differences is not None:
         raise StageInputError(f"{root / 'stats.json'}: features do not match the config "
-                              f"({'; '.join(parts)}); re-run `hepprep prepare` with this config "
+                              f"({differences}); re-run `hepprep prepare` with this config "
                               f"or train with the config it was prepared with")
     # stats.json fixes the column order: a model's inputs are the standardised columns in it.
     return order

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from analysis.config import Config
+from analysis.config import Config, with_overrides
 from analysis.errors import ConfigError
 from analysis.train.inputs import inspect_prepared
 from analysis.train.model_dir import finish_model_dir, resolve_device, start_model_dir
@@ -62,7 +62,8 @@ def run_train(prep_dir: str | Path, out_dir: str | Path, config: Config, *,
         raise ConfigError("--resume: only the mlp model checkpoints; xgboost trains in one go "
                           "(drop --resume)")
     prepared = inspect_prepared(prep_dir, config.features)
-    resolved = resolve_device(device or config.train.device, model=model)
+    config = with_overrides(config, {"train": {"device": device}}, source="--device")
+    resolved = resolve_device(config.train.device, model=model)
     if resume and model == "mlp":
         # Validate first, then touch: a checkpoint that cannot continue this run must not
         # cost the model directory its model_info.json.

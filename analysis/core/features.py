@@ -1,0 +1,99 @@
+"""Core (all stages): the one feature registry — each skim column a model may learn from, with its type, label and unit.
+
+The di-tau processor's output schema (`processors.parts.SKIM_SCHEMA`), the configuration's
+default training features (`analysis.config.DEFAULT_FEATURES`) and the plots' axis labels
+all read this table, so a feature is declared once. A name that is not registered (a
+column of a user's own processor) still gets a label and a unit, guessed from its name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_FEATURES", "DERIVED_FEATURES", "DITAU_COLUMNS", "Feature", "feature", "feature_differences"]
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One feature column: its name, Arrow type (``float32``, ``int8``, ``int16``), axis label and unit."""
+
+    name: str
+    dtype: str
+    label: str
+    unit: str = ""
+
+
+def _objects(prefix: str, symbol: str, fields: tuple[tuple[str, str, str, str], ...]) -> list[Feature]:
+    return [Feature(f"{prefix}_{name}", dtype, label.replace("X", symbol), unit)
+            for name, dtype, label, unit in fields]
+
+
+_TAU = (("pt", "float32", r"$p_{T}^{X}$", "GeV"), ("eta", "float32", r"$\eta^{X}$", ""),
+        ("phi", "float32", r"$\phi^{X}$", "rad"), ("mass", "float32", r"$m^{X}$", "GeV"),
+        ("charge", "int8", r"$q^{X}$", ""), ("decayMode", "int8", r"X decay mode", ""),
+        ("iso", "float32", r"$X$ rel. isolation", ""))
+_JET = (("pt", "float32", r"$p_{T}^{X}$", "GeV"), ("eta", "float32", r"$\eta^{X}$", ""),
+        ("phi", "float32", r"$\phi^{X}$", "rad"), ("mass", "float32", r"$m^{X}$", "GeV"),
+        ("btag", "float32", r"$X$ b-tag discriminant", ""))
+
+# The derived features of PHYSICS.md ("Features"), in the order of DESIGN.md.
+DERIVED_FEATURES: tuple[Feature, ...] = (
+    Feature("m_vis", "float32", r"$m_{vis}^{\tau\tau}$", "GeV"),
+    Feature("pt_vis", "float32", r"$p_{T,vis}^{\tau\tau}$", "GeV"),
+    Feature("dr_tautau", "float32", r"$\Delta R(\tau_1, \tau_2)$"),
+    Feature("mt_tau1", "float32", r"$m_{T}(\tau_1, p_{T}^{miss})$", "GeV"),
+    Feature("mt_tau2", "float32", r"$m_{T}(\tau_2, p_{T}^{miss})$", "GeV"),
+    Feature("mjj", "float32", r"$m_{jj}$", "GeV"),
+    Feature("ptjj", "float32", r"$p_{T}^{jj}$", "GeV"),
+    Feature("jdeta", "float32", r"$|\Delta\eta_{jj}|$"),
+    Feature("pt_h", "float32", r"$p_{T}^{H}$", "GeV"),
+)
+
+# Every feature column the di-tau processor writes, in the skim's column order (DESIGN.md
+# "Skim Parquet"), after the identity and bookkeeping columns.
+DITAU_COLUMNS: tuple[Feature, ...] = (
+    *_objects("tau1", r"\tau_1", _TAU), *_objects("tau2", r"\tau_2", _TAU),
+    *_objects("jet1", "j_1", _JET), *_objects("jet2", "j_2", _JET),
+    Feature("met_pt", "float32", r"$p_{T}^{miss}$", "GeV"), Feature("met_phi", "float32", r"$\phi^{miss}$", "rad"),
+    Feature("npv", "int16", r"$N_{PV}$"), Feature("njets", "int16", r"$N_{jets}$"),
+    Feature("ntaus", "int16", r"$N_{\tau}$"),
+    *DERIVED_FEATURES,
+)
+
+# Training inputs by default: kinematics without azimuthal angles (the problem is symmetric
+# in phi), the derived features of PHYSICS.md, and b-tags for the ttbar background.
+DEFAULT_FEATURES: tuple[str, ...] = (
+    "tau1_pt", "tau1_eta", "tau2_pt", "tau2_eta",
+    "jet1_pt", "jet1_eta", "jet1_btag", "jet2_pt", "jet2_eta", "jet2_btag",
+    "met_pt", "njets",
+    *(f.name for f in DERIVED_FEATURES),
+)
+
+_REGISTRY = {f.name: f for f in DITAU_COLUMNS}
+assert all(name in _REGISTRY for name in DEFAULT_FEATURES)  # noqa: S101 - a typo here is a bug
+
+
+def feature_differences(wanted: list[str], have: list[str], *, missing: str, extra: str) -> str | None:
+    """How two feature lists differ as sets, for an error message, or None when they do not.
+
+    ``missing`` and ``extra`` word the two sides: the names in ``wanted`` but not in
+    ``have``, and those in ``have`` but not in ``wanted``.
+    """
+    if set(wanted) == set(have):
+        return None
+    parts = [f"{what}: {', '.join(names)}" for what, names in
+             ((missing, [f for f in wanted if f not in have]), (extra, [f for f in have if f not in wanted]))
+             if names]
+    return "; ".join(parts)
+
+
+def feature(name: str) -> Feature:
+    """The registered feature ``name``, or one with its name as label and a unit from its suffix."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    unit = ""
+    if name.endswith(("_pt", "_mass", "_sumet")) or name.startswith(("m_", "mt_", "pt_")):
+        unit = "GeV"
+    elif name.endswith("_phi"):
+        unit = "rad"
+    return Feature(name, "float32", name.replace("_", " "), unit)
