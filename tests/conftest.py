@@ -3,7 +3,7 @@
 Helper modules (tests/_*_helpers.py) hold plain functions and constants only; a test module
 takes these fixtures as arguments, never imports them.
 
-- `nano_dy_path`: the real CMS NanoAOD file in ../shared/fixtures
+- `cms_fixtures`, `nano_dy_path`: the real CMS files in ../shared/fixtures
 - `generated_sample`: a ~20k-event generated sample, made once per session
 - `fake_sbatch`: an `sbatch` and `squeue` on PATH that record their calls
 """
@@ -14,18 +14,19 @@ import os
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
+from _cms_helpers import CmsFixtures, find_cms_fixtures
 
 
 @pytest.fixture(scope="session")
-def nano_dy_path() -> Path:
+def cms_fixtures() -> CmsFixtures:
+    """The three real CMS files (nano_dy, nano_dy_rntuple, pfnano); a clear error when one is missing."""
+    return find_cms_fixtures()
+
+
+@pytest.fixture(scope="session")
+def nano_dy_path(cms_fixtures: CmsFixtures) -> Path:
     """A real CMS Run 2 NanoAOD file (40 Drell-Yan events) from coffea's test samples."""
-    path = SHARED_FIXTURES / "nano_dy.root"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: the shared fixtures must sit beside the checkout (../shared)")
-    return path
+    return cms_fixtures.nano_dy
 
 
 @pytest.fixture(scope="module")
