@@ -1,7 +1,7 @@
 """Shared pytest fixtures: every fixture more than one test module uses lives here.
 
 Helper modules (tests/_*_helpers.py) hold plain functions and constants only; a test module
-takes these fixtures as arguments, never imports them.
+takes these fixtures as arguments, never imports them (tests/test_house_tests.py checks).
 
 - `cms_fixtures`, `nano_dy_path`: the real CMS files in ../shared/fixtures
 - `generated_sample`: a ~20k-event generated sample, made once per session
