@@ -1,5 +1,7 @@
 """Skim stage test helpers: a small generated sample, skim readers, and an independent re-selection.
 
+The sample reaches tests through the `generated_sample` fixture (conftest.py).
+
 `independent_selection` re-implements the default PHYSICS.md selection and features with
 plain uproot + numpy, one event at a time, without importing anything from `processors/`:
 the skim must agree with it row by row.
@@ -27,10 +29,12 @@ SAMPLE_EVENTS = 20_000
 SAMPLE_CHUNKSIZE = 1_500
 
 
-@pytest.fixture(scope="module")
-def generated_sample(tmp_path_factory) -> Path:
-    """fileset.json of a ~20k-event generated sample (2 files per dataset), made once per session."""
-    root = tmp_path_factory.getbasetemp() / "skim-generated-sample"
+def generate_sample(root: Path) -> Path:
+    """fileset.json of a ~20k-event generated sample (2 files per dataset) under `root`.
+
+    Generated only when `root` holds none yet: the `generated_sample` fixture (conftest.py)
+    passes a folder of the session's base temp, so the sample is made once per session.
+    """
     fileset = root / "fileset.json"
     if not fileset.exists():
         from analysis.config import config_from_dict
@@ -145,5 +149,5 @@ def loosened_config():
     return config_from_dict({"selection": {"tau_iso": "VLoose", "tau_require_anti_lepton": False}})
 
 
-__all__ = ["QUIET_COFFEA", "SAMPLE_CHUNKSIZE", "default_config", "generated_sample", "independent_selection",
+__all__ = ["QUIET_COFFEA", "SAMPLE_CHUNKSIZE", "default_config", "generate_sample", "independent_selection",
            "loosened_config", "read_skim", "subset_fileset"]

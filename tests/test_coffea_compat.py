@@ -20,7 +20,7 @@ from coffea import processor
 from coffea.nanoevents import NanoAODSchema
 from coffea.processor import executor as coffea_executor
 
-from _skim_helpers import QUIET_COFFEA, generated_sample, subset_fileset  # noqa: F401
+from _skim_helpers import QUIET_COFFEA, subset_fileset
 from analysis.config import default_config
 from analysis.skim import coffea_compat
 from analysis.skim.runner import run_skim
@@ -44,7 +44,7 @@ def test_coffea_is_pinned_to_the_tested_releases():
     assert pin == f"coffea>={low},<{high}", pin
 
 
-def test_chunk_tree_finds_the_tree_coffea_opened_for_every_chunk(generated_sample, tmp_path,  # noqa: F811
+def test_chunk_tree_finds_the_tree_coffea_opened_for_every_chunk(generated_sample, tmp_path,
                                                                   monkeypatch):
     """NanoEventsFactory._mapping._file_handle: a coffea that moves it would silently fall
     back to the slower lazy reads."""
@@ -74,7 +74,7 @@ def test_progress_bars_replace_coffeas_rich_bar_and_restore_it():
     assert coffea_executor.rich_bar is original
 
 
-def test_the_runner_calls_its_automatic_retries_per_chunk(generated_sample, tmp_path):  # noqa: F811
+def test_the_runner_calls_its_automatic_retries_per_chunk(generated_sample, tmp_path):
     signature = inspect.signature(processor.Runner.automatic_retries)
     assert list(signature.parameters)[:3] == ["retries", "skipbadfiles", "func"], signature
     calls = []

@@ -17,7 +17,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 from _fault_helpers import kill_one_worker, killed_pid
-from _skim_helpers import generated_sample, read_skim, subset_fileset  # noqa: F401 - fixture
+from _skim_helpers import read_skim, subset_fileset
 from distributed import Client, LocalCluster
 
 from analysis.config import config_from_dict
@@ -47,7 +47,7 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def fileset(generated_sample, tmp_path_factory):  # noqa: F811
+def fileset(generated_sample, tmp_path_factory):
     return subset_fileset(generated_sample, DATASETS, tmp_path_factory.mktemp("faults") / "fileset.json")
 
 

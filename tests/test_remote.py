@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from _remote_helpers import FileServer, url_fileset
-from _skim_helpers import generated_sample, read_skim  # noqa: F401 - fixture
+from _skim_helpers import read_skim
 from aiohttp import ClientResponseError, ServerDisconnectedError
 from coffea import processor
 
@@ -192,7 +192,7 @@ def test_root_urls_without_fsspec_xrootd_name_the_install_command(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def local_skim(generated_sample, tmp_path_factory):  # noqa: F811
+def local_skim(generated_sample, tmp_path_factory):
     out = tmp_path_factory.mktemp("remote-local-skim")
     fileset = url_fileset(generated_sample, str(generated_sample.parent), out / "fileset.json",
                           datasets=DATASETS)
@@ -212,7 +212,7 @@ def _when_first_part(out: Path, action) -> threading.Thread:
     return thread
 
 
-def test_skim_over_http_equals_local_skim(generated_sample, local_skim, tmp_path):  # noqa: F811
+def test_skim_over_http_equals_local_skim(generated_sample, local_skim, tmp_path):
     """In-process executor here (fast); worker processes over root:// and https:// are in
     tests/integration/test_remote_servers.py."""
     with FileServer(generated_sample.parent) as server:
@@ -227,7 +227,7 @@ def test_skim_over_http_equals_local_skim(generated_sample, local_skim, tmp_path
     assert remote_rows.equals(local_skim)
 
 
-def test_dropped_connections_mid_skim_are_retried(generated_sample, local_skim, tmp_path):  # noqa: F811
+def test_dropped_connections_mid_skim_are_retried(generated_sample, local_skim, tmp_path):
     """The server hangs up on 3 requests after the first part: retries recover the chunk;
     with retries = 0 the same fault is an error."""
     with FileServer(generated_sample.parent) as server:
@@ -247,7 +247,7 @@ def test_dropped_connections_mid_skim_are_retried(generated_sample, local_skim, 
 
 
 def test_server_stopped_mid_skim_gives_retries_then_a_clear_error(generated_sample, local_skim,
-                                                                  tmp_path, monkeypatch):  # noqa: F811
+                                                                  tmp_path, monkeypatch):
     tries = []
     real_sleep = time.sleep
     monkeypatch.setattr(remote.time, "sleep", lambda s: (tries.append(s), real_sleep(s)))

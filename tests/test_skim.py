@@ -10,11 +10,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import uproot
-from _skim_helpers import (  # noqa: F401
+from _skim_helpers import (
     QUIET_COFFEA,
     SAMPLE_CHUNKSIZE,
     default_config,
-    generated_sample,
     independent_selection,
     loosened_config,
     read_skim,
@@ -39,14 +38,14 @@ DESIGN_COLUMNS = (
 
 
 @pytest.fixture(scope="module")
-def skimmed(generated_sample, tmp_path_factory):  # noqa: F811
+def skimmed(generated_sample, tmp_path_factory):
     out = tmp_path_factory.mktemp("skim-iterative")
     summary = run_skim(generated_sample, out, default_config(), executor="iterative",
                        chunksize=SAMPLE_CHUNKSIZE, progress=False)
     return out, summary
 
 
-def test_skim_matches_independent_selection_row_by_row(generated_sample, skimmed):  # noqa: F811
+def test_skim_matches_independent_selection_row_by_row(generated_sample, skimmed):
     out, summary = skimmed
     assert summary["complete"] and summary["chunks_run"] == summary["chunks"] > 9
     skim = read_skim(out)
@@ -88,7 +87,7 @@ def test_skim_schema_is_the_design_contract(skimmed):
     assert [(f.name, str(f.type)) for f in schema] == DESIGN_COLUMNS
 
 
-def test_cutflow_and_manifest_account_for_every_event(generated_sample, skimmed):  # noqa: F811
+def test_cutflow_and_manifest_account_for_every_event(generated_sample, skimmed):
     out, summary = skimmed
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] and manifest["errors"] == []

@@ -10,7 +10,7 @@ import sys
 import awkward as ak
 import pytest
 import uproot
-from _skim_helpers import QUIET_COFFEA, generated_sample  # noqa: F401
+from _skim_helpers import QUIET_COFFEA
 
 from analysis.cli import main
 from analysis.config import default_config
@@ -22,7 +22,7 @@ GOOD = "GluGluToHToTauTau"
 
 
 @pytest.fixture(scope="module")
-def good_file(generated_sample, tmp_path_factory):  # noqa: F811
+def good_file(generated_sample, tmp_path_factory):
     fileset = json.loads(generated_sample.read_text())
     src = generated_sample.parent / next(iter(fileset[GOOD]["files"]))
     dst = tmp_path_factory.mktemp("good") / "good.root"

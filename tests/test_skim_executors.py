@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from _skim_helpers import (  # noqa: F401
+from _skim_helpers import (
     QUIET_COFFEA,
     default_config,
-    generated_sample,
     read_skim,
     subset_fileset,
 )
@@ -23,7 +22,7 @@ CHUNKSIZE = 400
 
 
 @pytest.fixture(scope="module")
-def small_fileset(generated_sample, tmp_path_factory):  # noqa: F811
+def small_fileset(generated_sample, tmp_path_factory):
     return subset_fileset(generated_sample, DATASETS, tmp_path_factory.mktemp("fs") / "fileset.json")
 
 

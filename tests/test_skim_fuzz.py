@@ -537,7 +537,9 @@ class _no_exit:
 
 
 if __name__ == "__main__":  # python tests/test_skim_fuzz.py CASE OUT.root
-    source = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "nano_dy.root"
+    from _cms_helpers import find_cms_fixtures
+
+    source = find_cms_fixtures().nano_dy
     wanted, target = sys.argv[1], Path(sys.argv[2])
     [case] = [c for c in make_cases(source) if c.name == wanted]
     target.write_bytes(case.apply(source.read_bytes()))

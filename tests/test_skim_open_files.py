@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import uproot
-from _skim_helpers import QUIET_COFFEA, default_config, generated_sample, subset_fileset  # noqa: F401
+from _skim_helpers import QUIET_COFFEA, default_config, subset_fileset
 
 import analysis.skim.runner
 from analysis.skim.inputs import InputFile, check_file
@@ -37,7 +37,7 @@ def _files(fileset: Path) -> list[str]:
             for f in e["files"]]
 
 
-def test_iterative_skim_reads_each_tree_once_and_closes_the_files(generated_sample, tmp_path,  # noqa: F811
+def test_iterative_skim_reads_each_tree_once_and_closes_the_files(generated_sample, tmp_path,
                                                                  tree_reads, monkeypatch):
     fileset = subset_fileset(generated_sample, ["GluGluToHToTauTau", "TTbar"], tmp_path / "fileset.json")
     files = _files(fileset)
@@ -57,7 +57,7 @@ def test_iterative_skim_reads_each_tree_once_and_closes_the_files(generated_samp
     assert len(kept) == len(files) and all(f.closed for f in kept)
 
 
-def test_futures_skim_reads_trees_in_workers_as_before(generated_sample, tmp_path, tree_reads):  # noqa: F811
+def test_futures_skim_reads_trees_in_workers_as_before(generated_sample, tmp_path, tree_reads):
     # The workers' reads are in other processes; this one only checks each file once.
     fileset = subset_fileset(generated_sample, ["GluGluToHToTauTau"], tmp_path / "fileset.json")
     run_skim(fileset, tmp_path / "futures", default_config(), executor="futures", workers=2,
@@ -65,7 +65,7 @@ def test_futures_skim_reads_trees_in_workers_as_before(generated_sample, tmp_pat
     assert sorted(tree_reads) == sorted(_files(fileset))
 
 
-def test_open_files_stop_keeping_at_the_branch_bound(generated_sample):  # noqa: F811
+def test_open_files_stop_keeping_at_the_branch_bound(generated_sample):
     paths = _files(generated_sample)[:3]
     open_files = OpenFiles(max_branches=1)
     items = [check_file(InputFile(dataset="d", path=p, treename="Events"), triggers=[],

@@ -10,10 +10,9 @@ import sys
 import time
 
 import pytest
-from _skim_helpers import (  # noqa: F401
+from _skim_helpers import (
     QUIET_COFFEA,
     default_config,
-    generated_sample,
     read_skim,
     subset_fileset,
 )
@@ -29,7 +28,7 @@ CHUNKSIZE = 250  # ~18 chunks, so a kill lands part-way
 
 
 @pytest.fixture(scope="module")
-def fileset(generated_sample, tmp_path_factory):  # noqa: F811
+def fileset(generated_sample, tmp_path_factory):
     return subset_fileset(generated_sample, DATASETS, tmp_path_factory.mktemp("fs") / "fileset.json")
 
 

@@ -174,25 +174,6 @@ def test_htcondor_failed_job_is_listed_and_resubmitted_alone(sample, single_skim
     pd.testing.assert_frame_equal(read_skim(out), reference)
 
 
-@pytest.fixture
-def fake_sbatch(tmp_path, monkeypatch) -> Path:
-    """An `sbatch` on PATH that records its arguments and answers like `sbatch --parsable`."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "sbatch-calls.txt"
-    script = bin_dir / "sbatch"
-    script.write_text(f'#!/usr/bin/env bash\necho "$@" >> {calls}\necho "4242;cluster0"\n')
-    script.chmod(0o755)
-    # And an `squeue` that lists what squeue-out.txt holds (every slice queued, to start).
-    queue = tmp_path / "squeue-out.txt"
-    queue.write_text("".join(f"4242_{k}\n" for k in range(4)))
-    (bin_dir / "squeue").write_text(f'#!/usr/bin/env bash\necho "$@" >> {tmp_path}/squeue-calls.txt\n'
-                                    f'cat {queue}\n')
-    (bin_dir / "squeue").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    return calls
-
-
 def test_submit_runs_sbatch_and_records_the_array_job(sample, tmp_path, fake_sbatch, capsys):
     out = tmp_path / "batch"
     code, _, stderr = _cli(capsys, "submit", str(sample), "--out", str(out), "--jobs", "4",

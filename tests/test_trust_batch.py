@@ -34,7 +34,6 @@ from analysis.batch.submit import resubmit_failed, submit_skim
 from analysis.cli import main
 from analysis.config import default_config
 from analysis.errors import ConfigError
-from tests.test_submit import fake_sbatch  # noqa: F401  (the fake `sbatch` on PATH)
 
 _C_SPACE = " \t\n\v\f\r"  # isspace() in the C locale
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from _skim_helpers import QUIET_COFFEA, generated_sample, subset_fileset  # noqa: F401
+from _skim_helpers import QUIET_COFFEA
 
 from analysis.cli import main
 from analysis.config import config_from_dict
@@ -60,7 +60,7 @@ def test_folder_names_are_safe_and_distinct():
 
 
 @pytest.fixture(scope="module")
-def das_fileset(generated_sample, tmp_path_factory):  # noqa: F811
+def das_fileset(generated_sample, tmp_path_factory):
     """Signal and Drell-Yan of the generated sample, keyed by DAS-style names."""
     raw = json.loads(generated_sample.read_text())
     out = {}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from _skim_helpers import QUIET_COFFEA, generated_sample, subset_fileset  # noqa: F401
+from _skim_helpers import QUIET_COFFEA, subset_fileset
 
 from analysis.cli import main
 from analysis.config import ClusterConfig
@@ -48,7 +48,7 @@ def _no_temporaries(folder: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def two_datasets(generated_sample, tmp_path_factory):  # noqa: F811
+def two_datasets(generated_sample, tmp_path_factory):
     return subset_fileset(generated_sample, ["GluGluToHToTauTau", "DYJetsToLL"],
                           tmp_path_factory.mktemp("enospc") / "fileset.json")
 
@@ -132,7 +132,7 @@ def _fileset_with_secret(good: Path, out: Path) -> Path:
     return out
 
 
-def test_credentials_are_never_printed_nor_stored(generated_sample, tmp_path, capsys):  # noqa: F811
+def test_credentials_are_never_printed_nor_stored(generated_sample, tmp_path, capsys):
     raw = json.loads(generated_sample.read_text())
     good = (generated_sample.parent / next(iter(raw["DYJetsToLL"]["files"]))).resolve()
     fileset = _fileset_with_secret(good, tmp_path / "fileset.json")
@@ -154,7 +154,7 @@ def test_credentials_are_never_printed_nor_stored(generated_sample, tmp_path, ca
         assert b"s3cr3t" not in b"".join(v for v in (pq.read_metadata(part).metadata or {}).values())
 
 
-def test_batch_jobs_read_credentials_from_the_users_fileset_only(generated_sample, tmp_path, capsys):  # noqa: F811
+def test_batch_jobs_read_credentials_from_the_users_fileset_only(generated_sample, tmp_path, capsys):
     from analysis.skim.inputs import load_fileset
 
     raw = json.loads(generated_sample.read_text())
