@@ -140,7 +140,7 @@ def _checkpoint_content(path: Path) -> object:
 
 
 def _temporaries(folder: Path) -> list[str]:
-    return sorted(str(p) for p in folder.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name)
+    return sorted(str(p) for p in folder.rglob(".*") if ".tmp" in p.name or ".old" in p.name)
 
 
 def _reference(stage: str, work: dict[str, Path], target: Path, **paths) -> tuple[Path, float]:

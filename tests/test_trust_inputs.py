@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from _skim_helpers import QUIET_COFFEA
 
+from analysis import config_from_dict, run_prepare, run_skim
 from analysis.cli import main
-from analysis.config import config_from_dict
-from analysis.core.names import dataset_folder, dataset_folders
-from analysis.errors import ConfigError, StageInputError
-from analysis.prepare.runner import run_prepare
-from analysis.skim.runner import run_skim
+from analysis.errors import StageInputError
 
 pytestmark = QUIET_COFFEA
 
@@ -45,7 +41,10 @@ def _one_line_error(capsys, *argv) -> str:
 
 # -- item 2: dataset names ---------------------------------------------------------------
 
-def test_folder_names_are_safe_and_distinct():
+def test_folder_names_are_safe_and_distinct_unit():
+    from analysis.core.names import dataset_folder, dataset_folders
+    from analysis.errors import ConfigError
+
     assert dataset_folder("DYJetsToLL") == "DYJetsToLL"  # plain names keep their folder
     das = dataset_folder(DAS_DY)
     assert "/" not in das and not das.startswith(".") and das.startswith("DYJetsToLL_M-50_TuneCP5")
@@ -57,6 +56,30 @@ def test_folder_names_are_safe_and_distinct():
     with pytest.raises(ConfigError, match="same folder"):
         dataset_folders(["DY", "dy"])
     assert len(set(dataset_folders(["a b", "a_b", "a/b"]).values())) == 3
+
+
+def _fileset(das_fileset, path, names):
+    entry = json.loads(das_fileset.read_text())[DAS_DY]
+    one = {"files": dict([next(iter(entry["files"].items()))]), "metadata": entry["metadata"]}
+    path.write_text(json.dumps({name: one for name in names}))
+    return path
+
+
+def test_folder_names_are_safe_and_distinct(das_fileset, tmp_path, capsys):
+    names = ["DYJetsToLL", "a b", "a_b", "a/b", "jobs"]
+    out = tmp_path / "skim"
+    code, err = _cli(capsys, "skim", _fileset(das_fileset, tmp_path / "f.json", names), "--out", out,
+                     "--executor", "iterative", "--quiet")
+    assert code == 0, err
+    parts = sorted(out.rglob("part-*.parquet"))
+    folders = {p.parent.name for p in parts}
+    assert all(p.parent.parent == out for p in parts)  # one folder level, under --out
+    assert len(folders) == len(names) and "DYJetsToLL" in folders and "jobs" not in folders
+    assert set(json.loads((out / "manifest.json").read_text())["datasets"]) == set(names)
+    # two names that would share a folder (on a case-insensitive disk) are refused
+    line = _one_line_error(capsys, "skim", _fileset(das_fileset, tmp_path / "g.json", ["DY", "dy"]),
+                           "--out", tmp_path / "skim2", "--executor", "iterative", "--quiet")
+    assert "same folder" in line and not (tmp_path / "skim2").exists()
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +102,11 @@ def test_das_names_are_stored_under_out_and_kept_in_the_data(das_fileset, tmp_pa
     # every part under --out, in the dataset's safe folder
     parts = sorted(out.rglob("part-*.parquet"))
     assert parts and all(p.parent.parent == out for p in parts)
-    assert {p.parent.name for p in parts} == {dataset_folder(DAS_SIGNAL), dataset_folder(DAS_DY)}
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["datasets"]) == {DAS_SIGNAL, DAS_DY}
-    assert manifest["datasets"][DAS_DY]["folder"] == dataset_folder(DAS_DY)
+    folders = {manifest["datasets"][d]["folder"] for d in (DAS_SIGNAL, DAS_DY)}
+    assert {p.parent.name for p in parts} == folders and all("/" not in f for f in folders)
+    assert any(f.startswith("DYJetsToLL_M-50_TuneCP5") for f in folders)
     assert set(json.loads((out / "cutflow.json").read_text())) == {DAS_SIGNAL, DAS_DY}
     # ...and neither dataset vanishes in prepare; the dataset column keeps the real name
     prep = tmp_path / "run" / "prepared"
@@ -112,10 +136,10 @@ def test_names_that_cannot_be_made_safe_are_refused(das_fileset, tmp_path, capsy
     ("[prepare]\nsplit = [nan, 0.2, 0.2]\n", "prepare.split.0"),
     ("lumi_pb = inf\n", "lumi_pb"),
     ("[selection]\ntau_pt_min = nan\n", "selection.tau_pt_min"),
-    ("[train.mlp]\nlr = -inf\n", "train.mlp.lr"),
+    ("[train.mlp]\nlr = inf\n", "train.mlp.lr"),
     ("[cluster.jobqueue]\nwalltime = inf\n", "cluster.jobqueue.walltime"),
-    ("[samples.DY]\nprocess = \"DY\"\nlabel = 0\nxsec_pb = nan\n[samples.H]\nprocess = \"ggH\"\nlabel = 1\nxsec_pb = 1.0\n",
-     "samples.DY.xsec_pb"),
+    ("[samples.DY]\nprocess = \"DY\"\nlabel = 0\nxsec_pb = 1.0\ndata_lumi_pb = inf\n"
+     "[samples.H]\nprocess = \"ggH\"\nlabel = 1\nxsec_pb = 1.0\n", "samples.DY.data_lumi_pb"),
 ])
 def test_non_finite_config_values_are_refused(tmp_path, capsys, toml, key):
     path = tmp_path / "analysis.toml"
@@ -184,14 +208,12 @@ def test_run_refuses_a_generated_sample_of_other_settings(tmp_path):
         run_pipeline(small, tmp_path, progress=False)
 
 
-def test_generated_settings_are_recorded(tmp_path):
-    from analysis.generate.runner import (
-        generate_samples,
-        generation_settings,
-        read_generation_settings,
-    )
-
-    config = config_from_dict({"generate": {"events": 300, "files_per_sample": 1}})
-    generate_samples(tmp_path, config, progress=False)
-    assert read_generation_settings(tmp_path) == generation_settings(config)
-    assert Path(tmp_path / "fileset.json").is_file()
+def test_generated_settings_are_recorded(tmp_path, capsys):
+    code, err = _cli(capsys, "generate", "--out", tmp_path, "--events", "300", "--files-per-sample", "1",
+                     "--seed", "7", "--quiet")
+    assert code == 0, err
+    settings = json.loads((tmp_path / "generate.json").read_text())
+    assert {k: settings["generate"][k] for k in ("events", "files_per_sample", "seed")} == \
+        {"events": 300, "files_per_sample": 1, "seed": 7}
+    assert set(settings["samples"]) == set(json.loads((tmp_path / "fileset.json").read_text()))
+    assert "lumi_pb" in settings

@@ -1,8 +1,8 @@
 """Trust, items 10 and 12: a full disk is one line in every stage; shared machines and credentials.
 
-ENOSPC is injected into the one write path (`analysis.core.io`) for every stage run
-through the CLI, and, where this machine lets the test mount a small tmpfs (root), hit for
-real. The dask dashboard and cluster listen on the loopback interface only. A URL's
+ENOSPC is injected where every file is put in place (``os.replace``/``os.rename``) for
+every stage run through the CLI, and, where this machine lets the test mount a small
+tmpfs (root), hit for real. The dask dashboard and cluster listen on the loopback interface only. A URL's
 credentials never appear in a message or a record.
 """
 
@@ -22,8 +22,6 @@ from _skim_helpers import QUIET_COFFEA, subset_fileset
 
 from analysis.cli import main
 from analysis.config import ClusterConfig
-from analysis.core import io
-from analysis.core.net import redact
 
 pytestmark = QUIET_COFFEA
 
@@ -44,7 +42,7 @@ def _disk_full(*_args, **_kwargs):
 
 
 def _no_temporaries(folder: Path) -> list[str]:
-    return [str(p) for p in folder.rglob(".*tmp-*")]
+    return [str(p) for p in folder.rglob(".*") if ".tmp" in p.name]
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +52,8 @@ def two_datasets(generated_sample, tmp_path_factory):
 
 
 def test_a_full_disk_is_one_line_in_every_stage(two_datasets, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(io, "_fsync_file", _disk_full)
-    monkeypatch.setattr(io.os, "fsync", _disk_full)
+    monkeypatch.setattr(os, "replace", _disk_full)
+    monkeypatch.setattr(os, "rename", _disk_full)
     runs = {
         "generate": ["generate", "--out", tmp_path / "gen", "--events", "300", "--files-per-sample", "1"],
         "skim": ["skim", two_datasets, "--out", tmp_path / "skim", "--executor", "iterative"],
@@ -118,7 +116,9 @@ def test_the_local_cluster_listens_on_this_machine_only():
 
 # -- credentials in URLs -----------------------------------------------------------------------
 
-def test_credentials_are_redacted():
+def test_credentials_are_redacted_unit():
+    from analysis.core.net import redact
+
     text = redact(f"cannot read {SECRET_URL}: refused")
     assert "s3cr3t-pw" not in text and "TOKEN-abc123" not in text
     assert "alice:***@127.0.0.1:9/store/mc/DY.root?authz=***&x=1" in text
@@ -130,6 +130,28 @@ def _fileset_with_secret(good: Path, out: Path) -> Path:
                               "metadata": {"process": "DY", "label": 0, "xsec_pb": 3503.7, "sumw": 1000.0}}}
     out.write_text(json.dumps(fileset))
     return out
+
+
+def test_credentials_are_redacted_in_messages(tmp_path, capsys):
+    fileset = tmp_path / "fileset.json"
+    fileset.write_text(json.dumps({"DYJetsToLL": {"files": {SECRET_URL: "Events"},
+                                                  "metadata": {"process": "DY", "label": 0,
+                                                               "xsec_pb": 3503.7, "sumw": 1000.0}}}))
+    config = tmp_path / "fast.toml"
+    config.write_text("[skim]\nretries = 0\nretry_wait = 0.0\ntimeout = 5\n")
+    code, err = _cli(capsys, "skim", fileset, "--out", tmp_path / "skim", "--executor", "iterative",
+                     "--config", config, "--quiet")
+    assert code == 1
+    assert "alice:***@127.0.0.1:9/store/mc/DY.root?authz=***&x=1" in err, err
+    assert "s3cr3t-pw" not in err and "TOKEN-abc123" not in err
+    # a plain path is shown as it is
+    plain = tmp_path / "plain" / "file.root"
+    fileset.write_text(json.dumps({"DYJetsToLL": {"files": {str(plain): "Events"},
+                                                  "metadata": {"process": "DY", "label": 0,
+                                                               "xsec_pb": 3503.7, "sumw": 1000.0}}}))
+    code, err = _cli(capsys, "skim", fileset, "--out", tmp_path / "skim", "--executor", "iterative",
+                     "--config", config, "--quiet")
+    assert code == 1 and str(plain) in err, err
 
 
 def test_credentials_are_never_printed_nor_stored(generated_sample, tmp_path, capsys):
@@ -147,7 +169,7 @@ def test_credentials_are_never_printed_nor_stored(generated_sample, tmp_path, ca
     for text in [err, *(p.read_text() for p in (tmp_path / "skim").rglob("*.json"))]:
         assert "s3cr3t-pw" not in text and "TOKEN-abc123" not in text
     manifest = json.loads((tmp_path / "skim" / "manifest.json").read_text())
-    assert redact(SECRET_URL) in [f["path"] for f in manifest["files"]]
+    assert "https://alice:***@127.0.0.1:9/store/mc/DY.root?authz=***&x=1" in [f["path"] for f in manifest["files"]]
     # the part summaries in the Parquet metadata are records too
     import pyarrow.parquet as pq
     for part in (tmp_path / "skim").rglob("part-*.parquet"):

@@ -9,7 +9,9 @@ files are one line; a failing resume leaves a good model alone.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -17,14 +19,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import tomli_w
 from _prepare_helpers import default_samples, write_skim
 
+from analysis import config_from_dict, run_evaluate, run_prepare, run_train
 from analysis.cli import main
-from analysis.config import config_from_dict
-from analysis.errors import StageInputError
-from analysis.evaluate.runner import run_evaluate
-from analysis.prepare.runner import run_prepare
-from analysis.train.runner import run_train
 
 FEATURES = ["tau1_pt", "tau2_pt", "jet1_btag", "m_vis", "mjj", "jdeta", "met_pt"]
 
@@ -332,28 +331,40 @@ def test_a_model_trained_here_records_the_preparation(prepared, models):
         assert info["prepared_fingerprint"] == manifest["fingerprint"]
 
 
-def test_stage_errors_never_leave_a_half_model(prepared, tmp_path):
-    with pytest.raises(StageInputError):
-        run_train(tmp_path / "nowhere", tmp_path / "m", _config(), model="xgboost", progress=False)
-    assert not (tmp_path / "m").exists()
+def test_a_refused_resume_leaves_the_model_alone(prepared, models, tmp_path, capsys):
+    model = _copy_model(models["mlp"], tmp_path / "mlp")
+    before = {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()}
+    other = _config(train={"mlp": {"hidden": [32], "max_epochs": 2, "shuffle_buffer": 2000, "read_threads": 1}})
+    config = tmp_path / "other.toml"
+    config.write_text(tomli_w.dumps(other.model_dump(mode="json", exclude_none=True)))
+    line = _one_line_error(capsys, "train", prepared, "--model", "mlp", "--out", model, "--resume",
+                           "--quiet", "--config", config)
+    assert "checkpoint" in line and "settings hidden differ" in line, line
+    assert {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()} == before
+
+
+def test_the_mlp_trains_on_signed_nlo_weights(prepared, tmp_path):
+    # the validation AUC with negative weights has no area unless taken with |w|, as evaluation does
+    weights = np.concatenate([pq.read_table(p, columns=["train_weight"]).column(0).to_numpy()
+                              for p in (prepared / "val").glob("*.parquet")])
+    assert (weights < 0).any()  # the sample's NLO (DY-like) weights: some are negative
+    model = run_train(prepared, tmp_path / "mlp", _config(), model="mlp", device="cpu", progress=False)
+    history = json.loads((model / "history.json").read_text())
+    assert history["val_auc"] and np.isfinite(history["val_auc"]).all()
 
 
 # -- item 10: a full disk in prepare, train and evaluate -----------------------------------------
 
 def _disk_full(*_args, **_kwargs):
-    import errno
-    import os
-
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def test_a_full_disk_is_one_line_in_prepare_train_and_evaluate(skim, prepared, models, scheduler, tmp_path,
                                                                capsys, monkeypatch):
-    from analysis.core import io
-
+    # every stage puts its files in place with os.replace / os.rename: the disk fills up there
     config = _write_config(tmp_path)
-    monkeypatch.setattr(io, "_fsync_file", _disk_full)
-    monkeypatch.setattr(io.os, "fsync", _disk_full)
+    monkeypatch.setattr(os, "replace", _disk_full)
+    monkeypatch.setattr(os, "rename", _disk_full)
     runs = {
         "prepare": ["prepare", skim, "--out", tmp_path / "prep", "--scheduler", scheduler],
         "xgboost": ["train", prepared, "--model", "xgboost", "--out", tmp_path / "xgb", "--scheduler", scheduler],
@@ -367,4 +378,4 @@ def test_a_full_disk_is_one_line_in_prepare_train_and_evaluate(skim, prepared, m
     for model in ("xgb", "mlp"):
         assert not (tmp_path / model / "model_info.json").exists()
     assert not (tmp_path / "eval" / "metrics.json").exists() and not (tmp_path / "eval" / "report.html").exists()
-    assert [str(p) for p in tmp_path.rglob(".*tmp-*")] == []
+    assert [str(p) for p in tmp_path.rglob(".*") if ".tmp" in p.name] == []
