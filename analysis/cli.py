@@ -263,6 +263,17 @@ def run(
 
 
 @app.command()
+def provenance(
+    folder: Path = typer.Argument(..., help="An output folder: evaluation, model, prepared or skim, "
+                                            "or the --out folder of `hepprep run`."),
+) -> None:
+    """Print the chain of stages behind an output folder, and whether each recorded input still matches."""
+    from analysis.lineage import provenance_report
+
+    typer.echo(provenance_report(folder))
+
+
+@app.command()
 def cluster(
     config: Optional[Path] = ConfigOption,
     scheduler: Optional[str] = typer.Option(None, help="Existing dask scheduler (tcp://host:8786)."),

@@ -52,7 +52,7 @@ def evaluated(tmp_path_factory):
 def test_metrics_json_has_every_key(evaluated):
     m = evaluated["metrics"]
     assert set(m) == {"prep_dir", "test_fraction", "test_events", "test_yield", "data_events",
-                      "negative_weights", "models", "plots", "warnings"}
+                      "negative_weights", "models", "plots", "warnings", "provenance"}
     assert m["warnings"] == []
     assert set(m["models"]) == {"xgboost", "xgb_short", "mlp"}
     assert set(m["test_fraction"]) == {"signal", "background", "nominal"}

@@ -112,6 +112,11 @@ def test_slurm_dry_run_jobs_run_locally_give_the_single_skim(sample, single_skim
     pd.testing.assert_frame_equal(read_skim(out), read_skim(single_skim))
     assert (out / "cutflow.json").read_bytes() == (single_skim / "cutflow.json").read_bytes()
     assert json.loads((out / "manifest.json").read_text()) == single_manifest
+    # provenance included: the fileset and its files, the parts' fingerprint (tests/test_provenance.py)
+    assert single_manifest["provenance"]["inputs"][0]["path"] == str(sample)
+    job = json.loads((out / "manifests" / "job-0.json").read_text())["provenance"]
+    assert job["inputs"][0]["path"] == str(out / "jobs" / "0" / "fileset.json")
+    assert job["config_hash"] == single_manifest["provenance"]["config_hash"]
 
 
 def test_htcondor_failed_job_is_listed_and_resubmitted_alone(sample, single_skim, tmp_path, capsys):

@@ -23,11 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from analysis.batch.record import JOBS_DIR, read_submit_record
+from analysis.config import load_config
 from analysis.core.io import write_json_atomic
 from analysis.core.names import dataset_folder
+from analysis.core.provenance import build_provenance
 from analysis.errors import StageInputError
 from analysis.skim.inputs import DatasetInfo, InputFile
-from analysis.skim.manifest import build_cutflow, build_manifest, job_manifest_path
+from analysis.skim.manifest import (
+    build_cutflow,
+    build_manifest,
+    job_manifest_path,
+    keep_provenance,
+    skim_inputs,
+)
 from processors.parts import read_part_summary
 
 __all__ = ["JOB_STATES", "JobState", "format_job_states", "job_states", "merge_job_manifests",
@@ -191,6 +199,30 @@ def format_job_states(out_dir: str | Path, states: list[JobState]) -> str:
     return "\n".join(lines)
 
 
+def _merged_provenance(out: Path, record: dict[str, Any], job_records: list[tuple[int, Any]],
+                       datasets: dict[str, DatasetInfo]) -> dict[str, Any]:
+    """The provenance of the merged manifest, as one `hepprep skim` of the whole fileset records it.
+
+    Its configuration is the one the jobs recorded (when they all agree; else the
+    ``jobs/config.toml`` they were given). When a job ran other code or another
+    configuration than this record says, ``jobs`` lists every job's version, commit and
+    configuration hash.
+    """
+    recorded = {k: p for k, p in job_records if isinstance(p, dict) and isinstance(p.get("config"), dict)}
+    hashes = {p.get("config_hash") for p in recorded.values()}
+    if len(recorded) == len(job_records) and len(hashes) == 1:
+        config = next(iter(recorded.values()))["config"]
+    else:
+        config = load_config(out / JOBS_DIR / "config.toml").model_dump(mode="json")
+    fileset = record.get("fileset_path") or record["fileset"]
+    merged = build_provenance("skim", config=config, inputs=skim_inputs(fileset, datasets), seeds={})
+    keys = ("hepprep_version", "git_commit", "config_hash")
+    jobs = [{"job": k, **{key: (p or {}).get(key) for key in keys}} for k, p in job_records]
+    if any(job[key] != merged[key] for job in jobs for key in keys):
+        merged["jobs"] = jobs
+    return merged
+
+
 def merge_job_manifests(out_dir: str | Path) -> dict[str, Any]:
     """Write ``manifest.json`` and ``cutflow.json`` of a finished batch run from its jobs'.
 
@@ -222,8 +254,11 @@ def merge_job_manifests(out_dir: str | Path) -> dict[str, Any]:
                               f"--status {out_dir}` and resubmit the failed ones with `hepprep "
                               f"submit --resubmit-failed {out_dir}`")
     entries: dict[tuple[str, str], dict[str, Any]] = {}
+    job_records = []
     for state in states:
-        for entry in json.loads(job_manifest_path(out, state.job).read_text())["files"]:
+        job_manifest = json.loads(job_manifest_path(out, state.job).read_text())
+        job_records.append((state.job, job_manifest.get("provenance")))
+        for entry in job_manifest["files"]:
             entries[(entry["dataset"], entry["path"])] = entry
     listed = {c["part"] for e in entries.values() for c in e["chunks"]}
     on_disk = {f"{dataset_folder(name)}/{p.name}" for name in record["datasets"]
@@ -252,9 +287,11 @@ def merge_job_manifests(out_dir: str | Path) -> dict[str, Any]:
         if entry["error"] is not None:
             errors.append({"dataset": name, "path": path, "cause": entry["error"]})
     summaries = {rel: read_part_summary(out / rel) for rel in sorted(listed)}
-    manifest = build_manifest(fileset=record["fileset"], chunksize=record["chunksize"],
+    manifest = build_manifest(out_dir=out, fileset=record["fileset"], chunksize=record["chunksize"],
                               datasets=datasets, plan=plan, summaries=summaries, errors=errors,
-                              skip_bad_files=record["skip_bad_files"])
+                              skip_bad_files=record["skip_bad_files"],
+                              provenance=_merged_provenance(out, record, job_records, datasets))
+    manifest = keep_provenance(out / "manifest.json", manifest)  # merged again: the same record
     write_json_atomic(out / "cutflow.json", build_cutflow(summaries, datasets))
     write_json_atomic(out / "manifest.json", manifest)
     return manifest

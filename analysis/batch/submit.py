@@ -287,6 +287,7 @@ def submit_skim(fileset: str | Path, out_dir: str | Path, config: Config, *, job
                                                             extra=extra, n_jobs=jobs))
     record = {
         "system": system, "fileset": redact(str(fileset)), "out": str(out), "n_jobs": jobs,
+        "fileset_path": redact(os.path.abspath(fileset)),  # for the merged manifest's provenance
         "chunksize": config.skim.chunksize, "skip_bad_files": skip,
         "resources": {"cores": cores, "memory": memory, "queue": queue, "extra": list(extra)},
         "datasets": {n: _dataset_record(d) for n, d in datasets.items()},

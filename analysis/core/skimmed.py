@@ -5,10 +5,21 @@ file from elsewhere, parts of an interrupted run. The skim's ``manifest.json`` l
 part with its row count, and the stages downstream read exactly those parts, after
 checking that each exists with that many rows. An incomplete skim (an input file not done,
 a dataset whose files were all skipped) is refused unless the caller allows it.
+
+The skim's ``fingerprint`` (`parts_fingerprint`) says which parts it is: a hash over the
+listed parts, sorted by relative path, of each part's path, row count, size in bytes and
+Parquet footer (the footer holds the chunk summary with the settings fingerprint of the
+selection, luminosity and dataset metadata, and every column's statistics and byte
+sizes). It does not depend on when or where the skim ran: a re-run that redoes nothing, a
+batch skim and a single skim of the same fileset have the same fingerprint; a part added,
+removed, skimmed with other settings or rewritten with other content changes it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +29,7 @@ import pyarrow.parquet as pq
 from analysis.core.io import read_json
 from analysis.errors import StageInputError
 
-__all__ = ["SkimParts", "skim_parts"]
+__all__ = ["SkimParts", "parts_fingerprint", "skim_fingerprint", "skim_parts"]
 
 MANIFEST_FILE = "manifest.json"
 
@@ -49,6 +60,49 @@ def _parquet_rows(path: Path) -> int:
         raise StageInputError(f"{path}: a part listed in the skim manifest is not a readable "
                               f"Parquet file ({' '.join(str(err).split())}); re-run `hepprep skim` "
                               f"after deleting it") from None
+
+
+def _part_identity(path: Path) -> tuple[int | None, str | None]:
+    """(size in bytes, sha256 of the Parquet footer) of a part; (None, None) when it is gone."""
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, 2)
+            if size < 12:
+                return size, None
+            handle.seek(size - 8)
+            tail = handle.read(8)
+            length = int.from_bytes(tail[:4], "little")
+            if tail[4:] != b"PAR1" or length > size - 12:
+                return size, None
+            handle.seek(size - 8 - length)
+            return size, hashlib.sha256(handle.read(length)).hexdigest()
+    except OSError:
+        return None, None
+
+
+def parts_fingerprint(skim_dir: str | Path, files: Iterable[dict[str, Any]]) -> str:
+    """The skim fingerprint (module docstring) of the parts that manifest ``files`` entries list."""
+    parts = sorted((str(c["part"]), int(c["rows"])) for f in files for c in (f.get("chunks") or []))
+    entries = [[rel, rows, *_part_identity(Path(skim_dir) / rel)] for rel, rows in parts]
+    return hashlib.sha256(json.dumps(entries, separators=(",", ":")).encode()).hexdigest()
+
+
+def skim_fingerprint(skim_dir: str | Path) -> str | None:
+    """The fingerprint of the skim in ``skim_dir`` as its parts are on disk now; None without a
+    skim manifest (not a skim folder, or one hepprep cannot read)."""
+    if not Path(skim_dir).is_dir():
+        return None
+    try:
+        manifest = read_json(Path(skim_dir) / MANIFEST_FILE, "the skim manifest")
+    except StageInputError:
+        return None
+    if not isinstance(manifest, dict) or manifest.get("stage") != "skim" or not isinstance(
+            manifest.get("files"), list):
+        return None
+    try:
+        return parts_fingerprint(skim_dir, manifest["files"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def skim_parts(skim_dir: str | Path, *, allow_incomplete: bool = False) -> SkimParts:

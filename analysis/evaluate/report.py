@@ -10,10 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import platform
-import subprocess
-import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +17,20 @@ import pandas as pd
 
 from analysis.config import Config, config_to_toml
 from analysis.core.io import write_text_atomic
+from analysis.core.provenance import (
+    GENERATE_SETTINGS_FILE,
+    RECORD_FILES,
+    build_provenance,
+    current_fingerprint,
+    folder_input,
+    read_record,
+    short,
+    stage_view,
+)
 from analysis.evaluate.input_plots import format_yield
 
-__all__ = ["collect_provenance", "write_report"]
+__all__ = ["collect_provenance", "evaluation_provenance", "write_report"]
 
-PACKAGES = ("hepprep", "numpy", "pandas", "pyarrow", "awkward", "uproot", "coffea", "dask",
-            "distributed", "xgboost", "torch", "scikit-learn", "scipy", "matplotlib", "mplhep", "hist")
 SECTIONS = [("performance", "Classifier performance"), ("overtraining", "Overtraining check"),
             ("importance", "Feature importance"), ("correlations", "Feature correlations"),
             ("inputs", "Input features"), ("cutflow", "Cutflow")]
@@ -50,65 +54,79 @@ GUIDE = {
 }
 
 
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+def _model_seeds(info: dict) -> dict[str, Any]:
+    params = info.get("params") if isinstance(info.get("params"), dict) else {}
+    return {key: params[key] for key in ("seed", "random_state") if key in params}
 
 
-def _git_commit() -> str | None:
-    """Commit of the checkout the code runs from, "+dirty" with uncommitted changes; None outside git."""
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+def evaluation_provenance(model_dirs: list[Path], prepared, skim_dir: Path | None,
+                          config: Config) -> dict[str, Any]:
+    """metrics.json's ``provenance``: the prepared folder, each model folder (with the sha256 of
+    its model_info.json) and the skim read for the cutflow, each with its fingerprint; the
+    seeds of the split and of each model."""
+    inputs = [folder_input("prepared", Path(prepared.path).resolve(), prepared.fingerprint)]
+    inputs += [folder_input("model", Path(d).resolve(), current_fingerprint("model", d)) for d in model_dirs]
+    skim_fp = current_fingerprint("skim", skim_dir) if skim_dir is not None else None
+    if skim_fp is not None:
+        inputs.append(folder_input("skim", Path(skim_dir).resolve(), skim_fp))
+    seeds: dict[str, Any] = {}
+    split = prepared.stats.get("split", {})
+    if isinstance(split, dict) and "seed" in split:
+        seeds["prepare.seed"] = split["seed"]
+    for model_dir in model_dirs:
+        for key, value in _model_seeds(read_record("model", model_dir) or {}).items():
+            seeds[f"{Path(model_dir).name}.{key}"] = value
+    return build_provenance("evaluate", config=config.model_dump(mode="json"), inputs=inputs, seeds=seeds)
+
+
+def _chain(out: Path, model_dirs: list[Path], prepared, skim_dir: Path | None) -> list[dict[str, Any]]:
+    """Every stage behind this evaluation that it knows, newest first (`core.provenance.stage_view`)."""
+    chain = [dict(stage_view("evaluation", out), label="evaluation")]
+    chain += [dict(stage_view("model", d), label=f"model {Path(d).name}") for d in model_dirs]
+    chain.append(dict(stage_view("prepared", prepared.path), label="prepared"))
+    if skim_dir is not None and (Path(skim_dir) / RECORD_FILES["skim"]).is_file():
+        skim = dict(stage_view("skim", skim_dir), label="skim")
+        chain.append(skim)
+        fileset = [r["path"] for r in skim["inputs"] if r["kind"] == "fileset"]
+        settings = Path(fileset[0]).parent / GENERATE_SETTINGS_FILE if fileset else None
+        if settings is not None and settings.is_file():
+            generate = _read_json(settings).get("generate") or {}
+            chain.append({"label": "generate", "path": str(settings), "provenance": None,
+                          "fingerprint": None, "fingerprint_now": None, "inputs": [],
+                          "settings": {k: generate.get(k) for k in ("seed", "events", "files_per_sample")}})
+    return chain
 
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def collect_provenance(model_dirs: list[Path], prepared, skim_dir: Path | None,
-                       cutflow_path: Path | None, config: Config) -> dict[str, Any]:
-    """Inputs, seeds, model training records, versions and git commit, as plain JSON data."""
+                       cutflow_path: Path | None, record: dict[str, Any], *, out: Path) -> dict[str, Any]:
+    """What the report's Provenance section shows: this evaluation's ``record`` (metrics.json's
+    ``provenance``), its input paths and seeds, the models' training records, and the
+    provenance of every stage behind it (``chain``)."""
     models = {}
-    seeds: dict[str, Any] = {"generate.seed": config.generate.seed, "prepare.seed": config.prepare.seed}
-    split = prepared.stats.get("split", {})
-    if "seed" in split:
-        seeds["split seed (prepared stats.json)"] = split["seed"]
     for model_dir in model_dirs:
-        info = _read_json(Path(model_dir) / "model_info.json")
-        keep = {k: info[k] for k in ("model", "device", "best_iteration", "best_epoch", "train_seconds")
-                if k in info}
-        models[str(model_dir)] = keep
-        params = info.get("params", {})
-        for key in ("seed", "random_state"):
-            if key in params:
-                seeds[f"{Path(model_dir).name} {key}"] = params[key]
+        info = read_record("model", model_dir) or {}
+        models[str(model_dir)] = {k: info[k] for k in ("model", "device", "best_iteration", "best_epoch",
+                                                         "train_seconds") if k in info}
     return {
         "inputs": {"prepared": str(prepared.path), "skim": str(skim_dir) if skim_dir else None,
                    "cutflow": str(cutflow_path) if cutflow_path else None,
                    "models": [str(d) for d in model_dirs]},
-        "seeds": seeds,
+        "seeds": record["seeds"],
         "models": models,
-        "versions": _versions(),
-        "git_commit": _git_commit(),
-        "platform": platform.platform(),
-        "command": " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv)),
+        "versions": {"hepprep": record["hepprep_version"], **record["libraries"]},
+        "git_commit": record["git_commit"],
+        "platform": record["platform"],
+        "command": record["command"],
+        "config_hash": record["config_hash"],
+        "chain": _chain(out, model_dirs, prepared, skim_dir),
     }
 
 
@@ -196,6 +214,46 @@ figcaption { font-size: 0.85em; color: #555; } pre { background: #f6f6f6; paddin
 """
 
 
+def _seed_label(key: str) -> str:
+    if key == "prepare.seed":
+        return "split seed (prepared stats.json)"
+    name, _, what = key.rpartition(".")
+    return f"{name} {what}" if name else key
+
+
+def _chain_html(chain: list[dict[str, Any]]) -> list[str]:
+    """One table per stage behind the evaluation, with what it read and whether that still matches."""
+    parts = ["<h3>Every stage behind these numbers</h3>",
+             "<p>Each stage's record (its manifest, model_info.json or metrics.json) names the code, "
+             "configuration and inputs it ran with. &ldquo;now&rdquo; compares each recorded input "
+             "with what is on disk as this report is written (<code>hepprep provenance DIR</code> "
+             "checks it again later).</p>"]
+    for stage in chain:
+        record = stage["provenance"]
+        rows: list[list[Any]] = []
+        if record:
+            rows += [["hepprep", record.get("hepprep_version")],
+                     ["git commit", record.get("git_commit") or "not a git checkout"],
+                     ["config hash", record.get("config_hash")], ["command", record.get("command")],
+                     ["seeds", ", ".join(f"{k} = {v}" for k, v in (record.get("seeds") or {}).items())
+                      or "none"]]
+        elif stage.get("settings"):
+            rows += [[f"generate.{k}", v] for k, v in stage["settings"].items()]
+        else:
+            rows.append(["provenance", "not recorded (written by an older hepprep, or by hand)"])
+        fingerprint, now = stage["fingerprint"], stage["fingerprint_now"]
+        if fingerprint is None and now is not None:
+            rows.append(["fingerprint", f"not recorded (on disk now: {now})"])
+        elif fingerprint is not None:
+            rows.append(["fingerprint", fingerprint + ("" if now == fingerprint else
+                                                       f" (on disk now {short(now)}: CHANGED)")])
+        parts += [f"<h4>{_e(stage['label'])}: <code>{_e(stage['path'])}</code></h4>", _table(["", ""], rows)]
+        if stage["inputs"]:
+            rows = [[r["kind"], r["path"], r["recorded"], r["status"]] for r in stage["inputs"]]
+            parts.append(_table(["input", "path", "recorded", "now"], rows))
+    return parts
+
+
 def write_report(out: Path, *, metrics: dict, plots: list[dict], cutflow: pd.DataFrame | None,
                  config: Config, provenance: dict) -> Path:
     """Write ``out/report.html``; ``plots`` are {"section", "title", "file" (relative to out)}."""
@@ -226,12 +284,14 @@ def write_report(out: Path, *, metrics: dict, plots: list[dict], cutflow: pd.Dat
     parts += ["<h2>Provenance</h2>",
               _table(["input", "path"], [[k, v if not isinstance(v, list) else ", ".join(v)]
                                          for k, v in inputs.items()]),
-              _table(["seed", "value"], [[k, v] for k, v in provenance["seeds"].items()]),
+              _table(["seed", "value"], [[_seed_label(k), v] for k, v in provenance["seeds"].items()]),
               _table(["model directory", "training record"],
                      [[k, json.dumps(v)] for k, v in provenance["models"].items()]),
               _table(["", ""], [["git commit", provenance["git_commit"] or "not a git checkout"],
+                                ["config hash", provenance["config_hash"]],
                                 ["platform", provenance["platform"]], ["command", provenance["command"]]]),
               _table(["package", "version"], [[k, v] for k, v in provenance["versions"].items()]),
+              *_chain_html(provenance["chain"]),
               "<h2>Configuration</h2>", f"<pre>{_e(config_to_toml(config))}</pre>",
               "</body>", "</html>"]
     path = out / "report.html"

@@ -9,7 +9,8 @@ Output folder::
 
     <out>/metrics.json     weighted AUC, signal efficiency at fixed background efficiency,
                            best-cut AMS with s and b at the full luminosity (and at the cut
-                           chosen on the validation split), KS p-values train vs test
+                           chosen on the validation split), KS p-values train vs test, and
+                           the provenance (`analysis.core.provenance`)
     <out>/plots/*.png      input features, correlations, ROC, scores, AMS, importance, cutflow
     <out>/report.html      one self-contained page (images embedded)
 """
@@ -172,7 +173,7 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
         directory's (one line naming both and the differing features), or a model trained
         on another preparation (unless ``allow_other_prepared``).
     """
-    from analysis.evaluate.report import collect_provenance, write_report
+    from analysis.evaluate.report import collect_provenance, evaluation_provenance, write_report
 
     model_dirs = [Path(d) for d in model_dirs]
     prepared = open_prepared(prep_dir)
@@ -224,9 +225,10 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
                    for name, m in model_metrics.items()},
         "warnings": warnings,
         "plots": [p["file"] for p in plots],
+        "provenance": evaluation_provenance(model_dirs, prepared, skim, config),
     }
     write_json_atomic(out / "metrics.json", metrics)
-    provenance = collect_provenance(model_dirs, prepared, skim, cutflow_path, config)
+    provenance = collect_provenance(model_dirs, prepared, skim, cutflow_path, metrics["provenance"], out=out)
     report = write_report(out, metrics=metrics, plots=plots, cutflow=cutflow, config=config,
                           provenance=provenance)
     console = stage_console(quiet=not progress)

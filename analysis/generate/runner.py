@@ -52,6 +52,7 @@ from analysis.config import Config
 from analysis.core.io import read_json, remove_stale_temp, write_json_atomic
 from analysis.core.names import dataset_folder
 from analysis.core.progress import progress_bar, stage_console
+from analysis.core.provenance import GENERATE_SETTINGS_FILE
 from analysis.errors import ConfigError, StageInputError
 from analysis.generate.events import EventBatch, concatenate_batches
 from analysis.generate.layout import events_to_branches, write_events
@@ -196,7 +197,7 @@ def _fileset_entry(config: Config, name: str, files: list[str], n_events: int, s
     return {"files": {f: "Events" for f in files}, "metadata": meta}
 
 
-SETTINGS_FILE = "generate.json"
+SETTINGS_FILE = GENERATE_SETTINGS_FILE  # generate.json
 
 
 def generation_settings(config: Config) -> dict:

@@ -25,7 +25,8 @@ from analysis.config import Config, PrepareConfig, with_overrides
 from analysis.core.cluster import dask_client
 from analysis.core.io import atomic_dir, read_json, remove_stale_temp, write_json_atomic
 from analysis.core.progress import progress_bar, stage_console
-from analysis.core.skimmed import skim_parts
+from analysis.core.provenance import build_provenance, file_input, folder_input
+from analysis.core.skimmed import skim_fingerprint, skim_parts
 from analysis.errors import StageInputError
 from analysis.prepare.outputs import check_out_dir, outputs_intact
 from analysis.prepare.shuffle import InputUnit, ShufflePlan, scatter_unit, shuffle_bucket, split_names
@@ -45,6 +46,8 @@ class PrepareInputs:
 
     ``sources`` are the user's files (for the manifest and the re-run check); ``files`` the
     Parquet files actually read (the same for a skim; converted copies for a CSV table).
+    ``upstream`` are the provenance inputs (the skim folder with its fingerprint); empty:
+    the ``sources``, as files.
     """
 
     files: tuple[Path, ...]
@@ -53,6 +56,7 @@ class PrepareInputs:
     source: str
     sources: tuple[Path, ...]
     skim: dict[str, Any] | None = None  # what prepare took from a skim (`prepare_io.SkimParts.record`)
+    upstream: tuple[dict[str, Any], ...] = ()
 
 
 def _known_data_rows(meta: pq.FileMetaData, rg: int) -> int | None:
@@ -165,8 +169,10 @@ def run_prepare(skim_dir: str | Path, out_dir: str | Path, config: Config, *,
     if not parts.complete or parts.empty_datasets:
         console.print(f"prepare: --allow-incomplete: {len(parts.not_done)} input file(s) not done, "
                       f"datasets without parts: {', '.join(parts.empty_datasets) or 'none'}", soft_wrap=True)
+    source = Path(skim_dir).resolve()
     inputs = PrepareInputs(files=parts.files, id_columns=SKIM_ID_COLUMNS, features=tuple(config.features),
-                           source=str(Path(skim_dir).resolve()), sources=parts.files, skim=parts.record)
+                           source=str(source), sources=parts.files, skim=parts.record,
+                           upstream=(folder_input("skim", source, skim_fingerprint(source)),))
     config = config.model_copy(update={"prepare": prep})
     return prepare_inputs(inputs, out_dir, config, scheduler=scheduler, progress=progress)
 
@@ -205,6 +211,12 @@ def prepare_inputs(inputs: PrepareInputs, out_dir: str | Path, config: Config, *
             manifest, stats = _two_passes(client, bar, inputs, prep, tmp, scratch)
         shutil.rmtree(scratch)
         manifest["fingerprint"] = fingerprint
+        # Time-free, and not part of the fingerprint: an up-to-date folder is not redone
+        # because the code or a library changed.
+        manifest["provenance"] = build_provenance(
+            "prepare", config=config.model_copy(update={"prepare": prep}).model_dump(mode="json"),
+            inputs=list(inputs.upstream) or [file_input(p) for p in inputs.sources],
+            seeds={"prepare.seed": prep.seed})
         write_json_atomic(tmp / STATS_FILE, stats)
         write_json_atomic(tmp / MANIFEST_FILE, manifest)
     rows = {s: manifest["splits"][s]["rows"] for s in manifest["splits"]}

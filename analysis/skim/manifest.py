@@ -9,6 +9,7 @@ it is the same whether the chunks ran now, earlier, or on several attempts.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,13 +17,15 @@ from typing import Any
 
 from analysis.core.names import dataset_folder
 from analysis.core.net import redact
+from analysis.core.provenance import file_input
+from analysis.core.skimmed import parts_fingerprint
 from analysis.errors import StageInputError
 from analysis.skim.inputs import DatasetInfo
 from processors.ditau import CUTS
 from processors.parts import part_name, read_part_summary
 
 __all__ = ["JOB_MANIFEST_DIR", "build_cutflow", "build_manifest", "chunk_relpath", "job_cutflow_path",
-           "job_manifest_path", "plan_chunks", "remove_stale_temp_files"]
+           "job_manifest_path", "keep_provenance", "plan_chunks", "remove_stale_temp_files", "skim_inputs"]
 
 # A batch job (`hepprep submit`) skims one slice of the fileset into the shared skim folder
 # and keeps its bookkeeping here, one manifest per job, until `--merge-manifests`.
@@ -137,18 +140,51 @@ def build_cutflow(summaries: dict[str, dict[str, Any]],
     return out
 
 
-def build_manifest(*, fileset: str, chunksize: int, datasets: dict[str, DatasetInfo],
+def skim_inputs(fileset: str | Path, datasets: dict[str, DatasetInfo]) -> list[dict[str, Any]]:
+    """The provenance inputs of a skim: the fileset, then every input file (uuid, size, mtime)."""
+    return [file_input(fileset, kind="fileset")] + [
+        file_input(item.path, uuid=item.uuid or None) for info in datasets.values() for item in info.files]
+
+
+def keep_provenance(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest``, with the provenance of the manifest already at ``path`` when that records this
+    very skim: the same content, configuration hash and inputs.
+
+    For a re-run that ran no chunk (or a merge done again): the parts are the earlier run's,
+    so its record (command, version, commit) stays, and the file is rewritten byte for byte.
+    """
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return manifest
+    old = previous.get("provenance") if isinstance(previous, dict) else None
+    new = manifest["provenance"]
+    if not isinstance(old, dict) or (old.get("config_hash"), old.get("inputs")) != (
+            new["config_hash"], new["inputs"]):
+        return manifest
+    rest = {k: v for k, v in manifest.items() if k != "provenance"}
+    return {**manifest, "provenance": old} if {k: v for k, v in previous.items()
+                                               if k != "provenance"} == rest else manifest
+
+
+def build_manifest(*, out_dir: Path, fileset: str, chunksize: int, datasets: dict[str, DatasetInfo],
                    plan: dict[str, list[str]], summaries: dict[str, dict[str, Any]],
-                   errors: list[dict[str, str]], skip_bad_files: bool) -> dict[str, Any]:
+                   errors: list[dict[str, str]], skip_bad_files: bool,
+                   provenance: dict[str, Any]) -> dict[str, Any]:
     """`manifest.json`: every input file with its uuid, entry ranges done, parts, errors.
 
     Parameters
     ----------
+    out_dir : Path
+        The skim folder: the parts there give the skim's ``fingerprint``
+        (`analysis.core.skimmed.parts_fingerprint`).
     plan : dict of input path -> list of chunk relpaths planned for that file
     summaries : dict of relpath -> chunk summary, for every chunk done (now or earlier)
     errors : list of {"dataset", "path", "cause"}
     skip_bad_files : bool
         Whether a file with an error counts as skipped (the run goes on) or failed.
+    provenance : dict
+        `analysis.core.provenance.build_provenance` of the run.
 
     A file's ``status`` is ``done``, ``skipped`` (bad, and --skip-bad-files), ``failed``
     (bad) or ``incomplete`` (some chunks not done yet: resume with the same command);
@@ -176,11 +212,13 @@ def build_manifest(*, fileset: str, chunksize: int, datasets: dict[str, DatasetI
         "fileset": fileset,
         "chunksize": chunksize,
         "complete": all(f["status"] in ("done", "skipped") for f in files),
+        "fingerprint": parts_fingerprint(out_dir, files),
         "datasets": {n: {"process": d.process, "label": d.label, "is_mc": d.is_mc,
                          "xsec_pb": d.xsec_pb, "sumw": d.sumw, "sumw_source": d.sumw_source,
                          **({"folder": d.folder} if d.folder != n else {})}
                      for n, d in datasets.items()},
         "files": files,
         "errors": [{**e, "path": redact(e["path"]), "cause": redact(e["cause"])} for e in errors],
+        "provenance": provenance,
     }
 

@@ -27,11 +27,13 @@ from analysis.core.cluster import dask_client
 from analysis.core.io import write_json_atomic
 from analysis.core.net import is_remote
 from analysis.core.progress import stage_console
+from analysis.core.provenance import build_provenance
 from analysis.errors import ConfigError, InputFileError, StageInputError
 from analysis.skim.coffea_compat import chunk_tree, progress_bars
 from analysis.skim.inputs import DatasetInfo, check_file, load_fileset, resolve_datasets
 from analysis.skim.manifest import (build_cutflow, build_manifest, chunk_relpath, job_cutflow_path,
-                                    job_manifest_path, plan_chunks, remove_stale_temp_files)
+                                    job_manifest_path, keep_provenance, plan_chunks, remove_stale_temp_files,
+                                    skim_inputs)
 from analysis.skim.open_files import LOCAL_READ_OPTIONS, OpenFiles
 from analysis.skim.remote import RetryingRunner, UnreachableServers, call_with_retries
 from processors.ditau import DiTauProcessor, triggers_applied
@@ -216,12 +218,17 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
         item.error = cause
         errors.append({"dataset": info.name, "path": path, "cause": cause})
 
-    manifest = build_manifest(fileset=str(fileset), chunksize=chunksize, datasets=datasets,
-                              plan=plan, summaries=summaries, errors=errors, skip_bad_files=skip)
+    provenance = build_provenance("skim", config=config.model_dump(mode="json"),
+                                  inputs=skim_inputs(fileset, datasets), seeds={})
+    manifest = build_manifest(out_dir=out, fileset=str(fileset), chunksize=chunksize, datasets=datasets,
+                              plan=plan, summaries=summaries, errors=errors, skip_bad_files=skip,
+                              provenance=provenance)
     manifest_path, cutflow_path = out / "manifest.json", out / "cutflow.json"
     if job_id is not None:
         manifest_path, cutflow_path = job_manifest_path(out, job_id), job_cutflow_path(out, job_id)
         manifest_path.parent.mkdir(exist_ok=True)
+    if not todo:  # nothing skimmed now: the parts, and so their record, are the earlier run's
+        manifest = keep_provenance(manifest_path, manifest)
     write_json_atomic(cutflow_path, build_cutflow(summaries, datasets))
     write_json_atomic(manifest_path, manifest)
     if run_errors and not skip:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from analysis.config import Config, with_overrides
+from analysis.core.provenance import build_provenance, folder_input
 from analysis.errors import ConfigError
 from analysis.train.inputs import inspect_prepared
 from analysis.train.model_dir import finish_model_dir, resolve_device, start_model_dir
@@ -83,7 +84,12 @@ def run_train(prep_dir: str | Path, out_dir: str | Path, config: Config, *,
 
         result = train_mlp(prepared, out, config, device=resolved, resume=resume,
                            progress=progress)
-    info = {**result["info"], "prepared_dir": str(Path(prep_dir).resolve()),
-            "prepared_fingerprint": prepared.fingerprint, "features": prepared.features}
+    prepared_dir = Path(prep_dir).resolve()
+    provenance = build_provenance("train", config=config.model_dump(mode="json"),
+                                  inputs=[folder_input("prepared", prepared_dir, prepared.fingerprint)],
+                                  seeds={f"train.{model}.seed": getattr(config.train, model).seed})
+    info = {**result["info"], "prepared_dir": str(prepared_dir),
+            "prepared_fingerprint": prepared.fingerprint, "features": prepared.features,
+            "provenance": provenance}
     return finish_model_dir(out, features=prepared.features, stats=prepared.stats,
                             history=result["history"], info=info)
