@@ -11,7 +11,7 @@ from analysis.cli import main
 
 MODELS = ("xgboost", "mlp")
 METRICS_KEYS = {"prep_dir", "test_fraction", "test_events", "test_yield", "data_events", "negative_weights",
-                "models", "warnings", "plots"}
+                "models", "warnings", "plots", "provenance"}
 MODEL_METRICS_KEYS = {"model_dir", "kind", "roc_auc", "signal_efficiency", "ams", "ams_val_cut", "ks",
                       "trained_on_this_prepared"}
 DATA = {"Run2012B_TauPlusX", "Run2012C_TauPlusX"}
