@@ -81,13 +81,15 @@ def skim(
     chunksize: Optional[int] = typer.Option(None, help="Events per chunk; one Parquet part per chunk."),
     skip_bad_files: Optional[bool] = typer.Option(None, "--skip-bad-files/--no-skip-bad-files",
                                                   help="Record unreadable files in manifest.json and go on."),
+    processor: Optional[str] = typer.Option(None, help="The analysis: package.module:Class or path/to/file.py:Class "
+                                                       "(a processors.SkimProcessor; default: the di-tau processor)."),
     job_id: Optional[int] = typer.Option(None, help="Batch job K of `hepprep submit`: write manifests/job-K.json instead of manifest.json."),
     status: Optional[Path] = typer.Option(None, help="Show the jobs of the batch run in this skim folder (done, failed, running, missing)."),
     merge_manifests: Optional[Path] = typer.Option(None, help="Merge the job manifests of the finished batch run in this folder."),
     config: Optional[Path] = ConfigOption,
     quiet: bool = QuietOption,
 ) -> None:
-    """Select two taus and two jets in every file, write skim Parquet; resumes where it stopped."""
+    """Run the analysis's processor over every file, write skim Parquet; resumes where it stopped."""
     if status is not None or merge_manifests is not None:
         if fileset is not None or out is not None or (status and merge_manifests):
             raise ConfigError("--status DIR and --merge-manifests DIR take only the skim folder "
@@ -110,7 +112,7 @@ def skim(
     from analysis.skim.runner import run_skim
 
     cfg = _load(config, skim=dict(executor=executor, workers=workers, chunksize=chunksize,
-                                  skip_bad_files=skip_bad_files))
+                                  skip_bad_files=skip_bad_files, processor=processor))
     run_skim(fileset, out, cfg, scheduler=scheduler, progress=not quiet, job_id=job_id)
 
 
@@ -129,6 +131,7 @@ def submit(
     chunksize: Optional[int] = typer.Option(None, help="Events per chunk; one Parquet part per chunk."),
     skip_bad_files: Optional[bool] = typer.Option(None, "--skip-bad-files/--no-skip-bad-files",
                                                   help="Jobs record unreadable files in their manifest and go on."),
+    processor: Optional[str] = typer.Option(None, help="The analysis: package.module:Class or path/to/file.py:Class."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Skim on a batch system without a dask scheduler: split the fileset into jobs and submit them."""
@@ -144,7 +147,7 @@ def submit(
         raise ConfigError("give FILESET, --out DIR and --jobs N (or --resubmit-failed DIR)")
     from analysis.batch.submit import submit_skim
 
-    cfg = _load(config, skim=dict(chunksize=chunksize, skip_bad_files=skip_bad_files))
+    cfg = _load(config, skim=dict(chunksize=chunksize, skip_bad_files=skip_bad_files, processor=processor))
     submit_skim(fileset, out, cfg, jobs=jobs, system=system, dry_run=dry_run, cores=cores,
                 memory=memory, queue=queue, extra=extra or ())
 

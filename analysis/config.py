@@ -139,6 +139,9 @@ class SkimConfig(_Strict):
     retries: int = Field(3, ge=0)  # further tries of a remote file or chunk after such a failure
     retry_wait: float = Field(2.0, ge=0)  # seconds between tries (a restarting server can come back)
     timeout: int = Field(60, gt=0)  # seconds a remote request may take before it counts as failed (XRootD takes whole seconds)
+    # The analysis: a processors.SkimProcessor as package.module:Class or path/to/file.py:Class.
+    processor: str = "processors.ditau:DiTauProcessor"
+    options: dict[str, Any] = {}  # the processor's options, validated by its Options model
 
 
 class PrepareTableConfig(_Strict):
@@ -284,7 +287,9 @@ class Config(_Strict):
     lumi_pb: float = 11_467.0  # integrated luminosity of Run2012B+C in pb^-1
     samples: dict[str, Sample] = Field(default_factory=_default_samples)
     selection: SelectionConfig = SelectionConfig()
-    features: list[str] = Field(default_factory=lambda: list(DEFAULT_FEATURES))
+    # Training inputs; None: the processor's declared default features (the di-tau
+    # processor's are DEFAULT_FEATURES).
+    features: list[str] | None = None
     generate: GenerateConfig = GenerateConfig()
     skim: SkimConfig = SkimConfig()
     prepare: PrepareConfig = PrepareConfig()
@@ -296,11 +301,12 @@ class Config(_Strict):
     def _check(self) -> Config:
         if not self.lumi_pb > 0:
             raise ValueError(f"lumi_pb: must be > 0, got {self.lumi_pb}")
-        if not self.features:
-            raise ValueError("features: the feature list is empty")
-        dupes = sorted({f for f in self.features if self.features.count(f) > 1})
-        if dupes:
-            raise ValueError(f"features: listed twice: {', '.join(dupes)}")
+        if self.features is not None:
+            if not self.features:
+                raise ValueError("features: the feature list is empty (leave it out for the processor's own)")
+            dupes = sorted({f for f in self.features if self.features.count(f) > 1})
+            if dupes:
+                raise ValueError(f"features: listed twice: {', '.join(dupes)}")
         labels = {s.label for s in self.samples.values()}
         if self.samples and not {0, 1} <= labels:
             raise ValueError("samples: need at least one signal (label 1) and one background (label 0)")

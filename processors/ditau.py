@@ -1,35 +1,30 @@
-"""Skim stage: the coffea processor, from one chunk of NanoEvents to one skim Parquet part.
+"""Skim stage (processors): the di-tau analysis, two hadronic taus and two jets (PHYSICS.md), hepprep's default.
 
-`DiTauProcessor` is stateless: the selection, luminosity and output folder are fixed in
-``__init__``; every call of `process` builds a fresh output. It detects the input profile
-from the branches of the chunk, reads exactly the branches that profile needs, applies the
-PHYSICS.md selection on flat numpy columns (`processors.flat`, the core that the public
-functions of `processors.selection` wrap), computes the features and weights, and writes
-the part atomically. Input errors (unreadable baskets, missing branches) are returned in
-the output, not raised, so that every executor reports them the same way and the runner
-decides whether to stop or skip the file.
+`DiTauProcessor` is a `processors.base.SkimProcessor`: its options are the configuration's
+``[selection]``; ``select`` detects the input profile from the branches of the chunk,
+reads exactly the branches that profile needs (in one read of the chunk's TTree), applies
+the PHYSICS.md selection on flat numpy columns (`processors.flat`, the core that the
+public functions of `processors.selection` wrap) and computes the features. The part, its
+identity and weight columns, the cutflow's bookkeeping and bad input are the base's.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import awkward as ak
 import numpy as np
-from coffea import processor
 
 from analysis.config import SelectionConfig
-from analysis.core.names import dataset_folder
-from analysis.core.net import is_remote, is_transient, redact
+from analysis.core.features import DEFAULT_FEATURES, DITAU_COLUMNS
+from analysis.errors import ConfigError
+from processors.base import Cutflow, InputFailure, SkimProcessor
 from processors.features import ditau_features
 from processors.flat import (FlatObjects, ObjectColumns, clean_jet_mask, first_separated_pair, leading_two,
                              object_event, pt_order)
-from processors.parts import chunk_fingerprint, part_name, read_part_summary, skim_table, write_part
-from processors.profiles import InputProfile, ProfileError, detect_profile, event_branches
+from processors.profiles import InputProfile, ProfileError, detect_profile, event_branches, readable_branches
 from processors.selection import good_tau_mask
 
 __all__ = ["CUTS", "DiTauProcessor", "dataset_weight", "triggers_applied"]
@@ -68,91 +63,71 @@ def triggers_applied(selection: SelectionConfig, *, is_mc: bool) -> list[str]:
     return list(selection.triggers)
 
 
-class DiTauProcessor(processor.ProcessorABC):
-    """Select two taus and two jets, build features and weights, write one part per chunk.
+class DiTauProcessor(SkimProcessor):
+    """Select two taus and two jets, build the di-tau features (the skim's default processor).
 
-    Parameters
-    ----------
-    selection : SelectionConfig
-        Cuts of ``config.selection``.
-    lumi_pb : float
-        Integrated luminosity for the MC weights.
-    out_dir : str
-        The skim folder; parts go to ``<out_dir>/<dataset>/``.
-
-    The chunk's dataset metadata (``events.metadata``) must hold ``process``, ``label``,
-    ``is_mc``, ``xsec_pb`` and ``sumw``, as `analysis.skim.runner.run_skim` resolves them.
-
-    The output is ``{"chunks": {relpath: summary}}`` for a written (or already present)
-    part and ``{"errors": {filename: [cause]}}`` for a chunk whose input could not be read
-    (a list, so that coffea's accumulation of several bad chunks of a file concatenates).
+    Options are `analysis.config.SelectionConfig`, the configuration's ``[selection]``
+    (`options_from`). The chunk's dataset metadata (``events.metadata``) must hold
+    ``process``, ``label``, ``is_mc``, ``xsec_pb`` and ``sumw``, as
+    `analysis.skim.runner.run_skim` resolves them.
     """
 
-    def __init__(self, *, selection: SelectionConfig, lumi_pb: float, out_dir: str,
-                 chunk_tree: Callable[[ak.Array], Any] | None = None):
-        self.selection = selection
-        self.lumi_pb = lumi_pb
-        self.out_dir = str(out_dir)
-        # Given by the skim (`analysis.skim.coffea_compat.chunk_tree`): the chunk's open TTree,
-        # read in one call, where the runner can find it; None reads through NanoEvents.
-        self.chunk_tree = chunk_tree
+    name = "DiTauProcessor"
+    version = "1"
+    Options = SelectionConfig
+    columns = {f.name: f.dtype for f in DITAU_COLUMNS}
+    default_features = DEFAULT_FEATURES
 
-    def process(self, events: ak.Array) -> dict[str, Any]:
-        meta = dict(events.metadata)
-        dataset = meta["dataset"]
-        relpath = f"{dataset_folder(dataset)}/{part_name(meta['fileuuid'], meta['entrystart'], meta['entrystop'])}"
-        path = Path(self.out_dir) / relpath
-        fingerprint = chunk_fingerprint(self.selection.model_dump(), self.lumi_pb, meta)
-        done = read_part_summary(path) if path.exists() else None
-        if done is not None and done.get("fingerprint") == fingerprint:
-            return {"chunks": {relpath: done}}  # a retried or resumed chunk: touch no branch
+    def __init__(self, options: Any = None, *, selection: SelectionConfig | None = None, lumi_pb: float,
+                 out_dir: str, chunk_tree: Callable[[ak.Array], Any] | None = None):
+        super().__init__(selection if selection is not None else options, lumi_pb=lumi_pb, out_dir=out_dir,
+                         chunk_tree=chunk_tree)
 
+    @classmethod
+    def options_from(cls, config: Any) -> Any:
+        """The cuts: ``[selection]`` (``[skim.options]`` must stay empty for this processor)."""
+        if config.skim.options:
+            raise ConfigError("skim.options: the di-tau processor takes its cuts from [selection]; "
+                              "move them there")
+        return config.selection
+
+    @property
+    def selection(self) -> SelectionConfig:
+        return self.options
+
+    def input_branches(self) -> list[str]:
+        """The branches any input profile may read (glob patterns), for NanoEvents' filter."""
+        return readable_branches(self.selection.triggers)
+
+    def check_branches(self, branches: set[str], *, is_mc: bool) -> str:
+        """The input profile of a file with these branches, or a `ProfileError` naming what lacks."""
+        profile = detect_profile(branches)
+        missing = [t for t in triggers_applied(self.selection, is_mc=is_mc) if t not in branches]
+        if missing:
+            raise ProfileError(f"missing trigger branch {', '.join(missing)} (selection.triggers)", tuple(missing))
+        return profile.name
+
+    def select(self, events: ak.Array, cutflow: Cutflow) -> dict[str, np.ndarray]:
+        meta = events.metadata
         triggers = triggers_applied(self.selection, is_mc=bool(meta["is_mc"]))
         try:
             profile = detect_profile(event_branches(events))
-            tree = self.chunk_tree(events) if self.chunk_tree is not None else None
-            inputs = _read_inputs(events, profile, triggers, tree)
+            inputs = _read_inputs(events, profile, triggers, self.read_branches)
         except ProfileError as err:
-            return {"errors": {meta["filename"]: [str(err)]}}
-        except Exception as err:  # noqa: BLE001 - any failure to read is the file's fault
-            if is_remote(meta["filename"]) and is_transient(err):
-                raise  # the network's fault, not the file's: RetryingRunner tries the chunk again
-            # One line: uproot's messages span several (a dump of the basket it failed on).
-            return {"errors": {meta["filename"]: [f"cannot read entries {meta['entrystart']}-"
-                                                  f"{meta['entrystop']} of Events ({type(err).__name__}: "
-                                                  f"{' '.join(str(err).split())})"]}}
+            raise InputFailure(str(err)) from None
+        cutflow.notes["profile"] = profile.name
+        return self._select(inputs, profile, cutflow, triggers)
 
-        columns, cutflow = self._select(inputs, profile, meta, triggers)
-        table = skim_table(columns, dataset=dataset, process=str(meta["process"]))
-        summary = {"dataset": dataset, "file": redact(meta["filename"]), "fileuuid": meta["fileuuid"],
-                   "start": int(meta["entrystart"]), "stop": int(meta["entrystop"]),
-                   "rows": table.num_rows, "profile": profile.name, "fingerprint": fingerprint,
-                   "sumw": meta["sumw"], "cutflow": cutflow}
-        write_part(table, path, summary)
-        return {"chunks": {relpath: summary}}
-
-    def _select(self, inputs: dict[str, Any], profile: InputProfile, meta: dict[str, Any],
-                triggers: list[str]) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]]]:
+    def _select(self, inputs: dict[str, Any], profile: InputProfile, cutflow: Cutflow,
+                triggers: list[str]) -> dict[str, np.ndarray]:
         sel = self.selection
-        genweight = inputs["genWeight"]
-        weight = dataset_weight(genweight, is_mc=bool(meta["is_mc"]), xsec_pb=meta.get("xsec_pb"),
-                                lumi_pb=self.lumi_pb, sumw=meta.get("sumw"))
-        n_events = len(weight)
-        cutflow: dict[str, dict[str, float]] = {}
-        # `keep` indexes the events still selected; each step narrows it, so the expensive
-        # steps (tau pairs, jet cleaning) only see the events that survived the cheap ones.
-        keep = np.arange(n_events)
-
-        def step(name: str, survives: np.ndarray) -> None:
-            nonlocal keep
-            keep = keep[survives]
-            # fsum: the same chunk gives the same bits on every executor and re-run. Over a
-            # list of floats: the same exact sum, without a numpy scalar per element.
-            cutflow[name] = {"events": len(keep), "sum_weight": math.fsum(weight[keep].tolist())}
-
-        step("all", np.ones(len(keep), dtype=bool))
+        n_events = len(inputs["met_pt"])
+        # `cutflow.selected` indexes the events still selected; each step narrows it, so the
+        # expensive steps (tau pairs, jet cleaning) only see the events that survived the cheap ones.
+        step = cutflow.step
         if triggers:
             step("trigger", np.logical_or.reduce([inputs["hlt"][t] for t in triggers]))
+        keep = cutflow.selected
 
         # Object masks on the flat columns of every tau (processors.flat): elementwise, so the
         # same as on the jagged taus, without awkward's per-call cost.
@@ -165,6 +140,7 @@ class DiTauProcessor(processor.ProcessorABC):
                                                 id_mask=profile.tau_id_mask(taus, sel))
         n_good = np.bincount(tau_event[good], minlength=n_events)
         step("two_good_taus", n_good[keep] >= 2)
+        keep = cutflow.selected
 
         # The good taus of the surviving events, by event then decreasing pt.
         candidates = np.flatnonzero(good & (n_good >= 2)[tau_event])
@@ -174,6 +150,7 @@ class DiTauProcessor(processor.ProcessorABC):
                                              dr_min=sel.tau_pair_dr_min)
         has_pair = first >= 0
         step("tau_pair", has_pair)
+        keep = cutflow.selected
         starts = (np.cumsum(n_good) - n_good)[has_pair]
         tau1, tau2 = ordered[starts + first[has_pair]], ordered[starts + second[has_pair]]
         n_good = n_good[has_pair]
@@ -195,6 +172,7 @@ class DiTauProcessor(processor.ProcessorABC):
         n_jets = np.bincount(jet_row[good_jet], minlength=len(keep))
         enough = n_jets >= sel.min_jets
         step("good_jets", enough)
+        keep = cutflow.selected
         tau1, tau2, n_good, n_jets = tau1[enough], tau2[enough], n_good[enough], n_jets[enough]
         # Good jets of the selected events, renumbered to the final rows, by row then pt.
         good_jet &= enough[jet_row]
@@ -203,9 +181,6 @@ class DiTauProcessor(processor.ProcessorABC):
 
         rows = keep
         columns = {
-            "run": inputs["run"][rows], "luminosityBlock": inputs["luminosityBlock"][rows],
-            "event": inputs["event"][rows], "label": np.full(len(rows), meta["label"]),
-            "genWeight": genweight[rows], "weight": weight[rows],
             "met_pt": inputs["met_pt"][rows], "met_phi": inputs["met_phi"][rows],
             "npv": inputs["npv"][rows], "njets": n_jets, "ntaus": n_good,
         }
@@ -219,20 +194,21 @@ class DiTauProcessor(processor.ProcessorABC):
         # Features on flat numpy arrays: no per-operation awkward overhead on small chunks.
         columns.update(ditau_features(flat["tau1"], flat["tau2"], flat["jet1"], flat["jet2"],
                                       inputs["met_pt"][rows], inputs["met_phi"][rows]))
-        return columns, cutflow
+        return columns
 
 
 _TAU_OUT = ("pt", "eta", "phi", "mass", "charge", "decayMode", "iso")
 _JET_OUT = ("pt", "eta", "phi", "mass", "btag")
 
 
-def _read_inputs(events: ak.Array, profile: InputProfile, triggers: list[str], tree: Any) -> dict[str, Any]:
+def _read_inputs(events: ak.Array, profile: InputProfile, triggers: list[str],
+                 read: Callable[[ak.Array, list[str]], dict[str, Any]]) -> dict[str, Any]:
     """Read (materialise) every branch the selection needs, and nothing else.
 
-    Event quantities come out as numpy arrays, the taus and jets as `FlatObjects`. When the
-    chunk's TTree is at hand (``tree``), all of them are read with one ``TTree.arrays`` call,
-    as plain uproot does: the lazy per-branch reads through NanoEvents cost twice as much
-    for the same bytes. Otherwise (None) the NanoEvents fields are read.
+    Event quantities come out as numpy arrays, the taus and jets as `FlatObjects`; ``read``
+    is the base's `SkimProcessor.read_branches`, which reads them all in one
+    ``TTree.arrays`` call where the chunk's TTree is at hand (the lazy per-branch reads
+    through NanoEvents cost twice as much for the same bytes).
     """
     fields = set(events.fields)
     for path in triggers:
@@ -241,39 +217,21 @@ def _read_inputs(events: ak.Array, profile: InputProfile, triggers: list[str], t
             raise ProfileError(f"missing trigger branch {path} (selection.triggers)", (path,))
     objects = {name: sorted({b.split("_", 1)[1] for b in profile.branches if b.startswith(f"{name}_")})
                for name in ("Tau", "Jet")}
-    has_genweight = "genWeight" in fields
-    if tree is not None:
-        meta = events.metadata
-        names = [*_EVENT_BRANCHES, *triggers, *(["genWeight"] if has_genweight else []),
-                 *(f"{c}_{f}" for c, fs in objects.items() for f in fs)]
-        arrays = tree.arrays(names, entry_start=meta["entrystart"], entry_stop=meta["entrystop"],
-                             how=dict)
+    arrays = read(events, [*_EVENT_BRANCHES, *triggers, *(f"{c}_{f}" for c, fs in objects.items() for f in fs)])
 
-        def column(branch: str) -> np.ndarray:
-            return ak.to_numpy(arrays[branch])
+    def column(branch: str) -> np.ndarray:
+        return ak.to_numpy(arrays[branch])
 
-        def collection(name: str) -> FlatObjects:
-            return FlatObjects.from_jagged({f: arrays[f"{name}_{f}"] for f in objects[name]},
-                                           objects[name])
-    else:
-        def column(branch: str) -> np.ndarray:
-            head, _, tail = branch.partition("_")
-            values = events[head][tail] if tail and head in ("PV", "MET", "HLT") else events[branch]
-            return ak.to_numpy(ak.materialize(values))
-
-        def collection(name: str) -> FlatObjects:
-            return FlatObjects.from_jagged(events[name], objects[name])
+    def collection(name: str) -> FlatObjects:
+        return FlatObjects.from_jagged({f: arrays[f"{name}_{f}"] for f in objects[name]}, objects[name])
 
     return {
-        "run": column("run"), "luminosityBlock": column("luminosityBlock"), "event": column("event"),
         "npv": column("PV_npvs"), "met_pt": column("MET_pt"), "met_phi": column("MET_phi"),
-        "genWeight": (column("genWeight") if has_genweight
-                      else np.ones(len(events), dtype=np.float32)),
         "hlt": {path: column(path) for path in triggers},
         "taus": collection("Tau"),
         "jets": collection("Jet"),
     }
 
 
-# Event-level branches every profile reads.
-_EVENT_BRANCHES = ("run", "luminosityBlock", "event", "PV_npvs", "MET_pt", "MET_phi")
+# Event-level branches every profile reads (the identity columns are the base's).
+_EVENT_BRANCHES = ("PV_npvs", "MET_pt", "MET_phi")

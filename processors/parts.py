@@ -13,34 +13,36 @@ import json
 from pathlib import Path
 from typing import Any
 
+import awkward as ak
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis.core.features import DITAU_COLUMNS
 from analysis.core.io import atomic_path
+from analysis.errors import HepprepError
 
-__all__ = ["SKIM_SCHEMA", "SUMMARY_KEY", "chunk_fingerprint", "part_name", "read_part_summary",
-           "skim_table", "write_part"]
+__all__ = ["BOOKKEEPING_SCHEMA", "SKIM_SCHEMA", "SUMMARY_KEY", "bookkeeping_fingerprint", "part_name",
+           "read_part_summary", "rows_table", "write_part"]
 
 # Key of the chunk summary in the Parquet key-value metadata.
 SUMMARY_KEY = b"hepprep.skim"
 # Bumped when the meaning of a column changes, so old parts are not silently mixed in.
-SKIM_FORMAT_VERSION = 1
+SKIM_FORMAT_VERSION = 2  # 2: the processor's name, version and options in the fingerprint
 
 _STRING_DICT = pa.dictionary(pa.int32(), pa.string())
 
-# Identity and bookkeeping columns (hepprep's), then the feature columns (the registry's).
-SKIM_SCHEMA = pa.schema(
+# Identity and bookkeeping columns: hepprep writes them, whichever processor skims.
+BOOKKEEPING_SCHEMA = pa.schema(
     [("run", pa.int32()), ("luminosityBlock", pa.uint32()), ("event", pa.uint64()),
      ("dataset", _STRING_DICT), ("process", _STRING_DICT), ("label", pa.int8()),
-     ("genWeight", pa.float32()), ("weight", pa.float64())]
-    + [(f.name, pa.type_for_alias(f.dtype)) for f in DITAU_COLUMNS]
-)
+     ("genWeight", pa.float32()), ("weight", pa.float64())])
+# The di-tau processor's part (DESIGN.md "Skim Parquet"): bookkeeping, then the registry's features.
+SKIM_SCHEMA = pa.schema(list(BOOKKEEPING_SCHEMA) + [(f.name, pa.type_for_alias(f.dtype)) for f in DITAU_COLUMNS])
 
 # numpy dtype of every non-string column (pa.DataType.to_pandas_dtype would import pandas).
 _NUMPY_TYPES = {f.name: np.dtype(str(f.type).replace("float", "float32").replace("double", "float64"))
-                for f in SKIM_SCHEMA if f.name not in ("dataset", "process")}
+                for f in BOOKKEEPING_SCHEMA if f.name not in ("dataset", "process")}
 
 
 def part_name(fileuuid: str, start: int, stop: int) -> str:
@@ -48,44 +50,119 @@ def part_name(fileuuid: str, start: int, stop: int) -> str:
     return f"part-{fileuuid}-{start}-{stop}.parquet"
 
 
-def chunk_fingerprint(selection: dict[str, Any], lumi_pb: float, dataset: dict[str, Any]) -> str:
+def bookkeeping_fingerprint(processor: dict[str, Any], lumi_pb: float, dataset: dict[str, Any]) -> str:
     """A short hash of everything that decides a part's rows and weights.
 
     Parameters
     ----------
-    selection : dict
-        ``config.selection.model_dump()``.
+    processor : dict
+        The processor's identity: its ``name``, ``version`` and ``options`` (the cuts).
     lumi_pb : float
     dataset : dict
-        Resolved dataset metadata: ``process``, ``label``, ``xsec_pb``, ``sumw``.
+        Resolved dataset metadata: ``process``, ``label``, ``xsec_pb``, ``sumw`` and the
+        weight's ``weight_branches`` and ``weight_scale``.
     """
-    keys = ("process", "label", "xsec_pb", "sumw")
-    blob = json.dumps({"v": SKIM_FORMAT_VERSION, "selection": selection, "lumi_pb": lumi_pb,
+    keys = ("process", "label", "xsec_pb", "sumw", "weight_branches", "weight_scale")
+    blob = json.dumps({"v": SKIM_FORMAT_VERSION, "processor": processor, "lumi_pb": lumi_pb,
                        "dataset": {k: dataset.get(k) for k in keys}}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def skim_table(columns: dict[str, np.ndarray], *, dataset: str, process: str) -> pa.Table:
-    """The skim rows as an Arrow table with the exact DESIGN.md types.
+def rows_table(rows: Any, bookkeeping: dict[str, np.ndarray], *, dataset: str, process: str, label: int,
+               columns: dict[str, str], owner: str) -> pa.Table:
+    """The part of one chunk: hepprep's identity and bookkeeping columns, then the processor's.
 
     Parameters
     ----------
-    columns : dict of column name -> numpy array (one entry per selected event)
-        Every column of `SKIM_SCHEMA` except ``dataset`` and ``process``; values are cast.
-    dataset, process : str
-        Written as dictionary-encoded strings (one dictionary entry per part).
+    rows : dict of 1-d arrays or an awkward record array, one entry per selected event
+        What the processor's ``select`` returned.
+    bookkeeping : dict of numpy arrays of the selected events
+        ``run``, ``luminosityBlock``, ``event``, ``genWeight``, ``weight``.
+    dataset, process, label : the chunk's dataset (dictionary-encoded strings, int8 label)
+    columns : dict of name -> Arrow type name
+        The processor's declared columns (in this order, first); others are typed from
+        their values (floats as float32, integers as int32, bools as bool).
+    owner : str
+        The processor's name, for the messages.
+
+    Raises
+    ------
+    ProcessorError-like HepprepError
+        A column missing, of another length than the selected events, named like a
+        bookkeeping column, or not 1-d.
     """
-    n = len(columns["event"])
-    arrays = []
-    for field in SKIM_SCHEMA:
+    values = _as_columns(rows, owner)
+    n = len(bookkeeping["event"])
+    clash = sorted(set(values) & set(BOOKKEEPING_SCHEMA.names))
+    if clash:
+        raise HepprepError(f"processor {owner} returned column(s) {', '.join(clash)}, which hepprep "
+                           "writes itself (identity and bookkeeping): rename them")
+    missing = [c for c in columns if c not in values]
+    if missing:
+        raise HepprepError(f"processor {owner} declares column(s) {', '.join(missing)} but did not return them")
+    fields, arrays = list(BOOKKEEPING_SCHEMA), []
+    for field in BOOKKEEPING_SCHEMA:
         if field.name in ("dataset", "process"):
-            value = dataset if field.name == "dataset" else process
+            text = dataset if field.name == "dataset" else process
             arrays.append(pa.DictionaryArray.from_arrays(_from_numpy(np.zeros(n, np.int32), pa.int32()),
-                                                         _one_string(value)))
+                                                         _one_string(text)))
+        elif field.name == "label":
+            arrays.append(_from_numpy(np.full(n, label, dtype=np.int8), field.type))
         else:
-            arrays.append(_from_numpy(np.asarray(columns[field.name]).astype(
+            arrays.append(_from_numpy(np.asarray(bookkeeping[field.name]).astype(
                 _NUMPY_TYPES[field.name], copy=False), field.type))
-    return pa.Table.from_arrays(arrays, schema=SKIM_SCHEMA)
+    for name in [*columns, *(c for c in values if c not in columns)]:
+        array = values[name]
+        if array.ndim != 1 or len(array) != n:
+            raise HepprepError(f"processor {owner}: column {name!r} has shape {array.shape}, expected one "
+                               f"value for each of the {n} selected events")
+        arrow_type = pa.type_for_alias(columns[name]) if name in columns else _inferred_type(array)
+        fields.append(pa.field(name, arrow_type))
+        arrays.append(_typed(array, arrow_type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _as_columns(rows: Any, owner: str) -> dict[str, np.ndarray]:
+    """A processor's rows as flat numpy columns (awkward None -> NaN)."""
+    if isinstance(rows, ak.Array):
+        if not rows.fields:
+            raise HepprepError(f"processor {owner} returned an awkward array without fields; return a record "
+                               "array or a dict of columns")
+        rows = {f: rows[f] for f in rows.fields}
+    if not isinstance(rows, dict):
+        raise HepprepError(f"processor {owner} returned {type(rows).__name__}; return a dict of equal-length "
+                           "1-d arrays or an awkward record array")
+    out = {}
+    for name, value in rows.items():
+        if isinstance(value, ak.Array):
+            if value.ndim != 1:
+                raise HepprepError(f"processor {owner}: column {name!r} is {value.type}, not one value per event")
+            value = ak.to_numpy(ak.fill_none(value, np.nan) if ak.any(ak.is_none(value)) else value)
+        out[str(name)] = np.asarray(value)
+    return out
+
+
+def _inferred_type(values: np.ndarray) -> pa.DataType:
+    if values.dtype == np.bool_:
+        return pa.bool_()
+    if np.issubdtype(values.dtype, np.integer):
+        return pa.int32()
+    if np.issubdtype(values.dtype, np.floating):
+        return pa.float32()
+    raise HepprepError(f"a column of dtype {values.dtype} cannot go into a skim part: use numbers or bools")
+
+
+def _typed(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
+    if pa.types.is_boolean(arrow_type):
+        bits = np.packbits(np.asarray(values, dtype=bool), bitorder="little")
+        return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(bits)])
+    return _from_numpy(values.astype(_NUMPY_OF[str(arrow_type)], copy=False), arrow_type)
+
+
+# numpy dtype of the Arrow number types a column may declare (without pandas: see _from_numpy)
+_NUMPY_OF = {"float": np.float32, "double": np.float64, "halffloat": np.float16, "int8": np.int8,
+             "int16": np.int16, "int32": np.int32, "int64": np.int64, "uint8": np.uint8,
+             "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64}
 
 
 def _from_numpy(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:

@@ -48,18 +48,20 @@ def test_chunk_tree_finds_the_tree_coffea_opened_for_every_chunk(generated_sampl
                                                                   monkeypatch):
     """NanoEventsFactory._mapping._file_handle: a coffea that moves it would silently fall
     back to the slower lazy reads."""
-    import processors.ditau
+    from processors.base import SkimProcessor
 
-    # The processor is pickled to the executor: record what reaches its reading function.
+    # The processor is pickled to the executor: record what its reader finds, by its class.
     found = []
-    original = processors.ditau._read_inputs
-    monkeypatch.setattr(processors.ditau, "_read_inputs",
-                        lambda events, profile, triggers, tree: found.append(tree) or original(events, profile,
-                                                                                              triggers, tree))
+    original = SkimProcessor.read_branches
+
+    def spy(self, events, names):
+        found.append(self.chunk_tree(events) if self.chunk_tree is not None else None)
+        return original(self, events, names)
+    monkeypatch.setattr(SkimProcessor, "read_branches", spy)
     fileset = subset_fileset(generated_sample, ["TTbar"], tmp_path / "fileset.json")
     summary = run_skim(fileset, tmp_path / "out", default_config(), executor="iterative",
                        chunksize=300, progress=False)
-    assert len(found) == summary["chunks_run"] > 0
+    assert len(found) == 2 * summary["chunks_run"] > 0  # the bookkeeping read and the selection's
     assert all(isinstance(t, uproot.behaviors.TTree.TTree) for t in found), (
         "coffea no longer keeps the chunk's file at events.attrs['@events_factory']._mapping._file_handle")
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from analysis.config import default_config
+from analysis.config import DEFAULT_FEATURES, default_config
 from analysis.errors import ConfigError, StageInputError
 from analysis.prepare.runner import run_prepare
 from analysis.prepare.split import SKIM_ID_COLUMNS, assign_split, event_hash
@@ -110,7 +110,7 @@ def test_train_weight_balances_classes_in_every_split(skim, prepared):
 
 def test_stats_match_numpy_on_train_rows_and_standardise_to_mean_0_std_1(skim, prepared):
     stats = json.loads((prepared / "stats.json").read_text())
-    features = default_config().features
+    features = DEFAULT_FEATURES
     assert stats["feature_order"] == features and stats["computed_on"] == "train"
     out = read_prepared(prepared, ["train"]).set_index(["dataset", "event"])
     raw = read_skim(skim).set_index(["dataset", "event"]).loc[out.index]

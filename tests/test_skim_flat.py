@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from analysis.config import SelectionConfig
+from processors.base import Cutflow
 from processors.ditau import DiTauProcessor
 from processors.flat import (FlatObjects, ObjectColumns, clean_jet_mask, first_separated_pair, leading_two,
                              object_event, pt_order)
@@ -151,12 +152,13 @@ def test_processor_flat_path_equals_awkward_selection(seed, min_jets, tmp_path):
               "luminosityBlock": np.ones(n), "npv": np.ones(n), "met_pt": np.full(n, 20.0, np.float32),
               "met_phi": np.zeros(n, np.float32),
               "taus": FlatObjects.from_jagged(taus, taus.fields), "jets": FlatObjects.from_jagged(jets, jets.fields)}
-    meta = {"is_mc": True, "xsec_pb": 1.0, "sumw": float(n), "label": 1}
     proc = DiTauProcessor(selection=sel, lumi_pb=1.0, out_dir=str(tmp_path))
-    columns, cutflow = proc._select(inputs, _OUTREACH, meta, [])
+    cutflow = Cutflow(np.ones(n))
+    columns = proc._select(inputs, _OUTREACH, cutflow, [])
+    columns["event"] = cutflow.selected  # the base adds the identity columns of the selected events
     expected = _expected(taus, jets, sel)
     assert len(expected["event"]) > 50, "too few selected events for the comparison to mean much"
-    assert cutflow["good_jets"]["events"] == len(expected["event"])
+    assert cutflow.steps["good_jets"]["events"] == len(expected["event"])
     for name, values in expected.items():
         # NaN compares equal to NaN here: a missing jet must be missing in both.
         np.testing.assert_array_equal(np.asarray(columns[name], dtype=np.float64), values, err_msg=name)

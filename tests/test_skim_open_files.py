@@ -11,6 +11,7 @@ from _skim_helpers import QUIET_COFFEA, default_config, subset_fileset
 
 import analysis.skim.runner
 from analysis.skim.inputs import InputFile, check_file
+from processors.ditau import DiTauProcessor
 from analysis.skim.open_files import OpenFiles
 from analysis.skim.runner import run_skim
 
@@ -68,7 +69,8 @@ def test_futures_skim_reads_trees_in_workers_as_before(generated_sample, tmp_pat
 def test_open_files_stop_keeping_at_the_branch_bound(generated_sample):
     paths = _files(generated_sample)[:3]
     open_files = OpenFiles(max_branches=1)
-    items = [check_file(InputFile(dataset="d", path=p, treename="Events"), triggers=[],
+    processor = DiTauProcessor(lumi_pb=1.0, out_dir=".")
+    items = [check_file(InputFile(dataset="d", path=p, treename="Events"), processor=processor, is_mc=True,
                         need_sumw=False, open_files=open_files) for p in paths]
     assert all(item.entries > 0 for item in items)
     assert len(open_files) == 1  # the first file's tree already holds more than one branch

@@ -9,6 +9,7 @@ network sees a few thousand training rows, too few for the comparison to mean an
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import xgboost as xgb
@@ -50,7 +51,7 @@ def _weighted_auc(model_dir, test):
 def _single_process_auc(prep, config, test):
     """Plain xgboost.train in this process on the same rows and parameters."""
     cfg = config.train.xgboost
-    features = config.features
+    features = json.loads((Path(prep) / "stats.json").read_text())["feature_order"]
     train, val = read_split(prep, "train"), read_split(prep, "val")
     dtrain = xgb.QuantileDMatrix(train[features], train.label, weight=train.train_weight)
     dval = xgb.QuantileDMatrix(val[features], val.label, weight=val.train_weight, ref=dtrain)

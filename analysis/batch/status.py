@@ -254,10 +254,11 @@ def merge_job_manifests(out_dir: str | Path) -> dict[str, Any]:
                               f"--status {out_dir}` and resubmit the failed ones with `hepprep "
                               f"submit --resubmit-failed {out_dir}`")
     entries: dict[tuple[str, str], dict[str, Any]] = {}
-    job_records = []
+    job_records, processors = [], []
     for state in states:
         job_manifest = json.loads(job_manifest_path(out, state.job).read_text())
         job_records.append((state.job, job_manifest.get("provenance")))
+        processors.append(job_manifest.get("processor"))
         for entry in job_manifest["files"]:
             entries[(entry["dataset"], entry["path"])] = entry
     listed = {c["part"] for e in entries.values() for c in e["chunks"]}
@@ -290,7 +291,8 @@ def merge_job_manifests(out_dir: str | Path) -> dict[str, Any]:
     manifest = build_manifest(out_dir=out, fileset=record["fileset"], chunksize=record["chunksize"],
                               datasets=datasets, plan=plan, summaries=summaries, errors=errors,
                               skip_bad_files=record["skip_bad_files"],
-                              provenance=_merged_provenance(out, record, job_records, datasets))
+                              provenance=_merged_provenance(out, record, job_records, datasets),
+                              processor=next((p for p in processors if p is not None), None))
     manifest = keep_provenance(out / "manifest.json", manifest)  # merged again: the same record
     write_json_atomic(out / "cutflow.json", build_cutflow(summaries, datasets))
     write_json_atomic(out / "manifest.json", manifest)

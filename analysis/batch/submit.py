@@ -43,7 +43,7 @@ from analysis.core.progress import stage_console
 from analysis.errors import ConfigError, HepprepError, InputFileError, StageInputError
 from analysis.skim.inputs import DatasetInfo, check_file, load_fileset, resolve_datasets
 from analysis.skim.manifest import job_cutflow_path, job_manifest_path
-from processors.ditau import triggers_applied
+from analysis.skim.plugins import load_processor, portable_spec
 
 __all__ = ["JOBS_DIR", "SUBMIT_RECORD", "balance_files", "fill_missing_sumw", "read_submit_record",
            "resubmit_failed", "submit_skim"]
@@ -101,7 +101,7 @@ def _file_size(path: str) -> int | None:
 
 
 def fill_missing_sumw(datasets: dict[str, DatasetInfo], config: Config, *,
-                      skip_bad_files: bool) -> list[dict[str, str]]:
+                      skip_bad_files: bool, processor: Any = None) -> list[dict[str, str]]:
     """Sum the generator weights of every dataset whose metadata lacks ``sumw``.
 
     The same rule as a single skim (DESIGN.md "Fileset"): the sum of ``genWeight`` over all
@@ -114,14 +114,14 @@ def fill_missing_sumw(datasets: dict[str, DatasetInfo], config: Config, *,
         raises `InputFileError`). Their jobs will record them as skipped too.
     """
     errors = []
+    processor = processor if processor is not None else load_processor(config, out_dir=".")
     for info in datasets.values():
         if info.sumw is not None:
             continue
-        triggers = triggers_applied(config.selection, is_mc=info.is_mc)
         weights = []
         for item in info.files:
             try:
-                check_file(item, triggers=triggers, need_sumw=True)
+                check_file(item, processor=processor, is_mc=info.is_mc, need_sumw=True)
             except InputFileError as err:
                 if not skip_bad_files:
                     raise
@@ -243,9 +243,13 @@ def submit_skim(fileset: str | Path, out_dir: str | Path, config: Config, *, job
     config = with_overrides(config, {"skim": {"skip_bad_files": skip_bad_files}}, source="--skip-bad-files")
     skip = config.skim.skip_bad_files
 
+    # The jobs run the same processor, named so that a batch node finds it (a file's absolute path).
+    config = with_overrides(config, {"skim": {"processor": portable_spec(config.skim.processor)}},
+                            source="skim.processor")
+    processor = load_processor(config, out_dir=str(out))  # its options checked before anything is written
     raw = load_fileset(fileset)
     datasets = resolve_datasets(raw, config)
-    fill_missing_sumw(datasets, config, skip_bad_files=skip)
+    fill_missing_sumw(datasets, config, skip_bad_files=skip, processor=processor)
     files = [(info.name, item.path, item.treename) for info in datasets.values() for item in info.files]
     sizes = [_file_size(path) for _, path, _ in files]
     known = sorted(s for s in sizes if s is not None)

@@ -26,6 +26,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from analysis.core.features import DEFAULT_FEATURES
 from analysis.core.io import read_json
 from analysis.errors import StageInputError
 
@@ -51,6 +52,9 @@ class SkimParts:
     complete: bool = True
     record: dict[str, Any] = field(default_factory=dict)
     by_dataset: dict[str, tuple[Path, ...]] = field(default_factory=dict)
+    # The training inputs the skim's processor declares (a skim from before processors were
+    # recorded is the di-tau processor's).
+    default_features: tuple[str, ...] = DEFAULT_FEATURES
 
 
 def _parquet_rows(path: Path) -> int:
@@ -172,6 +176,8 @@ def skim_parts(skim_dir: str | Path, *, allow_incomplete: bool = False) -> SkimP
     record = {"manifest": str(manifest_path.resolve()), "complete": complete,
               "allow_incomplete": allow_incomplete, "files_not_done": not_done,
               "datasets_without_parts": empty, "parts": len(files)}
+    recorded = (manifest.get("processor") or {}).get("default_features")
     return SkimParts(files=tuple(sorted(files)), not_done=tuple(not_done), empty_datasets=tuple(empty),
                      ignored=ignored, complete=complete, record=record,
-                     by_dataset={k: tuple(sorted(v)) for k, v in by_dataset.items()})
+                     by_dataset={k: tuple(sorted(v)) for k, v in by_dataset.items()},
+                     default_features=tuple(recorded) if isinstance(recorded, list) else DEFAULT_FEATURES)

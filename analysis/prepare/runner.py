@@ -149,7 +149,8 @@ def run_prepare(skim_dir: str | Path, out_dir: str | Path, config: Config, *,
     out_dir : str or Path
         Receives ``{train,val,test,data}/part-*.parquet``, ``stats.json``, ``manifest.json``.
     config : Config
-        Uses ``config.features``, ``config.prepare`` and ``config.cluster``.
+        Uses ``config.features`` (None: the skim processor's default features),
+        ``config.prepare`` and ``config.cluster``.
     split, seed, allow_incomplete : optional overrides of ``config.prepare``
     scheduler : str or None
         Address of an existing dask scheduler (else ``DASK_SCHEDULER_ADDRESS`` or a LocalCluster).
@@ -170,7 +171,12 @@ def run_prepare(skim_dir: str | Path, out_dir: str | Path, config: Config, *,
         console.print(f"prepare: --allow-incomplete: {len(parts.not_done)} input file(s) not done, "
                       f"datasets without parts: {', '.join(parts.empty_datasets) or 'none'}", soft_wrap=True)
     source = Path(skim_dir).resolve()
-    inputs = PrepareInputs(files=parts.files, id_columns=SKIM_ID_COLUMNS, features=tuple(config.features),
+    # The configured features, or the ones the skim's processor declares.
+    features = tuple(config.features) if config.features is not None else parts.default_features
+    if not features:
+        raise StageInputError(f"{skim_dir}: the skim's processor declares no default features and the "
+                              "configuration names none: set `features = [...]`")
+    inputs = PrepareInputs(files=parts.files, id_columns=SKIM_ID_COLUMNS, features=features,
                            source=str(source), sources=parts.files, skim=parts.record,
                            upstream=(folder_input("skim", source, skim_fingerprint(source)),))
     config = config.model_copy(update={"prepare": prep})

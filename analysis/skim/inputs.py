@@ -26,7 +26,6 @@ from analysis.core.net import is_remote, is_transient, require_backend
 from analysis.errors import InputFileError, StageInputError
 from analysis.skim.fileset import load_fileset
 from analysis.skim.open_files import OpenFiles
-from processors.profiles import ProfileError, detect_profile
 
 __all__ = ["DatasetInfo", "InputFile", "check_file", "load_fileset", "resolve_datasets"]
 
@@ -126,7 +125,7 @@ def _check_header(path: str) -> None:
                                        f"the file has {size:,}")
 
 
-def check_file(item: InputFile, *, triggers: list[str], need_sumw: bool,
+def check_file(item: InputFile, *, processor: Any, is_mc: bool, need_sumw: bool,
                timeout: int | None = None, open_files: OpenFiles | None = None) -> InputFile:
     """Open one input file and check it can be skimmed; fill entries, uuid, profile, sumw.
 
@@ -134,8 +133,11 @@ def check_file(item: InputFile, *, triggers: list[str], need_sumw: bool,
     ----------
     item : InputFile
         Dataset, path and tree name.
-    triggers : list of str
-        HLT branches the selection needs for this dataset.
+    processor : processors.base.SkimProcessor
+        Checks the branches it needs (``check_branches``: the di-tau processor finds the
+        input profile and the trigger branches of the selection).
+    is_mc : bool
+        Whether the dataset is simulation (a processor may need other branches for data).
     need_sumw : bool
         Read ``genWeight`` to sum it (the dataset's metadata lacks ``sumw``).
     timeout : int or None
@@ -190,16 +192,13 @@ def check_file(item: InputFile, *, triggers: list[str], need_sumw: bool,
             raise InputFileError(path, f"empty file: the {item.treename!r} tree has 0 entries")
         branches = set(tree.keys(recursive=False))
         try:
-            profile = detect_profile(branches)
-        except ProfileError as err:
+            profile = processor.check_branches(branches, is_mc=is_mc)
+        except ValueError as err:  # ProfileError too: one line naming what the file lacks
             raise InputFileError(path, str(err)) from None
-        missing = [t for t in triggers if t not in branches]
-        if missing:
-            raise InputFileError(path, f"missing trigger branch {', '.join(missing)} (selection.triggers)")
         item.entries = int(tree.num_entries)
         item.uuid_bytes = file.file.fUUID
         item.uuid = str(uuid.UUID(bytes=item.uuid_bytes))
-        item.profile = profile.name
+        item.profile = profile or ""
         if need_sumw:
             if "genWeight" in branches:
                 try:

@@ -21,7 +21,6 @@ from analysis.core.provenance import file_input
 from analysis.core.skimmed import parts_fingerprint
 from analysis.errors import StageInputError
 from analysis.skim.inputs import DatasetInfo
-from processors.ditau import CUTS
 from processors.parts import part_name, read_part_summary
 
 __all__ = ["JOB_MANIFEST_DIR", "build_cutflow", "build_manifest", "chunk_relpath", "job_cutflow_path",
@@ -67,7 +66,8 @@ def remove_stale_temp_files(out_dir: Path, *, uuids: set[str] | None = None) -> 
 
 
 def plan_chunks(out_dir: Path, planned: dict[str, str], known_uuids: set[str],
-                datasets: Iterable[str], *, other_jobs: bool = False) -> dict[str, dict[str, Any]]:
+                datasets: Iterable[str], *, other_jobs: bool = False
+                ) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Which planned chunks are already done, checking the folder holds nothing else.
 
     Parameters
@@ -85,14 +85,19 @@ def plan_chunks(out_dir: Path, planned: dict[str, str], known_uuids: set[str],
 
     Returns
     -------
-    dict of relpath -> stored summary, for the chunks already done.
+    (done, stale)
+        ``done``: relpath -> stored summary, for the chunks already done with these
+        settings; ``stale``: the relpaths of parts of this plan written with other settings
+        (another processor version, other cuts, luminosity, cross section or sumw), whose
+        chunks run again and replace them.
 
     Raises
     ------
     StageInputError
-        A part from another chunk size or other settings; the message names the part and the fix.
+        A part from another chunk size or of a file not in the fileset; the message names
+        the part and the fix.
     """
-    done = {}
+    done, stale = {}, []
     for dataset in datasets:
         folder = dataset_folder(dataset)
         for part in sorted((out_dir / folder).glob("part-*.parquet")):
@@ -103,11 +108,9 @@ def plan_chunks(out_dir: Path, planned: dict[str, str], known_uuids: set[str],
                     raise StageInputError(f"{part}: not a skim part written by hepprep (no chunk "
                                           f"summary in its metadata); delete it and re-run")
                 if summary.get("fingerprint") != planned[rel]:
-                    raise StageInputError(
-                        f"{part}: written with other settings (selection, luminosity, cross "
-                        f"section or sumw differ from this run's); skim into a fresh --out or "
-                        f"delete {out_dir}")
-                done[rel] = summary
+                    stale.append(rel)
+                else:
+                    done[rel] = summary
                 continue
             fileuuid = part.name.removeprefix("part-").rsplit("-", 2)[0]
             if other_jobs and fileuuid not in known_uuids:
@@ -117,7 +120,7 @@ def plan_chunks(out_dir: Path, planned: dict[str, str], known_uuids: set[str],
             raise StageInputError(f"{part}: a part from {why}, so this run's chunks would count "
                                   f"its events twice; re-run with the earlier settings, or skim "
                                   f"into a fresh --out")
-    return done
+    return done, stale
 
 
 def build_cutflow(summaries: dict[str, dict[str, Any]],
@@ -130,7 +133,8 @@ def build_cutflow(summaries: dict[str, dict[str, Any]],
     out: dict[str, Any] = {}
     for name, info in datasets.items():
         parts = [summaries[k] for k in sorted(summaries) if summaries[k]["dataset"] == name]
-        cuts = [c for c in CUTS if any(c in p["cutflow"] for p in parts)]
+        # The processor's steps in the order it records them (every part records the same ones).
+        cuts = list(dict.fromkeys(c for p in parts for c in p.get("steps", p["cutflow"])))
         out[name] = {
             "process": info.process, "label": info.label,
             "cuts": {c: {"events": sum(p["cutflow"][c]["events"] for p in parts),
@@ -170,7 +174,7 @@ def keep_provenance(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 def build_manifest(*, out_dir: Path, fileset: str, chunksize: int, datasets: dict[str, DatasetInfo],
                    plan: dict[str, list[str]], summaries: dict[str, dict[str, Any]],
                    errors: list[dict[str, str]], skip_bad_files: bool,
-                   provenance: dict[str, Any]) -> dict[str, Any]:
+                   provenance: dict[str, Any], processor: dict[str, Any] | None = None) -> dict[str, Any]:
     """`manifest.json`: every input file with its uuid, entry ranges done, parts, errors.
 
     Parameters
@@ -213,6 +217,8 @@ def build_manifest(*, out_dir: Path, fileset: str, chunksize: int, datasets: dic
         "chunksize": chunksize,
         "complete": all(f["status"] in ("done", "skipped") for f in files),
         "fingerprint": parts_fingerprint(out_dir, files),
+        # which analysis wrote the parts (name, version, options, its default features)
+        **({"processor": processor} if processor is not None else {}),
         "datasets": {n: {"process": d.process, "label": d.label, "is_mc": d.is_mc,
                          "xsec_pb": d.xsec_pb, "sumw": d.sumw, "sumw_source": d.sumw_source,
                          **({"folder": d.folder} if d.folder != n else {})}

@@ -35,7 +35,7 @@ from coffea import processor
 from coffea.processor.executor import WorkItem
 
 from analysis.core.net import is_remote, is_transient, output_failure, transient_cause
-from analysis.errors import InputFileError
+from analysis.errors import HepprepError, InputFileError
 from analysis.skim.coffea_compat import coffea_retries, input_failure_kind, install_chunk_retry
 
 __all__ = ["RetryingRunner", "UnreachableServers", "call_with_retries"]
@@ -170,6 +170,9 @@ def _retry_chunk(skim_id: str, retries: int, wait: float, coffea_retries_n: int,
         disk = output_failure(err)
         if disk is not None:
             raise disk from None  # the output disk, as itself: the CLI says it in one line
+        ours = next((link for link in _causes(err) if isinstance(link, HepprepError)), None)
+        if ours is not None:
+            raise ours from None  # a processor's bug (ProcessorError): its one line, not coffea's wrapping
         cause = _chunk_input_failure(item, err)
         if cause is None:
             raise
@@ -233,3 +236,12 @@ class RetryingRunner(processor.Runner):
         super().__post_init__()
         # A module-level partial: it pickles small to the executor's workers.
         install_chunk_retry(self, partial(_retry_chunk, self.skim_id, self.remote_retries, self.retry_wait))
+
+
+def _causes(err: BaseException) -> list[BaseException]:
+    """``err`` and the exceptions it was raised from (coffea wraps a chunk's failure in its own)."""
+    seen: list[BaseException] = []
+    while err is not None and err not in seen:
+        seen.append(err)
+        err = err.__cause__ or err.__context__
+    return seen

@@ -2,8 +2,9 @@
 
 Steps: read the fileset; check every file (`analysis.skim.inputs`); compute missing ``sumw``;
 cut the files into chunks with coffea's `Runner.preprocess` (fed from the checks, so no file
-is opened twice); drop the chunks whose part already exists (resume); run
-`processors.ditau.DiTauProcessor` on the rest with the iterative, futures or dask executor;
+is opened twice); drop the chunks whose part already exists (resume); run the configured
+processor (`analysis.skim.plugins`; the di-tau one by default) on the rest with the iterative,
+futures or dask executor;
 write ``cutflow.json`` and ``manifest.json``. Each chunk writes its own part, so a killed run
 loses at most the chunks in flight.
 """
@@ -36,17 +37,16 @@ from analysis.skim.manifest import (build_cutflow, build_manifest, chunk_relpath
                                     skim_inputs)
 from analysis.skim.open_files import LOCAL_READ_OPTIONS, OpenFiles
 from analysis.skim.remote import RetryingRunner, UnreachableServers, call_with_retries
-from processors.ditau import DiTauProcessor, triggers_applied
-from processors.parts import chunk_fingerprint
-from processors.profiles import readable_branches
+from analysis.skim.plugins import load_processor
+from processors.base import SkimProcessor
 
 __all__ = ["EXECUTORS", "run_skim"]
 
 EXECUTORS = ("iterative", "futures", "dask")
 
 
-def _check_inputs(datasets: dict[str, DatasetInfo], config: Config, *, skip_bad_files: bool,
-                  open_files: OpenFiles | None = None) -> list[dict[str, str]]:
+def _check_inputs(datasets: dict[str, DatasetInfo], config: Config, proc: SkimProcessor, *,
+                  skip_bad_files: bool, open_files: OpenFiles | None = None) -> list[dict[str, str]]:
     """Check every file; fill in each dataset's sumw. Returns the errors of skipped files.
 
     With `open_files`, local files stay open there for the chunks run in this process.
@@ -54,12 +54,12 @@ def _check_inputs(datasets: dict[str, DatasetInfo], config: Config, *, skip_bad_
     errors = []
     unreachable = UnreachableServers()  # with skip_bad_files, a dead server's other files get one try
     for info in datasets.values():
-        triggers = triggers_applied(config.selection, is_mc=info.is_mc)
         seen: dict[str, str] = {}
         for item in info.files:
             try:
-                check = partial(check_file, item, triggers=triggers, need_sumw=info.sumw is None,
-                                timeout=config.skim.timeout, open_files=open_files)
+                check = partial(check_file, item, processor=proc, is_mc=info.is_mc,
+                                need_sumw=info.sumw is None, timeout=config.skim.timeout,
+                                open_files=open_files)
                 if is_remote(item.path):  # a network hiccup is tried again (analysis.skim.remote)
                     call_with_retries(check, url=item.path, retries=config.skim.retries,
                                       wait=config.skim.retry_wait, unreachable=unreachable)
@@ -148,11 +148,12 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
     chunksize, skip = config.skim.chunksize, config.skim.skip_bad_files
     out = Path(out_dir)
 
+    proc = load_processor(config, out_dir=str(out), chunk_tree=chunk_tree)
     datasets = resolve_datasets(load_fileset(fileset), config)
     # The iterative executor runs the chunks in this process: the checked files stay open
     # and coffea reuses their TTrees instead of reading them again (analysis.skim.open_files).
     open_files = OpenFiles() if executor == "iterative" else None
-    errors = _check_inputs(datasets, config, skip_bad_files=skip, open_files=open_files)
+    errors = _check_inputs(datasets, config, proc, skip_bad_files=skip, open_files=open_files)
     out.mkdir(parents=True, exist_ok=True)
     known = {f.uuid for d in datasets.values() for f in d.files if f.uuid}  # this run's input files
     remove_stale_temp_files(out, uuids=known if job_id is not None else None)
@@ -167,11 +168,7 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
         for f in good:
             cache[FileMeta(info.name, f.path, f.treename)] = {
                 **info.metadata(), "numentries": f.entries, "uuid": f.uuid_bytes}
-    proc = DiTauProcessor(selection=config.selection, lumi_pb=config.lumi_pb, out_dir=str(out),
-                          chunk_tree=chunk_tree)
-    selection = config.selection.model_dump()
-    fingerprints = {n: chunk_fingerprint(selection, config.lumi_pb, d.metadata())
-                    for n, d in datasets.items()}
+    fingerprints = {n: proc.fingerprint(d.metadata()) for n, d in datasets.items()}
 
     with ExitStack() as stack:
         if open_files is not None:
@@ -192,20 +189,28 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
             rel = chunk_relpath(wi.dataset, str(uuid.UUID(bytes=wi.fileuuid)), wi.entrystart, wi.entrystop)
             plan.setdefault(wi.filename, []).append(rel)
             planned[rel] = fingerprints[wi.dataset]
-        done = plan_chunks(out, planned, known, datasets, other_jobs=job_id is not None)
+        done, stale = plan_chunks(out, planned, known, datasets, other_jobs=job_id is not None)
+        if stale:
+            # Parts of other settings (a new processor version, other cuts) are skimmed again
+            # and replaced; until this run ends no record may vouch for the folder's parts.
+            for record in (out / "manifest.json", out / "cutflow.json") if job_id is None else (
+                    job_manifest_path(out, job_id), job_cutflow_path(out, job_id)):
+                record.unlink(missing_ok=True)
+            stage_console(quiet=not progress).print(
+                f"skim: {len(stale)} part(s) were written with other settings (processor, cuts, "
+                "luminosity or dataset metadata): skimming their chunks again", soft_wrap=True)
         todo = [wi for wi in items
                 if chunk_relpath(wi.dataset, str(uuid.UUID(bytes=wi.fileuuid)), wi.entrystart,
                                  wi.entrystop) not in done]
-        # NanoEvents sees only the branches a profile can use: building the events of a
+        # NanoEvents sees only the branches the processor reads: building the events of a
         # chunk from a 1,500-branch NanoAOD file would otherwise cost more than reading it.
-        triggers = sorted({t for d in datasets.values()
-                           for t in triggers_applied(config.selection, is_mc=d.is_mc)})
-        iteritems = {"filter_name": readable_branches(triggers)}
+        wanted = proc.input_branches()
+        iteritems = {"filter_name": wanted} if wanted is not None else {}
         # Memory-mapped reads when every file is local; kept files' TTrees reused.
         local = not any(is_remote(wi.filename) for wi in todo)
         uproot_options = dict(LOCAL_READ_OPTIONS) if local else {}
         if open_files is not None:
-            uproot_options.update(open_files.chunk_options(iteritems["filter_name"]))
+            uproot_options.update(open_files.chunk_options(wanted))
         result = (runner(todo, proc, iteritems_options=iteritems, uproot_options=uproot_options)
                   if todo else {})
 
@@ -221,6 +226,7 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
     provenance = build_provenance("skim", config=config.model_dump(mode="json"),
                                   inputs=skim_inputs(fileset, datasets), seeds={})
     manifest = build_manifest(out_dir=out, fileset=str(fileset), chunksize=chunksize, datasets=datasets,
+                              processor=proc.record(),
                               plan=plan, summaries=summaries, errors=errors, skip_bad_files=skip,
                               provenance=provenance)
     manifest_path, cutflow_path = out / "manifest.json", out / "cutflow.json"

@@ -103,8 +103,10 @@ def _read_stats(root: Path) -> dict:
     return stats
 
 
-def _check_features(root: Path, stats: dict, features: list[str]) -> list[str]:
+def _check_features(root: Path, stats: dict, features: list[str] | None) -> list[str]:
     order = list(stats["feature_order"])
+    if features is None:  # no list in the configuration: the features prepare standardised
+        return order
     differences = feature_differences(features, order, missing="in the config but not in stats.json",
                                       extra="in stats.json but not in the config")
     if differences is not None:
@@ -163,15 +165,16 @@ def _may_have_negative(handle: pq.ParquetFile, column: str) -> bool:
     return False
 
 
-def inspect_prepared(prep_dir: str | Path, features: list[str]) -> PreparedSplits:
+def inspect_prepared(prep_dir: str | Path, features: list[str] | None) -> PreparedSplits:
     """Check a prepared directory for training and list its splits.
 
     Parameters
     ----------
     prep_dir : str or Path
         Output folder of `hepprep prepare`.
-    features : list of str
+    features : list of str or None
         The configured feature list (``config.features``); must be the set in stats.json.
+        None takes stats.json's.
 
     Returns
     -------
