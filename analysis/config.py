@@ -16,8 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from analysis.core.features import DEFAULT_FEATURES as _REGISTRY_DEFAULTS
-from analysis.core.settings import (deep_merge, first_non_finite, format_validation_error, given,
-                                    parse_compression)
+from analysis.core.settings import (WeightProduct, deep_merge, first_non_finite, format_validation_error,
+                                    given, parse_compression)
 from analysis.errors import ConfigError
 
 __all__ = ["ClusterConfig", "Config", "ConfigError", "DEFAULT_FEATURES", "EvaluateConfig",
@@ -41,6 +41,9 @@ class Sample(_Strict):
     xsec_pb: float | None = None  # cross section in pb; None for real data
     real_events: int | None = None  # events in the real CMS dataset (sets generated sizes)
     data_lumi_pb: float | None = None  # integrated luminosity of a real-data dataset
+    # The event weight's branches ("genWeight * puWeight"); None: [skim] weight, else genWeight.
+    weight: WeightProduct = None
+    weight_scale: float | None = Field(None, gt=0)  # a constant factor of the weight (k-factor...)
 
     @property
     def is_mc(self) -> bool:
@@ -142,6 +145,10 @@ class SkimConfig(_Strict):
     # The analysis: a processors.SkimProcessor as package.module:Class or path/to/file.py:Class.
     processor: str = "processors.ditau:DiTauProcessor"
     options: dict[str, Any] = {}  # the processor's options, validated by its Options model
+    # The MC event weight's branches for every dataset that names none (fileset metadata
+    # "weight" or samples.<name>.weight): "genWeight * puWeight * L1PreFiringWeight_Nom".
+    # None: genWeight where the files have it. Normalised by sumw (DESIGN.md "Fileset").
+    weight: WeightProduct = None
 
 
 class PrepareTableConfig(_Strict):

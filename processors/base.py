@@ -279,11 +279,12 @@ def read_bookkeeping(events: ak.Array, meta: Mapping[str, Any], lumi_pb: float, 
                      reader: Callable[[ak.Array, list[str]], dict[str, ak.Array]]) -> dict[str, np.ndarray]:
     """The identity and weight columns of every event of a chunk (numpy, one per event).
 
-    ``weight`` is xsec_pb x lumi_pb x genWeight x (the dataset's other weight branches) x
-    scale / sumw for simulation, 1 for data; ``genWeight`` is 1 where the input has none.
+    ``weight`` is xsec_pb x lumi_pb x weight_scale x (the product of the dataset's weight
+    branches, ``genWeight`` by default) / sumw for simulation, 1 for data; ``genWeight`` is
+    1 where the input has none.
     """
     fields = set(events.fields)
-    listed = meta.get("weight_branches")
+    listed = meta.get("weight") if meta.get("is_mc") else []
     # The weight's event factors: the dataset's list, or genWeight where the input has one.
     factors = list(listed) if listed is not None else (["genWeight"] if "genWeight" in fields else [])
     missing = [b for b in factors if b not in fields and b.split("_", 1)[0] not in fields]

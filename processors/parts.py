@@ -60,9 +60,9 @@ def bookkeeping_fingerprint(processor: dict[str, Any], lumi_pb: float, dataset: 
     lumi_pb : float
     dataset : dict
         Resolved dataset metadata: ``process``, ``label``, ``xsec_pb``, ``sumw`` and the
-        weight's ``weight_branches`` and ``weight_scale``.
+        weight's branches ``weight`` and ``weight_scale`` (None: the defaults).
     """
-    keys = ("process", "label", "xsec_pb", "sumw", "weight_branches", "weight_scale")
+    keys = ("process", "label", "xsec_pb", "sumw", "weight", "weight_scale")
     blob = json.dumps({"v": SKIM_FORMAT_VERSION, "processor": processor, "lumi_pb": lumi_pb,
                        "dataset": {k: dataset.get(k) for k in keys}}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -143,10 +143,10 @@ def test_a_processor_from_a_file_skims_the_real_nanoaod(nano_dy_path, tmp_path, 
     assert list(cutflow) == ["all", "two_muons", "opposite_charge", "mass_window"]
     assert cutflow["all"]["events"] == 40 and cutflow["mass_window"]["events"] == len(reference)
     # MC weights as for any processor: xsec * lumi * genWeight / sumw
-    genweight = uproot.open(nano_dy_path)["Events"]["genWeight"].array(library="np")
+    runs_sumw = uproot.open(nano_dy_path)["Runs"]["genEventSumw_"].array(library="np")
     expected = 6025.2 * 11467.0 * skim["genWeight"].to_numpy(np.float64) / manifest["datasets"]["DY"]["sumw"]
     np.testing.assert_allclose(skim["weight"], expected, rtol=1e-12)
-    assert manifest["datasets"]["DY"]["sumw"] == pytest.approx(float(np.sum(genweight.astype(np.float64))))
+    assert manifest["datasets"]["DY"]["sumw"] == pytest.approx(float(np.sum(runs_sumw.astype(np.float64))))
 
 
 def test_options_are_validated_and_a_bad_processor_is_one_line(nano_dy_path, tmp_path, capsys):

@@ -112,16 +112,17 @@ def _nano_fileset(tmp_path, nano_dy_path, **meta):
     return fileset
 
 
-def test_real_run2_nanoaod_with_computed_sumw(tmp_path, nano_dy_path):
+def test_real_run2_nanoaod_with_sumw_from_the_runs_tree(tmp_path, nano_dy_path):
     fileset = _nano_fileset(tmp_path, nano_dy_path)
     summary = run_skim(fileset, tmp_path / "skim", loosened_config(), executor="iterative",
                        progress=False)
     assert summary["rows"] > 0
-    genweight = uproot.open(nano_dy_path)["Events"]["genWeight"].array(library="np")
+    # the Runs tree's genEventSumw_ (older NanoAOD's name): the whole original dataset's sum
+    genweight = uproot.open(nano_dy_path)["Runs"]["genEventSumw_"].array(library="np")
     sumw = math.fsum(genweight.astype(np.float64))
     manifest = json.loads((tmp_path / "skim" / "manifest.json").read_text())
     assert manifest["datasets"]["DYJetsToLL"]["sumw"] == pytest.approx(sumw, rel=1e-15)
-    assert manifest["datasets"]["DYJetsToLL"]["sumw_source"] == "computed"
+    assert manifest["datasets"]["DYJetsToLL"]["sumw_source"] == "computed from Runs.genEventSumw_"
     assert manifest["files"][0]["profile"] == "run2"
     skim = read_skim(tmp_path / "skim")
     events = uproot.open(nano_dy_path)["Events"].arrays(["event", "genWeight"], library="np")

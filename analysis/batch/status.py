@@ -271,10 +271,7 @@ def merge_job_manifests(out_dir: str | Path) -> dict[str, Any]:
         if parts:
             raise StageInputError(f"{out / parts[0]} {why} ({len(parts)} part(s) like it)")
 
-    datasets = {name: DatasetInfo(name=name, process=d["process"], label=d["label"],
-                                  is_mc=d["is_mc"], xsec_pb=d["xsec_pb"], sumw=d["sumw"],
-                                  sumw_source=d["sumw_source"])
-                for name, d in record["datasets"].items()}
+    datasets = {name: DatasetInfo.from_record(name, d) for name, d in record["datasets"].items()}
     plan, errors = {}, []
     for name, path, tree in record["files"]:
         entry = entries.get((name, path))

@@ -23,7 +23,6 @@ dataset, and written into every slice's metadata.
 from __future__ import annotations
 
 import heapq
-import math
 import os
 import re
 import shlex
@@ -41,7 +40,7 @@ from analysis.core.io import write_json_atomic, write_text_atomic
 from analysis.core.net import has_credentials, redact
 from analysis.core.progress import stage_console
 from analysis.errors import ConfigError, HepprepError, InputFileError, StageInputError
-from analysis.skim.inputs import DatasetInfo, check_file, load_fileset, resolve_datasets
+from analysis.skim.inputs import DatasetInfo, check_file, dataset_sumw, load_fileset, resolve_datasets
 from analysis.skim.manifest import job_cutflow_path, job_manifest_path
 from analysis.skim.plugins import load_processor, portable_spec
 
@@ -104,8 +103,8 @@ def fill_missing_sumw(datasets: dict[str, DatasetInfo], config: Config, *,
                       skip_bad_files: bool, processor: Any = None) -> list[dict[str, str]]:
     """Sum the generator weights of every dataset whose metadata lacks ``sumw``.
 
-    The same rule as a single skim (DESIGN.md "Fileset"): the sum of ``genWeight`` over all
-    events of the files that can be read, or their number of events without ``genWeight``.
+    The same rule as a single skim (`analysis.skim.inputs.dataset_sumw`): the Runs trees'
+    ``genEventSumw`` of the files that can be read, else ``genWeight`` over their events.
 
     Returns
     -------
@@ -118,27 +117,21 @@ def fill_missing_sumw(datasets: dict[str, DatasetInfo], config: Config, *,
     for info in datasets.values():
         if info.sumw is not None:
             continue
-        weights = []
         for item in info.files:
             try:
-                check_file(item, processor=processor, is_mc=info.is_mc, need_sumw=True)
+                check_file(item, processor=processor, is_mc=info.is_mc, need_sumw=True, weight=info.weight)
             except InputFileError as err:
                 if not skip_bad_files:
                     raise
+                item.error = err.cause
                 errors.append({"dataset": info.name, "path": item.path, "cause": err.cause})
-                continue
-            weights.append(item.sum_genweight)
-        info.sumw = math.fsum(weights)
-        if info.is_mc and info.sumw == 0 and weights:
-            raise StageInputError(f"dataset {info.name!r}: the sum of generator weights is 0, "
-                                  f"so no MC weight can be formed; give 'sumw' in the fileset metadata")
+        dataset_sumw(info)
     return errors
 
 
 def _dataset_record(info: DatasetInfo) -> dict[str, Any]:
     """A dataset as the skim's manifest.json lists it."""
-    return {"process": info.process, "label": info.label, "is_mc": info.is_mc,
-            "xsec_pb": info.xsec_pb, "sumw": info.sumw, "sumw_source": info.sumw_source}
+    return info.record()
 
 
 def _clear_job_files(jobs_dir: Path, out: Path, job_ids: Sequence[int]) -> None:

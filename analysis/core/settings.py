@@ -7,11 +7,13 @@ on them, so the configuration module stays the one readable list of every knob.
 from __future__ import annotations
 
 import math
-from typing import Any
+import re
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import AfterValidator, ValidationError
 
-__all__ = ["deep_merge", "first_non_finite", "format_validation_error", "given", "parse_compression"]
+__all__ = ["WeightProduct", "deep_merge", "first_non_finite", "format_validation_error", "given",
+           "parse_compression", "parse_weight_product"]
 
 
 def format_validation_error(err: ValidationError) -> str:
@@ -85,3 +87,40 @@ def parse_compression(value: str) -> tuple[str, int]:
     if not 0 <= lvl <= 22:
         raise ValueError(f"compression level in {value!r} must be within 0..22")
     return alg, lvl
+
+
+_BRANCH_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def parse_weight_product(value: Any) -> tuple[str, ...]:
+    """The event branches of a weight product: ``"genWeight * puWeight"`` or a list of names.
+
+    Only a product of branches is accepted (the factors of CMS event weights); anything
+    else (``+``, ``/``, numbers, an empty product) is a ``ValueError`` saying what is allowed.
+    A constant factor is the dataset's ``weight_scale``, not part of the product.
+    """
+    if isinstance(value, str):
+        factors = [f.strip() for f in value.split("*")]
+    elif isinstance(value, (list, tuple)) and all(isinstance(f, str) for f in value):
+        factors = [f.strip() for f in value]
+    else:
+        raise ValueError(f"must be a product of event branches such as \"genWeight * puWeight\" "
+                         f"or a list of branch names, got {value!r}")
+    bad = [f for f in factors if not _BRANCH_NAME.fullmatch(f)]
+    if not factors or bad:
+        raise ValueError(f"must be a product of event branch names such as \"genWeight * puWeight\" "
+                         f"(a constant factor goes in weight_scale), got {value!r}")
+    twice = sorted({f for f in factors if factors.count(f) > 1})
+    if twice:
+        raise ValueError(f"branch {twice[0]} appears twice in the product {value!r}")
+    return tuple(factors)
+
+
+def _check_weight_product(value: Any) -> Any:
+    if value is not None:
+        parse_weight_product(value)
+    return value
+
+
+# A weight product setting as given (a string or a list of branch names), checked.
+WeightProduct = Annotated[str | list[str] | None, AfterValidator(_check_weight_product)]

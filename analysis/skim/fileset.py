@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from analysis.core.names import dataset_folders
 from analysis.core.net import redact
+from analysis.core.settings import WeightProduct
 from analysis.errors import ConfigError, StageInputError
 
 __all__ = ["DatasetMetadata", "load_fileset"]
@@ -44,8 +45,11 @@ class DatasetMetadata(BaseModel):
     xsec_pb: float | None = None  # cross section in pb
     sumw: float | None = None  # sum of generator weights before any selection
     n_events: int | None = Field(None, ge=0)
+    # The event weight's branches, "genWeight * puWeight" or a list (analysis.config Sample.weight)
+    weight: WeightProduct = None
+    weight_scale: float | None = None  # a constant factor of the weight
 
-    @field_validator("xsec_pb", "sumw")
+    @field_validator("xsec_pb", "sumw", "weight_scale")
     @classmethod
     def _positive(cls, value: float | None) -> float | None:
         if value is not None and not value > 0:

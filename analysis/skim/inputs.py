@@ -23,13 +23,20 @@ import uproot
 from analysis.config import Config
 from analysis.core.names import dataset_folder
 from analysis.core.net import is_remote, is_transient, require_backend
+from analysis.core.settings import parse_weight_product
 from analysis.errors import InputFileError, StageInputError
 from analysis.skim.fileset import load_fileset
 from analysis.skim.open_files import OpenFiles
 
-__all__ = ["DatasetInfo", "InputFile", "check_file", "load_fileset", "resolve_datasets"]
+__all__ = ["SUMW_SOURCES", "DatasetInfo", "InputFile", "check_file", "dataset_sumw", "load_fileset",
+           "resolve_datasets"]
 
 _ROOT_MAGIC = b"root"
+# Where a file's sum of generator weights is read, in order of preference: CMS NanoAOD's
+# Runs tree counts every event before any filter (genEventSumw_ in NanoAOD before v6);
+# without it, the events of the file itself (their number when there is no genWeight).
+_RUNS_SUMW = ("genEventSumw", "genEventSumw_")
+SUMW_SOURCES = ("Runs.genEventSumw", "Runs.genEventSumw_", "Events.genWeight", "Events.count")
 # ROOT writes 64-bit header offsets from this file-format version on.
 _ROOT_BIG_FILE_VERSION = 1_000_000
 
@@ -45,7 +52,8 @@ class InputFile:
     uuid: str = ""
     uuid_bytes: bytes = b""
     profile: str = ""
-    sum_genweight: float = 0.0  # sum of genWeight (entries when absent); 0 if not computed
+    sum_genweight: float = 0.0  # the file's sum of generator weights; 0 if not computed
+    sumw_from: str = ""  # where that sum came from (SUMW_SOURCES)
     error: str | None = None  # the cause, for a file that failed the checks
 
 
@@ -59,8 +67,11 @@ class DatasetInfo:
     is_mc: bool
     xsec_pb: float | None
     sumw: float | None
-    sumw_source: str  # "metadata" or "computed"
+    sumw_source: str  # "metadata", or where the skim summed it (SUMW_SOURCES), once checked
     files: list[InputFile] = field(default_factory=list)
+    # The event weight's branches (None: genWeight where the files have it) and constant factor.
+    weight: tuple[str, ...] | None = None
+    weight_scale: float = 1.0
 
     @property
     def folder(self) -> str:
@@ -69,8 +80,28 @@ class DatasetInfo:
 
     def metadata(self) -> dict[str, Any]:
         """What the processor reads from ``events.metadata``."""
+        # weight and weight_scale only when given: the settings fingerprint of a dataset with
+        # the default weight stays what it was before they existed (no re-skim of old parts).
         return {"process": self.process, "label": self.label, "is_mc": self.is_mc,
-                "xsec_pb": self.xsec_pb, "sumw": self.sumw}
+                "xsec_pb": self.xsec_pb, "sumw": self.sumw,
+                **({"weight": list(self.weight)} if self.weight is not None else {}),
+                **({"weight_scale": self.weight_scale} if self.weight_scale != 1.0 else {})}
+
+    def record(self) -> dict[str, Any]:
+        """The dataset as the skim's and the batch submission's records list it."""
+        return {"process": self.process, "label": self.label, "is_mc": self.is_mc,
+                "xsec_pb": self.xsec_pb, "sumw": self.sumw, "sumw_source": self.sumw_source,
+                "weight": None if self.weight is None else list(self.weight),
+                "weight_scale": self.weight_scale}
+
+    @classmethod
+    def from_record(cls, name: str, record: dict[str, Any]) -> DatasetInfo:
+        """The inverse of `record` (a record written before weights were recorded has none)."""
+        weight = record.get("weight")
+        return cls(name=name, process=record["process"], label=record["label"], is_mc=record["is_mc"],
+                   xsec_pb=record["xsec_pb"], sumw=record["sumw"], sumw_source=record["sumw_source"],
+                   weight=None if weight is None else tuple(weight),
+                   weight_scale=float(record.get("weight_scale", 1.0)))
 
 
 def resolve_datasets(fileset: dict[str, Any], config: Config) -> dict[str, DatasetInfo]:
@@ -96,10 +127,17 @@ def resolve_datasets(fileset: dict[str, Any], config: Config) -> dict[str, Datas
                                   f"metadata nor in config samples; add the cross section in pb")
         process = meta.get("process", sample.process if sample else name)
         sumw = meta.get("sumw")
+        # The fileset's word first, then the sample's in the config, then [skim] weight.
+        weight = next((w for w in (meta.get("weight"), sample.weight if sample else None,
+                                   config.skim.weight) if w is not None), None)
+        scale = next((s for s in (meta.get("weight_scale"), sample.weight_scale if sample else None)
+                      if s is not None), 1.0)
         out[name] = DatasetInfo(name=name, process=str(process), label=int(label), is_mc=is_mc,
                                 xsec_pb=None if xsec is None else float(xsec),
                                 sumw=None if sumw is None else float(sumw),
                                 sumw_source="metadata" if sumw is not None else "computed",
+                                weight=None if weight is None else parse_weight_product(weight),
+                                weight_scale=float(scale),
                                 files=[InputFile(dataset=name, path=p, treename=t)
                                        for p, t in entry["files"].items()])
     return out
@@ -126,7 +164,8 @@ def _check_header(path: str) -> None:
 
 
 def check_file(item: InputFile, *, processor: Any, is_mc: bool, need_sumw: bool,
-               timeout: int | None = None, open_files: OpenFiles | None = None) -> InputFile:
+               weight: tuple[str, ...] | None = None, timeout: int | None = None,
+               open_files: OpenFiles | None = None) -> InputFile:
     """Open one input file and check it can be skimmed; fill entries, uuid, profile, sumw.
 
     Parameters
@@ -139,7 +178,10 @@ def check_file(item: InputFile, *, processor: Any, is_mc: bool, need_sumw: bool,
     is_mc : bool
         Whether the dataset is simulation (a processor may need other branches for data).
     need_sumw : bool
-        Read ``genWeight`` to sum it (the dataset's metadata lacks ``sumw``).
+        Sum the file's generator weights (the dataset's metadata lacks ``sumw``): the Runs
+        tree's ``genEventSumw`` where the file has it, else ``genWeight`` over its events.
+    weight : tuple of str or None
+        The dataset's weight branches, each checked to be one number per event (simulation).
     timeout : int or None
         Seconds a request to a remote file (URL) may take; None keeps uproot's default.
     open_files : OpenFiles or None
@@ -164,7 +206,7 @@ def check_file(item: InputFile, *, processor: Any, is_mc: bool, need_sumw: bool,
             file, kept = open_files.open(path)
         else:
             file = uproot.open(path, **({"timeout": timeout} if remote and timeout else {}))
-    except Exception as err:  # noqa: BLE001 - uproot raises many kinds; all mean "cannot open"
+    except Exception as err:
         if remote and is_transient(err):
             raise
         raise InputFileError(path, f"cannot open as a ROOT file ({type(err).__name__}: "
@@ -181,7 +223,7 @@ def check_file(item: InputFile, *, processor: Any, is_mc: bool, need_sumw: bool,
         # fails deep in uproot (zlib.error, DeserializationError...), a traceback otherwise.
         try:
             tree = file[item.treename]
-        except Exception as err:  # noqa: BLE001 - uproot raises many kinds; all mean "unreadable"
+        except Exception as err:
             if remote and is_transient(err):
                 raise
             raise InputFileError(path, f"cannot read the {item.treename!r} tree ({type(err).__name__}: "
@@ -199,16 +241,73 @@ def check_file(item: InputFile, *, processor: Any, is_mc: bool, need_sumw: bool,
         item.uuid_bytes = file.file.fUUID
         item.uuid = str(uuid.UUID(bytes=item.uuid_bytes))
         item.profile = profile or ""
+        if is_mc and weight is not None:
+            _check_weight_branches(tree, branches, weight, path)
         if need_sumw:
-            if "genWeight" in branches:
-                try:
-                    genweight = tree["genWeight"].array(library="np")
-                except Exception as err:  # noqa: BLE001
-                    if remote and is_transient(err):
-                        raise
-                    raise InputFileError(path, f"cannot read genWeight ({type(err).__name__}: "
-                                               f"{' '.join(str(err).split())})") from None
-                item.sum_genweight = math.fsum(np.asarray(genweight, dtype=np.float64))
-            else:
-                item.sum_genweight = float(item.entries)
+            item.sum_genweight, item.sumw_from = _file_sumw(file, tree, branches, path, remote)
     return item
+
+
+def _check_weight_branches(tree: Any, branches: set[str], weight: tuple[str, ...], path: str) -> None:
+    missing = [b for b in weight if b not in branches]
+    if missing:
+        raise InputFileError(path, f"missing weight branch{'es' if len(missing) > 1 else ''} "
+                                   f"{', '.join(missing)} (the dataset's weight {' * '.join(weight)})")
+    for name in weight:
+        interpretation = getattr(tree[name], "interpretation", None)
+        if not isinstance(interpretation, uproot.AsDtype) or interpretation.inner_shape:
+            raise InputFileError(path, f"weight branch {name} is not one number per event "
+                                       f"({tree[name].typename}); a weight factor must be")
+
+
+def _file_sumw(file: Any, tree: Any, branches: set[str], path: str, remote: bool) -> tuple[float, str]:
+    """(sum of generator weights, where it came from) of one file (`SUMW_SOURCES`)."""
+    def read(what: str, read_values):
+        try:
+            return math.fsum(np.asarray(read_values(), dtype=np.float64).ravel().tolist())
+        except Exception as err:
+            if remote and is_transient(err):
+                raise
+            raise InputFileError(path, f"cannot read {what} ({type(err).__name__}: "
+                                       f"{' '.join(str(err).split())})") from None
+
+    runs = _runs_tree(file)
+    if runs is not None:
+        name = next((n for n in _RUNS_SUMW if n in runs), None)
+        if name is not None:
+            return read(f"Runs/{name}", lambda: runs[name].array(library="np")), f"Runs.{name}"
+    if "genWeight" in branches:
+        return read("genWeight", lambda: tree["genWeight"].array(library="np")), "Events.genWeight"
+    return float(tree.num_entries), "Events.count"
+
+
+def _runs_tree(file: Any) -> Any:
+    classes = {k.split(";")[0]: c for k, c in file.classnames(recursive=False).items()}
+    if classes.get("Runs") != "TTree":
+        return None
+    return file["Runs"]
+
+
+def dataset_sumw(info: DatasetInfo) -> None:
+    """Fill a dataset's ``sumw`` from its checked files (those that could be read).
+
+    Raises `StageInputError` when the files disagree on where the sum comes from (a Runs
+    tree in some, not in others: the sums would not be of the same thing), or for
+    simulation whose sum is 0.
+    """
+    good = [f for f in info.files if f.error is None]
+    if info.sumw is not None or not good:
+        if info.sumw is None:
+            info.sumw = 0.0
+        return
+    sources = sorted({f.sumw_from for f in good})
+    if len(sources) > 1:
+        first = {s: next(f.path for f in good if f.sumw_from == s) for s in sources}
+        raise StageInputError(f"dataset {info.name!r}: its files' sums of generator weights come from "
+                              + " and ".join(f"{s} ({first[s]})" for s in sources)
+                              + "; give 'sumw' in the fileset metadata")
+    info.sumw = math.fsum(f.sum_genweight for f in good)
+    info.sumw_source = f"computed from {sources[0]}"
+    if info.is_mc and info.sumw == 0:
+        raise StageInputError(f"dataset {info.name!r}: the sum of generator weights is 0, "
+                              f"so no MC weight can be formed; give 'sumw' in the fileset metadata")

@@ -219,9 +219,7 @@ def build_manifest(*, out_dir: Path, fileset: str, chunksize: int, datasets: dic
         "fingerprint": parts_fingerprint(out_dir, files),
         # which analysis wrote the parts (name, version, options, its default features)
         **({"processor": processor} if processor is not None else {}),
-        "datasets": {n: {"process": d.process, "label": d.label, "is_mc": d.is_mc,
-                         "xsec_pb": d.xsec_pb, "sumw": d.sumw, "sumw_source": d.sumw_source,
-                         **({"folder": d.folder} if d.folder != n else {})}
+        "datasets": {n: {**d.record(), **({"folder": d.folder} if d.folder != n else {})}
                      for n, d in datasets.items()},
         "files": files,
         "errors": [{**e, "path": redact(e["path"]), "cause": redact(e["cause"])} for e in errors],

@@ -11,7 +11,6 @@ loses at most the chunks in flight.
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from contextlib import ExitStack
@@ -31,7 +30,7 @@ from analysis.core.progress import stage_console
 from analysis.core.provenance import build_provenance
 from analysis.errors import ConfigError, InputFileError, StageInputError
 from analysis.skim.coffea_compat import chunk_tree, progress_bars
-from analysis.skim.inputs import DatasetInfo, check_file, load_fileset, resolve_datasets
+from analysis.skim.inputs import DatasetInfo, check_file, dataset_sumw, load_fileset, resolve_datasets
 from analysis.skim.manifest import (build_cutflow, build_manifest, chunk_relpath, job_cutflow_path,
                                     job_manifest_path, keep_provenance, plan_chunks, remove_stale_temp_files,
                                     skim_inputs)
@@ -58,7 +57,8 @@ def _check_inputs(datasets: dict[str, DatasetInfo], config: Config, proc: SkimPr
         for item in info.files:
             try:
                 check = partial(check_file, item, processor=proc, is_mc=info.is_mc,
-                                need_sumw=info.sumw is None, timeout=config.skim.timeout,
+                                need_sumw=info.sumw is None, weight=info.weight,
+                                timeout=config.skim.timeout,
                                 open_files=open_files)
                 if is_remote(item.path):  # a network hiccup is tried again (analysis.skim.remote)
                     call_with_retries(check, url=item.path, retries=config.skim.retries,
@@ -77,12 +77,7 @@ def _check_inputs(datasets: dict[str, DatasetInfo], config: Config, proc: SkimPr
                     raise
                 item.error = err.cause
                 errors.append({"dataset": info.name, "path": item.path, "cause": err.cause})
-        if info.sumw is None:
-            # Before any selection, over the files that could be read (PHYSICS.md weights).
-            info.sumw = math.fsum(f.sum_genweight for f in info.files if f.error is None)
-        if info.is_mc and info.sumw == 0 and any(f.error is None for f in info.files):
-            raise StageInputError(f"dataset {info.name!r}: the sum of generator weights is 0, "
-                                  f"so no MC weight can be formed; give 'sumw' in the fileset metadata")
+        dataset_sumw(info)  # before any selection, over the files that could be read
     return errors
 
 
@@ -205,6 +200,8 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
         # NanoEvents sees only the branches the processor reads: building the events of a
         # chunk from a 1,500-branch NanoAOD file would otherwise cost more than reading it.
         wanted = proc.input_branches()
+        if wanted is not None:  # and the datasets' weight branches (read_bookkeeping)
+            wanted = sorted({*wanted, *(b for d in datasets.values() if d.weight for b in d.weight)})
         iteritems = {"filter_name": wanted} if wanted is not None else {}
         # Memory-mapped reads when every file is local; kept files' TTrees reused.
         local = not any(is_remote(wi.filename) for wi in todo)
