@@ -149,6 +149,9 @@ class SkimConfig(_Strict):
     # "weight" or samples.<name>.weight): "genWeight * puWeight * L1PreFiringWeight_Nom".
     # None: genWeight where the files have it. Normalised by sumw (DESIGN.md "Fileset").
     weight: WeightProduct = None
+    # NanoAOD dialects beside the built-in ones, or keys of one changed ({run3v15 = {met =
+    # "PuppiMET"}}); validated by processors.profiles, which documents the keys.
+    input_profiles: dict[str, dict[str, Any]] = {}
 
 
 class PrepareTableConfig(_Strict):

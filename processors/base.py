@@ -35,6 +35,7 @@ from analysis.core.net import is_remote, is_transient, redact
 from analysis.core.settings import format_validation_error
 from analysis.errors import ConfigError, HepprepError
 from processors.parts import bookkeeping_fingerprint, part_name, read_part_summary, rows_table, write_part
+from processors.profiles import ProfileTable
 
 __all__ = ["Cutflow", "InputFailure", "NoOptions", "ProcessorError", "SkimProcessor"]
 
@@ -129,11 +130,15 @@ class SkimProcessor(processor.ProcessorABC):
     branches: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: Any = None, *, lumi_pb: float, out_dir: str,
-                 chunk_tree: Callable[[ak.Array], Any] | None = None):
+                 chunk_tree: Callable[[ak.Array], Any] | None = None,
+                 input_profiles: Mapping[str, Mapping[str, Any]] | None = None):
         self.options = self.validate_options(options)
         self.lumi_pb = float(lumi_pb)
         self.out_dir = str(out_dir)
         self.chunk_tree = chunk_tree
+        self.input_profiles = dict(input_profiles or {})
+        # NanoAOD dialects (processors.profiles), with [skim.input_profiles] of the config
+        self.profiles = ProfileTable(self.input_profiles)
 
     # -- what a processor implements ------------------------------------------------------------
     def select(self, events: ak.Array, cutflow: Cutflow) -> Mapping[str, Any] | ak.Array:
@@ -171,8 +176,10 @@ class SkimProcessor(processor.ProcessorABC):
 
     def identity(self) -> dict[str, Any]:
         """What of the processor decides a part's rows: name, version, options (in every fingerprint)."""
+        # the configuration's input profiles only when given: default fingerprints stay as they were
         return {"name": self.processor_name(), "version": str(self.version),
-                "options": self.options.model_dump(mode="json")}
+                "options": self.options.model_dump(mode="json"),
+                **({"input_profiles": self.input_profiles} if self.input_profiles else {})}
 
     def record(self) -> dict[str, Any]:
         """The processor as the skim manifest records it (what later stages read of it)."""

@@ -24,7 +24,7 @@ from processors.base import Cutflow, InputFailure, SkimProcessor
 from processors.features import ditau_features
 from processors.flat import (FlatObjects, ObjectColumns, clean_jet_mask, first_separated_pair, leading_two,
                              object_event, pt_order)
-from processors.profiles import InputProfile, ProfileError, detect_profile, event_branches, readable_branches
+from processors.profiles import InputProfile, ProfileError, event_branches
 from processors.selection import good_tau_mask
 
 __all__ = ["CUTS", "DiTauProcessor", "dataset_weight", "triggers_applied"]
@@ -78,10 +78,8 @@ class DiTauProcessor(SkimProcessor):
     columns = {f.name: f.dtype for f in DITAU_COLUMNS}
     default_features = DEFAULT_FEATURES
 
-    def __init__(self, options: Any = None, *, selection: SelectionConfig | None = None, lumi_pb: float,
-                 out_dir: str, chunk_tree: Callable[[ak.Array], Any] | None = None):
-        super().__init__(selection if selection is not None else options, lumi_pb=lumi_pb, out_dir=out_dir,
-                         chunk_tree=chunk_tree)
+    def __init__(self, options: Any = None, *, selection: SelectionConfig | None = None, **kwargs: Any):
+        super().__init__(selection if selection is not None else options, **kwargs)
 
     @classmethod
     def options_from(cls, config: Any) -> Any:
@@ -97,11 +95,11 @@ class DiTauProcessor(SkimProcessor):
 
     def input_branches(self) -> list[str]:
         """The branches any input profile may read (glob patterns), for NanoEvents' filter."""
-        return readable_branches(self.selection.triggers)
+        return self.profiles.readable_branches(self.selection.triggers)
 
     def check_branches(self, branches: set[str], *, is_mc: bool) -> str:
         """The input profile of a file with these branches, or a `ProfileError` naming what lacks."""
-        profile = detect_profile(branches)
+        profile = self.profiles.detect(branches)
         missing = [t for t in triggers_applied(self.selection, is_mc=is_mc) if t not in branches]
         if missing:
             raise ProfileError(f"missing trigger branch {', '.join(missing)} (selection.triggers)", tuple(missing))
@@ -111,7 +109,7 @@ class DiTauProcessor(SkimProcessor):
         meta = events.metadata
         triggers = triggers_applied(self.selection, is_mc=bool(meta["is_mc"]))
         try:
-            profile = detect_profile(event_branches(events))
+            profile = self.profiles.detect(event_branches(events))
             inputs = _read_inputs(events, profile, triggers, self.read_branches)
         except ProfileError as err:
             raise InputFailure(str(err)) from None
@@ -217,7 +215,8 @@ def _read_inputs(events: ak.Array, profile: InputProfile, triggers: list[str],
             raise ProfileError(f"missing trigger branch {path} (selection.triggers)", (path,))
     objects = {name: sorted({b.split("_", 1)[1] for b in profile.branches if b.startswith(f"{name}_")})
                for name in ("Tau", "Jet")}
-    arrays = read(events, [*_EVENT_BRANCHES, *triggers, *(f"{c}_{f}" for c, fs in objects.items() for f in fs)])
+    met = (f"{profile.met}_pt", f"{profile.met}_phi")
+    arrays = read(events, ["PV_npvs", *met, *triggers, *(f"{c}_{f}" for c, fs in objects.items() for f in fs)])
 
     def column(branch: str) -> np.ndarray:
         return ak.to_numpy(arrays[branch])
@@ -226,12 +225,9 @@ def _read_inputs(events: ak.Array, profile: InputProfile, triggers: list[str],
         return FlatObjects.from_jagged({f: arrays[f"{name}_{f}"] for f in objects[name]}, objects[name])
 
     return {
-        "npv": column("PV_npvs"), "met_pt": column("MET_pt"), "met_phi": column("MET_phi"),
+        "npv": column("PV_npvs"), "met_pt": column(met[0]), "met_phi": column(met[1]),
         "hlt": {path: column(path) for path in triggers},
         "taus": collection("Tau"),
         "jets": collection("Jet"),
     }
 
-
-# Event-level branches every profile reads (the identity columns are the base's).
-_EVENT_BRANCHES = ("PV_npvs", "MET_pt", "MET_phi")

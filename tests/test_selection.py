@@ -77,17 +77,24 @@ def test_select_jets_cleans_against_both_taus_and_orders_by_pt():
     assert str(good.type).startswith("2 * var *")
 
 
-RUN2 = set(COMMON_BRANCHES) | {"Tau_idDecayModeNewDMs", "Tau_chargedIso", "Tau_neutralIso",
+RUN2 = set(COMMON_BRANCHES) | {"MET_pt", "MET_phi", "Tau_idDecayModeNewDMs", "Tau_chargedIso", "Tau_neutralIso",
                                "Tau_idDeepTau2017v2p1VSjet", "Tau_idDeepTau2017v2p1VSe",
                                "Tau_idDeepTau2017v2p1VSmu", "Jet_jetId", "Jet_puId",
                                "Jet_btagDeepFlavB", "genWeight"}
 
+JME_FRACTIONS = {"Jet_neHEF", "Jet_neEmEF", "Jet_chHEF", "Jet_chEmEF", "Jet_muEF", "Jet_chMultiplicity",
+                 "Jet_neMultiplicity"}
+
 
 def test_detect_profiles():
     assert detect_profile(RUN2).name == "run2"
-    run3 = {b.replace("2017v2p1", "2018v2p5") for b in RUN2} - {"Jet_puId"}
+    run3 = {b.replace("2017v2p1", "2018v2p5") for b in RUN2} - {"Jet_puId"} | JME_FRACTIONS
     assert detect_profile(run3).name == "run3"
-    outreach = set(COMMON_BRANCHES) | {"Tau_idDecayMode", "Tau_relIso_all", "Jet_puId", "Jet_btag"}
+    # v15: no Jet_jetId, no MET_* (PFMET_* and PuppiMET_* instead)
+    v15 = run3 - {"Jet_jetId", "MET_pt", "MET_phi"} | {"PFMET_pt", "PFMET_phi", "PuppiMET_pt", "PuppiMET_phi"}
+    assert detect_profile(v15).name == "run3v15"
+    assert detect_profile(v15).met == "PFMET"
+    outreach = set(COMMON_BRANCHES) | {"MET_pt", "MET_phi", "Tau_idDecayMode", "Tau_relIso_all", "Jet_puId", "Jet_btag"}
     outreach |= {f"Tau_idIso{w}" for w in ("VLoose", "Loose", "Medium", "Tight")}
     outreach |= {f"Tau_idAnti{k}{w}" for k in ("Ele", "Mu") for w in ("Loose", "Medium", "Tight")}
     assert detect_profile(outreach).name == "outreach2012"
@@ -119,7 +126,7 @@ def test_run2_deeptau_bits_and_jet_ids():
 
 
 def test_run3_deeptau_indices():
-    run3 = {b.replace("2017v2p1", "2018v2p5") for b in RUN2} - {"Jet_puId"}
+    run3 = {b.replace("2017v2p1", "2018v2p5") for b in RUN2} - {"Jet_puId"} | JME_FRACTIONS
     profile = detect_profile(run3)
     taus = ak.Array([[dict(pt=30.0, idDecayModeNewDMs=True, idDeepTau2018v2p5VSjet=v,
                            idDeepTau2018v2p5VSe=3, idDeepTau2018v2p5VSmu=1) for v in (4, 5, 6)]])
@@ -130,7 +137,7 @@ def test_run3_deeptau_indices():
 
 
 def test_outreach_working_point_without_branch_names_the_choices():
-    outreach = set(COMMON_BRANCHES) | {"Tau_idDecayMode", "Tau_relIso_all", "Jet_puId", "Jet_btag"}
+    outreach = set(COMMON_BRANCHES) | {"MET_pt", "MET_phi", "Tau_idDecayMode", "Tau_relIso_all", "Jet_puId", "Jet_btag"}
     outreach |= {f"Tau_idIso{w}" for w in ("VLoose", "Loose", "Medium", "Tight")}
     outreach |= {f"Tau_idAnti{k}{w}" for k in ("Ele", "Mu") for w in ("Loose", "Medium", "Tight")}
     profile = detect_profile(outreach)

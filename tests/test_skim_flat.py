@@ -91,7 +91,7 @@ def test_object_columns_read_like_records_and_name_missing_fields():
 # ties, overlaps, failing IDs and too few objects.
 
 _OUTREACH = detect_profile(
-    set(COMMON_BRANCHES) | {"Tau_idDecayMode", "Tau_relIso_all", "Jet_puId", "Jet_btag"}
+    set(COMMON_BRANCHES) | {"MET_pt", "MET_phi", "Tau_idDecayMode", "Tau_relIso_all", "Jet_puId", "Jet_btag"}
     | {f"Tau_idIso{w}" for w in ("VLoose", "Loose", "Medium", "Tight")}
     | {f"Tau_idAnti{k}{w}" for k in ("Ele", "Mu") for w in ("Loose", "Medium", "Tight")})
 

@@ -36,6 +36,8 @@ _ROOT_MAGIC = b"root"
 # Runs tree counts every event before any filter (genEventSumw_ in NanoAOD before v6);
 # without it, the events of the file itself (their number when there is no genWeight).
 _RUNS_SUMW = ("genEventSumw", "genEventSumw_")
+# NanoAOD events as a TTree, or as an RNTuple (where CMS is heading): same branch names.
+_EVENT_CLASSES = ("TTree", "ROOT::RNTuple")
 SUMW_SOURCES = ("Runs.genEventSumw", "Runs.genEventSumw_", "Events.genWeight", "Events.count")
 # ROOT writes 64-bit header offsets from this file-format version on.
 _ROOT_BIG_FILE_VERSION = 1_000_000
@@ -216,9 +218,9 @@ def check_file(item: InputFile, *, processor: Any, is_mc: bool, need_sumw: bool,
         if item.treename not in classes:
             held = ", ".join(f"{k} ({c})" for k, c in sorted(classes.items())) or "nothing"
             raise InputFileError(path, f"no {item.treename!r} tree (the file holds: {held})")
-        if classes[item.treename] != "TTree":
-            raise InputFileError(path, f"{item.treename!r} is a {classes[item.treename]}, not a TTree "
-                                       f"(the skim reads NanoAOD TTrees)")
+        if classes[item.treename] not in _EVENT_CLASSES:
+            raise InputFileError(path, f"{item.treename!r} is a {classes[item.treename]}, not a TTree or "
+                                       f"an RNTuple (the skim reads NanoAOD events)")
         # The TTree's metadata is read here, not at open: a damaged TKey or compressed record
         # fails deep in uproot (zlib.error, DeserializationError...), a traceback otherwise.
         try:
@@ -254,10 +256,16 @@ def _check_weight_branches(tree: Any, branches: set[str], weight: tuple[str, ...
         raise InputFileError(path, f"missing weight branch{'es' if len(missing) > 1 else ''} "
                                    f"{', '.join(missing)} (the dataset's weight {' * '.join(weight)})")
     for name in weight:
-        interpretation = getattr(tree[name], "interpretation", None)
-        if not isinstance(interpretation, uproot.AsDtype) or interpretation.inner_shape:
+        if isinstance(tree, uproot.behaviors.TTree.TTree):
+            interpretation = getattr(tree[name], "interpretation", None)
+            scalar = isinstance(interpretation, uproot.AsDtype) and not interpretation.inner_shape
+            kind = tree[name].typename
+        else:  # an RNTuple field: its type, from one entry
+            first = tree[name].array(entry_stop=1)
+            scalar, kind = first.ndim == 1 and first.fields == [], str(first.type.content)
+        if not scalar:
             raise InputFileError(path, f"weight branch {name} is not one number per event "
-                                       f"({tree[name].typename}); a weight factor must be")
+                                       f"({kind}); a weight factor must be")
 
 
 def _file_sumw(file: Any, tree: Any, branches: set[str], path: str, remote: bool) -> tuple[float, str]:
@@ -283,7 +291,7 @@ def _file_sumw(file: Any, tree: Any, branches: set[str], path: str, remote: bool
 
 def _runs_tree(file: Any) -> Any:
     classes = {k.split(";")[0]: c for k, c in file.classnames(recursive=False).items()}
-    if classes.get("Runs") != "TTree":
+    if classes.get("Runs") not in _EVENT_CLASSES:
         return None
     return file["Runs"]
 

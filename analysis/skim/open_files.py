@@ -100,8 +100,8 @@ class OpenFiles:
         return file, True
 
     def count_branches(self, tree: Any) -> None:
-        """Record the branches of a TTree read from a kept file, against `max_branches`."""
-        self._branches += len(tree.branches)
+        """Record the branches of a TTree (or fields of an RNTuple) read from a kept file, against `max_branches`."""
+        self._branches += len(tree.branches if hasattr(tree, "branches") else tree.keys(recursive=False))
 
     def close(self) -> None:
         """Close every kept file and forget the cached objects."""

@@ -90,4 +90,5 @@ def portable_spec(spec_text: str) -> str:
 def load_processor(config: Any, *, out_dir: str, chunk_tree: Any = None) -> SkimProcessor:
     """The configured processor, its options validated, ready to run the skim into ``out_dir``."""
     cls = load_processor_class(config.skim.processor)
-    return cls(cls.options_from(config), lumi_pb=config.lumi_pb, out_dir=out_dir, chunk_tree=chunk_tree)
+    return cls(cls.options_from(config), lumi_pb=config.lumi_pb, out_dir=out_dir, chunk_tree=chunk_tree,
+               input_profiles=config.skim.input_profiles)
