@@ -123,7 +123,7 @@ def test_job_leaves_other_jobs_temporary_parts_alone(tmp_path):
 def test_job_ignores_other_jobs_parts_but_a_single_run_refuses_them(tmp_path):
     theirs = "22222222-2222-2222-2222-222222222222"
     _touch(tmp_path / "DY" / f"part-{theirs}-0-100.parquet")
-    assert plan_chunks(tmp_path, {}, {"11111111-1111-1111-1111-111111111111"}, ["DY"], other_jobs=True) == {}
+    assert plan_chunks(tmp_path, {}, {"11111111-1111-1111-1111-111111111111"}, ["DY"], other_jobs=True) == ({}, [])
     with pytest.raises(StageInputError, match="an input file that is not in this fileset"):
         plan_chunks(tmp_path, {}, set(), ["DY"])
     # A part of one of the job's own files from another chunk size is still an error.
