@@ -113,7 +113,8 @@ def independent_mutau(path, *, dialect: str, trigger: bool = True, tau_iso: str 
                         for k in range(len(a["Jet_pt"][i]))]
         jets = [k for k, ok in enumerate(good_jet) if ok and abs(a["Jet_eta"][i][k]) < 4.7 and a["Jet_pt"][i][k] > 30]
         row = {"run": int(a["run"][i]), "event": int(a["event"][i]), "njets": len(jets),
-               "met_pt": float(a["MET_pt"][i]), "npv": int(a["PV_npvs"][i])}
+               "met_pt": float(a["MET_pt"][i]),
+               "met_phi": float(a["MET_phi"][i]), "npv": int(a["PV_npvs"][i])}
         for f in ("pt", "eta", "phi", "mass", "charge"):
             row[f"mu_{f}"] = float(a[f"Muon_{f}"][i][mu])
             row[f"tau_{f}"] = float(a[f"Tau_{f}"][i][tau])

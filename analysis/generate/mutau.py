@@ -29,13 +29,13 @@ import numpy as np
 from analysis.generate.events import EventBatch
 from analysis.generate.kinematics import four_vector, pt_eta_phi_mass, sample_breit_wigner, two_body_decay
 from analysis.generate.leptons import MASS_ELECTRON, MASS_MUON, PDG_MUON, choose_tau_decays, decay_leptonic_taus
-from analysis.generate.processes import (FILTER_TAU_ABS_ETA_MAX, FILTER_TAU_PT_MIN, MASS_B, MASS_H, MASS_TAU, MASS_TOP,
+from analysis.generate.processes import (_GEN_STATUS_DECAYED, _GEN_STATUS_FINAL, _GEN_STATUS_HARD,
+                                         FILTER_TAU_ABS_ETA_MAX, FILTER_TAU_PT_MIN, MASS_B, MASS_H, MASS_TAU, MASS_TOP,
                                          MASS_W, MASS_Z, PDG, WIDTH_H, WIDTH_TOP, WIDTH_W, WIDTH_Z, ProcessModel,
                                          _boson_recoiling, _fake_from_jets, _Truth)
 
 __all__ = ["FILTER_MUON_ABS_ETA_MAX", "FILTER_MUON_PT_MIN", "MUTAU_PROCESSES", "passes_mutau_filter"]
 
-_STATUS_HARD, _STATUS_DECAYED, _STATUS_FINAL = 62, 2, 1
 BR_W_TO_MU = 0.108  # W -> mu nu (PDG; the same for e and tau)
 # Other W decays when one W of a top pair is the muon's: quarks, e nu, tau nu (sum 1).
 _OTHER_W = {"qq": 0.676 / 0.892, "e": 0.108 / 0.892, "tau": 0.108 / 0.892}
@@ -46,7 +46,7 @@ class _MuTauTruth(_Truth):
 
     def add_lepton(self, event: np.ndarray, p4: np.ndarray, pdg_id: np.ndarray) -> None:
         """A prompt charged lepton (electron or muon): its generator record and its truth row."""
-        rows = self.add_gen(event, p4, pdg_id, _STATUS_FINAL)
+        rows = self.add_gen(event, p4, pdg_id, _GEN_STATUS_FINAL)
         self.add_p4("Lepton", event, p4, pdgId=pdg_id, genPartIdx=rows)
 
     def decay_taus(self, rng, event: np.ndarray, taus: np.ndarray, charge: np.ndarray, gen_rows: np.ndarray) -> None:
@@ -65,12 +65,12 @@ class _MuTauTruth(_Truth):
 def _tau_pair(rng, truth: _MuTauTruth, boson: np.ndarray, boson_pdg: int) -> None:
     n = truth.n
     event = np.arange(n)
-    truth.add_gen(event, boson, boson_pdg, _STATUS_HARD)
+    truth.add_gen(event, boson, boson_pdg, _GEN_STATUS_HARD)
     tau_minus, tau_plus = two_body_decay(rng, boson, MASS_TAU, MASS_TAU)
     events2 = np.concatenate([event, event])
     pdg = np.repeat([PDG["tau"], -PDG["tau"]], n)
     taus = np.concatenate([tau_minus, tau_plus])
-    gen_rows = truth.add_gen(events2, taus, pdg, _STATUS_DECAYED)
+    gen_rows = truth.add_gen(events2, taus, pdg, _GEN_STATUS_DECAYED)
     truth.decay_taus(rng, events2, taus, -np.sign(pdg), gen_rows)
 
 
@@ -130,7 +130,7 @@ def generate_zmm_mutau(rng: np.random.Generator, n: int) -> EventBatch:
                                                          high=200.0, isr_min=1, isr_mean=0.3, isr_index=3.1,
                                                          rapidity_sigma=1.8)
     both = np.concatenate([np.arange(n)] * 2)
-    truth.add_gen(np.arange(n), boson, PDG["Z"], _STATUS_HARD)
+    truth.add_gen(np.arange(n), boson, PDG["Z"], _GEN_STATUS_HARD)
     mu_minus, mu_plus = two_body_decay(rng, boson, MASS_MUON, MASS_MUON)
     truth.add_lepton(both, np.concatenate([mu_minus, mu_plus]), np.repeat([PDG_MUON, -PDG_MUON], n))
     _fake_from_jets(rng, truth, event, rows, pt, eta)
@@ -138,10 +138,10 @@ def generate_zmm_mutau(rng: np.random.Generator, n: int) -> EventBatch:
 
 
 def _w_to_mu_nu(rng, truth: _MuTauTruth, event: np.ndarray, w: np.ndarray, w_charge: np.ndarray) -> None:
-    truth.add_gen(event, w, PDG["W"] * w_charge, _STATUS_HARD)
+    truth.add_gen(event, w, PDG["W"] * w_charge, _GEN_STATUS_HARD)
     muon, nu = two_body_decay(rng, w, MASS_MUON, 0.0)
     truth.add_lepton(event, muon, -PDG_MUON * w_charge)
-    truth.add_gen(event, nu, (PDG_MUON + 1) * w_charge, _STATUS_FINAL)
+    truth.add_gen(event, nu, (PDG_MUON + 1) * w_charge, _GEN_STATUS_FINAL)
     truth.add_neutrinos(event, nu)
 
 
@@ -174,7 +174,7 @@ def generate_ttbar_mutau(rng: np.random.Generator, n: int) -> EventBatch:
                            four_vector(np.hypot(px2, py2), rng.normal(0, 1.2, n), np.arctan2(py2, px2), m_top[n:])])
     top_event = np.concatenate([event, event])
     sign = np.repeat([1, -1], n)  # t (W+) then tbar (W-)
-    truth.add_gen(top_event, tops, PDG["t"] * sign, _STATUS_HARD)
+    truth.add_gen(top_event, tops, PDG["t"] * sign, _GEN_STATUS_HARD)
     m_w = sample_breit_wigner(rng, 2 * n, mass=MASS_W, width=WIDTH_W, low=60.0, high=100.0)
     b, w = two_body_decay(rng, tops, MASS_B, m_w)
     truth.add_gen(top_event, b, PDG["b"] * sign, 23)
@@ -190,12 +190,12 @@ def generate_ttbar_mutau(rng: np.random.Generator, n: int) -> EventBatch:
     for name, pdg in (("e", 11), ("tau", PDG["tau"])):
         rows = other[kind == name]
         lepton, nu = two_body_decay(rng, w[rows], MASS_ELECTRON if name == "e" else MASS_TAU, 0.0)
-        truth.add_gen(top_event[rows], w[rows], PDG["W"] * sign[rows], _STATUS_HARD)
+        truth.add_gen(top_event[rows], w[rows], PDG["W"] * sign[rows], _GEN_STATUS_HARD)
         truth.add_neutrinos(top_event[rows], nu)
         if name == "e":
             truth.add_lepton(top_event[rows], lepton, -pdg * sign[rows])
         else:
-            gen_rows = truth.add_gen(top_event[rows], lepton, -pdg * sign[rows], _STATUS_DECAYED)
+            gen_rows = truth.add_gen(top_event[rows], lepton, -pdg * sign[rows], _GEN_STATUS_DECAYED)
             truth.decay_taus(rng, top_event[rows], lepton, sign[rows], gen_rows)
     rows = other[kind == "qq"]
     q1, q2 = two_body_decay(rng, w[rows], 0.0, 0.0)
