@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_FEATURES", "DERIVED_FEATURES", "DITAU_COLUMNS", "Feature", "feature", "feature_differences"]
+__all__ = ["DEFAULT_FEATURES", "DERIVED_FEATURES", "DITAU_COLUMNS", "MUTAU_COLUMNS", "MUTAU_DEFAULT_FEATURES",
+           "MUTAU_DERIVED_FEATURES", "Feature", "feature", "feature_differences"]
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,40 @@ DEFAULT_FEATURES: tuple[str, ...] = (
     *(f.name for f in DERIVED_FEATURES),
 )
 
-_REGISTRY = {f.name: f for f in DITAU_COLUMNS}
-assert all(name in _REGISTRY for name in DEFAULT_FEATURES)  # noqa: S101 - a typo here is a bug
+# The mu-tau_h analysis (processors.mutau, PHYSICS.md "The mu-tau_h channel"): the derived
+# features of skim.cxx, its jdeta signed.
+MUTAU_DERIVED_FEATURES: tuple[Feature, ...] = (
+    Feature("m_vis", "float32", r"$m_{vis}^{\mu\tau}$", "GeV"),
+    Feature("pt_vis", "float32", r"$p_{T,vis}^{\mu\tau}$", "GeV"),
+    Feature("dr_mutau", "float32", r"$\Delta R(\mu, \tau)$"),
+    Feature("mt_mu", "float32", r"$m_{T}(\mu, p_{T}^{miss})$", "GeV"),
+    Feature("mt_tau", "float32", r"$m_{T}(\tau, p_{T}^{miss})$", "GeV"),
+    Feature("mjj", "float32", r"$m_{jj}$", "GeV"),
+    Feature("ptjj", "float32", r"$p_{T}^{jj}$", "GeV"),
+    Feature("jdeta", "float32", r"$\eta_{j_1} - \eta_{j_2}$"),
+)
+_MUON = (*_TAU[:5], ("iso", "float32", r"$X$ rel. isolation $I_{03}$", ""))
+
+# Every feature column the mu-tau_h processor writes, in order (jets NaN when absent).
+MUTAU_COLUMNS: tuple[Feature, ...] = (
+    *_objects("mu", r"\mu", _MUON), *_objects("tau", r"\tau", _TAU),
+    *_objects("jet1", "j_1", _JET[:4]), *_objects("jet2", "j_2", _JET[:4]),
+    Feature("met_pt", "float32", r"$p_{T}^{miss}$", "GeV"), Feature("met_phi", "float32", r"$\phi^{miss}$", "rad"),
+    Feature("npv", "int16", r"$N_{PV}$"), Feature("njets", "int16", r"$N_{jets}$"),
+    *MUTAU_DERIVED_FEATURES,
+)
+
+# Its training inputs by default: the kinematics without azimuths, the isolations (the
+# skim cuts on neither, the fakes of W+jets and Z -> mumu are less isolated), the jets.
+MUTAU_DEFAULT_FEATURES: tuple[str, ...] = (
+    "mu_pt", "mu_eta", "mu_iso", "tau_pt", "tau_eta", "tau_mass", "tau_decayMode", "tau_iso",
+    "jet1_pt", "jet1_eta", "jet2_pt", "jet2_eta", "met_pt", "njets",
+    *(f.name for f in MUTAU_DERIVED_FEATURES),
+)
+
+# A name both analyses write keeps the di-tau entry (its label); jdeta is |deta| there.
+_REGISTRY = {f.name: f for f in (*MUTAU_COLUMNS, *DITAU_COLUMNS)}
+assert all(name in _REGISTRY for name in DEFAULT_FEATURES + MUTAU_DEFAULT_FEATURES)  # noqa: S101 - a typo here is a bug
 
 
 def feature_differences(wanted: list[str], have: list[str], *, missing: str, extra: str) -> str | None:

@@ -16,6 +16,9 @@ from scipy.special import ndtr, ndtri
 from analysis.generate.detector import btag_discriminant, sample_npv, smear_jet_pt, smear_met
 from analysis.generate.events import EventBatch, EventBuilder
 from analysis.generate.kinematics import pt_eta_phi_mass
+from analysis.generate.leptons import (ELECTRON_ID_EFFICIENCY, ELECTRON_PT_RESOLUTION, MASS_ELECTRON, MASS_MUON,
+                                       MUON_PT_RESOLUTION, MUON_TIGHT_ID_EFFICIENCY, PDG_MUON,
+                                       prompt_lepton_isolation)
 from analysis.generate.taus import MASS_PION, fake_decay_modes, reconstructed_tau_charge, tau_identification
 
 __all__ = ["EventContext", "pick_one_per_event", "reconstruct", "truncated_normal"]
@@ -158,6 +161,32 @@ class EventContext:
                 self.builder.add(name, event, cutBasedId=rng.random(m) < 0.5, pfId=rng.random(m) < 0.7,
                                  **track, **fields)
 
+    def add_prompt_leptons(self, event: np.ndarray, pt, eta, phi, pdg_id: np.ndarray, gen_rows: np.ndarray) -> None:
+        """Reconstruct prompt electrons and muons (W, Z, leptonic tau decays) with their
+        resolution, isolation and ID; isolated tight muons feed the muon triggers."""
+        rng, m = self.rng, len(event)
+        muon = np.abs(pdg_id) == PDG_MUON
+        pt = pt * (1.0 + np.where(muon, MUON_PT_RESOLUTION, ELECTRON_PT_RESOLUTION) * rng.standard_normal(m))
+        iso = prompt_lepton_isolation(rng, self.npv[event])
+        passes_id = rng.random(m) < np.where(muon, MUON_TIGHT_ID_EFFICIENCY, ELECTRON_ID_EFFICIENCY)
+        fields = {"pt": pt, "eta": eta, "phi": phi, "charge": -np.sign(pdg_id), "pfRelIso03_all": iso,
+                  "dxy": rng.normal(0, 0.005, m), "dz": rng.normal(0, 0.01, m),
+                  "dxyErr": 0.001 + rng.exponential(0.001, m), "dzErr": 0.002 + rng.exponential(0.002, m),
+                  "genPartIdx": gen_rows}
+        self.sumet += self._per_event_sum(event, pt)
+        iso04 = iso * rng.uniform(1.1, 1.6, m)
+        self.builder.add("Muon", event[muon], mass=MASS_MUON, pfRelIso04_all=iso04[muon], tightId=passes_id[muon],
+                         softId=True, **{k: v[muon] for k, v in fields.items()})
+        self.builder.add("Electron", event[~muon], mass=MASS_ELECTRON, cutBasedId=passes_id[~muon], pfId=True,
+                         **{k: v[~muon] for k, v in fields.items()})
+        # The leading isolated tight muon per event, where it beats the soft ones (triggers).
+        rows = np.flatnonzero(muon & passes_id & (iso04 < 0.12))
+        rows = rows[np.lexsort((pt[rows], event[rows]))]
+        lead = rows[np.r_[event[rows][1:] != event[rows][:-1], True]] if len(rows) else rows
+        better = lead[pt[lead] > self.iso_muon_pt[event[lead]]]
+        self.iso_muon_pt[event[better]] = pt[better]
+        self.iso_muon_eta[event[better]] = eta[better]
+
     def build(self) -> EventBatch:
         """Fill the event scalars (MET, vertices, triggers; identity set later) and finish."""
         rng, n = self.rng, self.n
@@ -212,4 +241,8 @@ def reconstruct(rng: np.random.Generator, truth: EventBatch) -> EventBatch:
                       rng.beta(6.0, 2.0, int(extra.sum())))
     ctx.add_pileup_jets()
     ctx.add_soft_objects()
+    leptons = truth.collections["Lepton"]
+    if len(leptons["event"]):  # the di-tau processes have none: their random stream is unchanged
+        ctx.add_prompt_leptons(leptons["event"], leptons["pt"], leptons["eta"], leptons["phi"], leptons["pdgId"],
+                               leptons["genPartIdx"])
     return ctx.build()

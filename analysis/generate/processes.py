@@ -35,7 +35,8 @@ from analysis.generate.objects import pick_one_per_event, reconstruct, truncated
 from analysis.generate.taus import decay_hadronic_taus
 
 __all__ = ["FILTER_TAU_ABS_ETA_MAX", "FILTER_TAU_PT_MIN", "PROCESSES", "TRUTH_LAYOUT", "ProcessModel",
-           "generate_dy", "generate_ggh", "generate_process", "generate_ttbar", "generate_vbf", "passes_tau_filter"]
+           "generate_dy", "generate_filtered", "generate_ggh", "generate_process", "generate_ttbar", "generate_vbf",
+           "passes_tau_filter"]
 
 MASS_Z, WIDTH_Z = 91.1876, 2.4952
 MASS_H, WIDTH_H = 125.0, 0.0041
@@ -55,6 +56,8 @@ TRUTH_LAYOUT = {
     "Fake": {"jetIdx": _I64, "frac": _F64},  # a jet faking a tau, with the pt fraction it keeps
     # Kept as momentum components: pt, eta, phi, mass are computed only for events passing the filter.
     "GenPart": {"energy": _F64, "px": _F64, "py": _F64, "pz": _F64, "pdgId": _I32, "status": _I32},
+    # Prompt electrons and muons (W, Z and leptonic tau decays; empty in the di-tau processes).
+    "Lepton": {**_P4, "pdgId": _I32, "genPartIdx": _I64},
 }
 
 
@@ -236,7 +239,7 @@ def generate_ttbar(rng: np.random.Generator, n: int) -> EventBatch:
 
 @dataclass(frozen=True)
 class ProcessModel:
-    """A simulated process: its generator and the fraction of its events it stands for.
+    """A simulated process: its generator, the fraction of its events it stands for, its filter.
 
     ``fraction`` is the part of all events of the process (cross section x luminosity)
     that the generator simulates before the tau filter: branching fractions times a
@@ -244,12 +247,15 @@ class ProcessModel:
     is the physics one; for the backgrounds it is chosen so that after the default
     selection the signal is a few per cent of the background, as in the signal-enriched
     categories of the real analysis. The tau filter acceptance (`generate_process`) is
-    measured, not assumed.
+    measured, not assumed. ``accepts`` is the generator-level filter of the final state
+    (None: the di-tau processes' `passes_tau_filter`; the mu-tau_h ones' is in
+    `analysis.generate.mutau`).
     """
 
     generate: Callable[[np.random.Generator, int], EventBatch]
     fraction: float
     why: str
+    accepts: Callable[[EventBatch], np.ndarray] | None = None  # None: `passes_tau_filter`
 
 
 _HAD = "BR(tau_h tau_h) 0.42"
@@ -297,13 +303,19 @@ def generate_process(process: str, rng: np.random.Generator, n: int) -> tuple[Ev
     except KeyError:
         raise ValueError(f"no generator for process {process!r}; the generator knows "
                          f"{', '.join(PROCESSES)} (set `process` of the sample to one of them)") from None
+    return generate_filtered(model, rng, n)
+
+
+def generate_filtered(model: ProcessModel, rng: np.random.Generator, n: int) -> tuple[EventBatch, int]:
+    """`generate_process` for a `ProcessModel` of any channel: ``n`` events it accepts, and the tries."""
+    accepts = model.accepts or passes_tau_filter
     parts: list[EventBatch] = []
     have = tried = 0
     acceptance = 0.4
     while have < n:
         size = int((n - have) / acceptance * 1.05) + 32
         truth = model.generate(rng, size)
-        keep = passes_tau_filter(truth)
+        keep = accepts(truth)
         accepted = np.flatnonzero(keep)
         if len(accepted) > n - have:
             last = accepted[n - have - 1]

@@ -56,9 +56,10 @@ from analysis.core.provenance import GENERATE_SETTINGS_FILE
 from analysis.errors import ConfigError, StageInputError
 from analysis.generate.events import EventBatch, concatenate_batches
 from analysis.generate.layout import events_to_branches, write_events
-from analysis.generate.processes import PROCESSES, generate_process
+from analysis.generate.mutau import MUTAU_PROCESSES
+from analysis.generate.processes import PROCESSES, generate_filtered
 
-__all__ = ["RUN_RANGES", "SETTINGS_FILE", "dataset_event_counts", "expected_data_events",
+__all__ = ["ALL_PROCESSES", "RUN_RANGES", "SETTINGS_FILE", "dataset_event_counts", "expected_data_events",
            "generate_dataset_file", "generate_samples", "generation_settings",
            "read_generation_settings", "split_evenly"]
 
@@ -96,12 +97,17 @@ def dataset_event_counts(config: Config) -> dict[str, int]:
     return dict(zip(names, (counts + 1).tolist()))
 
 
+# Every process the generator knows: the di-tau analysis's and the mu-tau_h channel's, which a
+# configuration's samples name (`process`) to make a sample of that channel.
+ALL_PROCESSES = {**PROCESSES, **MUTAU_PROCESSES}
+
+
 def _process_model(config: Config, name: str):
     process = config.samples[name].process
-    if process not in PROCESSES:
+    if process not in ALL_PROCESSES:
         raise ConfigError(f"samples.{name}.process: no generator for process {process!r}; "
-                          f"known: {', '.join(PROCESSES)}")
-    return PROCESSES[process]
+                          f"known: {', '.join(ALL_PROCESSES)}")
+    return ALL_PROCESSES[process]
 
 
 def expected_data_events(config: Config, data_lumi_pb: float, sumw: dict[str, float],
@@ -156,12 +162,12 @@ def generate_dataset_file(config: Config, name: str, index: int,
     seed = config.generate.seed
     sample = config.samples[name]
     if sample.is_mc:
-        batch, tried = generate_process(sample.process, _rng(seed, name, index), n_events)
+        batch, tried = generate_filtered(_process_model(config, name), _rng(seed, name, index), n_events)
         n_before = sum(split_evenly(dataset_event_counts(config)[name], config.generate.files_per_sample)[:index])
         _set_identity(batch, _rng(seed, name, index, 1), run_range=None, first_event=n_before)
         return batch, tried
-    parts = [generate_process(config.samples[mc].process, _rng(seed, name, index, 2, zlib.crc32(mc.encode())),
-                              count)[0].drop_truth()
+    parts = [generate_filtered(_process_model(config, mc), _rng(seed, name, index, 2, zlib.crc32(mc.encode())),
+                               count)[0].drop_truth()
              for mc, count in n_events.items()]
     batch = concatenate_batches(parts)
     rng = _rng(seed, name, index, 1)
