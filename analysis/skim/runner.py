@@ -136,9 +136,10 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
     if scheduler and executor not in (None, "dask", "dask-awkward"):
         raise ConfigError(f"scheduler {scheduler!r} is a dask scheduler: use executor 'dask', "
                           f"not {executor!r}")
-    # An explicit scheduler address means dask, whatever the config's default executor.
+    # An explicit scheduler address means dask, whatever the config's default executor (but dask-awkward).
+    keep = config.skim.executor == "dask-awkward"
     config = with_overrides(config, {"skim": {
-        "executor": executor or ("dask" if scheduler else None), "workers": workers,
+        "executor": executor or ("dask" if scheduler and not keep else None), "workers": workers,
         "chunksize": chunksize, "skip_bad_files": skip_bad_files}}, source="run_skim arguments")
     executor, workers = config.skim.executor, config.skim.workers
     chunksize, skip = config.skim.chunksize, config.skim.skip_bad_files
