@@ -75,7 +75,7 @@ def generate(
 def skim(
     fileset: Optional[Path] = typer.Argument(None, help="coffea fileset JSON (from `hepprep generate`)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Skim folder: <dataset>/part-*.parquet, cutflow.json, manifest.json."),
-    executor: Optional[str] = typer.Option(None, help="iterative, futures or dask."),
+    executor: Optional[str] = typer.Option(None, help="iterative, futures, dask or dask-awkward."),
     workers: Optional[int] = typer.Option(None, help="Processes (futures) or LocalCluster workers (dask)."),
     scheduler: Optional[str] = typer.Option(None, help="Existing dask scheduler address (dask executor)."),
     chunksize: Optional[int] = typer.Option(None, help="Events per chunk; one Parquet part per chunk."),

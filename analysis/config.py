@@ -133,7 +133,7 @@ class GenerateConfig(_Strict):
 class SkimConfig(_Strict):
     """The skim stage (coffea processor over the fileset)."""
 
-    executor: Literal["iterative", "futures", "dask"] = "futures"
+    executor: Literal["iterative", "futures", "dask", "dask-awkward"] = "futures"
     workers: int = Field(2, gt=0)  # processes for the futures executor / local dask cluster
     chunksize: int = Field(100_000, gt=0)  # events per chunk (one Parquet part per chunk)
     skip_bad_files: bool = False  # record unreadable files in the manifest and go on

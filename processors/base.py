@@ -128,6 +128,9 @@ class SkimProcessor(processor.ProcessorABC):
     columns: ClassVar[Mapping[str, str]] = {}
     default_features: ClassVar[tuple[str, ...]] = ()
     branches: ClassVar[tuple[str, ...]] = ()
+    # --executor dask-awkward: "lazy", select gets the dataset's dask-awkward events (code of
+    # plain awkward functions); "chunks", each chunk's events inside the graph (numpy code).
+    dask_mode: ClassVar[str] = "lazy"
 
     def __init__(self, options: Any = None, *, lumi_pb: float, out_dir: str,
                  chunk_tree: Callable[[ak.Array], Any] | None = None,
@@ -217,8 +220,14 @@ class SkimProcessor(processor.ProcessorABC):
         return accumulator
 
     def process(self, events: ak.Array) -> dict[str, Any]:
-        """One chunk: its part (written or already there) or its input error, as coffea output."""
-        meta = dict(events.metadata)
+        """One chunk: its part (written or already there) or its input error, as coffea output.
+
+        (coffea's dask mode calls `processors.lazy.DaskAwkwardSkim`, which wraps the processor.)
+        """
+        return self.process_chunk(events, dict(events.metadata))
+
+    def process_chunk(self, events: ak.Array, meta: dict[str, Any]) -> dict[str, Any]:
+        """`process` of one chunk's events, ``meta`` the dataset's metadata and the chunk's."""
         dataset = meta["dataset"]
         relpath = f"{dataset_folder(dataset)}/{part_name(meta['fileuuid'], meta['entrystart'], meta['entrystop'])}"
         path = Path(self.out_dir) / relpath
@@ -230,13 +239,21 @@ class SkimProcessor(processor.ProcessorABC):
             table, cutflow = self.run_chunk(events, meta)
         except InputFailure as err:
             return {"errors": {meta["filename"]: [_one_line(err)]}}
+        return self.write_chunk(meta, table, cutflow.steps, cutflow.notes)
+
+    def write_chunk(self, meta: Mapping[str, Any], table: Any, steps: dict[str, dict[str, float]],
+                    notes: Mapping[str, Any]) -> dict[str, Any]:
+        """Write a chunk's part with its summary; the summary as coffea output (every executor)."""
+        dataset = meta["dataset"]
+        name = part_name(meta["fileuuid"], meta["entrystart"], meta["entrystop"])
+        relpath = f"{dataset_folder(dataset)}/{name}"
         summary = {"dataset": dataset, "file": redact(meta["filename"]), "fileuuid": meta["fileuuid"],
                    "start": int(meta["entrystart"]), "stop": int(meta["entrystop"]),
-                   "rows": table.num_rows, **cutflow.notes, "fingerprint": fingerprint,
-                   "sumw": meta["sumw"], "cutflow": cutflow.steps,
+                   "rows": table.num_rows, **notes, "fingerprint": self.fingerprint(meta),
+                   "sumw": meta["sumw"], "cutflow": steps,
                    # the steps' order (the summary is stored with its keys sorted)
-                   "steps": list(cutflow.steps)}
-        write_part(table, path, summary)
+                   "steps": list(steps)}
+        write_part(table, Path(self.out_dir) / relpath, summary)
         return {"chunks": {relpath: summary}}
 
     def run_chunk(self, events: ak.Array, meta: dict[str, Any]) -> tuple[Any, Cutflow]:

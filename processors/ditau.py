@@ -77,6 +77,7 @@ class DiTauProcessor(SkimProcessor):
     Options = SelectionConfig
     columns = {f.name: f.dtype for f in DITAU_COLUMNS}
     default_features = DEFAULT_FEATURES
+    dask_mode = "chunks"  # numpy code on flat columns: each chunk's events, in --executor dask-awkward
 
     def __init__(self, options: Any = None, *, selection: SelectionConfig | None = None, **kwargs: Any):
         super().__init__(selection if selection is not None else options, **kwargs)

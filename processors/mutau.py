@@ -72,6 +72,7 @@ class MuTauProcessor(SkimProcessor):
 
     name = "MuTauProcessor"
     version = "1"
+    dask_mode = "chunks"  # numpy on the chunk's arrays: each chunk's events, in --executor dask-awkward
     Options = MuTauOptions
     columns = {f.name: f.dtype for f in MUTAU_COLUMNS}  # noqa: RUF012 - read-only, as in every processor
     default_features = MUTAU_DEFAULT_FEATURES

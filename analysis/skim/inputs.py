@@ -56,6 +56,7 @@ class InputFile:
     profile: str = ""
     sum_genweight: float = 0.0  # the file's sum of generator weights; 0 if not computed
     sumw_from: str = ""  # where that sum came from (SUMW_SOURCES)
+    events_class: str = ""  # "TTree" or "ROOT::RNTuple"
     error: str | None = None  # the cause, for a file that failed the checks
 
 
@@ -240,6 +241,7 @@ def check_file(item: InputFile, *, processor: Any, is_mc: bool, need_sumw: bool,
         except ValueError as err:  # ProfileError too: one line naming what the file lacks
             raise InputFileError(path, str(err)) from None
         item.entries = int(tree.num_entries)
+        item.events_class = classes[item.treename]
         item.uuid_bytes = file.file.fUUID
         item.uuid = str(uuid.UUID(bytes=item.uuid_bytes))
         item.profile = profile or ""

@@ -4,7 +4,7 @@ Steps: read the fileset; check every file (`analysis.skim.inputs`); compute miss
 cut the files into chunks with coffea's `Runner.preprocess` (fed from the checks, so no file
 is opened twice); drop the chunks whose part already exists (resume); run the configured
 processor (`analysis.skim.plugins`; the di-tau one by default) on the rest with the iterative,
-futures or dask executor;
+futures, dask or dask-awkward executor;
 write ``cutflow.json`` and ``manifest.json``. Each chunk writes its own part, so a killed run
 loses at most the chunks in flight.
 """
@@ -30,6 +30,7 @@ from analysis.core.progress import stage_console
 from analysis.core.provenance import build_provenance
 from analysis.errors import ConfigError, InputFileError, StageInputError
 from analysis.skim.coffea_compat import chunk_tree, progress_bars
+from analysis.skim.dask_awkward import refuse_rntuple, skim_dask_awkward
 from analysis.skim.inputs import DatasetInfo, check_file, dataset_sumw, load_fileset, resolve_datasets
 from analysis.skim.manifest import (build_cutflow, build_manifest, chunk_relpath, job_cutflow_path,
                                     job_manifest_path, keep_provenance, plan_chunks, remove_stale_temp_files,
@@ -41,7 +42,7 @@ from processors.base import SkimProcessor
 
 __all__ = ["EXECUTORS", "run_skim"]
 
-EXECUTORS = ("iterative", "futures", "dask")
+EXECUTORS = ("iterative", "futures", "dask", "dask-awkward")
 
 
 def _check_inputs(datasets: dict[str, DatasetInfo], config: Config, proc: SkimProcessor, *,
@@ -103,7 +104,7 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
         The skim folder: ``<dataset>/part-*.parquet``, ``cutflow.json``, ``manifest.json``.
     config : Config
         ``selection``, ``lumi_pb``, ``samples`` (fallback metadata), ``skim``, ``cluster``.
-    executor : {"iterative", "futures", "dask"} or None
+    executor : {"iterative", "futures", "dask", "dask-awkward"} or None
         None takes ``config.skim.executor``.
     workers : int or None
         Processes of the futures executor, or of a LocalCluster started for dask.
@@ -132,12 +133,13 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
         An unreadable fileset, or ``out_dir`` holding parts of other settings.
     """
     start_time = time.perf_counter()
-    if scheduler and executor not in (None, "dask"):
+    if scheduler and executor not in (None, "dask", "dask-awkward"):
         raise ConfigError(f"scheduler {scheduler!r} is a dask scheduler: use executor 'dask', "
                           f"not {executor!r}")
-    # An explicit scheduler address means dask, whatever the config's default executor.
+    # An explicit scheduler address means dask, whatever the config's default executor (but dask-awkward).
+    keep = config.skim.executor == "dask-awkward"
     config = with_overrides(config, {"skim": {
-        "executor": executor or ("dask" if scheduler else None), "workers": workers,
+        "executor": executor or ("dask" if scheduler and not keep else None), "workers": workers,
         "chunksize": chunksize, "skip_bad_files": skip_bad_files}}, source="run_skim arguments")
     executor, workers = config.skim.executor, config.skim.workers
     chunksize, skip = config.skim.chunksize, config.skim.skip_bad_files
@@ -149,6 +151,8 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
     # and coffea reuses their TTrees instead of reading them again (analysis.skim.open_files).
     open_files = OpenFiles() if executor == "iterative" else None
     errors = _check_inputs(datasets, config, proc, skip_bad_files=skip, open_files=open_files)
+    if executor == "dask-awkward":
+        refuse_rntuple(datasets)
     out.mkdir(parents=True, exist_ok=True)
     known = {f.uuid for d in datasets.values() for f in d.files if f.uuid}  # this run's input files
     remove_stale_temp_files(out, uuids=known if job_id is not None else None)
@@ -170,10 +174,11 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
             stack.callback(open_files.close)
         stack.enter_context(progress_bars(progress))
         client = None
-        if executor == "dask":
+        if executor in ("dask", "dask-awkward"):
             client = stack.enter_context(dask_client(config.cluster, scheduler, n_workers=workers))
-        runner = RetryingRunner(executor=_executor(executor, workers=workers, progress=progress,
-                                                   client=client),
+        # dask-awkward: the Runner only plans the chunks, from the checks' metadata, in this process
+        kind = "iterative" if executor == "dask-awkward" else executor
+        runner = RetryingRunner(executor=_executor(kind, workers=workers, progress=progress, client=client),
                                 chunksize=chunksize, metadata_cache=cache, schema=NanoAODSchema,
                                 xrootdtimeout=config.skim.timeout, remote_retries=config.skim.retries,
                                 retry_wait=config.skim.retry_wait)
@@ -208,8 +213,12 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
         uproot_options = dict(LOCAL_READ_OPTIONS) if local else {}
         if open_files is not None:
             uproot_options.update(open_files.chunk_options(wanted))
-        result = (runner(todo, proc, iteritems_options=iteritems, uproot_options=uproot_options)
-                  if todo else {})
+        if executor == "dask-awkward":  # coffea's dask mode on the same chunks (analysis.skim.dask_awkward)
+            result = skim_dask_awkward(todo, proc, datasets, uproot_options=uproot_options,
+                                       client=client) if todo else {}
+        else:
+            result = (runner(todo, proc, iteritems_options=iteritems, uproot_options=uproot_options)
+                      if todo else {})
 
     summaries = {**done, **result.get("chunks", {})}
     by_path = {f.path: (d, f) for d in datasets.values() for f in d.files}
