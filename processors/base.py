@@ -299,6 +299,19 @@ class SkimProcessor(processor.ProcessorABC):
         return out
 
 
+def weight_factors(fields: set[str], meta: Mapping[str, Any]) -> list[str]:
+    """The event branches whose product is a chunk's weight: the dataset's list, or genWeight where present.
+
+    Data has none. A listed branch the events lack is the file's error (`InputFailure`).
+    """
+    listed = meta.get("weight") if meta.get("is_mc") else []
+    factors = list(listed) if listed is not None else (["genWeight"] if "genWeight" in fields else [])
+    missing = [b for b in factors if b not in fields and b.split("_", 1)[0] not in fields]
+    if missing:
+        raise InputFailure(f"missing weight branch {', '.join(missing)} (the dataset's weight)")
+    return factors
+
+
 def read_bookkeeping(events: ak.Array, meta: Mapping[str, Any], lumi_pb: float, *,
                      reader: Callable[[ak.Array, list[str]], dict[str, ak.Array]]) -> dict[str, np.ndarray]:
     """The identity and weight columns of every event of a chunk (numpy, one per event).
@@ -308,12 +321,7 @@ def read_bookkeeping(events: ak.Array, meta: Mapping[str, Any], lumi_pb: float, 
     1 where the input has none.
     """
     fields = set(events.fields)
-    listed = meta.get("weight") if meta.get("is_mc") else []
-    # The weight's event factors: the dataset's list, or genWeight where the input has one.
-    factors = list(listed) if listed is not None else (["genWeight"] if "genWeight" in fields else [])
-    missing = [b for b in factors if b not in fields and b.split("_", 1)[0] not in fields]
-    if missing:
-        raise InputFailure(f"missing weight branch {', '.join(missing)} (the dataset's weight)")
+    factors = weight_factors(fields, meta)
     names = list(dict.fromkeys(["run", "luminosityBlock", "event",
                                 *(["genWeight"] if "genWeight" in fields else []), *factors]))
     arrays = reader(events, names)

@@ -34,14 +34,8 @@ import numpy as np
 from coffea.processor import ProcessorABC
 
 from analysis.errors import HepprepError
-from processors.base import (
-    InputFailure,
-    ProcessorError,
-    SkimProcessor,
-    _one_line,
-    _raised_while_reading,
-    _where_raised,
-)
+from processors.base import (InputFailure, ProcessorError, SkimProcessor, _one_line, _raised_while_reading,
+                             _where_raised, weight_factors)
 from processors.parts import rows_table
 
 __all__ = ["CHUNKS_KEY", "DaskAwkwardSkim", "LazyCutflow", "compute_error", "lazy_bookkeeping", "lazy_process", "merge_outputs"]
@@ -101,11 +95,7 @@ class DaskAwkwardSkim(ProcessorABC):
 def lazy_bookkeeping(events: Any, meta: Mapping[str, Any], lumi_pb: float) -> Any:
     """`processors.base.read_bookkeeping` on dask-awkward events: a lazy record, the same formula."""
     fields = set(events.fields)
-    listed = meta.get("weight") if meta.get("is_mc") else []
-    factors = list(listed) if listed is not None else (["genWeight"] if "genWeight" in fields else [])
-    missing = [b for b in factors if b not in fields and b.split("_", 1)[0] not in fields]
-    if missing:
-        raise InputFailure(f"missing weight branch {', '.join(missing)} (the dataset's weight)")
+    factors = weight_factors(fields, meta)
     genweight = (ak.values_astype(events.genWeight, np.float32) if "genWeight" in fields
                  else ak.ones_like(events.event, dtype=np.float32))
     if meta.get("is_mc"):

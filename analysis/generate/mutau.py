@@ -27,12 +27,12 @@ from __future__ import annotations
 import numpy as np
 
 from analysis.generate.events import EventBatch
-from analysis.generate.kinematics import four_vector, pt_eta_phi_mass, sample_breit_wigner, two_body_decay
+from analysis.generate.kinematics import pt_eta_phi_mass, sample_breit_wigner, two_body_decay
 from analysis.generate.leptons import MASS_ELECTRON, MASS_MUON, PDG_MUON, choose_tau_decays, decay_leptonic_taus
 from analysis.generate.processes import (_GEN_STATUS_DECAYED, _GEN_STATUS_FINAL, _GEN_STATUS_HARD,
-                                         FILTER_TAU_ABS_ETA_MAX, FILTER_TAU_PT_MIN, MASS_B, MASS_H, MASS_TAU, MASS_TOP,
-                                         MASS_W, MASS_Z, PDG, WIDTH_H, WIDTH_TOP, WIDTH_W, WIDTH_Z, ProcessModel,
-                                         _boson_recoiling, _fake_from_jets, _Truth)
+                                         FILTER_TAU_ABS_ETA_MAX, FILTER_TAU_PT_MIN, MASS_H, MASS_TAU,
+                                         MASS_W, MASS_Z, PDG, WIDTH_H, WIDTH_W, WIDTH_Z, ProcessModel,
+                                         _boson_recoiling, _fake_from_jets, _top_pair, _Truth)
 
 __all__ = ["FILTER_MUON_ABS_ETA_MAX", "FILTER_MUON_PT_MIN", "MUTAU_PROCESSES", "passes_mutau_filter"]
 
@@ -164,20 +164,7 @@ def _make_wjets(parton_jets: int):
 def generate_ttbar_mutau(rng: np.random.Generator, n: int) -> EventBatch:
     """tt -> bW bW with at least one W -> mu nu; the other W -> quarks, e nu, tau nu or mu nu."""
     truth = _MuTauTruth(n)
-    event = np.arange(n)
-    pt1 = rng.gamma(2.2, 40.0, n)
-    phi1 = rng.uniform(-np.pi, np.pi, n)
-    px2 = -pt1 * np.cos(phi1) + 15.0 * rng.standard_normal(n)
-    py2 = -pt1 * np.sin(phi1) + 15.0 * rng.standard_normal(n)
-    m_top = sample_breit_wigner(rng, 2 * n, mass=MASS_TOP, width=WIDTH_TOP, low=160.0, high=185.0)
-    tops = np.concatenate([four_vector(pt1, rng.normal(0, 1.2, n), phi1, m_top[:n]),
-                           four_vector(np.hypot(px2, py2), rng.normal(0, 1.2, n), np.arctan2(py2, px2), m_top[n:])])
-    top_event = np.concatenate([event, event])
-    sign = np.repeat([1, -1], n)  # t (W+) then tbar (W-)
-    truth.add_gen(top_event, tops, PDG["t"] * sign, _GEN_STATUS_HARD)
-    m_w = sample_breit_wigner(rng, 2 * n, mass=MASS_W, width=WIDTH_W, low=60.0, high=100.0)
-    b, w = two_body_decay(rng, tops, MASS_B, m_w)
-    truth.add_gen(top_event, b, PDG["b"] * sign, 23)
+    top_event, sign, b, w = _top_pair(rng, truth, n)
     b_rows = truth.add_p4("Jet", top_event, b, flavour=5)
     # Given at least one W -> mu nu: both with probability BR^2 / (1 - (1 - BR)^2), else one at
     # random, the other decaying as a W that is not a muon's.

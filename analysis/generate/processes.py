@@ -202,9 +202,12 @@ def _make_wjets(parton_jets: int) -> Callable[[np.random.Generator, int], EventB
     return generate_wjets
 
 
-def generate_ttbar(rng: np.random.Generator, n: int) -> EventBatch:
-    """tt -> bW bW: two b jets; one or both W -> tau nu, otherwise W -> qq' with a fake tau."""
-    truth = _Truth(n)
+def _top_pair(rng: np.random.Generator, truth: _Truth, n: int) -> tuple[np.ndarray, ...]:
+    """tt -> bW bW, the tops back to back in the transverse plane: (event, sign, b, W) per top.
+
+    The tops and b quarks go into the generator records; what the Ws and b quarks become
+    is the caller's (each channel's decays).
+    """
     event = np.arange(n)
     pt1 = rng.gamma(2.2, 40.0, n)
     phi1 = rng.uniform(-np.pi, np.pi, n)
@@ -219,6 +222,13 @@ def generate_ttbar(rng: np.random.Generator, n: int) -> EventBatch:
     m_w = sample_breit_wigner(rng, 2 * n, mass=MASS_W, width=WIDTH_W, low=60.0, high=100.0)
     b, w = two_body_decay(rng, tops, MASS_B, m_w)
     truth.add_gen(top_event, b, PDG["b"] * sign, 23)
+    return top_event, sign, b, w
+
+
+def generate_ttbar(rng: np.random.Generator, n: int) -> EventBatch:
+    """tt -> bW bW: two b jets; one or both W -> tau nu, otherwise W -> qq' with a fake tau."""
+    truth = _Truth(n)
+    top_event, sign, b, w = _top_pair(rng, truth, n)
     truth.add_p4("Jet", top_event, b, flavour=5)
     # Which W decays to tau nu: both (30 %), else exactly one, at random.
     both = rng.random(n) < 0.3
