@@ -305,3 +305,18 @@ def test_the_example_runs_end_to_end_with_both_models_in_the_auc_band(tmp_path, 
         assert metrics["models"][model]["ams"]["ams"] > 1
     prepared = json.loads((tmp_path / "run" / "prepared" / "stats.json").read_text())
     assert prepared["feature_order"][:3] == ["mu_pt", "mu_eta", "mu_iso"]  # the processor's default features
+    # the analysis is recorded, so the plots label its columns with its meanings (jdeta signed)
+    manifest = json.loads((tmp_path / "run" / "prepared" / "manifest.json").read_text())
+    assert manifest["skim"]["processor"] == "MuTauProcessor"
+
+
+def test_plots_label_a_shared_column_with_its_analysis_meaning():
+    from analysis.evaluate.input_plots import FeatureHistograms
+
+    frame = pd.DataFrame({"jdeta": [-1.0, 0.5, 2.0], "weight": 1.0, "process": "DY"})
+    stats = {"jdeta": {"min": -1.0, "max": 2.0, "median": 0.5, "q16": -0.5, "q84": 1.5}}
+    labels = {}
+    for analysis in ("MuTauProcessor", "DiTauProcessor"):
+        hists = FeatureHistograms(["jdeta"], stats, analysis=analysis).partial_fit(frame)
+        labels[analysis] = hists.hists_["jdeta"].axes[0].label
+    assert labels == {"MuTauProcessor": r"$\eta_{j_1} - \eta_{j_2}$", "DiTauProcessor": r"$|\Delta\eta_{jj}|$"}

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_FEATURES", "DERIVED_FEATURES", "DITAU_COLUMNS", "MUTAU_COLUMNS", "MUTAU_DEFAULT_FEATURES",
-           "MUTAU_DERIVED_FEATURES", "Feature", "feature", "feature_differences"]
+__all__ = ["ANALYSIS_COLUMNS", "DEFAULT_FEATURES", "DERIVED_FEATURES", "DITAU_COLUMNS", "MUTAU_COLUMNS",
+           "MUTAU_DEFAULT_FEATURES", "MUTAU_DERIVED_FEATURES", "Feature", "feature", "feature_differences"]
 
 
 @dataclass(frozen=True)
@@ -101,8 +101,13 @@ MUTAU_DEFAULT_FEATURES: tuple[str, ...] = (
     *(f.name for f in MUTAU_DERIVED_FEATURES),
 )
 
-# A name both analyses write keeps the di-tau entry (its label); jdeta is |deta| there.
+# A name both analyses write keeps the di-tau entry (its label; jdeta is |deta| there),
+# unless the analysis is named: each analysis's own table first (`feature`).
 _REGISTRY = {f.name: f for f in (*MUTAU_COLUMNS, *DITAU_COLUMNS)}
+ANALYSIS_COLUMNS: dict[str, dict[str, Feature]] = {
+    "DiTauProcessor": {f.name: f for f in DITAU_COLUMNS},
+    "MuTauProcessor": {f.name: f for f in MUTAU_COLUMNS},
+}
 assert all(name in _REGISTRY for name in DEFAULT_FEATURES + MUTAU_DEFAULT_FEATURES)  # noqa: S101 - a typo here is a bug
 
 
@@ -120,8 +125,14 @@ def feature_differences(wanted: list[str], have: list[str], *, missing: str, ext
     return "; ".join(parts)
 
 
-def feature(name: str) -> Feature:
-    """The registered feature ``name``, or one with its name as label and a unit from its suffix."""
+def feature(name: str, analysis: str | None = None) -> Feature:
+    """The registered feature ``name``, or one with its name as label and a unit from its suffix.
+
+    ``analysis`` (the skim processor's name, as the prepared manifest records it) picks its
+    own entry for a name two analyses write with different meanings (``jdeta``).
+    """
+    if name in ANALYSIS_COLUMNS.get(analysis or "", {}):
+        return ANALYSIS_COLUMNS[analysis][name]
     if name in _REGISTRY:
         return _REGISTRY[name]
     unit = ""

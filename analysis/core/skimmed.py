@@ -175,7 +175,9 @@ def skim_parts(skim_dir: str | Path, *, allow_incomplete: bool = False) -> SkimP
     ignored = sum(1 for p in skim_dir.glob("*/*.parquet") if p.resolve() not in listed)
     record = {"manifest": str(manifest_path.resolve()), "complete": complete,
               "allow_incomplete": allow_incomplete, "files_not_done": not_done,
-              "datasets_without_parts": empty, "parts": len(files)}
+              "datasets_without_parts": empty, "parts": len(files),
+              # which analysis wrote the columns: their plot labels (analysis.core.features)
+              "processor": (manifest.get("processor") or {}).get("name", "DiTauProcessor")}
     recorded = (manifest.get("processor") or {}).get("default_features")
     return SkimParts(files=tuple(sorted(files)), not_done=tuple(not_done), empty_datasets=tuple(empty),
                      ignored=ignored, complete=complete, record=record,

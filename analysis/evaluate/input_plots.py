@@ -80,10 +80,12 @@ class FeatureHistograms:
         the first/last bin, so every event is counted; NaN (missing) values are not filled.
     """
 
-    def __init__(self, features: list[str], stats: Mapping[str, Mapping[str, float]], *, n_bins: int = 40):
+    def __init__(self, features: list[str], stats: Mapping[str, Mapping[str, float]], *, n_bins: int = 40,
+                 analysis: str | None = None):
         self.features = list(features)
         self.stats = stats
         self.n_bins = n_bins
+        self.analysis = analysis  # the skim processor: the axis labels of its columns
 
     def partial_fit(self, frame: pd.DataFrame, *, process: str | None = None) -> FeatureHistograms:
         """Fill one batch. ``frame`` has the feature columns, ``weight`` and ``process``
@@ -93,7 +95,7 @@ class FeatureHistograms:
             for name in self.features:
                 edges = feature_edges(name, self.stats[name], n_bins=self.n_bins)
                 self.hists_[name] = hist.Hist(
-                    hist.axis.Variable(edges, name=name, label=axis_label(name), flow=False),
+                    hist.axis.Variable(edges, name=name, label=axis_label(name, self.analysis), flow=False),
                     hist.axis.StrCategory([], name="process", growth=True),
                     storage=hist.storage.Weight())
         procs = (np.full(len(frame), process, dtype=object) if process is not None
@@ -226,9 +228,9 @@ def plot_feature(h: hist.Hist, *, signal_processes: list[str], path: str | Path,
             rax.axhline(1.0, color="black", ls="--", lw=1)
             rax.set_ylim(0.5, 1.5)
             rax.set_ylabel("Data / Sim.", fontsize=18)
-            rax.set_xlabel(axis_label(name))
+            rax.set_xlabel(h.axes[0].label)  # the feature's, set where the histogram was made
         else:
-            ax.set_xlabel(axis_label(name))
+            ax.set_xlabel(h.axes[0].label)
         ax.set_xlim(edges[0], edges[-1])
         ax.set_ylim(0, ax.get_ylim()[1] * 1.45)  # headroom for the legend
         if name not in _COUNTING and not name.endswith("_btag"):
@@ -245,10 +247,10 @@ def plot_feature(h: hist.Hist, *, signal_processes: list[str], path: str | Path,
 
 
 def plot_correlation(matrix: np.ndarray, features: list[str], *, title: str, path: str | Path,
-                     dpi: int = 100) -> Path:
+                     dpi: int = 100, analysis: str | None = None) -> Path:
     """Correlation matrix as a colour map in [-1, 1], with the coefficients written in."""
     n = len(features)
-    labels = [feature_label(f)[0] for f in features]
+    labels = [feature_label(f, analysis)[0] for f in features]
     with style():
         size = max(8.0, 0.6 * n + 4)
         fig = Figure(figsize=(size + 1.5, size))

@@ -105,6 +105,11 @@ class PreparedDir:
         return Standardisation.from_stats(self.stats, source=str(self.path / "stats.json"))
 
     @property
+    def analysis(self) -> str | None:
+        """The skim processor that wrote the feature columns (None: a flat table, or not recorded)."""
+        return (self.manifest.get("skim") or {}).get("processor")
+
+    @property
     def skim_dir(self) -> Path | None:
         """The skim directory this was prepared from, when the manifest names it."""
         # prepare writes the resolved skim folder as "source" (a file for a flat-table input)

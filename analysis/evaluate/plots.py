@@ -27,15 +27,18 @@ __all__ = ["EXPERIMENT_LABEL", "axis_label", "feature_label", "hep_label", "plot
 EXPERIMENT_LABEL = "hepprep"  # not "CMS": these are synthetic samples, not a CMS result
 CENTRE_OF_MASS_TEV = 8
 
-def feature_label(name: str) -> tuple[str, str]:
-    """(label, unit) of a feature, from the feature registry (`analysis.core.features`)."""
-    found = feature(name)
+def feature_label(name: str, analysis: str | None = None) -> tuple[str, str]:
+    """(label, unit) of a feature, from the feature registry (`analysis.core.features`).
+
+    ``analysis``: the skim processor that wrote the column (its own meaning of a shared name).
+    """
+    found = feature(name, analysis)
     return found.label, found.unit
 
 
-def axis_label(name: str) -> str:
+def axis_label(name: str, analysis: str | None = None) -> str:
     """Axis title of a feature with its unit in brackets: ``$m_{jj}$ [GeV]``."""
-    label, unit = feature_label(name)
+    label, unit = feature_label(name, analysis)
     return f"{label} [{unit}]" if unit else label
 
 
@@ -171,7 +174,7 @@ def plot_ams(scans: Mapping[str, AMSScan], path: str | Path, *, lumi_fb: float |
 
 
 def plot_importance(name: str, gain: Mapping[str, float], mean_abs_shap: Mapping[str, float],
-                    path: str | Path, *, dpi: int = 100) -> Path:
+                    path: str | Path, *, dpi: int = 100, analysis: str | None = None) -> Path:
     """XGBoost feature importance: normalised total gain and mean |SHAP| side by side.
 
     Features are sorted by mean |SHAP| (the most important at the top); a feature the trees
@@ -179,7 +182,7 @@ def plot_importance(name: str, gain: Mapping[str, float], mean_abs_shap: Mapping
     """
     features = sorted(mean_abs_shap, key=lambda f: mean_abs_shap[f])
     total_gain = sum(gain.values()) or 1.0
-    labels = [axis_label(f).replace(" [GeV]", "").replace(" [rad]", "") for f in features]
+    labels = [feature_label(f, analysis)[0] for f in features]
     y = np.arange(len(features))
     with style():
         fig = Figure(figsize=(14, max(6.0, 0.45 * len(features) + 2.5)))

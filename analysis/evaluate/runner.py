@@ -121,12 +121,13 @@ def _draw_plots(out: Path, scorers: list[Scorer], metrics: dict[str, dict], test
         gain, shap = found
         metrics[name]["importance"] = {"total_gain": gain, "mean_abs_shap": shap}
         add("importance", f"{name}: feature importance (gain, mean |SHAP|)",
-            plot_importance(name, gain, shap, plot_dir / f"importance_{_slug(name)}.png", dpi=ev.dpi))
+            plot_importance(name, gain, shap, plot_dir / f"importance_{_slug(name)}.png", dpi=ev.dpi,
+                            analysis=streamed.hists.analysis))
     for label, cls in ((1, "signal"), (0, "background")):
         add("correlations", f"Feature correlations, {cls}",
             plot_correlation(streamed.correlations[label].correlation_, features,
                              title=f"Weighted correlations: {cls}", path=plot_dir / f"correlation_{cls}.png",
-                             dpi=ev.dpi))
+                             dpi=ev.dpi, analysis=streamed.hists.analysis))
     for feature in features:
         add("inputs", f"Input feature {feature}",
             plot_feature(streamed.hists.hists_[feature], signal_processes=sorted(streamed.signal_processes),

@@ -156,7 +156,8 @@ def stream_events(prepared: PreparedDir, scorers: list[Scorer], skim: Path | Non
                    bar) -> Streamed:
     """One bounded-memory pass over train/val/test (and pseudo-data)."""
     features = prepared.feature_order
-    result = Streamed(FeatureHistograms(features, prepared.stats["features"], n_bins=config.evaluate.n_bins),
+    result = Streamed(FeatureHistograms(features, prepared.stats["features"], n_bins=config.evaluate.n_bins,
+                                        analysis=prepared.analysis),
                        {1: WeightedCorrelation(), 0: WeightedCorrelation()})
     parts: dict[str, dict[str, list]] = {split: {s.name: [] for s in scorers} for split in SCORED_SPLITS}
     labels: dict[str, list] = {split: [] for split in SCORED_SPLITS}
