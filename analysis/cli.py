@@ -111,9 +111,9 @@ def skim(
         raise ConfigError("give FILESET and --out DIR (or --status DIR / --merge-manifests DIR for a batch run)")
     cfg = _load(config, skim=dict(executor=executor, workers=workers, chunksize=chunksize,
                                   skip_bad_files=skip_bad_files, processor=processor))
-    from analysis.skim.pool import may_use_workers, start_worker_server
+    from analysis.skim.pool import start_worker_server, starts_workers
 
-    if not scheduler and may_use_workers(cfg.skim.executor, cfg.skim.workers):
+    if not scheduler and starts_workers(cfg.skim.executor, cfg.skim.workers):
         # Before the skim's own imports: the workers' libraries import beside them, not after.
         start_worker_server(cfg.skim.processor)
     from analysis.skim.runner import run_skim

@@ -12,9 +12,10 @@ the imports again.
 
 So the futures executor gets a standard-library ``ProcessPoolExecutor`` on the forkserver
 start method (`worker_pool`): one server process imports the libraries once (its preload)
-and every worker is a fork of it. `start_worker_server` launches the server before the
-skim's own imports (`hepprep skim`) or its input checks (`run_skim`), so it imports beside
-them, and it serves every later pool of this process at once. A worker lives for the whole
+and every worker is a fork of it. With ``--executor futures``, `start_worker_server` launches
+the server before the skim's own imports (`hepprep skim`) or its input checks (`run_skim`),
+so it imports beside them; ``auto`` starts it once it has chosen the workers. It serves
+every later pool of this process at once. A worker lives for the whole
 skim: no task limit, no memory check; it keeps its chunks' files open between chunks
 (`analysis.skim.open_files.WorkerFiles`). Workers re-run the main script (as
 ``__mp_main__``) like any forkserver or spawn child, so a script that calls `run_skim`
@@ -37,7 +38,7 @@ import pickle
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-__all__ = ["PRELOAD", "choose_executor", "may_use_workers", "order_for_workers", "start_worker_server",
+__all__ = ["PRELOAD", "choose_executor", "order_for_workers", "start_worker_server", "starts_workers",
            "usable_cpus", "worker_pool"]
 
 # What every chunk needs imported: coffea's work function, NanoEvents, the chunk retry and
@@ -51,9 +52,15 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context(method)
 
 
-def may_use_workers(executor: str, workers: int) -> bool:
-    """Whether a skim so configured may run its chunks in worker processes."""
-    return executor in ("auto", "futures") and workers > 1 and (executor == "futures" or usable_cpus() > 1)
+def starts_workers(executor: str, workers: int) -> bool:
+    """Whether a skim so configured runs its chunks in worker processes whatever its size.
+
+    Only then is the worker server started ahead (`start_worker_server`): for ``"auto"`` it
+    starts once the work is known to be large enough (`worker_pool`). A server started for
+    nothing would import beside a small skim, and hold its standard output and error open
+    until its imports end, so that a caller reading them would wait that long.
+    """
+    return executor == "futures" and workers > 1
 
 
 def usable_cpus() -> int:
@@ -68,10 +75,10 @@ def start_worker_server(processor: str = "") -> None:
 
     ``processor`` is the ``[skim] processor`` setting (``module:Class``; a file's processor
     is pickled to the workers instead). The server imports in the background; the first
-    worker forked from it waits for the imports to end. `hepprep skim` calls this before it
-    imports the skim itself, so that both import side by side. A server already running (an
-    earlier skim in this process) is kept, with what it imported. Where there is no
-    forkserver this does nothing.
+    worker forked from it waits for the imports to end. `hepprep skim --executor futures`
+    calls this before it imports the skim itself, so that both import side by side. A server
+    already running (an earlier skim in this process) is kept, with what it imported. Where
+    there is no forkserver this does nothing.
     """
     context = _context()
     if context.get_start_method() != "forkserver":
@@ -109,12 +116,13 @@ class _Pool(concurrent.futures.ProcessPoolExecutor):
 
 
 @contextlib.contextmanager
-def worker_pool(workers: int) -> Iterator[concurrent.futures.ProcessPoolExecutor]:
-    """``workers`` processes forked from the worker server, shut down on exit.
+def worker_pool(workers: int, processor: str = "") -> Iterator[concurrent.futures.ProcessPoolExecutor]:
+    """``workers`` processes forked from the worker server (started here if need be), shut down on exit.
 
     Pass it to coffea's ``FuturesExecutor(pool=...)``: an instance is used as given (coffea
-    neither starts nor stops it).
+    neither starts nor stops it). ``processor`` as for `start_worker_server`.
     """
+    start_worker_server(processor)
     pool = _Pool(max_workers=workers, mp_context=_context())
     try:
         yield pool

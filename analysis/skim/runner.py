@@ -38,7 +38,7 @@ from analysis.skim.manifest import (build_cutflow, build_manifest, chunk_relpath
 from analysis.skim.open_files import LOCAL_READ_OPTIONS, OpenFiles, WorkerObjectCache
 from analysis.skim.remote import RetryingRunner, UnreachableServers, call_with_retries
 from analysis.skim.plugins import load_processor
-from analysis.skim.pool import (choose_executor, may_use_workers, order_for_workers, start_worker_server,
+from analysis.skim.pool import (choose_executor, order_for_workers, start_worker_server, starts_workers,
                                 worker_pool)
 from processors.base import SkimProcessor
 
@@ -164,8 +164,8 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
 
     proc = load_processor(config, out_dir=str(out), chunk_tree=chunk_tree)
     datasets = resolve_datasets(load_fileset(fileset), config)
-    if may_use_workers(executor, workers):
-        # Worker processes may run the chunks: their libraries import meanwhile (analysis.skim.pool).
+    if starts_workers(executor, workers):
+        # Worker processes run the chunks: their libraries import meanwhile (analysis.skim.pool).
         start_worker_server(config.skim.processor)
     # Chunks run in this process keep the checked files open: coffea reuses their TTrees
     # instead of reading them again (analysis.skim.open_files).
@@ -227,7 +227,7 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
             client = stack.enter_context(dask_client(config.cluster, scheduler, n_workers=workers))
             runner.executor = _executor(executor, workers=workers, progress=progress, client=client)
         elif executor == "futures" and todo:
-            pool = stack.enter_context(worker_pool(workers))
+            pool = stack.enter_context(worker_pool(workers, config.skim.processor))
             runner.executor = _executor(executor, workers=workers, progress=progress, pool=pool)
             todo = order_for_workers(todo)
         # NanoEvents sees only the branches the processor reads: building the events of a
