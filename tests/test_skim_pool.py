@@ -184,3 +184,10 @@ def test_worker_files_open_each_file_once_and_close_the_least_recent(generated_s
     assert len(kept) == 2
     kept.close()
     assert len(kept) == 0 and not kept.object_cache
+    # However few their branches, at most max_files stay open (their mapped pages count in memory).
+    few = WorkerFiles(max_files=1)
+    few.keep(a, tree)
+    first = next(iter(few.object_cache.values())).file
+    few.keep(b, tree)
+    assert len(few) == 1 and first.closed
+    few.close()

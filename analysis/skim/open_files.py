@@ -25,8 +25,8 @@ import uproot
 
 from analysis.skim.coffea_compat import restrict_typenames
 
-__all__ = ["LOCAL_READ_OPTIONS", "MAX_KEPT_BRANCHES", "OpenFiles", "WorkerFiles", "WorkerObjectCache",
-           "worker_files"]
+__all__ = ["LOCAL_READ_OPTIONS", "MAX_KEPT_BRANCHES", "OpenFiles", "WORKER_KEPT_FILES", "WorkerFiles",
+           "WorkerObjectCache", "worker_files"]
 
 # Bound on what kept files hold: their TTree metadata (about 10 kB per branch: 14 MB for a
 # real NanoAOD TTree of 1,500 branches) and the memory-mapped pages of the baskets the chunks
@@ -34,6 +34,10 @@ __all__ = ["LOCAL_READ_OPTIONS", "MAX_KEPT_BRANCHES", "OpenFiles", "WorkerFiles"
 # +200 MiB for the 18 files of the 1M-event benchmark). Files checked after the bound is
 # reached are closed as usual.
 MAX_KEPT_BRANCHES = 10_000
+
+# Files a futures worker keeps open between its chunks (WorkerFiles): the current one and
+# the one before, for the chunks two workers take from the same file in turn.
+WORKER_KEPT_FILES = 2
 
 # uproot options for reading local files: memory-mapped, so that each of a chunk's
 # per-branch reads is a slice of the mapping instead of a request handed to fsspec's
@@ -128,10 +132,16 @@ class WorkerFiles:
     the chunk, given the same cache (``uproot_options``), then finds that TTree. The kept
     TTrees hold at most `max_branches` branches together; the cache takes objects only
     during `keep` (as `_CheckedObjects`), so the files coffea opens and closes leave none.
+
+    At most `max_files` stay open: a kept file is memory-mapped, and the pages its chunks
+    read count in the worker's resident memory until it is closed (the 10M-event benchmark,
+    every file kept: 2.9 GB per worker, its whole input). A worker takes the chunks in file
+    order, so the file of its next chunk is mostly its latest.
     """
 
-    def __init__(self, *, max_branches: int = MAX_KEPT_BRANCHES):
+    def __init__(self, *, max_branches: int = MAX_KEPT_BRANCHES, max_files: int = WORKER_KEPT_FILES):
         self.max_branches = max_branches
+        self.max_files = max_files
         self.object_cache = _CheckedObjects()
         self.object_cache.accepting = False
         self._files: OrderedDict[str, tuple[Any, int]] = OrderedDict()  # path -> (file, branches)
@@ -160,7 +170,8 @@ class WorkerFiles:
         if filter_name is not None:
             restrict_typenames(tree, filter_name)
         self._files[path] = (file, len(tree.branches))
-        while len(self._files) > 1 and sum(n for _, n in self._files.values()) > self.max_branches:
+        while len(self._files) > 1 and (len(self._files) > self.max_files
+                                        or sum(n for _, n in self._files.values()) > self.max_branches):
             self._close(next(iter(self._files)))
 
     def _close(self, path: str) -> None:

@@ -5,10 +5,10 @@ Where the time of the futures executor went (`hepprep skim`, 1M generated events
 workers when the chunks are submitted, after the input checks, and each worker is a new
 interpreter that imports coffea, awkward, uproot and the processor before its first chunk
 (2.5-4 s, on the critical path); every chunk then opened its file again (80 ms of CPU per
-chunk, as much as a third of it); and loky replaces a worker whose memory grew 300 MB
-beyond its size after its first chunk ("a worker was restarted ... memory leak"), though
-the growth is the allocator keeping a large chunk's freed arrays, and each replacement pays
-the imports again.
+chunk, nearly 40% of it); and loky replaces a worker whose memory grew 300 MB beyond its
+size after its first chunk ("a worker was restarted ... memory leak"), which a worker going
+from a small chunk to large ones does without leaking, and each replacement pays the
+imports again.
 
 So the futures executor gets a standard-library ``ProcessPoolExecutor`` on the forkserver
 start method (`worker_pool`): one server process imports the libraries once (its preload)
