@@ -75,7 +75,7 @@ def generate(
 def skim(
     fileset: Optional[Path] = typer.Argument(None, help="coffea fileset JSON (from `hepprep generate`)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Skim folder: <dataset>/part-*.parquet, cutflow.json, manifest.json."),
-    executor: Optional[str] = typer.Option(None, help="iterative, futures, dask or dask-awkward."),
+    executor: Optional[str] = typer.Option(None, help="auto (by the size of the work), iterative, futures, dask or dask-awkward."),
     workers: Optional[int] = typer.Option(None, help="Processes (futures) or LocalCluster workers (dask)."),
     scheduler: Optional[str] = typer.Option(None, help="Existing dask scheduler address (dask executor)."),
     chunksize: Optional[int] = typer.Option(None, help="Events per chunk; one Parquet part per chunk."),
@@ -109,10 +109,15 @@ def skim(
         return
     if fileset is None or out is None:
         raise ConfigError("give FILESET and --out DIR (or --status DIR / --merge-manifests DIR for a batch run)")
-    from analysis.skim.runner import run_skim
-
     cfg = _load(config, skim=dict(executor=executor, workers=workers, chunksize=chunksize,
                                   skip_bad_files=skip_bad_files, processor=processor))
+    from analysis.skim.pool import start_worker_server, starts_workers
+
+    if not scheduler and starts_workers(cfg.skim.executor, cfg.skim.workers):
+        # Before the skim's own imports: the workers' libraries import beside them, not after.
+        start_worker_server(cfg.skim.processor)
+    from analysis.skim.runner import run_skim
+
     run_skim(fileset, out, cfg, scheduler=scheduler, progress=not quiet, job_id=job_id)
 
 

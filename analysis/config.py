@@ -133,8 +133,12 @@ class GenerateConfig(_Strict):
 class SkimConfig(_Strict):
     """The skim stage (coffea processor over the fileset)."""
 
-    executor: Literal["iterative", "futures", "dask", "dask-awkward"] = "futures"
+    # auto: in this process for a small skim (one worker, one chunk, or fewer events than
+    # parallel_min_events), else `workers` processes (futures); see analysis/skim/pool.py.
+    executor: Literal["auto", "iterative", "futures", "dask", "dask-awkward"] = "auto"
     workers: int = Field(2, gt=0)  # processes for the futures executor / local dask cluster
+    # auto: fewest events for worker processes (2 workers, 1M events: 1.0-1.1x the in-process time)
+    parallel_min_events: int = Field(2_000_000, ge=0)
     chunksize: int = Field(100_000, gt=0)  # events per chunk (one Parquet part per chunk)
     skip_bad_files: bool = False  # record unreadable files in the manifest and go on
     # Remote inputs (root://, https://): a read failing on the network (refused, reset, timed
@@ -145,13 +149,10 @@ class SkimConfig(_Strict):
     # The analysis: a processors.SkimProcessor as package.module:Class or path/to/file.py:Class.
     processor: str = "processors.ditau:DiTauProcessor"
     options: dict[str, Any] = {}  # the processor's options, validated by its Options model
-    # The MC event weight's branches for every dataset that names none (fileset metadata
-    # "weight" or samples.<name>.weight): "genWeight * puWeight * L1PreFiringWeight_Nom".
-    # None: genWeight where the files have it. Normalised by sumw (DESIGN.md "Fileset").
+    # The MC weight's branches of a dataset naming none ("genWeight * puWeight"; README "Event
+    # weights"); None: genWeight where the files have it.
     weight: WeightProduct = None
-    # NanoAOD dialects beside the built-in ones, or keys of one changed ({run3v15 = {met =
-    # "PuppiMET"}}); validated by processors.profiles, which documents the keys.
-    input_profiles: dict[str, dict[str, Any]] = {}
+    input_profiles: dict[str, dict[str, Any]] = {}  # NanoAOD dialects added or changed (processors.profiles)
 
 
 class PrepareTableConfig(_Strict):

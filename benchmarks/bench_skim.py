@@ -1,4 +1,4 @@
-"""Benchmarks (skim stage): skim throughput against plain uproot reading the same branches.
+"""Benchmarks (skim stage): skim throughput against plain uproot, and the executors against each other.
 
 Floor: `uproot.TTree.arrays` of exactly the branches the skim reads (the input profile's
 branches and the jagged counters), over the same files in the same chunks, in this run.
@@ -10,8 +10,20 @@ from other processes only slows a run). Printed: events/s of each, the ratios sk
 (goal >= 0.5 at >= 1M events, for the iterative ratio), the peak RSS of the whole process
 tree and of the largest single process (per worker, for the futures runs).
 
-    python benchmarks/bench_skim.py            # 1M generated events (sample cached in /tmp)
-    python benchmarks/bench_skim.py --quick    # 60k events, a smoke run
+Executors (issue 14), each a fresh ``hepprep skim`` process as a user runs it (a process
+keeps its worker server, so repeats inside one process would hide the workers' start):
+
+* ``default / iterative`` at ``--events`` (1M): ``hepprep skim`` with its defaults against
+  ``--executor iterative`` (goal <= 1.1);
+* ``2 workers / 1 worker`` speed-up at ``--scale-events`` (10M): ``--executor futures``
+  with 2 worker processes against 1 (goal >= 1.8), and the default against iterative there.
+
+The two of each pair alternate `--repeat` times; printed are the best of each, the median
+of the pairs' ratios (the figure the goals are checked on), which executor the default
+chose, the peak RSS of the process tree, and the machine (CPUs, load average).
+
+    python benchmarks/bench_skim.py            # 1M and 10M generated events (samples cached in /tmp)
+    python benchmarks/bench_skim.py --quick    # 60k and 600k events, a smoke run
 """
 
 from __future__ import annotations
@@ -21,7 +33,10 @@ import concurrent.futures
 import json
 import math
 import os
+import platform
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -40,6 +55,9 @@ from benchmarks._common import write_result  # noqa: E402
 from processors.profiles import detect_profile  # noqa: E402
 
 GOAL_RATIO = 0.5
+GOAL_DEFAULT_VS_ITERATIVE = 1.1  # at most, at 1M events
+GOAL_SPEEDUP_2_WORKERS = 1.8  # at least, at 10M events
+REPO = Path(__file__).resolve().parents[1]
 
 
 class _RSSSampler(threading.Thread):
@@ -151,6 +169,92 @@ def _run(label: str, fn, events: int, repeat: int) -> dict:
     return figures
 
 
+def _cli_skim(fileset: Path, out: Path, flags: list[str]) -> str:
+    """One ``hepprep skim`` in a new process; its summary line (it names where the chunks ran)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "analysis.cli", "skim", str(fileset), "--out", str(out),
+                           "--quiet", *flags], capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    if done.returncode:
+        raise RuntimeError(f"hepprep skim {' '.join(flags)} failed: {done.stderr[-2000:]}")
+    shutil.rmtree(out)
+    return done.stderr.strip().splitlines()[-1]
+
+
+def _ran_in(summary_line: str) -> str:
+    if "worker processes" in summary_line:
+        return "futures (" + summary_line.split(" chunks run in ")[1].split(",")[0] + ")"
+    return "iterative (in this process)" if "in this process" in summary_line else summary_line
+
+
+def _pair(label: str, fileset: Path, events: int, tmp: Path, a: tuple[str, list[str]],
+          b: tuple[str, list[str]], repeat: int) -> dict:
+    """``a`` and ``b`` (name, flags) alternating ``repeat`` times: times of ``a / b``."""
+    runs: dict[str, list[dict]] = {a[0]: [], b[0]: []}
+    where: dict[str, str] = {}
+    for i in range(repeat):
+        for name, flags in (a, b) if i % 2 == 0 else (b, a):  # each goes first as often
+            lines: list[str] = []
+
+            def once(_i: int, name: str = name, flags: list[str] = flags, lines: list[str] = lines) -> None:
+                lines.append(_cli_skim(fileset, tmp / f"{name}-{time.monotonic_ns()}", flags))
+
+            r = _run(f"{label}: {name}", once, events, 1)
+            where[name] = _ran_in(lines[-1])
+            runs[name].append(r)
+    ratios = [x["seconds"] / y["seconds"] for x, y in zip(runs[a[0]], runs[b[0]])]
+    best = {name: min(rs, key=lambda r: r["seconds"]) for name, rs in runs.items()}
+    return {"events": events, "repeats": repeat,
+            **{name: {**best[name], "ran": where[name], "all_seconds": [r["seconds"] for r in rs]}
+               for name, rs in runs.items()},
+            "ratio_median": round(statistics.median(ratios), 3),
+            "ratio_of_best": round(best[a[0]]["seconds"] / best[b[0]]["seconds"], 3),
+            "ratios": [round(x, 3) for x in ratios]}
+
+
+def _machine() -> dict:
+    return {"cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
+            "cpu": platform.processor() or platform.machine(),
+            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()]}
+
+
+def executors(args: argparse.Namespace, n: int, scale_n: int) -> dict:
+    """The executor figures of issue 14: default / iterative, and 2 workers against 1."""
+    figures: dict = {"machine_before": _machine()}
+    with tempfile.TemporaryDirectory(prefix="bench-skim-exec-") as tmp:
+        small = _sample(n, args.sample_dir / f"events-{n}")
+        figures["default_vs_iterative"] = d = _pair(
+            "default vs iterative", small, n, Path(tmp), ("default", []),
+            ("iterative", ["--executor", "iterative"]), args.repeat)
+        d["goal_at_most"] = GOAL_DEFAULT_VS_ITERATIVE
+        d["meets_goal"] = d["ratio_median"] <= GOAL_DEFAULT_VS_ITERATIVE
+        print(f"default / iterative at {n:,} events: {d['ratio_median']} (median of {args.repeat} pairs; "
+              f"goal <= {GOAL_DEFAULT_VS_ITERATIVE}); the default ran {d['default']['ran']}", flush=True)
+        if scale_n:
+            t0 = time.perf_counter()
+            large = _sample(scale_n, args.sample_dir / f"events-{scale_n}")
+            print(f"sample ready in {time.perf_counter() - t0:.0f} s: {large}", flush=True)
+            figures["workers_1_vs_2"] = w = _pair(
+                "futures 1 vs 2 workers", large, scale_n, Path(tmp),
+                ("1 worker", ["--executor", "futures", "--workers", "1"]),
+                ("2 workers", ["--executor", "futures", "--workers", "2"]), args.repeat)
+            w["speedup_median"] = w.pop("ratio_median")
+            w["speedup_of_best"] = w.pop("ratio_of_best")
+            w["speedups"] = w.pop("ratios")
+            w["goal_at_least"] = GOAL_SPEEDUP_2_WORKERS
+            w["meets_goal"] = w["speedup_median"] >= GOAL_SPEEDUP_2_WORKERS and scale_n >= 10_000_000
+            print(f"2 workers / 1 worker speed-up at {scale_n:,} events: {w['speedup_median']} (median of "
+                  f"{args.repeat} pairs; goal >= {GOAL_SPEEDUP_2_WORKERS} at 10M events)", flush=True)
+            figures["default_vs_iterative_at_scale"] = ds = _pair(
+                "default vs iterative (scale)", large, scale_n, Path(tmp), ("default", []),
+                ("iterative", ["--executor", "iterative"]), args.repeat)
+            print(f"default / iterative at {scale_n:,} events: {ds['ratio_median']}; the default ran "
+                  f"{ds['default']['ran']}", flush=True)
+        # The mu-tau_h skim's figure (issue 14, its own item) goes here: a `_pair` of
+        # `--processor processors.<its module>:<its class>` runs, added to `figures`.
+    figures["machine_after"] = _machine()
+    return figures
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="60k events: a smoke run")
@@ -158,11 +262,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--chunksize", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3, help="alternating floor/skim runs; best of each")
+    parser.add_argument("--scale-events", type=int, default=None,
+                        help="events of the 2-workers-vs-1 run (default 10M; --quick 600k; 0: none)")
+    parser.add_argument("--only", choices=("floor", "executors"), default=None,
+                        help="run only the floor comparisons or only the executor figures")
     parser.add_argument("--sample-dir", type=Path,
                         default=Path(tempfile.gettempdir()) / "hepprep-bench-skim")
     args = parser.parse_args(argv)
     n = args.events or (60_000 if args.quick else 1_000_000)
+    scale_n = args.scale_events if args.scale_events is not None else (600_000 if args.quick else 10_000_000)
     chunksize = min(args.chunksize, 20_000) if args.quick else args.chunksize
+    if args.only != "floor":
+        # The executors run as `hepprep skim` does by default (its chunk size), also with --quick.
+        write_result("skim_executors_quick" if args.quick else "skim_executors", executors(args, n, scale_n))
+        if args.only == "executors":
+            return 0
 
     t0 = time.perf_counter()
     fileset = _sample(n, args.sample_dir / f"events-{n}")

@@ -141,4 +141,4 @@ def test_console_script_bad_config_exit_code(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.strip() == (f"hepprep: error: {path}: skim.executor: Input should be "
-                                   "'iterative', 'futures' or 'dask'")
+                                   "'auto', 'iterative', 'futures', 'dask' or 'dask-awkward'")

@@ -37,6 +37,7 @@ from coffea.processor.executor import WorkItem
 from analysis.core.net import is_remote, is_transient, output_failure, transient_cause
 from analysis.errors import HepprepError, InputFileError
 from analysis.skim.coffea_compat import coffea_retries, input_failure_kind, install_chunk_retry
+from analysis.skim.open_files import worker_files
 
 __all__ = ["RetryingRunner", "UnreachableServers", "call_with_retries"]
 
@@ -140,7 +141,8 @@ _UNREACHABLE_BY_SKIM: dict[str, UnreachableServers] = {}
 
 
 def _retry_chunk(skim_id: str, retries: int, wait: float, coffea_retries_n: int, skipbadfiles: Any,
-                 func: Callable[..., Any], *args: Any, use_result_type: bool = False, **kwargs: Any) -> Any:
+                 func: Callable[..., Any], *args: Any, use_result_type: bool = False,
+                 keep_files: tuple[Any] | None = None, **kwargs: Any) -> Any:
     """Stands in for coffea's ``Runner.automatic_retries`` (same arguments after the first three).
 
     A chunk of a remote file gets `call_with_retries`, with the memory of unreachable
@@ -149,12 +151,16 @@ def _retry_chunk(skim_id: str, retries: int, wait: float, coffea_retries_n: int,
     chunk, so the skim records or raises it like any bad file. A chunk, local or remote,
     that coffea cannot open or build events from (for another reason than the network)
     becomes that output too (`_chunk_input_failure`); coffea retries a local chunk only
-    after a failure that another try may cure (`_local_chunk`).
+    after a failure that another try may cure (`_local_chunk`). With ``keep_files``
+    (``(filter_name,)``, futures workers), a local chunk's file stays open in this worker
+    for its next chunks (`analysis.skim.open_files.WorkerFiles`).
     """
     item = args[0][0] if args and isinstance(args[0], tuple) else (args[0] if args else None)
     if not isinstance(item, WorkItem):
         return coffea_retries(coffea_retries_n, skipbadfiles, func, *args,
                               use_result_type=use_result_type, **kwargs)
+    if keep_files is not None and not is_remote(item.filename):
+        worker_files().keep(item.filename, item.treename, keep_files[0])
     if is_remote(item.filename):
         unreachable = _UNREACHABLE_BY_SKIM.setdefault(skim_id, UnreachableServers())
         run = partial(call_with_retries, partial(func, *args, **kwargs), url=item.filename,
@@ -224,6 +230,10 @@ class RetryingRunner(processor.Runner):
     skim_id : str
         Names this skim in each worker process's memory of unreachable servers (a new
         one per runner), so that a later skim in the same worker tries a server afresh.
+    keep_files : tuple or None
+        ``(filter_name,)``: each worker keeps its chunks' local files open for its next
+        chunks (`analysis.skim.open_files.WorkerFiles`; give ``uproot_options`` the
+        `WorkerObjectCache`). Only for workers that end with the skim (futures).
 
     The Runner's ``xrootdtimeout`` is the per-request timeout handed to ``uproot.open``.
     """
@@ -231,11 +241,17 @@ class RetryingRunner(processor.Runner):
     remote_retries: int = 3
     retry_wait: float = 1.0
     skim_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    keep_files: tuple[Any] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.install_retry()
+
+    def install_retry(self) -> None:
+        """Install the per-chunk retry, with the fields as they are now (call again after a change)."""
         # A module-level partial: it pickles small to the executor's workers.
-        install_chunk_retry(self, partial(_retry_chunk, self.skim_id, self.remote_retries, self.retry_wait))
+        install_chunk_retry(self, partial(_retry_chunk, self.skim_id, self.remote_retries, self.retry_wait,
+                                          keep_files=self.keep_files))
 
 
 def _causes(err: BaseException) -> list[BaseException]:

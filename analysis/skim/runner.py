@@ -4,8 +4,8 @@ Steps: read the fileset; check every file (`analysis.skim.inputs`); compute miss
 cut the files into chunks with coffea's `Runner.preprocess` (fed from the checks, so no file
 is opened twice); drop the chunks whose part already exists (resume); run the configured
 processor (`analysis.skim.plugins`; the di-tau one by default) on the rest with the iterative,
-futures, dask or dask-awkward executor;
-write ``cutflow.json`` and ``manifest.json``. Each chunk writes its own part, so a killed run
+futures, dask or dask-awkward executor (``auto``: iterative or futures by the size of the
+rest, `analysis.skim.pool`); write ``cutflow.json`` and ``manifest.json``. Each chunk writes its own part, so a killed run
 loses at most the chunks in flight.
 """
 
@@ -35,14 +35,25 @@ from analysis.skim.inputs import DatasetInfo, check_file, dataset_sumw, load_fil
 from analysis.skim.manifest import (build_cutflow, build_manifest, chunk_relpath, job_cutflow_path,
                                     job_manifest_path, keep_provenance, plan_chunks, remove_stale_temp_files,
                                     skim_inputs)
-from analysis.skim.open_files import LOCAL_READ_OPTIONS, OpenFiles
+from analysis.skim.open_files import LOCAL_READ_OPTIONS, OpenFiles, WorkerObjectCache
 from analysis.skim.remote import RetryingRunner, UnreachableServers, call_with_retries
 from analysis.skim.plugins import load_processor
+from analysis.skim.pool import (choose_executor, order_for_workers, start_worker_server, starts_workers,
+                                worker_pool)
 from processors.base import SkimProcessor
 
 __all__ = ["EXECUTORS", "run_skim"]
 
-EXECUTORS = ("iterative", "futures", "dask", "dask-awkward")
+EXECUTORS = ("auto", "iterative", "futures", "dask", "dask-awkward")
+
+
+def _where(executor: str, workers: int, chunks: int) -> str:
+    """Where the chunks ran, for the summary line."""
+    if not chunks:
+        return ""
+    if executor == "futures":
+        return f" in {workers} worker processes"
+    return " on the dask cluster" if executor in ("dask", "dask-awkward") else " in this process"
 
 
 def _check_inputs(datasets: dict[str, DatasetInfo], config: Config, proc: SkimProcessor, *,
@@ -82,11 +93,12 @@ def _check_inputs(datasets: dict[str, DatasetInfo], config: Config, proc: SkimPr
     return errors
 
 
-def _executor(kind: str, *, workers: int, progress: bool, client=None) -> processor.executor.ExecutorBase:
+def _executor(kind: str, *, workers: int, progress: bool, client=None,
+              pool=None) -> processor.executor.ExecutorBase:
     if kind == "iterative":
         return processor.IterativeExecutor(status=progress, desc="skim")
     if kind == "futures":
-        return processor.FuturesExecutor(workers=workers, status=progress, desc="skim")
+        return processor.FuturesExecutor(pool=pool, workers=workers, status=progress, desc="skim")
     return processor.DaskExecutor(client=client, status=progress, desc="skim")
 
 
@@ -104,8 +116,9 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
         The skim folder: ``<dataset>/part-*.parquet``, ``cutflow.json``, ``manifest.json``.
     config : Config
         ``selection``, ``lumi_pb``, ``samples`` (fallback metadata), ``skim``, ``cluster``.
-    executor : {"iterative", "futures", "dask", "dask-awkward"} or None
-        None takes ``config.skim.executor``.
+    executor : {"auto", "iterative", "futures", "dask", "dask-awkward"} or None
+        None takes ``config.skim.executor``; ``"auto"`` runs the chunks in this process or in
+        ``workers`` processes by the size of the work (`analysis.skim.pool.choose_executor`).
     workers : int or None
         Processes of the futures executor, or of a LocalCluster started for dask.
     scheduler : str or None
@@ -123,7 +136,8 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
     -------
     dict
         ``chunks`` (planned), ``chunks_run`` (this call), ``chunks_skipped`` (already done),
-        ``rows``, ``events``, ``bad_files``, ``seconds``, ``out_dir``.
+        ``rows``, ``events``, ``bad_files``, ``seconds``, ``out_dir``, ``executor`` (the one
+        that ran the chunks) and ``executor_reason`` (why, for ``"auto"``).
 
     Raises
     ------
@@ -147,9 +161,12 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
 
     proc = load_processor(config, out_dir=str(out), chunk_tree=chunk_tree)
     datasets = resolve_datasets(load_fileset(fileset), config)
-    # The iterative executor runs the chunks in this process: the checked files stay open
-    # and coffea reuses their TTrees instead of reading them again (analysis.skim.open_files).
-    open_files = OpenFiles() if executor == "iterative" else None
+    if starts_workers(executor, workers):
+        # Worker processes run the chunks: their libraries import meanwhile (analysis.skim.pool).
+        start_worker_server(config.skim.processor)
+    # Chunks run in this process keep the checked files open: coffea reuses their TTrees
+    # instead of reading them again (analysis.skim.open_files).
+    open_files = OpenFiles() if executor in ("auto", "iterative") else None
     errors = _check_inputs(datasets, config, proc, skip_bad_files=skip, open_files=open_files)
     if executor == "dask-awkward":
         refuse_rntuple(datasets)
@@ -173,12 +190,10 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
         if open_files is not None:
             stack.callback(open_files.close)
         stack.enter_context(progress_bars(progress))
+        # Chunking reads no file (the metadata is cached): the executor is chosen afterwards,
+        # from the chunks left to run.
         client = None
-        if executor in ("dask", "dask-awkward"):
-            client = stack.enter_context(dask_client(config.cluster, scheduler, n_workers=workers))
-        # dask-awkward: the Runner only plans the chunks, from the checks' metadata, in this process
-        kind = "iterative" if executor == "dask-awkward" else executor
-        runner = RetryingRunner(executor=_executor(kind, workers=workers, progress=progress, client=client),
+        runner = RetryingRunner(executor=_executor("iterative", workers=workers, progress=progress),
                                 chunksize=chunksize, metadata_cache=cache, schema=NanoAODSchema,
                                 xrootdtimeout=config.skim.timeout, remote_retries=config.skim.retries,
                                 retry_wait=config.skim.retry_wait)
@@ -202,6 +217,20 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
         todo = [wi for wi in items
                 if chunk_relpath(wi.dataset, str(uuid.UUID(bytes=wi.fileuuid)), wi.entrystart,
                                  wi.entrystop) not in done]
+        executor, reason = choose_executor(executor, workers=workers, chunks=len(todo),
+                                           events=sum(wi.entrystop - wi.entrystart for wi in todo),
+                                           parallel_min_events=config.skim.parallel_min_events)
+        if executor != "iterative" and open_files is not None:
+            open_files.close()  # the chunks run elsewhere: nothing here reads the kept files
+            open_files = None
+        if executor in ("dask", "dask-awkward") and todo:
+            client = stack.enter_context(dask_client(config.cluster, scheduler, n_workers=workers))
+            if executor == "dask":  # (dask-awkward computes its graph on the client itself)
+                runner.executor = _executor(executor, workers=workers, progress=progress, client=client)
+        elif executor == "futures" and todo:
+            pool = stack.enter_context(worker_pool(workers, config.skim.processor))
+            runner.executor = _executor(executor, workers=workers, progress=progress, pool=pool)
+            todo = order_for_workers(todo)
         # NanoEvents sees only the branches the processor reads: building the events of a
         # chunk from a 1,500-branch NanoAOD file would otherwise cost more than reading it.
         wanted = proc.input_branches()
@@ -213,6 +242,11 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
         uproot_options = dict(LOCAL_READ_OPTIONS) if local else {}
         if open_files is not None:
             uproot_options.update(open_files.chunk_options(wanted))
+        elif executor == "futures" and local:
+            # Each worker keeps the files of its chunks open for its next ones (WorkerFiles).
+            uproot_options["object_cache"] = WorkerObjectCache()
+            runner.keep_files = (wanted,)
+            runner.install_retry()
         if executor == "dask-awkward":  # coffea's dask mode on the same chunks (analysis.skim.dask_awkward)
             result = skim_dask_awkward(todo, proc, datasets, uproot_options=uproot_options,
                                        client=client) if todo else {}
@@ -247,7 +281,7 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
         raise InputFileError(*run_errors[0])
 
     summary = {
-        "out_dir": str(out), "executor": executor, "chunks": len(items),
+        "out_dir": str(out), "executor": executor, "executor_reason": reason, "chunks": len(items),
         "chunks_run": len(todo), "chunks_skipped": len(done),
         "events": sum(s["stop"] - s["start"] for s in summaries.values()),
         "rows": sum(s["rows"] for s in summaries.values()),
@@ -257,7 +291,8 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
     # The one-line summary stays with --quiet (which silences progress bars only).
     stage_console().print(
         f"skim: {summary['rows']:,} events selected of {summary['events']:,}; "
-        f"{summary['chunks_run']} chunks run, {summary['chunks_skipped']} already done"
+        f"{summary['chunks_run']} chunks run{_where(executor, workers, len(todo))}, "
+        f"{summary['chunks_skipped']} already done"
         + (f"; {len(errors)} bad file(s) skipped, see {manifest_path.name}" if errors else "")
         + f" -> {out}", soft_wrap=True)
     return summary

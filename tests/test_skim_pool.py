@@ -1,0 +1,232 @@
+"""Skim stage tests: the executor `auto` chooses by the work, and the futures executor's workers.
+
+The default (`auto`) runs a small skim in this process and a large one in worker processes
+with the same parts and cutflow; the workers are forked from one server, live for the whole
+skim (no restart when a chunk's memory stays allocated: loky, coffea's default pool, restarts
+a worker that grew 300 MB), keep their chunks' files open between chunks, and a task that
+cannot be pickled fails at once instead of hanging the pool.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import warnings
+
+import pytest
+import uproot
+from _skim_helpers import QUIET_COFFEA, default_config, read_skim, subset_fileset
+
+from analysis.config import config_from_dict
+from analysis.skim import pool as skim_pool
+from analysis.skim.open_files import WorkerFiles
+from analysis.skim.pool import choose_executor, order_for_workers, worker_pool
+from analysis.skim.runner import run_skim
+from processors.parts import read_part_summary
+
+pytestmark = QUIET_COFFEA
+
+DATASETS = ["GluGluToHToTauTau", "VBF_HToTauTau", "TTbar"]
+CHUNKSIZE = 400
+
+
+@pytest.fixture(scope="module")
+def small_fileset(generated_sample, tmp_path_factory):
+    return subset_fileset(generated_sample, DATASETS, tmp_path_factory.mktemp("fs") / "fileset.json")
+
+
+@pytest.fixture(scope="module")
+def reference(small_fileset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("skim-iterative")
+    run_skim(small_fileset, out, default_config(), executor="iterative", chunksize=CHUNKSIZE, progress=False)
+    return out
+
+
+def _same_parts(out, ref):
+    names = sorted(p.relative_to(ref) for p in ref.glob("*/part-*.parquet"))
+    assert names and names == sorted(p.relative_to(out) for p in out.glob("*/part-*.parquet"))
+    assert all((out / n).read_bytes() == (ref / n).read_bytes() for n in names)
+    assert (out / "cutflow.json").read_text() == (ref / "cutflow.json").read_text()
+    assert read_skim(out).equals(read_skim(ref))
+
+
+def test_the_default_executor_is_auto():
+    assert default_config().skim.executor == "auto"
+
+
+def test_auto_runs_a_small_skim_in_this_process(small_fileset, reference, tmp_path, capsys):
+    summary = run_skim(small_fileset, tmp_path, default_config(), chunksize=CHUNKSIZE, progress=False)
+    assert summary["executor"] == "iterative"
+    assert "fewer than skim.parallel_min_events" in summary["executor_reason"]
+    assert "chunks run in this process" in capsys.readouterr().err
+    _same_parts(tmp_path, reference)
+
+
+def test_auto_runs_a_large_skim_in_worker_processes(small_fileset, reference, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(skim_pool, "usable_cpus", lambda: 2)  # as on any machine of 2 CPUs or more
+    config = config_from_dict({"skim": {"parallel_min_events": 0, "workers": 2}})
+    summary = run_skim(small_fileset, tmp_path, config, chunksize=CHUNKSIZE, progress=False)
+    assert summary["executor"] == "futures" and summary["chunks_run"] >= 8
+    assert f"{summary['chunks_run']} chunks run in 2 worker processes" in capsys.readouterr().err
+    _same_parts(tmp_path, reference)
+
+
+@pytest.mark.parametrize(("configured", "workers", "chunks", "events", "cpus", "expected", "why"), [
+    ("auto", 2, 18, 2_000_000, 2, "futures", "18 chunks"),
+    ("auto", 2, 18, 900_000, 2, "iterative", "fewer than skim.parallel_min_events"),
+    ("auto", 1, 18, 2_000_000, 2, "iterative", "one worker"),
+    ("auto", 2, 1, 2_000_000, 2, "iterative", "1 chunk to run"),
+    ("auto", 4, 18, 2_000_000, 1, "iterative", "one usable CPU"),
+    ("futures", 2, 1, 10, 1, "futures", "configured"),
+    ("iterative", 2, 18, 2_000_000, 2, "iterative", "configured"),
+    ("dask", 2, 18, 2_000_000, 2, "dask", "configured"),
+])
+def test_choose_executor(monkeypatch, configured, workers, chunks, events, cpus, expected, why):
+    monkeypatch.setattr(skim_pool, "usable_cpus", lambda: cpus)
+    kind, reason = choose_executor(configured, workers=workers, chunks=chunks, events=events,
+                                   parallel_min_events=1_000_000)
+    assert kind == expected and why in reason
+
+
+def test_order_for_workers_puts_the_largest_chunks_first():
+    class Item:
+        def __init__(self, name, start, stop):
+            self.name, self.entrystart, self.entrystop = name, start, stop
+
+    items = [Item("a", 0, 10), Item("b", 0, 500), Item("c", 10, 20), Item("d", 0, 90)]
+    assert [i.name for i in order_for_workers(items)] == ["b", "d", "a", "c"]
+
+
+# Every chunk keeps 100 MB allocated in its worker (the latest five: 500 MB at most) and takes
+# 0.55 s (loky checks a worker's memory at most once a second): from its fifth chunk on, a
+# worker holds 400 MB more than after its first, past loky's 300 MB.
+HOARDER = '''
+import os
+import sys
+import time
+
+import awkward as ak
+import numpy as np
+
+from processors import SkimProcessor
+
+
+
+class Hoarder(SkimProcessor):
+    name = "hoarder"
+    branches = ("Muon_pt", "Muon_eta", "Muon_phi", "Muon_mass", "Muon_charge")
+
+    def select(self, events, cutflow):
+        # The processor is pickled by value, its globals copied for every chunk: the arrays
+        # are kept where the next chunk in the same process finds them.
+        kept = sys.__dict__.setdefault("hepprep_test_kept", [])
+        kept[:] = [*kept[-4:], np.ones(100 * 2**20 // 8)]
+        time.sleep(0.55)
+        cutflow.notes["pid"] = os.getpid()
+        return {"n_muon": ak.to_numpy(ak.num(events.Muon)).astype("int32")}
+'''
+
+
+def test_workers_are_not_restarted_when_their_memory_grows(generated_sample, tmp_path):
+    script = tmp_path / "hoarder.py"
+    script.write_text(HOARDER)
+    fileset = subset_fileset(generated_sample, ["TTbar", "DYJetsToLL"], tmp_path / "fileset.json")
+    config = config_from_dict({"skim": {"processor": f"{script}:Hoarder", "executor": "futures",
+                                        "workers": 2}})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = run_skim(fileset, tmp_path / "skim", config, chunksize=500, progress=False)
+    assert summary["chunks_run"] >= 12
+    pids = {read_part_summary(p)["pid"] for p in (tmp_path / "skim").glob("*/part-*.parquet")}
+    assert len(pids) == 2, f"{len(pids)} worker processes ran the chunks: workers were restarted"
+    assert not [w for w in caught if "memory leak" in str(w.message) or "worker" in str(w.message).lower()]
+
+
+def test_a_task_that_cannot_be_pickled_fails_at_once():
+    with worker_pool(1) as pool:
+        with pytest.raises((pickle.PicklingError, AttributeError)):
+            pool.submit(lambda: 1)
+        assert pool.submit(sum, [1, 2]).result(timeout=60) == 3
+
+
+def _tree_files(generated_sample):
+    entries = json.loads(generated_sample.read_text())
+    files = [(str(generated_sample.parent / f), t) for e in entries.values() for f, t in e["files"].items()]
+    return files[:3]
+
+
+def test_worker_files_open_each_file_once_and_close_the_least_recent(generated_sample, monkeypatch):
+    (a, tree), (b, _), (c, _) = _tree_files(generated_sample)
+    with uproot.open(a) as probe:
+        branches = len(probe[tree].branches)
+        muon_types = probe[tree].typenames(filter_name=["nMuon", "Muon_*"])
+    model = uproot.models.TTree.Model_TTree_v20
+    original, reads = model.read_members, []
+
+    def counting(self, chunk, cursor, context, file):
+        reads.append(file.file_path)
+        return original(self, chunk, cursor, context, file)
+
+    monkeypatch.setattr(model, "read_members", counting)
+    kept = WorkerFiles(max_branches=2 * branches)
+    kept.keep(a, tree, ["nMuon", "Muon_*"])
+    kept.keep(a, tree)
+    # A chunk's own open, given the cache, finds the kept TTree (no second read), its type
+    # names narrowed to the branches NanoEvents reads.
+    with uproot.open(a, object_cache=kept.object_cache) as chunk_file:
+        assert chunk_file[tree].typenames() == muon_types and len(muon_types) < branches
+    assert len(reads) == 1 and len(kept) == 1
+    kept.keep(b, tree)
+    kept.keep(c, tree)  # three files hold more than max_branches: the oldest, a, is closed
+    assert len(kept) == 2 and len(reads) == 3
+    assert all(obj.file.file_path != reads[0] for obj in kept.object_cache.values())
+    kept.keep(str(generated_sample.parent / "no-such-file.root"), tree)  # the chunk's own open reports it
+    assert len(kept) == 2
+    kept.close()
+    assert len(kept) == 0 and not kept.object_cache
+    # However few their branches, at most max_files stay open (their mapped pages count in memory).
+    few = WorkerFiles(max_files=1)
+    few.keep(a, tree)
+    first = next(iter(few.object_cache.values())).file
+    few.keep(b, tree)
+    assert len(few) == 1 and first.closed
+    few.close()
+
+
+def test_workers_end_when_the_skim_is_killed(tmp_path):
+    """kill -9 of the skim leaves no worker behind (they would wait for work for ever)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    script = ("import os, time\n"
+              "from analysis.skim.pool import worker_pool\n"
+              "with worker_pool(2) as pool:\n"
+              "    busy = [pool.submit(time.sleep, 0.5) for _ in range(2)]\n"
+              "    pids = {pool.submit(os.getpid).result() for _ in range(8)}\n"
+              "    print(' '.join(map(str, sorted(pids))), flush=True)\n"
+              "    queued = [pool.submit(time.sleep, 120) for _ in range(4)]\n"
+              "    time.sleep(120)\n")
+    skim = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(p) for p in skim.stdout.readline().split()]
+        assert workers and skim.pid not in workers
+        time.sleep(0.5)  # the workers are in their 120 s tasks
+        skim.send_signal(signal.SIGKILL)
+        skim.wait(timeout=10)
+
+        def alive(pid):
+            try:
+                return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
+
+        deadline = time.monotonic() + 15
+        while any(alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in workers if alive(p)]
+    finally:
+        skim.kill()
