@@ -18,12 +18,18 @@ keeps its worker server, so repeats inside one process would hide the workers' s
 * ``2 workers / 1 worker`` speed-up at ``--scale-events`` (10M): ``--executor futures``
   with 2 worker processes against 1 (goal >= 1.8), and the default against iterative there.
 
+mu-tau_h (issue 14): `run_skim` of ``processors.mutau:MuTauProcessor`` (iterative, in one
+process) on a generated mu-tau_h sample of ``--events`` simulated events (examples/mutau.toml's
+processes) against the floor of plain uproot reading the branches that processor reads, in
+the same chunks (goal >= 0.5).
+
 The two of each pair alternate `--repeat` times; printed are the best of each, the median
 of the pairs' ratios (the figure the goals are checked on), which executor the default
 chose, the peak RSS of the process tree, and the machine (CPUs, load average).
 
     python benchmarks/bench_skim.py            # 1M and 10M generated events (samples cached in /tmp)
     python benchmarks/bench_skim.py --quick    # 60k and 600k events, a smoke run
+    python benchmarks/bench_skim.py --only mutau
 """
 
 from __future__ import annotations
@@ -48,8 +54,9 @@ import uproot
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.config import config_from_dict  # noqa: E402
+from analysis.config import config_from_dict, load_config  # noqa: E402
 from analysis.generate.runner import generate_samples  # noqa: E402
+from analysis.skim.plugins import load_processor  # noqa: E402
 from analysis.skim.runner import run_skim  # noqa: E402
 from benchmarks._common import write_result  # noqa: E402
 from processors.profiles import detect_profile  # noqa: E402
@@ -249,9 +256,62 @@ def executors(args: argparse.Namespace, n: int, scale_n: int) -> dict:
                 ("iterative", ["--executor", "iterative"]), args.repeat)
             print(f"default / iterative at {scale_n:,} events: {ds['ratio_median']}; the default ran "
                   f"{ds['default']['ran']}", flush=True)
-        # The mu-tau_h skim's figure (issue 14, its own item) goes here: a `_pair` of
-        # `--processor processors.<its module>:<its class>` runs, added to `figures`.
     figures["machine_after"] = _machine()
+    return figures
+
+
+MUTAU_EXAMPLE = REPO / "examples" / "mutau.toml"
+
+
+def _mutau_read_file(path: Path, tree: str, chunksize: int, branches: list[str]) -> int:
+    events = 0
+    with uproot.open(path) as file:
+        t = file[tree]
+        for start, stop in _chunks(t.num_entries, chunksize):
+            events += len(t.arrays(branches, entry_start=start, entry_stop=stop))
+    return events
+
+
+def mutau(args: argparse.Namespace, n: int, chunksize: int) -> dict:
+    """The mu-tau_h skim (iterative, in this process) against plain uproot reading its branches."""
+    root = args.sample_dir / f"mutau-{n}"
+    fileset, stamp = root / "fileset.json", root / "events.txt"
+    if not (fileset.exists() and stamp.exists() and stamp.read_text() == str(n)):
+        shutil.rmtree(root, ignore_errors=True)
+        generate_samples(root, load_config(MUTAU_EXAMPLE, {"generate": {
+            "events": n, "files_per_sample": 2, "data_scale": 0.02, "seed": 5}}), progress=False)
+        stamp.write_text(str(n))
+    config = load_config(MUTAU_EXAMPLE, {"skim": {"executor": "iterative", "chunksize": chunksize}})
+    proc = load_processor(config, out_dir=".")
+    files = _files(fileset)
+    keys = set(uproot.open(files[0][0])["Events"].keys())
+    # What the processor reads of such a file: its profile's branches, the muons, the trigger,
+    # the identity and weight branches and the counters of the collections.
+    profile = proc.profiles.detect(keys)
+    branches = sorted({*profile.branches_for(keys), *proc.muon_branches(), *proc.triggers,
+                       "genWeight", "nMuon", "nTau", "nJet"} & keys)
+    total = sum(uproot.open(p)[t].num_entries for p, t in files)
+    figures: dict = {"events": total, "simulated_events": n, "chunksize": chunksize,
+                     "branches": len(branches), "goal_ratio": GOAL_RATIO}
+    best: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-skim-mutau-") as tmp:
+        def floor(_i: int) -> None:
+            sum(_mutau_read_file(p, t, chunksize, branches) for p, t in files)
+
+        def skim(_i: int) -> None:
+            run_skim(fileset, Path(tmp) / f"mutau-{time.monotonic_ns()}", config, progress=False)
+
+        for _ in range(args.repeat):
+            for label, fn in (("uproot floor (mu-tau_h branches)", floor), ("skim mu-tau_h iterative", skim)):
+                r = _run(label, fn, total, 1)
+                if label not in best or r["seconds"] < best[label]["seconds"]:
+                    best[label] = r
+    floor_r, skim_r = best["uproot floor (mu-tau_h branches)"], best["skim mu-tau_h iterative"]
+    figures.update(uproot_floor=floor_r, skim_iterative=skim_r,
+                   ratio_skim_vs_uproot=round(skim_r["events_per_s"] / floor_r["events_per_s"], 3))
+    figures["meets_goal"] = figures["ratio_skim_vs_uproot"] >= GOAL_RATIO
+    print(f"mu-tau_h skim / uproot floor at {total:,} events: {figures['ratio_skim_vs_uproot']} "
+          f"(goal >= {GOAL_RATIO})", flush=True)
     return figures
 
 
@@ -264,14 +324,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="alternating floor/skim runs; best of each")
     parser.add_argument("--scale-events", type=int, default=None,
                         help="events of the 2-workers-vs-1 run (default 10M; --quick 600k; 0: none)")
-    parser.add_argument("--only", choices=("floor", "executors"), default=None,
-                        help="run only the floor comparisons or only the executor figures")
+    parser.add_argument("--only", choices=("floor", "executors", "mutau"), default=None,
+                        help="run only the floor comparisons, the executor figures or the mu-tau_h skim")
     parser.add_argument("--sample-dir", type=Path,
                         default=Path(tempfile.gettempdir()) / "hepprep-bench-skim")
     args = parser.parse_args(argv)
     n = args.events or (60_000 if args.quick else 1_000_000)
     scale_n = args.scale_events if args.scale_events is not None else (600_000 if args.quick else 10_000_000)
     chunksize = min(args.chunksize, 20_000) if args.quick else args.chunksize
+    if args.only in (None, "mutau"):
+        write_result("skim_mutau_quick" if args.quick else "skim_mutau", mutau(args, n, chunksize))
+        if args.only == "mutau":
+            return 0
     if args.only != "floor":
         # The executors run as `hepprep skim` does by default (its chunk size), also with --quick.
         write_result("skim_executors_quick" if args.quick else "skim_executors", executors(args, n, scale_n))

@@ -224,16 +224,14 @@ def test_v15_without_its_missing_momentum_is_one_line(layouts, tmp_path):
         _skim(tmp_path, {"v15": "nomet.root"})
 
 
-@pytest.mark.parametrize("processor", ["processors.ditau:DiTauProcessor", "zmumu", "processors.mutau:MuTauProcessor"])
+# (mu-tau_h reads the same branches through the same machinery; its RNTuple run costs 30 s)
+@pytest.mark.parametrize("processor", ["processors.ditau:DiTauProcessor", "zmumu"])
 def test_rntuple_and_ttree_give_identical_rows_and_cutflows(tmp_path, cms_fixtures, processor):
     from test_plugins import _write_processor
 
     options = {}
     if processor == "zmumu":
         processor = f"{_write_processor(tmp_path)}:ZMuMu"
-    elif "mutau" in processor:  # this Run 2 file has no 2012 trigger; looser taus keep a few rows
-        options = {"require_trigger": False, "tau_iso": "VLoose", "tau_anti_ele": "VLoose",
-                   "tau_anti_mu": "Loose"}
     (tmp_path / "ttree.root").write_bytes(cms_fixtures.nano_dy.read_bytes())
     (tmp_path / "rntuple.root").write_bytes(cms_fixtures.nano_dy_rntuple.read_bytes())
     assert uproot.open(tmp_path / "rntuple.root").classnames()["Events;1"] == "ROOT::RNTuple"
