@@ -149,5 +149,21 @@ def loosened_config():
     return config_from_dict({"selection": {"tau_iso": "VLoose", "tau_require_anti_lepton": False}})
 
 
-__all__ = ["QUIET_COFFEA", "SAMPLE_CHUNKSIZE", "default_config", "generate_sample", "independent_selection",
+# The executor comparisons (tests/test_skim_executors.py, test_skim_pool.py): a few datasets
+# of the generated sample in small chunks, so that every executor has many chunks to share.
+EXECUTOR_DATASETS = ["GluGluToHToTauTau", "VBF_HToTauTau", "TTbar"]
+EXECUTOR_CHUNKSIZE = 400
+
+
+def assert_same_skim(out, ref_out) -> None:
+    """Two skim folders hold the same rows, byte-identical parts and the same cutflow."""
+    assert read_skim(out).equals(read_skim(ref_out))
+    names = sorted(p.relative_to(ref_out) for p in ref_out.glob("*/part-*.parquet"))
+    assert names and names == sorted(p.relative_to(out) for p in out.glob("*/part-*.parquet"))
+    assert all((out / n).read_bytes() == (ref_out / n).read_bytes() for n in names)
+    # the cutflow sums in part order, not arrival order: the same text
+    assert (out / "cutflow.json").read_text() == (ref_out / "cutflow.json").read_text()
+
+
+__all__ = ["EXECUTOR_CHUNKSIZE", "EXECUTOR_DATASETS", "QUIET_COFFEA", "SAMPLE_CHUNKSIZE", "assert_same_skim", "default_config", "generate_sample", "independent_selection",
            "loosened_config", "read_skim", "subset_fileset"]

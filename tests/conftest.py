@@ -41,6 +41,27 @@ def generated_sample(tmp_path_factory) -> Path:
     return generate_sample(tmp_path_factory.getbasetemp() / "skim-generated-sample")
 
 
+@pytest.fixture(scope="module")
+def executor_fileset(generated_sample, tmp_path_factory) -> Path:
+    """A few datasets of the generated sample, for comparing executors (`_skim_helpers.EXECUTOR_DATASETS`)."""
+    from _skim_helpers import EXECUTOR_DATASETS, subset_fileset
+
+    return subset_fileset(generated_sample, EXECUTOR_DATASETS, tmp_path_factory.mktemp("fs") / "fileset.json")
+
+
+@pytest.fixture(scope="module")
+def iterative_reference(executor_fileset, tmp_path_factory) -> tuple[Path, dict]:
+    """(skim folder, summary) of `executor_fileset` skimmed by the iterative executor: what every executor must give."""
+    from _skim_helpers import EXECUTOR_CHUNKSIZE, default_config
+
+    from analysis.skim.runner import run_skim
+
+    out = tmp_path_factory.mktemp("skim-iterative")
+    summary = run_skim(executor_fileset, out, default_config(), executor="iterative",
+                       chunksize=EXECUTOR_CHUNKSIZE, progress=False)
+    return out, summary
+
+
 @pytest.fixture
 def fake_sbatch(tmp_path, monkeypatch) -> Path:
     """An `sbatch` on PATH that records its arguments and answers like `sbatch --parsable`."""

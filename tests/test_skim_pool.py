@@ -15,7 +15,7 @@ import warnings
 
 import pytest
 import uproot
-from _skim_helpers import QUIET_COFFEA, default_config, read_skim, subset_fileset
+from _skim_helpers import EXECUTOR_CHUNKSIZE, QUIET_COFFEA, assert_same_skim, default_config, subset_fileset
 
 from analysis.config import config_from_dict
 from analysis.skim import pool as skim_pool
@@ -26,49 +26,28 @@ from processors.parts import read_part_summary
 
 pytestmark = QUIET_COFFEA
 
-DATASETS = ["GluGluToHToTauTau", "VBF_HToTauTau", "TTbar"]
-CHUNKSIZE = 400
-
-
-@pytest.fixture(scope="module")
-def small_fileset(generated_sample, tmp_path_factory):
-    return subset_fileset(generated_sample, DATASETS, tmp_path_factory.mktemp("fs") / "fileset.json")
-
-
-@pytest.fixture(scope="module")
-def reference(small_fileset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("skim-iterative")
-    run_skim(small_fileset, out, default_config(), executor="iterative", chunksize=CHUNKSIZE, progress=False)
-    return out
-
-
-def _same_parts(out, ref):
-    names = sorted(p.relative_to(ref) for p in ref.glob("*/part-*.parquet"))
-    assert names and names == sorted(p.relative_to(out) for p in out.glob("*/part-*.parquet"))
-    assert all((out / n).read_bytes() == (ref / n).read_bytes() for n in names)
-    assert (out / "cutflow.json").read_text() == (ref / "cutflow.json").read_text()
-    assert read_skim(out).equals(read_skim(ref))
+CHUNKSIZE = EXECUTOR_CHUNKSIZE
 
 
 def test_the_default_executor_is_auto():
     assert default_config().skim.executor == "auto"
 
 
-def test_auto_runs_a_small_skim_in_this_process(small_fileset, reference, tmp_path, capsys):
-    summary = run_skim(small_fileset, tmp_path, default_config(), chunksize=CHUNKSIZE, progress=False)
+def test_auto_runs_a_small_skim_in_this_process(executor_fileset, iterative_reference, tmp_path, capsys):
+    summary = run_skim(executor_fileset, tmp_path, default_config(), chunksize=CHUNKSIZE, progress=False)
     assert summary["executor"] == "iterative"
     assert "fewer than skim.parallel_min_events" in summary["executor_reason"]
     assert "chunks run in this process" in capsys.readouterr().err
-    _same_parts(tmp_path, reference)
+    assert_same_skim(tmp_path, iterative_reference[0])
 
 
-def test_auto_runs_a_large_skim_in_worker_processes(small_fileset, reference, tmp_path, capsys, monkeypatch):
+def test_auto_runs_a_large_skim_in_worker_processes(executor_fileset, iterative_reference, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(skim_pool, "usable_cpus", lambda: 2)  # as on any machine of 2 CPUs or more
     config = config_from_dict({"skim": {"parallel_min_events": 0, "workers": 2}})
-    summary = run_skim(small_fileset, tmp_path, config, chunksize=CHUNKSIZE, progress=False)
+    summary = run_skim(executor_fileset, tmp_path, config, chunksize=CHUNKSIZE, progress=False)
     assert summary["executor"] == "futures" and summary["chunks_run"] >= 8
     assert f"{summary['chunks_run']} chunks run in 2 worker processes" in capsys.readouterr().err
-    _same_parts(tmp_path, reference)
+    assert_same_skim(tmp_path, iterative_reference[0])
 
 
 @pytest.mark.parametrize(("configured", "workers", "chunks", "events", "cpus", "expected", "why"), [
