@@ -28,9 +28,8 @@ from analysis.core.io import write_json_atomic
 from analysis.core.net import is_remote
 from analysis.core.progress import stage_console
 from analysis.core.provenance import build_provenance
-from analysis.errors import ConfigError, InputFileError, StageInputError
+from analysis.errors import ConfigError, InputFileError
 from analysis.skim.coffea_compat import chunk_tree, progress_bars
-from analysis.skim.dask_awkward import refuse_rntuple, skim_dask_awkward
 from analysis.skim.inputs import DatasetInfo, check_file, dataset_sumw, load_fileset, resolve_datasets
 from analysis.skim.manifest import (build_cutflow, build_manifest, chunk_relpath, job_cutflow_path,
                                     job_manifest_path, keep_provenance, plan_chunks, remove_stale_temp_files,
@@ -169,6 +168,9 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
     open_files = OpenFiles() if executor in ("auto", "iterative") else None
     errors = _check_inputs(datasets, config, proc, skip_bad_files=skip, open_files=open_files)
     if executor == "dask-awkward":
+        # imported here: coffea.dataset_tools and dask-awkward cost every other skim's start-up
+        from analysis.skim.dask_awkward import refuse_rntuple, skim_dask_awkward
+
         refuse_rntuple(datasets)
     out.mkdir(parents=True, exist_ok=True)
     known = {f.uuid for d in datasets.values() for f in d.files if f.uuid}  # this run's input files
