@@ -13,11 +13,12 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from analysis.core.features import DEFAULT_FEATURES as _REGISTRY_DEFAULTS
 from analysis.core.settings import (WeightProduct, deep_merge, first_non_finite, format_validation_error,
                                     given, parse_compression)
+from analysis.core.target import StrictModel, TargetConfig
 from analysis.errors import ConfigError
 
 __all__ = ["ClusterConfig", "Config", "ConfigError", "DEFAULT_FEATURES", "EvaluateConfig",
@@ -26,11 +27,8 @@ __all__ = ["ClusterConfig", "Config", "ConfigError", "DEFAULT_FEATURES", "Evalua
            "default_config", "load_config", "with_overrides"]
 
 
-class _Strict(BaseModel):
-    # Unknown keys are errors: a typo ("jet_pt_mni") must not silently keep a default.
-    # NaN and inf are errors too (TOML has both): `split = [nan, 0.2, 0.2]` would otherwise
-    # give an empty training split and a NaN cut a selection of nothing.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+_Strict = StrictModel  # unknown keys and non-finite numbers are errors (core.target)
+_WHOLE_TABLES = ("samples", "classes")  # given, they replace the defaults as a whole
 
 
 class Sample(_Strict):
@@ -307,6 +305,7 @@ class Config(_Strict):
     train: TrainConfig = TrainConfig()
     cluster: ClusterConfig = ClusterConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    target: TargetConfig = TargetConfig()  # what the models learn (DESIGN.md "Targets")
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -321,6 +320,7 @@ class Config(_Strict):
         labels = {s.label for s in self.samples.values()}
         if self.samples and not {0, 1} <= labels:
             raise ValueError("samples: need at least one signal (label 1) and one background (label 0)")
+        self.target.check_processes({s.process for s in self.samples.values() if s.label >= 0})
         return self
 
 
@@ -341,7 +341,7 @@ def config_from_dict(data: dict[str, Any], *, source: str = "config") -> Config:
     if bad is not None:
         raise ConfigError(f"{source}: {bad}: must be a finite number (NaN and inf are not allowed)")
     try:
-        merged = deep_merge(default_config().model_dump(), data, replace=("samples",))
+        merged = deep_merge(default_config().model_dump(), data, replace=_WHOLE_TABLES)
         return Config.model_validate(merged)
     except ValidationError as err:
         raise ConfigError(f"{source}: {format_validation_error(err)}") from None
@@ -358,7 +358,7 @@ def with_overrides(config: Config, overrides: dict[str, Any], *, source: str) ->
     changes = given(overrides)
     if not changes:
         return config
-    return config_from_dict(deep_merge(config.model_dump(), changes, replace=("samples",)), source=source)
+    return config_from_dict(deep_merge(config.model_dump(), changes, replace=_WHOLE_TABLES), source=source)
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -388,7 +388,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML ({err})") from None
     if overrides:
-        data = deep_merge(data, given(overrides), replace=("samples",))
+        data = deep_merge(data, given(overrides), replace=_WHOLE_TABLES)
     return config_from_dict(data, source=source)
 
 

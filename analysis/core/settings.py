@@ -28,7 +28,7 @@ def format_validation_error(err: ValidationError) -> str:
     where = loc
     if ": " in msg and not msg.startswith("input"):
         head, rest = msg.split(": ", 1)
-        if head.replace("_", "").isalnum():
+        if head.replace("_", "").replace(".", "").isalnum():
             where, msg = (f"{loc}.{head}" if loc else head), rest
     return f"{where}: {msg}" if where else msg
 

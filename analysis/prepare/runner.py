@@ -27,12 +27,13 @@ from analysis.core.io import atomic_dir, read_json, remove_stale_temp, write_jso
 from analysis.core.progress import progress_bar, stage_console
 from analysis.core.provenance import build_provenance, file_input, folder_input
 from analysis.core.skimmed import skim_fingerprint, skim_parts
+from analysis.core.target import Target
 from analysis.errors import StageInputError
 from analysis.prepare.outputs import check_out_dir, outputs_intact
 from analysis.prepare.shuffle import InputUnit, ShufflePlan, scatter_unit, shuffle_bucket, split_names
 from analysis.prepare.split import SKIM_ID_COLUMNS, SPLIT_NAMES
 from analysis.prepare.stats import WeightedFeatureStats
-from analysis.prepare.weights import CLASS_NAMES, TrainWeightBalancer
+from analysis.prepare.weights import TrainWeightBalancer
 
 __all__ = ["PrepareInputs", "prepare_inputs", "run_prepare"]
 
@@ -105,11 +106,13 @@ def _count_labels(unit: InputUnit) -> tuple[int, int]:
     return table.num_rows - data, data
 
 
-def _fingerprint(inputs: PrepareInputs, prep: PrepareConfig) -> str:
+def _fingerprint(inputs: PrepareInputs, prep: PrepareConfig, target: Target) -> str:
     files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in inputs.sources]
-    blob = json.dumps({"files": files, "prepare": prep.model_dump(mode="json"),
-                       "features": inputs.features, "id": inputs.id_columns}, sort_keys=True,
-                      allow_nan=False)
+    described = {"files": files, "prepare": prep.model_dump(mode="json"),
+                 "features": inputs.features, "id": inputs.id_columns}
+    if target.kind != "binary":  # the binary default keeps the fingerprint it always had
+        described["target"] = target.stats_record()
+    blob = json.dumps(described, sort_keys=True, allow_nan=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -193,7 +196,12 @@ def prepare_inputs(inputs: PrepareInputs, out_dir: str | Path, config: Config, *
     # A killed earlier run's temporary folder goes whether or not there is work to do.
     remove_stale_temp(out_dir.parent, target=out_dir.name)
     console = stage_console(quiet=not progress)
-    fingerprint = _fingerprint(inputs, prep)
+    target = Target.from_config(config.target)
+    learnt = sorted(set(target.sources) & set(inputs.features))
+    if learnt:
+        raise StageInputError(f"target.columns: {', '.join(learnt)} is also a training feature: a model "
+                              "would read its own answer; take it out of `features`")
+    fingerprint = _fingerprint(inputs, prep, target)
     done = out_dir / MANIFEST_FILE
     if done.is_file():
         try:
@@ -214,7 +222,7 @@ def prepare_inputs(inputs: PrepareInputs, out_dir: str | Path, config: Config, *
         scratch.mkdir()
         with dask_client(config.cluster, scheduler) as client, progress_bar(quiet=not progress) as bar:
             console.print(f"prepare: dask dashboard {client.dashboard_link}", soft_wrap=True)
-            manifest, stats = _two_passes(client, bar, inputs, prep, tmp, scratch)
+            manifest, stats = _two_passes(client, bar, inputs, prep, tmp, scratch, target)
         shutil.rmtree(scratch)
         manifest["fingerprint"] = fingerprint
         # Time-free, and not part of the fingerprint: an up-to-date folder is not redone
@@ -237,7 +245,7 @@ def _bucket_counts(labelled: int, data: int, prep: PrepareConfig) -> tuple[int, 
 
 
 def _two_passes(client: Any, bar: Any, inputs: PrepareInputs, prep: PrepareConfig, tmp: Path,
-                scratch: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+                scratch: Path, target: Target) -> tuple[dict[str, Any], dict[str, Any]]:
     units = _input_units(inputs.files, target_rows=max(1, prep.bucket_rows // 2))
     # Task keys unique per run: a shared scheduler must never hand back another run's result.
     run = uuid.uuid4().hex[:8]
@@ -252,16 +260,19 @@ def _two_passes(client: Any, bar: Any, inputs: PrepareInputs, prep: PrepareConfi
                        features=inputs.features, fractions=tuple(prep.split), seed=prep.seed,
                        kfolds=prep.kfolds, negative_weights=prep.negative_weights,
                        buckets=_bucket_counts(labelled, data, prep), file_rows=prep.file_rows,
-                       row_group_rows=prep.row_group_rows)
+                       row_group_rows=prep.row_group_rows, target=target)
 
     futures = client.map(scatter_unit, units, plan=plan, key=[f"prepare-scatter-{run}-{u.index}" for u in units])
-    balancer = TrainWeightBalancer(negative_weights=prep.negative_weights)
-    class_stats = [WeightedFeatureStats(feature_names=inputs.features) for _ in CLASS_NAMES]
+    balancer = TrainWeightBalancer(negative_weights=prep.negative_weights, class_names=target.class_names)
+    class_stats = [WeightedFeatureStats(feature_names=inputs.features) for _ in target.class_names]
+    target_stats = WeightedFeatureStats(feature_names=target.columns)
     skim_datasets: dict[str, list[float]] = {}
     pieces: list[list[tuple[str, int]]] = [[] for _ in range(sum(plan.buckets))]
     for result in _in_order(futures, bar, "prepare: split + statistics"):
         balancer = balancer.merge(result["balancer"])
         class_stats = [mine.merge(theirs) for mine, theirs in zip(class_stats, result["stats"])]
+        if result["target_stats"] is not None:
+            target_stats = target_stats.merge(result["target_stats"])
         for name, (n, w) in result["datasets"].items():
             acc = skim_datasets.setdefault(name, [0.0, 0.0])
             acc[0] += n
@@ -270,16 +281,22 @@ def _two_passes(client: Any, bar: Any, inputs: PrepareInputs, prep: PrepareConfi
             pieces[group].append((result["path"], rg))
     scale = balancer.finalize()
     # Training statistics weighted by train_weight = policy weight x class scale.
-    stats = class_stats[0].scaled(scale[0, 0]).merge(class_stats[1].scaled(scale[0, 1]))
+    stats = class_stats[0].scaled(scale[0, 0])
+    for c in range(1, target.n_classes):
+        stats = stats.merge(class_stats[c].scaled(scale[0, c]))
+    if target.kind == "regression":  # one class: train_weight is the policy weight x scale[0, 0]
+        target_stats = target_stats.scaled(scale[0, 0])
+        target = dataclasses.replace(target, mean=tuple(target_stats.mean_.tolist()),
+                                     std=tuple(target_stats.scale_.tolist()))
     plan = dataclasses.replace(plan, mean=tuple(stats.mean_.tolist()), std=tuple(stats.scale_.tolist()),
-                               balancer=balancer)
+                               balancer=balancer, target=target)
 
     groups = [g for g in range(len(pieces)) if pieces[g]]
     futures = client.map(shuffle_bucket, groups, [pieces[g] for g in groups], plan=plan,
                          key=[f"prepare-shuffle-{run}-{g}" for g in groups])
     written = [f for files in _in_order(futures, bar, "prepare: shuffle + write") for f in files]
     manifest = _manifest(inputs, prep, plan, written, skim_datasets, balancer, units)
-    return manifest, _stats_json(stats, balancer, prep, inputs)
+    return manifest, _stats_json(stats, balancer, prep, inputs, target)
 
 
 def _manifest(inputs: PrepareInputs, prep: PrepareConfig, plan: ShufflePlan, written: list[dict[str, Any]],
@@ -319,11 +336,12 @@ def _manifest(inputs: PrepareInputs, prep: PrepareConfig, plan: ShufflePlan, wri
         "splits": splits,
         "datasets": datasets,
         "train_weight": balancer.summary(),
+        **({"target": plan.target.stats_record()} if plan.target.kind != "binary" else {}),
     }
 
 
 def _stats_json(stats: WeightedFeatureStats, balancer: TrainWeightBalancer, prep: PrepareConfig,
-                inputs: PrepareInputs) -> dict[str, Any]:
+                inputs: PrepareInputs, target: Target) -> dict[str, Any]:
     """stats.json (DESIGN.md contract); depends on the training rows only."""
     train = 0
     notes = [f"{name}: constant on the training rows (std 0); stored std 1 so it standardises to 0"
@@ -347,6 +365,8 @@ def _stats_json(stats: WeightedFeatureStats, balancer: TrainWeightBalancer, prep
         "class_totals": {cls: {"rows": int(balancer.counts_[train, c]),
                                "sum_weight": float(balancer.sum_weights_[train, c]),
                                "train_weight_scale": float(balancer.scale_[train, c])}
-                         for c, cls in CLASS_NAMES.items()},
+                         for c, cls in enumerate(balancer.class_names)},
         "notes": notes,
+        # Only a multi-class or regression target has one: a binary stats.json is unchanged.
+        **({"target": target.stats_record()} if target.kind != "binary" else {}),
     }

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from analysis.core.standardise import Standardisation
+from analysis.core.target import CLASS_COLUMN, Target
 from analysis.errors import StageInputError
 from analysis.prepare.split import (SALT_BUCKET, SPLIT_NAMES, assign_fold, assign_split, event_hash,
                                     id_columns_of, salted_uniform, shuffle_order_key)
@@ -86,6 +87,7 @@ class ShufflePlan:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     balancer: TrainWeightBalancer | None = None  # finalised class totals -> train_weight
+    target: Target = dataclasses.field(default_factory=Target)  # regression: with its statistics
 
     @property
     def offsets(self) -> np.ndarray:
@@ -106,7 +108,7 @@ def _read_unit(unit: InputUnit) -> pa.Table:
 
 
 def _check_columns(table: pa.Table, plan: ShufflePlan, path: str) -> None:
-    needed = [*plan.id_columns, "label", "weight", *plan.features]
+    needed = [*plan.id_columns, "label", "weight", *plan.features, *plan.target.needed_columns]
     missing = [c for c in needed if c not in table.column_names]
     if missing:
         raise StageInputError(f"{path}: column(s) {', '.join(missing)} missing; the file has "
@@ -140,6 +142,29 @@ def _dataset_totals(table: pa.Table, weight: np.ndarray) -> dict[str, list[float
     return {name: [float(rows[i]), float(sums[i])] for i, name in enumerate(names)}
 
 
+def _classes(table: pa.Table, label: np.ndarray, target: Target, where: str) -> np.ndarray:
+    """The class index `train_weight` balances per row (the label itself for binary)."""
+    if target.kind != "multiclass":
+        return target.class_index(label, where=where)
+    encoded = pc.dictionary_encode(table.column("process").cast(pa.string())).combine_chunks()
+    return target.class_index(label, encoded.indices.to_numpy(zero_copy_only=False),
+                              encoded.dictionary.to_pylist(), where=where)
+
+
+def _regression_values(table: pa.Table, label: np.ndarray, target: Target, where: str) -> np.ndarray:
+    """Transformed regression targets ``(rows, K)``; every simulated row needs finite ones."""
+    values = target.raw_values({c: _float64_column(table, c) for c in target.needed_columns})
+    bad = ~np.isfinite(values) & (label >= 0)[:, None]
+    if bad.any():
+        row, j = np.argwhere(bad)[0]
+        dataset = table.column("dataset")[int(row)].as_py() if "dataset" in table.column_names else "?"
+        raise StageInputError(
+            f"{where}: target column {target.sources[j]!r}{f' ({target.transform})' if target.transform != 'none' else ''}"
+            f" is not finite in {int(bad[:, j].sum())} simulated row(s) (first: {float(values[row, j])!r}, dataset "
+            f"{dataset}); a regression trains on every simulated event: keep only the samples that carry it")
+    return values
+
+
 def scatter_unit(unit: InputUnit, plan: ShufflePlan) -> dict[str, Any]:
     """Pass 1 on one input piece: split, statistics, class totals, rows written by bucket.
 
@@ -147,8 +172,9 @@ def scatter_unit(unit: InputUnit, plan: ShufflePlan) -> dict[str, Any]:
     -------
     dict with ``unit`` (index), ``path`` (scatter file or None), ``groups`` ({global bucket:
     (row group, rows)}), ``datasets`` ({dataset: [rows, Σweight]}), ``balancer``
-    (`TrainWeightBalancer` of the labelled rows), ``stats`` ([background, signal]
-    `WeightedFeatureStats` of the training rows, weighted by the policy-applied weight).
+    (`TrainWeightBalancer` of the labelled rows), ``stats`` (per class, `WeightedFeatureStats`
+    of the training rows weighted by the policy-applied weight), ``target_stats`` (the same
+    of a regression's transformed targets, else None).
     """
     table = _read_unit(unit)
     _check_columns(table, plan, unit.path)
@@ -171,18 +197,25 @@ def scatter_unit(unit: InputUnit, plan: ShufflePlan) -> dict[str, Any]:
     group = plan.offsets[split] + np.minimum(within, buckets[split] - 1)
 
     mc = label >= 0
-    balancer = TrainWeightBalancer(negative_weights=plan.negative_weights)
-    balancer.partial_fit(split[mc], label[mc], weight[mc])
+    classes = _classes(table, label, plan.target, unit.path)
+    balancer = TrainWeightBalancer(negative_weights=plan.negative_weights, class_names=plan.target.class_names)
+    balancer.partial_fit(split[mc], classes[mc], weight[mc])
     policy_weight = apply_negative_weight_policy(weight, policy=plan.negative_weights)
     features = feature_matrix(table, plan.features)
     class_stats = []
-    for cls in (0, 1):
-        rows = (split == 0) & (label == cls)
+    for cls in range(plan.target.n_classes):
+        rows = (split == 0) & (classes == cls)
         stats = WeightedFeatureStats(feature_names=plan.features)
         if rows.any():
             stats.partial_fit(features[rows], policy_weight[rows])
         class_stats.append(stats)
     del features
+    target_stats = None
+    if plan.target.kind == "regression":
+        values = _regression_values(table, label, plan.target, unit.path)
+        target_stats = WeightedFeatureStats(feature_names=plan.target.columns)
+        if (split == 0).any():
+            target_stats.partial_fit(values[split == 0], policy_weight[split == 0])
 
     order = np.argsort(group, kind="stable")
     ordered = table.take(pa.array(order))
@@ -198,7 +231,7 @@ def scatter_unit(unit: InputUnit, plan: ShufflePlan) -> dict[str, Any]:
                 writer.write_table(ordered.slice(start, stop - start), row_group_size=stop - start)
                 groups[int(sorted_group[start])] = (rg, int(stop - start))
     return {"unit": unit.index, "path": path, "groups": groups, "datasets": _dataset_totals(table, weight),
-            "balancer": balancer, "stats": class_stats}
+            "balancer": balancer, "stats": class_stats, "target_stats": target_stats}
 
 
 def _plain_strings(table: pa.Table) -> tuple[pa.Table, list[str]]:
@@ -242,11 +275,15 @@ def shuffle_bucket(group: int, pieces: Sequence[tuple[str, int]], plan: ShuffleP
 
     label = table.column("label").to_numpy().astype(np.int64)
     weight = table.column("weight").to_numpy().astype(np.float64)
+    classes = _classes(table, label, plan.target, split_name)
     if split_name == DATA_SPLIT:
         train_weight = np.zeros(len(weight))  # real data is never trained on
     else:
-        train_weight = plan.balancer.transform(np.full(len(label), split_index), label, weight)
+        train_weight = plan.balancer.transform(np.full(len(label), split_index), classes, weight)
 
+    if plan.target.kind == "regression":  # from the raw columns (`ratio_to` may be a feature)
+        values = plan.target.raw_values({c: _float64_column(table, c) for c in plan.target.needed_columns})
+        values[label < 0] = np.nan  # real data gets no target, whatever its columns hold
     standardisation = Standardisation(plan.features, plan.mean, plan.std)
     for j, name in enumerate(plan.features):  # column by column: no (n, d) copy in memory
         standardised = standardisation.transform_column(j, _float64_column(table, name))
@@ -258,6 +295,12 @@ def shuffle_bucket(group: int, pieces: Sequence[tuple[str, int]], plan: ShuffleP
     table = table.append_column("split", pa.array(np.full(table.num_rows, split_name), pa.string()))
     if plan.kfolds >= 2:
         table = table.append_column("fold", pa.array(assign_fold(hashes, kfolds=plan.kfolds)))
+    if plan.target.kind == "multiclass":
+        table = table.append_column(CLASS_COLUMN, pa.array(classes.astype(np.int8)))
+    elif plan.target.kind == "regression":
+        targets = Standardisation(plan.target.columns, plan.target.mean, plan.target.std)
+        for j, name in enumerate(plan.target.columns):
+            table = table.append_column(name, pa.array(targets.transform_column(j, values[:, j])))
 
     out = Path(plan.out_dir) / split_name
     out.mkdir(parents=True, exist_ok=True)

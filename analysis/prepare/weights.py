@@ -3,14 +3,15 @@
 Physics yields (`weight`) differ by orders of magnitude between samples, and background
 totals dwarf signal. A classifier trained on yields learns "always background"; one trained
 on a background subsample throws statistics away. `train_weight` instead rescales each
-class within each split so both classes carry equal total weight and the mean training
-weight is 1, keeping every event. Negative generator weights follow a configurable policy.
+class within each split so every class carries the same total weight and the mean training
+weight is 1, keeping every event (two classes for signal vs background, one per class of a
+multi-class target, a single one for a regression). Negative generator weights follow a configurable policy.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -48,32 +49,37 @@ class TrainWeightBalancer:
 
     After fitting, for an event of class c in split s with physics weight w::
 
-        train_weight = policy(w) * scale_[s][c],   scale_[s][c] = (N_s / 2) / W_s,c
+        train_weight = policy(w) * scale_[s][c],   scale_[s][c] = (N_s / C) / W_s,c
 
-    with N_s the number of labelled events in split s and W_s,c the policy-weighted total
-    of class c there. So in every split both classes sum to N_s / 2 and the mean
-    train_weight is 1.
+    with N_s the number of labelled events in split s, C the number of classes and W_s,c
+    the policy-weighted total of class c there. So in every split each class sums to
+    N_s / C and the mean train_weight is 1.
 
     Parameters
     ----------
     negative_weights : {"keep", "abs", "zero"}, keyword-only
+    class_names : sequence of str, keyword-only
+        The classes in index order (default: background, signal — the binary label).
 
     Attributes
     ----------
-    sum_weights_ : numpy.ndarray, shape (3 splits, 2 classes)
+    sum_weights_ : numpy.ndarray, shape (3 splits, C classes)
         Policy-weighted totals W_s,c (index [split, label]).
-    counts_ : numpy.ndarray of int64, shape (3, 2)
+    counts_ : numpy.ndarray of int64, shape (3, C)
         Events per split and class.
-    scale_ : numpy.ndarray, shape (3, 2)
+    scale_ : numpy.ndarray, shape (3, C)
         Scale factors, set by `finalize` (or the first `transform`).
     """
 
-    def __init__(self, *, negative_weights: NegativeWeightPolicy = "keep"):
+    def __init__(self, *, negative_weights: NegativeWeightPolicy = "keep",
+                 class_names: Sequence[str] = tuple(CLASS_NAMES.values())):
         self.negative_weights = negative_weights
+        self.class_names = tuple(class_names)
 
     def _reset(self) -> None:
-        self.sum_weights_ = np.zeros((len(SPLIT_NAMES), 2))
-        self.counts_ = np.zeros((len(SPLIT_NAMES), 2), dtype=np.int64)
+        n = len(self.class_names)
+        self.sum_weights_ = np.zeros((len(SPLIT_NAMES), n))
+        self.counts_ = np.zeros((len(SPLIT_NAMES), n), dtype=np.int64)
         self.scale_ = None
 
     def partial_fit(self, split: np.ndarray, label: np.ndarray, weight: np.ndarray) -> TrainWeightBalancer:
@@ -82,21 +88,23 @@ class TrainWeightBalancer:
         Parameters
         ----------
         split : int array (n,), split index 0 train, 1 val, 2 test
-        label : int array (n,), 0 background or 1 signal (real data must be removed before)
+        label : int array (n,), the class index: 0 background or 1 signal for the binary
+            label, else 0 .. C-1 (real data must be removed before)
         weight : float array (n,), physics weights
         """
         if not hasattr(self, "sum_weights_"):
             self._reset()
         label = np.asarray(label)
-        bad = ~np.isin(label, (0, 1))
+        n = len(self.class_names)
+        bad = ~np.isin(label, np.arange(n))
         if bad.any():
             raise StageInputError(f"labels {sorted(set(np.unique(label[bad]).tolist()))} cannot be "
-                                  "balanced: only 0 (background) and 1 (signal) rows get train_weight")
+                                  f"balanced: only classes 0..{n - 1} ({', '.join(self.class_names)}) get train_weight")
         w = apply_negative_weight_policy(weight, policy=self.negative_weights)
-        cell = np.asarray(split, dtype=np.int64) * 2 + label.astype(np.int64)
-        size = len(SPLIT_NAMES) * 2
-        self.sum_weights_ += np.bincount(cell, weights=w, minlength=size).reshape(-1, 2)
-        self.counts_ += np.bincount(cell, minlength=size).reshape(-1, 2)
+        cell = np.asarray(split, dtype=np.int64) * n + label.astype(np.int64)
+        size = len(SPLIT_NAMES) * n
+        self.sum_weights_ += np.bincount(cell, weights=w, minlength=size).reshape(-1, n)
+        self.counts_ += np.bincount(cell, minlength=size).reshape(-1, n)
         self.scale_ = None
         return self
 
@@ -106,6 +114,8 @@ class TrainWeightBalancer:
 
     def merge(self, other: TrainWeightBalancer) -> TrainWeightBalancer:
         """A new balancer holding the totals of both (for combining dask partitions)."""
+        if other.class_names != self.class_names:
+            raise ConfigError(f"cannot merge balancers of classes {self.class_names} and {other.class_names}")
         if other.negative_weights != self.negative_weights:
             raise ConfigError(f"cannot merge balancers with policies {self.negative_weights!r} and "
                               f"{other.negative_weights!r}")
@@ -119,7 +129,7 @@ class TrainWeightBalancer:
         return out
 
     def finalize(self) -> np.ndarray:
-        """Compute `scale_`; every split with events needs both classes with positive totals."""
+        """Compute `scale_`; every split with events needs every class with a positive total."""
         if not hasattr(self, "sum_weights_"):
             raise StageInputError("TrainWeightBalancer is not fitted: call partial_fit first")
         scale = np.zeros_like(self.sum_weights_)
@@ -127,7 +137,7 @@ class TrainWeightBalancer:
             n_split = self.counts_[s].sum()
             if n_split == 0:
                 continue
-            for c, cls in CLASS_NAMES.items():
+            for c, cls in enumerate(self.class_names):
                 total = self.sum_weights_[s, c]
                 if self.counts_[s, c] == 0 or not total > 0:
                     raise StageInputError(
@@ -135,7 +145,7 @@ class TrainWeightBalancer:
                         f"{total:g} (negative-weight policy {self.negative_weights!r}): the classes "
                         "cannot be balanced; give more events, other split fractions, or "
                         "prepare.negative_weights = 'abs' or 'zero'")
-                scale[s, c] = (n_split / 2.0) / total
+                scale[s, c] = (n_split / float(len(self.class_names))) / total
         self.scale_ = scale
         return scale
 
@@ -152,5 +162,5 @@ class TrainWeightBalancer:
             self.finalize()
         return {split: {cls: {"rows": int(self.counts_[s, c]), "sum_weight": float(self.sum_weights_[s, c]),
                               "scale": float(self.scale_[s, c])}
-                        for c, cls in CLASS_NAMES.items()}
+                        for c, cls in enumerate(self.class_names)}
                 for s, split in enumerate(SPLIT_NAMES)}
