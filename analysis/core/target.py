@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from analysis.errors import StageInputError
 
@@ -55,6 +55,10 @@ class TargetConfig(StrictModel):
     columns: list[str] = []
     transform: Literal["none", "log", "ratio"] = "none"  # ratio: column / ratio_to
     ratio_to: str | None = None
+    # regression loss of both models, on the standardised targets: squared error, or the
+    # pseudo-Huber loss (quadratic within huber_delta standard deviations, then linear)
+    loss: Literal["squared", "huber"] = "squared"
+    huber_delta: float = Field(1.0, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> TargetConfig:

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from analysis.core.features import feature_differences
 from analysis.core.io import read_json
 from analysis.core.prepared import PreparedListing, read_prepared_listing
+from analysis.core.target import Target
 from analysis.errors import StageInputError
 
 __all__ = ["LABEL", "TRAIN_WEIGHT", "PreparedSplits", "SplitFiles", "inspect_prepared",
@@ -48,6 +49,8 @@ class SplitFiles:
     negative_weight_rows : int
         Rows with ``train_weight < 0`` (NLO samples kept signed by
         ``prepare.negative_weights = "keep"``).
+    class_rows : list of int
+        Rows per class of the target (binary: background, signal; a regression: all rows).
     """
 
     name: str
@@ -57,6 +60,7 @@ class SplitFiles:
     signal_rows: int
     background_rows: int
     negative_weight_rows: int = 0
+    class_rows: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -68,6 +72,7 @@ class PreparedSplits:
     features: list[str]
     splits: dict[str, SplitFiles] = field(default_factory=dict)
     fingerprint: str | None = None  # the prepared manifest's: a model records what it learnt from
+    target: Target = field(default_factory=Target)  # what the folder was prepared for (stats.json)
 
     def split(self, name: str) -> SplitFiles:
         return self.splits[name]
@@ -117,13 +122,16 @@ def _check_features(root: Path, stats: dict, features: list[str] | None) -> list
     return order
 
 
-def _inspect_split(listing: PreparedListing, name: str, features: list[str]) -> SplitFiles | None:
+def _inspect_split(listing: PreparedListing, name: str, features: list[str], target: Target) -> SplitFiles | None:
     files = listing.files(name)
     if not files:
         return None
     expected = listing.rows(name)
-    needed = [*features, LABEL, TRAIN_WEIGHT]
-    rows = row_groups = signal = background = negative = 0
+    needed = [*features, *target.columns, TRAIN_WEIGHT]
+    # Classes are counted from the label (binary) or class column; a regression has one.
+    counted = target.columns[0] if target.kind != "regression" else None
+    rows = row_groups = negative = 0
+    class_rows = np.zeros(target.n_classes, dtype=np.int64)
     for path in files:
         try:
             meta = pq.ParquetFile(path)
@@ -142,15 +150,21 @@ def _inspect_split(listing: PreparedListing, name: str, features: list[str]) -> 
         row_groups += meta.num_row_groups
         # train_weight only where the statistics allow a negative one: one read either way.
         check_weights = _may_have_negative(meta, TRAIN_WEIGHT)
-        table = meta.read(columns=[LABEL, TRAIN_WEIGHT] if check_weights else [LABEL])
-        labels = table.column(LABEL).to_numpy()
-        signal += int(np.count_nonzero(labels == 1))
-        background += int(np.count_nonzero(labels == 0))
+        columns = [c for c in (counted, TRAIN_WEIGHT if check_weights else None) if c]
+        table = meta.read(columns=columns) if columns else None
+        if counted is None:
+            class_rows[0] += meta.metadata.num_rows
+        else:
+            values = table.column(counted).to_numpy().astype(np.int64)
+            class_rows += np.bincount(values[(values >= 0) & (values < target.n_classes)],
+                                      minlength=target.n_classes)
         if check_weights:
             negative += int(np.count_nonzero(table.column(TRAIN_WEIGHT).to_numpy() < 0))
+    binary = target.kind == "binary"
     return SplitFiles(name=name, files=files, rows=rows, row_groups=row_groups,
-                      signal_rows=signal, background_rows=background,
-                      negative_weight_rows=negative)
+                      signal_rows=int(class_rows[1]) if binary else 0,
+                      background_rows=int(class_rows[0]) if binary else 0,
+                      negative_weight_rows=negative, class_rows=class_rows.tolist())
 
 
 def _may_have_negative(handle: pq.ParquetFile, column: str) -> bool:
@@ -195,9 +209,11 @@ def inspect_prepared(prep_dir: str | Path, features: list[str] | None) -> Prepar
     stats = _read_stats(root)
     listing = read_prepared_listing(root)
     order = _check_features(root, stats, features)
-    prepared = PreparedSplits(root=root, stats=stats, features=order, fingerprint=listing.fingerprint)
+    target = Target.from_stats(stats, where=str(root / "stats.json"))
+    prepared = PreparedSplits(root=root, stats=stats, features=order, fingerprint=listing.fingerprint,
+                              target=target)
     for name in (*REQUIRED_SPLITS, *OPTIONAL_SPLITS):
-        split = _inspect_split(listing, name, order)
+        split = _inspect_split(listing, name, order, target)
         if split is None:
             if name in REQUIRED_SPLITS:
                 present = [s for s in (*REQUIRED_SPLITS, *OPTIONAL_SPLITS) if listing.has_split(s)]
@@ -206,7 +222,13 @@ def inspect_prepared(prep_dir: str | Path, features: list[str] | None) -> Prepar
                     f"files; found splits: {', '.join(present) or 'none'}); training needs train and val: "
                     f"re-run `hepprep prepare` with a non-zero {name} fraction in --split")
             continue
-        if name in REQUIRED_SPLITS:
+        if name in REQUIRED_SPLITS and target.kind == "multiclass":
+            empty = [c for c, n in zip(target.class_names, split.class_rows) if n == 0]
+            if empty:
+                raise StageInputError(f"{root / name}: no rows of class {', '.join(empty)} among {split.rows} "
+                                      "rows; every class needs training and validation rows: check "
+                                      "target.classes and that the skim selected their events")
+        if name in REQUIRED_SPLITS and target.kind == "binary":
             for what, count, label in (("signal", split.signal_rows, 1),
                                        ("background", split.background_rows, 0)):
                 if count == 0:

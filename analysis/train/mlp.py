@@ -1,7 +1,9 @@
 """Training stage (MLP): a PyTorch network trained from streamed Parquet, with checkpoint and resume.
 
 Weighted binary cross entropy on `train_weight` (each event's loss times its weight, so
-the classes count equally and background is scaled, never dropped), AdamW, a learning
+the classes count equally and background is scaled, never dropped) — or, for the other
+targets, weighted soft-max cross entropy over the classes, or the weighted squared /
+Huber error of the standardised regression targets — AdamW, a learning
 rate halved when the validation loss stalls, early stopping on the weighted validation
 loss. Every epoch ends with a checkpoint holding everything the next epoch depends on —
 network, optimiser, scheduler, gradient scaler, RNG state, history, best weights — so
@@ -24,6 +26,7 @@ from analysis.config import Config
 from analysis.core.io import atomic_file
 from analysis.core.optional import optional_import
 from analysis.core.progress import progress_bar, stage_console
+from analysis.core.target import Target, TargetConfig
 from analysis.errors import StageInputError
 from analysis.train.inputs import PreparedSplits
 from analysis.train.networks import build_mlp, impute_missing
@@ -49,9 +52,12 @@ def run_key(config: Config, features: list[str], prepared: PreparedSplits) -> di
     params = config.train.mlp.model_dump()
     for key in _RESUMABLE_CHANGES:
         params.pop(key)
-    return {"params": params, "features": features,
-            "train_files": [p.name for p in prepared.split("train").files],
-            "train_rows": prepared.split("train").rows}
+    key = {"params": params, "features": features,
+           "train_files": [p.name for p in prepared.split("train").files],
+           "train_rows": prepared.split("train").rows}
+    if prepared.target.kind != "binary":  # binary checkpoints keep the key they always had
+        key["target"] = {**prepared.target.stats_record(), "loss": config.target.model_dump()}
+    return key
 
 
 def load_checkpoint(path: Path, key: dict) -> dict:
@@ -95,25 +101,44 @@ def load_checkpoint(path: Path, key: dict) -> dict:
     return state
 
 
-def _epoch_loss(net, loader, device, *, optimiser=None, scaler=None, amp=False, on_batch=None):
-    """One pass: weighted BCE summed over events; trains when an optimiser is given.
+def _loss_function(target: Target, loss: TargetConfig):
+    """Per-event loss of (network outputs, targets), and the scores kept for validation."""
+    import torch
+
+    if target.kind == "multiclass":
+        cross_entropy = torch.nn.CrossEntropyLoss(reduction="none")
+        return (lambda out, y: cross_entropy(out, y.long())), (lambda out: torch.softmax(out, dim=1))
+    if target.kind == "regression":
+        per_value = (torch.nn.HuberLoss(reduction="none", delta=loss.huber_delta) if loss.loss == "huber"
+                     else torch.nn.MSELoss(reduction="none"))
+        return (lambda out, y: per_value(out, y.reshape(out.shape)).sum(dim=1)), (lambda out: out)
+    bce = torch.nn.BCEWithLogitsLoss(reduction="none")
+    return (lambda out, y: bce(out[:, 0], y)), (lambda out: torch.sigmoid(out[:, 0]))
+
+
+def _epoch_loss(net, loader, device, *, target: Target, loss: TargetConfig, n_features: int,
+                optimiser=None, scaler=None, amp=False, on_batch=None):
+    """One pass: the weighted loss summed over events; trains when an optimiser is given.
 
     Returns (sum of w*loss, sum of w, scores, labels, weights) with scores only when evaluating.
     """
     import torch
 
-    bce = torch.nn.BCEWithLogitsLoss(reduction="none")
+    from analysis.train.stream import split_targets
+
+    per_event_loss, score = _loss_function(target, loss)
     # Accumulated on the device: reading a GPU scalar every batch would stall the pipeline.
     total = torch.zeros((), dtype=torch.float64, device=device)
     total_w = torch.zeros((), dtype=torch.float64, device=device)
     keep = optimiser is None
     scores, labels, weights = [], [], []
     for x, y, w in loader:
+        x, y = split_targets(x, y, n_features)
         x, y, w = (t.to(device, non_blocking=True) for t in (x, y, w))
         x = impute_missing(x)
         with torch.autocast(device_type=device, dtype=torch.float16, enabled=amp):
-            logits = net(x)[:, 0]
-        per_event = bce(logits.float(), y) * w
+            logits = net(x)
+        per_event = per_event_loss(logits.float(), y) * w
         if optimiser is not None:
             # mean(w * loss) estimates the weighted mean loss: train_weight has mean 1.
             optimiser.zero_grad(set_to_none=True)
@@ -123,12 +148,32 @@ def _epoch_loss(net, loader, device, *, optimiser=None, scaler=None, amp=False, 
         total += per_event.detach().sum().double()
         total_w += w.sum().double()
         if keep:
-            scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+            scores.append(score(logits.float()).cpu().numpy())
             labels.append(y.cpu().numpy())
             weights.append(w.cpu().numpy())
         if on_batch is not None:
             on_batch(len(y))
     return float(total), float(total_w), scores, labels, weights
+
+
+_VAL_METRIC = {"binary": "val_auc", "multiclass": "val_accuracy", "regression": "val_rmse"}
+
+
+def _val_metric(target: Target, labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> float:
+    """The validation curve beside the loss: AUC, accuracy, or RMSE of the standardised targets.
+
+    Weighted by |train_weight|, as evaluation's ROC takes signed NLO weights: with negative
+    weights the weighted ROC need not be monotonic and has no area.
+    """
+    w = np.abs(weights)
+    if target.kind == "multiclass":
+        return float(np.sum(w * (scores.argmax(axis=1) == labels)) / np.sum(w))
+    if target.kind == "regression":
+        squared = ((scores - labels.reshape(scores.shape)) ** 2).sum(axis=1)
+        return float(np.sqrt(np.sum(w * squared) / np.sum(w)))
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores, sample_weight=w))
 
 
 def train_mlp(prepared: PreparedSplits, out: Path, config: Config, *, device: str,
@@ -166,28 +211,30 @@ def train_mlp(prepared: PreparedSplits, out: Path, config: Config, *, device: st
 
 def _train(torch, prepared: PreparedSplits, out: Path, config: Config, *, device: str,
            resume: bool, progress: bool) -> dict:
-    from sklearn.metrics import roc_auc_score
-
     from analysis.train.stream import BatchLoader, ParquetBatchStream
 
     cfg = config.train.mlp
     console = stage_console(quiet=not progress)
     features = prepared.features
+    target = prepared.target
     train, val = prepared.split("train"), prepared.split("val")
     amp = device == "cuda"
     torch.manual_seed(cfg.seed)
     train_stream = ParquetBatchStream(train.files, features, batch_size=cfg.batch_size,
                                       shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
-                                      as_numpy=True, read_threads=cfg.read_threads)
+                                      as_numpy=True, read_threads=cfg.read_threads, targets=target.columns)
     val_stream = ParquetBatchStream(val.files, features, batch_size=_VAL_BATCH,
-                                    shuffle_buffer=_VAL_BATCH, shuffle=False)
+                                    shuffle_buffer=_VAL_BATCH, shuffle=False, targets=target.columns)
     loader = BatchLoader(train_stream, num_workers=cfg.num_workers)
-    net = build_mlp(len(features), hidden=cfg.hidden, dropout=cfg.dropout).to(device)
+    net = build_mlp(len(features), hidden=cfg.hidden, dropout=cfg.dropout,
+                    n_outputs=target.n_outputs).to(device)
+    passes = {"target": target, "loss": config.target, "n_features": len(features)}
+    metric = _VAL_METRIC[target.kind]
     optimiser = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimiser, factor=cfg.lr_decay_factor, patience=cfg.lr_decay_patience)
     scaler = torch.amp.GradScaler(device, enabled=amp)
-    history = {"epoch": [], "train_loss": [], "val_loss": [], "val_auc": [], "lr": [], "seconds": []}
+    history = {"epoch": [], "train_loss": [], "val_loss": [], metric: [], "lr": [], "seconds": []}
     best = {"loss": math.inf, "epoch": -1, "state": None}
     start_epoch, bad_epochs, stopped = 0, 0, False
     key = run_key(config, features, prepared)
@@ -222,15 +269,14 @@ def _train(torch, prepared: PreparedSplits, out: Path, config: Config, *, device
             net.train()
             loss_sum, w_sum, *_ = _epoch_loss(net, loader, device, optimiser=optimiser,
                                               scaler=scaler, amp=amp,
-                                              on_batch=lambda n: bars.advance(task, n))
+                                              on_batch=lambda n: bars.advance(task, n), **passes)
             net.eval()
             with torch.no_grad():
-                vloss_sum, vw_sum, scores, labels, weights = _epoch_loss(net, val_stream, device, amp=amp)
+                vloss_sum, vw_sum, scores, labels, weights = _epoch_loss(net, val_stream, device, amp=amp,
+                                                                         **passes)
             val_loss = vloss_sum / vw_sum
-            # |train_weight|, as evaluation's ROC takes signed NLO weights: with negative
-            # weights the weighted ROC need not be monotonic and has no area.
-            val_auc = float(roc_auc_score(np.concatenate(labels), np.concatenate(scores),
-                                          sample_weight=np.abs(np.concatenate(weights))))
+            val_metric = _val_metric(target, np.concatenate(labels), np.concatenate(scores),
+                                     np.concatenate(weights))
             scheduler.step(val_loss)
             if val_loss < best["loss"]:
                 best = {"loss": val_loss, "epoch": epoch,
@@ -240,11 +286,11 @@ def _train(torch, prepared: PreparedSplits, out: Path, config: Config, *, device
                 bad_epochs += 1
             stopped = bad_epochs >= cfg.patience
             for name, value in (("epoch", epoch), ("train_loss", loss_sum / w_sum),
-                                ("val_loss", val_loss), ("val_auc", val_auc),
+                                ("val_loss", val_loss), (metric, val_metric),
                                 ("lr", optimiser.param_groups[0]["lr"]),
                                 ("seconds", time.perf_counter() - t0)):
                 history[name].append(value)
-            bars.update(task, description=f"mlp epoch {epoch}: val loss {val_loss:.4f} AUC {val_auc:.4f}")
+            bars.update(task, description=f"mlp epoch {epoch}: val loss {val_loss:.4f} {metric} {val_metric:.4f}")
             save_checkpoint(ckpt_path, {
                 "run_key": key, "epoch": epoch, "stopped": stopped, "bad_epochs": bad_epochs,
                 "model": net.state_dict(), "optimiser": optimiser.state_dict(),
@@ -267,11 +313,12 @@ def _train(torch, prepared: PreparedSplits, out: Path, config: Config, *, device
         "mixed_precision": amp,
         "params": copy.deepcopy(config.train.mlp.model_dump()),
         "n_features": len(features),
+        "n_outputs": target.n_outputs,
         "best_epoch": best["epoch"],
         "epochs_run": len(history["epoch"]),
         "stopped_early": bool(stopped),
         "best_val_loss": best["loss"],
-        "best_val_auc": history["val_auc"][history["epoch"].index(best["epoch"])],
+        f"best_{metric}": history[metric][history["epoch"].index(best["epoch"])],
         "train_seconds": round(sum(history["seconds"]), 3),
         "train_rows": train.rows,
         "val_rows": val.rows,

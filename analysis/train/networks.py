@@ -28,8 +28,8 @@ def impute_missing(x):
     return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def build_mlp(n_features: int, *, hidden: list[int], dropout: float = 0.0):
-    """A feed-forward classifier: Linear-ReLU(-Dropout) blocks, then one logit.
+def build_mlp(n_features: int, *, hidden: list[int], dropout: float = 0.0, n_outputs: int = 1):
+    """A feed-forward network: Linear-ReLU(-Dropout) blocks, then ``n_outputs`` outputs.
 
     Parameters
     ----------
@@ -39,12 +39,14 @@ def build_mlp(n_features: int, *, hidden: list[int], dropout: float = 0.0):
         Widths of the hidden layers (default config: 64, 128, 64).
     dropout : float
         Dropout probability after each hidden layer (0 disables it).
+    n_outputs : int
+        One logit (binary), one logit per class (soft-max), one value per regressed column.
 
     Returns
     -------
     torch.nn.Sequential
-        Maps float32 ``(batch, n_features)`` to logits ``(batch, 1)``; the signal score is
-        ``sigmoid(logit)``.
+        Maps float32 ``(batch, n_features)`` to ``(batch, n_outputs)``; for the binary
+        label the signal score is ``sigmoid(logit)``.
     """
     torch = optional_import("torch", purpose="the mlp model")
     nn = torch.nn
@@ -55,5 +57,5 @@ def build_mlp(n_features: int, *, hidden: list[int], dropout: float = 0.0):
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         width = size
-    layers.append(nn.Linear(width, 1))
+    layers.append(nn.Linear(width, n_outputs))
     return nn.Sequential(*layers)

@@ -16,6 +16,7 @@ import numpy as np
 
 from analysis.core.io import read_json
 from analysis.core.standardise import Standardisation
+from analysis.core.target import Target
 from analysis.errors import StageInputError
 from analysis.train.model_dir import MODEL_INFO
 
@@ -95,8 +96,19 @@ class TrainedModel:
     booster: Any = None
     network: Any = field(default=None, repr=False)
 
+    @property
+    def target(self) -> Target:
+        """What the model predicts (the prepared stats.json's target; binary when it has none)."""
+        return Target.from_stats(self.stats, where=str(self.path / "stats.json"))
+
     def predict(self, table: Any, *, standardised: bool) -> np.ndarray:
-        """Signal scores in [0, 1], one per row of ``table``.
+        """The model's answer for each row of ``table``.
+
+        Binary: the signal score in [0, 1], shape (rows,). Multi-class: the class
+        probabilities, (rows, classes) in stats.json's class order. Regression: the
+        prediction in the units of the regressed skim column (standardisation and
+        transform undone), (rows,) for one column, else (rows, columns); a ``ratio``
+        target needs its ``ratio_to`` column in ``table``.
 
         Parameters
         ----------
@@ -108,24 +120,43 @@ class TrainedModel:
 
         Returns
         -------
-        ndarray of float64, shape (rows,)
+        ndarray of float64
         """
         matrix = _feature_matrix(table, self.features, self.path)
         x = (matrix.astype(np.float32) if standardised
              else standardise(matrix, self.features, self.stats))
+        target = self.target
+        outputs = self._outputs(x, target)
+        if target.kind != "regression":
+            return outputs
+        ratio_to = None
+        if target.ratio_to is not None:
+            ratio_to = _feature_matrix(table, [target.ratio_to], self.path)[:, 0]
+            if standardised and target.ratio_to in self.features:  # prepared rows: back to raw
+                stats = self.stats["features"][target.ratio_to]
+                ratio_to = ratio_to * stats["std"] + stats["mean"]
+        values = target.to_physical(outputs.reshape(len(x), -1), ratio_to)
+        return values[:, 0] if values.shape[1] == 1 else values
+
+    def _outputs(self, x: np.ndarray, target: Target) -> np.ndarray:
+        """Probabilities (binary: of the signal), or standardised regression values."""
         if self.kind == "xgboost":
             import xgboost as xgb
             return self.booster.predict(xgb.DMatrix(x, feature_names=self.features)).astype(np.float64)
         import torch
 
         from analysis.train.networks import impute_missing
-        scores = np.empty(len(x), dtype=np.float64)
+        width = 1 if target.kind == "binary" else target.n_outputs
+        out = np.empty((len(x), width), dtype=np.float64)
         with torch.no_grad():
             for start in range(0, len(x), _PREDICT_ROWS):
-                batch = impute_missing(torch.from_numpy(x[start:start + _PREDICT_ROWS]))
-                logits = self.network(batch)
-                scores[start:start + len(logits)] = torch.sigmoid(logits[:, 0]).double().numpy()
-        return scores
+                logits = self.network(impute_missing(torch.from_numpy(x[start:start + _PREDICT_ROWS])))
+                if target.kind == "binary":
+                    logits = torch.sigmoid(logits[:, :1])
+                elif target.kind == "multiclass":
+                    logits = torch.softmax(logits, dim=1)
+                out[start:start + len(logits)] = logits.double().numpy()
+        return out[:, 0] if target.kind == "binary" else out
 
 
 def load_model(model_dir: str | Path) -> TrainedModel:
@@ -192,7 +223,8 @@ def _load_network(path: Path, info: dict, features: list[str], retrain: str) -> 
     torch = optional_import("torch", purpose="the mlp model")
     params = info.get("params")
     try:
-        net = build_mlp(len(features), hidden=list(params["hidden"]), dropout=float(params["dropout"]))
+        net = build_mlp(len(features), hidden=list(params["hidden"]), dropout=float(params["dropout"]),
+                        n_outputs=int(info.get("n_outputs", 1)))
     except (TypeError, KeyError, ValueError):
         raise StageInputError(f"{path / MODEL_INFO}: no usable network shape (params.hidden, "
                               f"params.dropout){retrain}") from None

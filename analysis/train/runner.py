@@ -91,5 +91,9 @@ def run_train(prep_dir: str | Path, out_dir: str | Path, config: Config, *,
     info = {**result["info"], "prepared_dir": str(prepared_dir),
             "prepared_fingerprint": prepared.fingerprint, "features": prepared.features,
             "provenance": provenance}
+    if prepared.target.kind != "binary":  # absent: the binary label (model folders before targets)
+        info["target"] = prepared.target.stats_record()
+        if prepared.target.kind == "regression":
+            info["target"]["loss"] = config.target.loss
     return finish_model_dir(out, features=prepared.features, stats=prepared.stats,
                             history=result["history"], info=info)

@@ -29,7 +29,7 @@ from analysis.train.stream_buffer import RowGroupShuffleBuffer, as_rows, cut_bat
 torch = optional_import("torch", purpose="the mlp model's streaming loader")
 
 __all__ = ["BatchLoader", "ParquetBatchStream", "read_ahead", "round_robin_threads",
-           "row_group_units"]
+           "row_group_units", "split_targets"]
 
 # Rows read from Parquet at a time (also capped by the buffer size): bounds the memory
 # taken besides the buffer. Above prepare's default row group (100k rows), so a whole
@@ -130,6 +130,11 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
         Threads that read and shuffle a shuffled stream in this process, each with its
         share of the row groups and of the buffer (``shuffle_buffer // read_threads``
         rows). In a DataLoader worker the stream uses one.
+    targets : sequence of str
+        The target columns (default the binary ``label``; a multi-class target's
+        ``class``; a regression's standardised targets). With K > 1 columns the first
+        K - 1 ride in ``x`` after the features and the last is ``y``: the rows keep one
+        layout however many targets there are (`split_targets` takes them apart).
 
     Attributes
     ----------
@@ -155,12 +160,14 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
 
     def __init__(self, files: Sequence[str | Path], features: list[str], *, batch_size: int,
                  shuffle_buffer: int, shuffle: bool = True, seed: int = 0,
-                 as_numpy: bool = False, read_threads: int = 2):
+                 as_numpy: bool = False, read_threads: int = 2, targets: Sequence[str] = (LABEL,)):
         if batch_size <= 0 or shuffle_buffer <= 0:
             raise ValueError(f"batch_size ({batch_size}) and shuffle_buffer ({shuffle_buffer}) "
                              f"must be > 0")
         self.files = [Path(f) for f in files]
         self.features = list(features)
+        self.targets = list(targets)
+        self._width = len(self.features) + len(self.targets) - 1  # x columns of a row block
         self.batch_size = batch_size
         self.shuffle_buffer = shuffle_buffer
         self.shuffle = shuffle
@@ -195,8 +202,8 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
         with each block before it asks for the ``reuse - 1``-th next: on a virtual machine
         each fresh page of a new block costs a fault, which is more than filling it.
         """
-        columns = [*self.features, LABEL, TRAIN_WEIGHT]
-        nf = len(self.features)
+        columns = [*self.features, *self.targets, TRAIN_WEIGHT]
+        nf = self._width
         ring = [np.empty((chunk, nf + 2), dtype=np.float32) for _ in range(reuse)]
         count = 0
         open_file, handle = None, None
@@ -249,7 +256,7 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
                       peaks: list[int], slot: int):
         """Shuffled blocks of ``units`` through a buffer of ``capacity`` rows; its peak into ``peaks[slot]``."""
         buffer = RowGroupShuffleBuffer(max(1, min(capacity, sum(u[2] for u in units))),
-                                       len(self.features), rng)
+                                       self._width, rng)
         chunk = min(buffer.capacity, _READ_ROWS)
         # Once the buffer is full, incoming rows are exchanged half a buffer at a time
         # for rows drawn uniformly from those held: one gather per half buffer, not per
@@ -276,6 +283,14 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
         chunk = min(self.batch_size * 16, _READ_ROWS)
         threads = torch.utils.data.get_worker_info() is None
         yield from read_ahead(self._read(units, chunk, threads=threads))
+
+
+def split_targets(x, y, n_features: int):
+    """``(features, targets)`` of a batch: targets ``(batch,)`` for one target column,
+    ``(batch, K)`` when the stream carries K (`ParquetBatchStream` ``targets``)."""
+    if x.shape[1] == n_features:
+        return x, y
+    return x[:, :n_features], torch.cat([x[:, n_features:], y[:, None]], dim=1)
 
 
 def _keep_as_is(batch):

@@ -5,7 +5,9 @@ workers (only the feature, label and train_weight columns), `DaskQuantileDMatrix
 the histogram bins there, and the validation matrix reuses the training quantiles
 (``ref=``) so both are binned alike. Early stopping watches the weighted validation
 log-loss and keeps the best iteration only (``save_best``), so every consumer of
-`model.json` gets the early-stopped model without knowing the best round.
+`model.json` gets the early-stopped model without knowing the best round. The objective and the metric follow
+the prepared target: binary log-loss, multi-class soft-max log-loss, or a regression's
+squared or pseudo-Huber error on the standardised targets.
 """
 
 from __future__ import annotations
@@ -20,18 +22,37 @@ from analysis.config import ClusterConfig, Config, XGBoostConfig
 from analysis.core.cluster import dask_client, describe_cluster, resolve_scheduler
 from analysis.core.io import write_bytes_atomic
 from analysis.core.progress import stage_console
+from analysis.core.target import Target, TargetConfig
 from analysis.errors import StageInputError
-from analysis.train.inputs import LABEL, TRAIN_WEIGHT, PreparedSplits, row_group_units
+from analysis.train.inputs import TRAIN_WEIGHT, PreparedSplits, row_group_units
 from analysis.train.model_dir import cuda_gpu_count
 
-__all__ = ["EARLY_STOPPING_METRIC", "local_gpu_workers", "plan_partitions", "read_split_dask",
-           "train_xgboost", "training_client", "xgboost_params"]
+__all__ = ["EARLY_STOPPING_METRIC", "early_stopping_metric", "local_gpu_workers", "plan_partitions",
+           "read_split_dask", "train_xgboost", "training_client", "xgboost_params"]
 
 # Last in eval_metric, so it is the one early stopping watches (xgboost's rule).
 EARLY_STOPPING_METRIC = "logloss"
 
 
-def xgboost_params(cfg: XGBoostConfig, *, device: str) -> dict:
+def _objective(target: Target, loss: TargetConfig) -> dict:
+    """Objective and metrics (the early-stopping one last) of a target."""
+    if target.kind == "multiclass":
+        return {"objective": "multi:softprob", "num_class": target.n_classes, "eval_metric": ["merror", "mlogloss"]}
+    if target.kind == "regression":
+        if loss.loss == "huber":
+            return {"objective": "reg:pseudohubererror", "huber_slope": loss.huber_delta,
+                    "eval_metric": ["rmse", "mphe"]}
+        return {"objective": "reg:squarederror", "eval_metric": ["rmse"]}
+    return {"objective": "binary:logistic", "eval_metric": ["auc", EARLY_STOPPING_METRIC]}
+
+
+def early_stopping_metric(params: dict) -> str:
+    """The metric early stopping watches: the last of ``eval_metric``."""
+    return params["eval_metric"][-1]
+
+
+def xgboost_params(cfg: XGBoostConfig, *, device: str, target: Target | None = None,
+                   loss: TargetConfig | None = None) -> dict:
     """Booster parameters for ``xgboost.train`` / ``xgboost.dask.train`` from the config.
 
     Parameters
@@ -40,10 +61,13 @@ def xgboost_params(cfg: XGBoostConfig, *, device: str) -> dict:
         ``config.train.xgboost``.
     device : str
         ``cpu`` or ``cuda`` (already resolved).
+    target : Target or None
+        What the prepared folder holds (None: the binary label).
+    loss : TargetConfig or None
+        ``config.target``: the regression loss.
     """
     return {
-        "objective": "binary:logistic",
-        "eval_metric": ["auc", EARLY_STOPPING_METRIC],
+        **_objective(target or Target(), loss or TargetConfig()),
         "tree_method": cfg.tree_method,
         "device": device,
         "max_depth": cfg.max_depth,
@@ -92,8 +116,10 @@ def plan_partitions(files: list[Path], n_workers: int, *,
 
 
 def _read_partition(slices: list[tuple[Path, int, int, int]], features: list[str],
-                    negative_weights: str):
+                    negative_weights: str, targets: tuple[str, ...] = ("label",)):
     """``(X, y, w)`` of the row-group slices: X a C-contiguous float32 matrix, as xgboost takes it.
+
+    ``y`` is the one target column ``(rows,)``, or ``(rows, K)`` for K regressed columns.
 
     ``negative_weights`` ``abs`` or ``zero`` makes ``w >= 0`` (xgboost refuses negative
     weights); anything else leaves w as read.
@@ -103,19 +129,20 @@ def _read_partition(slices: list[tuple[Path, int, int, int]], features: list[str
 
     rows = sum(stop - first for _, _, first, stop in slices)
     x = np.empty((rows, len(features)), dtype=np.float32)
-    y = np.empty(rows, dtype=np.float32)
+    y = np.empty((rows, len(targets)), dtype=np.float32)
     w = np.empty(rows, dtype=np.float32)
     files: dict[Path, pq.ParquetFile] = {}
     at = 0
     for path, group, first, stop in slices:
         handle = files.setdefault(path, pq.ParquetFile(path))
-        table = handle.read_row_group(group, columns=[*features, LABEL, TRAIN_WEIGHT])
+        table = handle.read_row_group(group, columns=[*features, *targets, TRAIN_WEIGHT])
         table = table.slice(first, stop - first)
         # Each column goes straight into its rows: one copy, no concatenated table first.
         rows_here = slice(at, at + table.num_rows)
         for j, name in enumerate(features):
             x[rows_here, j] = table.column(name).to_numpy()
-        y[rows_here] = table.column(LABEL).to_numpy()
+        for k, name in enumerate(targets):
+            y[rows_here, k] = table.column(name).to_numpy()
         w[rows_here] = table.column(TRAIN_WEIGHT).to_numpy()
         at += table.num_rows
     # Prepare writes non-finite inputs as NaN (missing); a hand-made file may hold ±inf,
@@ -127,11 +154,11 @@ def _read_partition(slices: list[tuple[Path, int, int, int]], features: list[str
         np.abs(w, out=w)
     elif negative_weights == "zero":
         np.maximum(w, 0, out=w)
-    return x, y, w
+    return x, (y[:, 0] if len(targets) == 1 else y), w
 
 
 def read_split_dask(files: list[Path], features: list[str], *, n_workers: int = 1,
-                    negative_weights: str = "keep"):
+                    negative_weights: str = "keep", targets: tuple[str, ...] = ("label",)):
     """One split as dask arrays with only the columns training reads.
 
     Each partition is a task that reads its row groups (`plan_partitions`) on a worker,
@@ -148,7 +175,9 @@ def read_split_dask(files: list[Path], features: list[str], *, n_workers: int = 
     -------
     (X, y, w)
         X: float32 ``(rows, len(features))`` standardised features in ``features`` order;
-        y: float32 ``(rows,)`` label 0/1; w: float32 ``(rows,)`` train_weight.
+        y: float32 ``(rows,)`` of the target column (label 0/1, class index, standardised
+        regression target) or ``(rows, K)`` for K regressed columns; w: float32 ``(rows,)``
+        train_weight.
     """
     import dask
     import dask.array as da
@@ -156,11 +185,13 @@ def read_split_dask(files: list[Path], features: list[str], *, n_workers: int = 
 
     n = len(features)
     read = dask.delayed(_read_partition, pure=True, nout=3)
-    parts = [(read(part, features, negative_weights), sum(stop - first for _, _, first, stop in part))
+    parts = [(read(part, features, negative_weights, tuple(targets)), sum(stop - first for _, _, first, stop in part))
              for part in plan_partitions(files, n_workers)]
-    return tuple(da.concatenate([da.from_delayed(arrays[k], shape=(rows, n)[:ndim], dtype=np.float32)
+    shapes = ((lambda rows: (rows, n)), (lambda rows: (rows,) if len(targets) == 1 else (rows, len(targets))),
+              (lambda rows: (rows,)))
+    return tuple(da.concatenate([da.from_delayed(arrays[k], shape=shape(rows), dtype=np.float32)
                                  for arrays, rows in parts])
-                 for k, ndim in ((0, 2), (1, 1), (2, 1)))
+                 for k, shape in enumerate(shapes))
 
 
 def local_gpu_workers(cluster: ClusterConfig, scheduler: str | None, device: str) -> str | None:
@@ -223,7 +254,9 @@ def train_xgboost(prepared: PreparedSplits, out: Path, config: Config, *, device
     import xgboost.dask  # noqa: F401 - registers xgb.dask
 
     cfg = config.train.xgboost
-    params = xgboost_params(cfg, device=device)
+    target = prepared.target
+    params = xgboost_params(cfg, device=device, target=target, loss=config.target)
+    metric = early_stopping_metric(params)
     console = stage_console(quiet=not progress)
     plan = local_gpu_workers(config.cluster, scheduler, device)
     where = {"dask_cuda": "local GPU workers (dask_cuda, one per GPU)",
@@ -246,9 +279,9 @@ def train_xgboost(prepared: PreparedSplits, out: Path, config: Config, *, device
     with training_client(config.cluster, scheduler, device) as client:
         n_workers = len(client.nthreads())
         x, y, w = read_split_dask(train.files, prepared.features, n_workers=n_workers,
-                                  negative_weights=cfg.negative_weights)
+                                  negative_weights=cfg.negative_weights, targets=target.columns)
         xv, yv, wv = read_split_dask(val.files, prepared.features, n_workers=n_workers,
-                                     negative_weights=cfg.negative_weights)
+                                     negative_weights=cfg.negative_weights, targets=target.columns)
         dtrain = xgb.dask.DaskQuantileDMatrix(client, x, y, weight=w,
                                               feature_names=prepared.features)
         dval = xgb.dask.DaskQuantileDMatrix(client, xv, yv, weight=wv, ref=dtrain,
@@ -262,10 +295,10 @@ def train_xgboost(prepared: PreparedSplits, out: Path, config: Config, *, device
             client, x_curve, y[::step], weight=w[::step], ref=dtrain,
             feature_names=prepared.features)
         stopper = xgb.callback.EarlyStopping(rounds=cfg.early_stopping_rounds,
-                                             metric_name=EARLY_STOPPING_METRIC,
+                                             metric_name=metric,
                                              data_name="val", save_best=True)
         with console.status(f"boosting up to {cfg.num_boost_round} rounds "
-                            f"(early stopping after {cfg.early_stopping_rounds} on val {EARLY_STOPPING_METRIC})"):
+                            f"(early stopping after {cfg.early_stopping_rounds} on val {metric})"):
             result = xgb.dask.train(client, params, dtrain, num_boost_round=cfg.num_boost_round,
                                     evals=[(dcurve, "train"), (dval, "val")],
                                     callbacks=[stopper], verbose_eval=False)
@@ -273,7 +306,7 @@ def train_xgboost(prepared: PreparedSplits, out: Path, config: Config, *, device
     booster = result["booster"]
     history = {split: {metric: [float(v) for v in values] for metric, values in metrics.items()}
                for split, metrics in result["history"].items()}
-    val_loss = history["val"][EARLY_STOPPING_METRIC]
+    val_loss = history["val"][metric]
     best = min(range(len(val_loss)), key=val_loss.__getitem__)
     # save_raw gives the bytes save_model would write; written through the one atomic write.
     write_bytes_atomic(out / "model.json", bytes(booster.save_raw("json")))
@@ -285,8 +318,8 @@ def train_xgboost(prepared: PreparedSplits, out: Path, config: Config, *, device
         "best_iteration": best,
         "rounds_run": len(val_loss),
         "n_trees": booster.num_boosted_rounds(),
-        "best_val_logloss": val_loss[best],
-        "best_val_auc": history["val"]["auc"][best],
+        f"best_val_{metric}": val_loss[best],
+        **({"best_val_auc": history["val"]["auc"][best]} if target.kind == "binary" else {}),
         "train_seconds": round(seconds, 3),
         "train_rows": train.rows,
         "val_rows": val.rows,
@@ -298,6 +331,7 @@ def train_xgboost(prepared: PreparedSplits, out: Path, config: Config, *, device
         "cluster": where,
         "xgboost_version": xgb.__version__,
     }
-    console.print(f"xgboost: best round {best} of {len(val_loss)}, val logloss {val_loss[best]:.4f}, "
-                  f"val AUC (train_weight) {info['best_val_auc']:.4f}, {seconds:.1f} s")
+    auc = f"val AUC (train_weight) {info['best_val_auc']:.4f}, " if target.kind == "binary" else ""
+    console.print(f"xgboost: best round {best} of {len(val_loss)}, val {metric} {val_loss[best]:.4f}, "
+                  f"{auc}{seconds:.1f} s")
     return {"info": info, "history": history}
