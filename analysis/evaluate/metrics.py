@@ -32,6 +32,7 @@ __all__ = [
     "KSResult",
     "ams",
     "ams_scan",
+    "policy_weights",
     "signal_efficiency_at",
     "weighted_ks_2samp",
     "weighted_roc",
@@ -183,7 +184,12 @@ def ams_scan(scores, labels, weights, *, test_fraction: float | tuple[float, flo
                    b_reg=b_reg, yield_scale=scale)
 
 
-def _policy_weights(weights: np.ndarray, policy: NegativeWeights) -> np.ndarray:
+def policy_weights(weights: np.ndarray, policy: NegativeWeights) -> np.ndarray:
+    """The weights a shape metric uses under ``policy`` (module docstring): |w|, w >= 0 or w.
+
+    The one home of the negative-weight policy: the multi-class and regression metrics
+    (`analysis.evaluate.multiclass`, `analysis.evaluate.regression`) call it too.
+    """
     if policy == "abs":
         return np.abs(weights)
     if policy == "zero":
@@ -201,7 +207,7 @@ def weighted_roc(scores, labels, weights, *, negative_weights: NegativeWeights =
     Negative weights follow ``negative_weights`` (module docstring).
     """
     scores, labels, weights = _as_arrays(scores, labels, weights)
-    w = _policy_weights(weights, negative_weights)
+    w = policy_weights(weights, negative_weights)
     fpr, tpr, thresholds = roc_curve(labels, scores, sample_weight=w, drop_intermediate=False)
     if negative_weights == "keep" and (np.any(np.diff(fpr) < 0) or np.any(np.diff(tpr) < 0)):
         raise ValueError("weighted ROC is not monotonic with signed weights (negative-weight "
@@ -218,7 +224,7 @@ def weighted_roc_auc(scores, labels, weights, *, negative_weights: NegativeWeigh
     scores, labels, weights = _as_arrays(scores, labels, weights)
     if negative_weights == "keep":
         weighted_roc(scores, labels, weights, negative_weights="keep")  # raises if non-monotonic
-    w = _policy_weights(weights, negative_weights)
+    w = policy_weights(weights, negative_weights)
     return float(roc_auc_score(labels, scores, sample_weight=w))
 
 
@@ -286,8 +292,8 @@ def weighted_ks_2samp(a, b, *, weights_a=None, weights_b=None,
     """
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
-    wa = np.ones_like(a) if weights_a is None else _policy_weights(np.asarray(weights_a, np.float64).ravel(), negative_weights)
-    wb = np.ones_like(b) if weights_b is None else _policy_weights(np.asarray(weights_b, np.float64).ravel(), negative_weights)
+    wa = np.ones_like(a) if weights_a is None else policy_weights(np.asarray(weights_a, np.float64).ravel(), negative_weights)
+    wb = np.ones_like(b) if weights_b is None else policy_weights(np.asarray(weights_b, np.float64).ravel(), negative_weights)
     if a.size != wa.size or b.size != wb.size:
         raise ValueError(f"weights must match their samples: {a.size} values with {wa.size} weights, "
                          f"{b.size} values with {wb.size} weights")

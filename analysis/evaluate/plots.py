@@ -73,7 +73,9 @@ def save(fig: Figure, path: str | Path, *, dpi: int) -> Path:
 
 
 def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: str | Path, *,
-             working_points=(0.01, 0.1), lumi_fb: float | None = None, dpi: int = 100) -> Path:
+             working_points=(0.01, 0.1), lumi_fb: float | None = None, dpi: int = 100,
+             xlabel: str = "Background efficiency (weighted)",
+             ylabel: str = "Signal efficiency (weighted)") -> Path:
     """ROC curves of several models on one plot (background efficiency on a log axis).
 
     Parameters
@@ -81,6 +83,7 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: s
     curves : mapping of model name to (background efficiency, signal efficiency, AUC)
         From `analysis.evaluate.metrics.weighted_roc` and `weighted_roc_auc`.
     working_points : background efficiencies marked with dotted vertical lines.
+    xlabel, ylabel : axis titles (the one-vs-rest curves of `target_plots` name the classes).
     """
     with style():
         fig = Figure(figsize=(10, 9))
@@ -97,8 +100,8 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: s
         ax.set_xscale("log")
         ax.set_xlim(floor, 1)
         ax.set_ylim(0, 1.05)
-        ax.set_xlabel("Background efficiency (weighted)")
-        ax.set_ylabel("Signal efficiency (weighted)")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
         ax.legend(loc="upper left", fontsize=16)
         hep_label(ax, lumi_fb=lumi_fb)
         fig.tight_layout()
