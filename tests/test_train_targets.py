@@ -100,3 +100,33 @@ def test_mlp_learns_two_regressed_columns_at_once(skim, tmp_path):
         for k, column in enumerate(("gen_sum", "gen_ratio")):
             truth = test.column(column).to_numpy()
             assert np.corrcoef(prediction[:, k], truth)[0, 1] > 0.8, (model, column)
+
+
+def test_evaluate_multiclass_and_regression_models(multiclass_dir, skim, tmp_path):
+    from analysis.evaluate.runner import run_evaluate
+
+    out, config = multiclass_dir
+    models = [out / m for m in ("xgboost", "mlp") if (out / m / "model_info.json").is_file()]
+    if not models:  # run alone: train one here
+        models = [run_train(out / "prep", out / "xgboost", config, model="xgboost", progress=False)]
+    report = run_evaluate(models, out / "prep", tmp_path / "eval_mc", config, progress=False)
+    metrics = read_json(tmp_path / "eval_mc" / "metrics.json", "metrics")
+    assert metrics["target"]["kind"] == "multiclass"
+    for entry in metrics["models"].values():
+        mc = entry["multiclass"]
+        assert set(mc["ovr_auc"]) == {"H", "ZTT", "TT"} and 0.5 < mc["macro_auc"] <= 1.0
+        np.testing.assert_allclose([sum(row) for row in mc["confusion"]["normalised"]], 1.0, rtol=1e-9)
+    page = report.read_text()
+    assert "confusion matrix" in page and "AUC TT vs rest" in page
+
+    reg = _config({"kind": "regression", "columns": ["gen_sum"], "baseline": "m_vis", "eta_column": "tau1_eta"})
+    run_prepare(skim, tmp_path / "prep_reg", reg, progress=False)
+    model = run_train(tmp_path / "prep_reg", tmp_path / "xgb_reg", reg, model="xgboost", progress=False)
+    report = run_evaluate([model], tmp_path / "prep_reg", tmp_path / "eval_reg", reg, progress=False)
+    metrics = read_json(tmp_path / "eval_reg" / "metrics.json", "metrics")
+    r = metrics["models"]["xgb_reg"]["regression"]["gen_sum"]
+    assert r["model"]["median"] == pytest.approx(1.0, abs=0.05)
+    # gen_sum = tau1_pt + tau2_pt is learnt from its inputs; m_vis only loosely follows it.
+    assert r["model"]["resolution"] < r["baseline"]["resolution"] and r["improvement"] > 0.2
+    assert len(r["model"]["vs_eta"]["median"]) > 1
+    assert "Regression performance" in report.read_text()

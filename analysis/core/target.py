@@ -59,6 +59,10 @@ class TargetConfig(StrictModel):
     # pseudo-Huber loss (quadratic within huber_delta standard deviations, then linear)
     loss: Literal["squared", "huber"] = "squared"
     huber_delta: float = Field(1.0, gt=0)
+    # evaluation of a regression: an estimate to compare with (the visible mass for the
+    # di-tau mass, divided by its median response) and the column of the response against η
+    baseline: str | None = None
+    eta_column: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> TargetConfig:

@@ -28,10 +28,12 @@ from analysis.core.provenance import (
     stage_view,
 )
 from analysis.evaluate.input_plots import format_yield
+from analysis.evaluate.target_report import TARGET_GUIDE, target_tables, target_title
 
 __all__ = ["collect_provenance", "evaluation_provenance", "write_report"]
 
-SECTIONS = [("performance", "Classifier performance"), ("overtraining", "Overtraining check"),
+SECTIONS = [("performance", "Classifier performance"), ("regression", "Regression performance"),
+            ("overtraining", "Overtraining check"),
             ("importance", "Feature importance"), ("correlations", "Feature correlations"),
             ("inputs", "Input features"), ("cutflow", "Cutflow")]
 KS_WARNING = 0.05  # KS p-values below this are flagged as a sign of overtraining
@@ -260,11 +262,13 @@ def write_report(out: Path, *, metrics: dict, plots: list[dict], cutflow: pd.Dat
     out = Path(out)
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
              "<title>hepprep evaluation report</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
-             "<h1>hepprep evaluation: H→ττ vs background</h1>",
+             f"<h1>hepprep evaluation: {'H→ττ vs background' if 'target' not in metrics else target_title(metrics)}</h1>",
              f"<p>Prepared directory <code>{_e(metrics['prep_dir'])}</code>; models: "
              f"{_e(', '.join(metrics['models']))}.</p>",
              *(f'<p class="warning"><strong>Warning:</strong> {_e(w)}</p>' for w in metrics.get("warnings", [])),
-             "<h2>Metrics (test split)</h2>", _metrics_table(metrics), _sample_table(metrics)]
+             "<h2>Metrics (test split)</h2>",
+             *([_metrics_table(metrics), _sample_table(metrics)] if "target" not in metrics else [target_tables(metrics)])]
+    guide = {**GUIDE, **TARGET_GUIDE.get(metrics.get("target", {}).get("kind"), {})}
     for key, heading in SECTIONS:
         figures = [p for p in plots if p["section"] == key]
         if key == "cutflow" and cutflow is not None:
@@ -275,7 +279,7 @@ def write_report(out: Path, *, metrics: dict, plots: list[dict], cutflow: pd.Dat
             continue
         # One label (or number) per feature: these need the page width to stay legible.
         layout = "wide" if key in ("importance", "correlations") else "grid"
-        parts += [f"<h2>{heading}</h2>", f"<p>{GUIDE[key]}</p>", f'<div class="{layout}">']
+        parts += [f"<h2>{heading}</h2>", f"<p>{guide[key]}</p>", f'<div class="{layout}">']
         parts += [_figure(out, p) for p in figures]
         parts.append("</div>")
     if not any(p["section"] == "importance" for p in plots):

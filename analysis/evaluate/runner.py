@@ -27,6 +27,7 @@ import pandas as pd
 from analysis.config import Config
 from analysis.core.io import write_json_atomic
 from analysis.core.progress import progress_bar, stage_console
+from analysis.core.target import Target
 from analysis.errors import StageInputError
 from analysis.evaluate.input_plots import (plot_correlation,
                                            plot_cutflow_table, plot_feature)
@@ -37,6 +38,7 @@ from analysis.evaluate.metrics import (ams_scan, signal_efficiency_at, weighted_
 from analysis.evaluate.scoring import (Scorer, Streamed, class_weight_sums,
                                        feature_importance, find_cutflow, split_fractions, stream_events)
 from analysis.evaluate.plots import plot_ams, plot_importance, plot_roc, plot_scores
+from analysis.evaluate.targets import evaluate_target, target_test_columns
 
 __all__ = ["run_evaluate"]
 
@@ -90,9 +92,10 @@ def _model_metrics(scorer: Scorer, scores: np.ndarray, test: pd.DataFrame, strea
 
 def _draw_plots(out: Path, scorers: list[Scorer], metrics: dict[str, dict], test: pd.DataFrame,
                 test_scores: dict[str, np.ndarray], streamed: Streamed, cutflow: pd.DataFrame | None,
-                features: list[str], config: Config, bar) -> list[dict]:
+                features: list[str], config: Config, bar, *, target: Target, prepared) -> list[dict]:
     """Every plot; returns [{"section", "title", "file"}] in report order. Adds the
-    XGBoost importances to ``metrics``."""
+    XGBoost importances to ``metrics`` (and, for a multi-class or regression target, the
+    models' entries themselves)."""
     ev, plot_dir, lumi_fb = config.evaluate, out / "plots", config.lumi_pb / 1000.0
     plot_dir.mkdir(parents=True, exist_ok=True)
     task = bar.add_task("evaluate: plots", total=len(features) + 4 + 2 * len(scorers) + (cutflow is not None))
@@ -102,18 +105,22 @@ def _draw_plots(out: Path, scorers: list[Scorer], metrics: dict[str, dict], test
         plots.append({"section": section, "title": title, "file": str(path.relative_to(out))})
         bar.advance(task)
 
-    add("performance", "ROC curves (weighted, test split)",
-        plot_roc({n: m["_roc"] for n, m in metrics.items()}, plot_dir / "roc.png",
-                 working_points=ev.background_efficiencies, lumi_fb=lumi_fb, dpi=ev.dpi))
-    add("performance", "AMS against the score cut (yields at the full luminosity)",
-        plot_ams({n: m["_scan"] for n, m in metrics.items()}, plot_dir / "ams.png", lumi_fb=lumi_fb, dpi=ev.dpi))
+    if target.kind != "binary":
+        metrics.update(evaluate_target(target, scorers, test, test_scores, prepared, config, plot_dir, add))
+    else:
+        add("performance", "ROC curves (weighted, test split)",
+            plot_roc({n: m["_roc"] for n, m in metrics.items()}, plot_dir / "roc.png",
+                     working_points=ev.background_efficiencies, lumi_fb=lumi_fb, dpi=ev.dpi))
+        add("performance", "AMS against the score cut (yields at the full luminosity)",
+            plot_ams({n: m["_scan"] for n, m in metrics.items()}, plot_dir / "ams.png", lumi_fb=lumi_fb, dpi=ev.dpi))
     train = streamed.scored["train"]
     for scorer in scorers:
         name = scorer.name
-        add("overtraining", f"{name}: score distributions, train vs test",
-            plot_scores(name, (train.scores[name], train.labels, train.weights),
-                        (test_scores[name], test["label"].to_numpy(), test["weight"].to_numpy()),
-                        metrics[name]["_ks"], plot_dir / f"scores_{_slug(name)}.png", dpi=ev.dpi))
+        if target.kind == "binary":
+            add("overtraining", f"{name}: score distributions, train vs test",
+                plot_scores(name, (train.scores[name], train.labels, train.weights),
+                            (test_scores[name], test["label"].to_numpy(), test["weight"].to_numpy()),
+                            metrics[name]["_ks"], plot_dir / f"scores_{_slug(name)}.png", dpi=ev.dpi))
         found = feature_importance(scorer, test, ev.shap_rows)
         if found is None:  # not a tree model
             bar.advance(task)
@@ -190,9 +197,11 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
     scorers = [Scorer(n, m, d, prepared) for n, m, d in zip(names, models, model_dirs)]
     skim = Path(skim_dir) if skim_dir is not None else prepared.skim_dir
     features = prepared.feature_order
+    target = Target.from_stats(prepared.stats, where=str(prepared.path / "stats.json"))
+    binary = target.kind == "binary"
     sums = class_weight_sums(prepared)
-    fractions = {"test": split_fractions(sums, "test", prepared.path / "test")}
-    if all(sums["val"][label] > 0 for label in (0, 1)):
+    fractions = {"test": split_fractions(sums, "test", prepared.path / "test")} if binary else {}
+    if binary and all(sums["val"][label] > 0 for label in (0, 1)):
         fractions["val"] = split_fractions(sums, "val", prepared.path / "val")
     cutflow_path = find_cutflow(prepared, skim)
     cutflow = read_cutflow(cutflow_path) if cutflow_path else None
@@ -201,24 +210,26 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
 
     with progress_bar(quiet=not progress) as bar:
         task = bar.add_task("evaluate: score test", total=len(scorers))
-        test = prepared.read("test", features + EVENT_COLUMNS)
+        columns = features + EVENT_COLUMNS + ([] if binary else target_test_columns(target, config))
+        test = prepared.read("test", list(dict.fromkeys(columns)))  # a baseline may be a feature too
         test_scores = {}
         for scorer in scorers:
             test_scores[scorer.name] = scorer.predict(test)
             bar.advance(task)
         streamed = stream_events(prepared, scorers, skim, config, bar)
-        model_metrics = {s.name: _model_metrics(s, test_scores[s.name], test, streamed, fractions, config.evaluate)
-                         for s in scorers}
+        model_metrics = ({s.name: _model_metrics(s, test_scores[s.name], test, streamed, fractions, config.evaluate)
+                          for s in scorers} if binary else {})
         plots = _draw_plots(out, scorers, model_metrics, test, test_scores, streamed, cutflow, features,
-                            config, bar)
+                            config, bar, target=target, prepared=prepared)
 
     y_test, w_test = test["label"].to_numpy(), test["weight"].to_numpy(np.float64)
     metrics = {
         "prep_dir": str(prepared.path),
-        "test_fraction": {"signal": fractions["test"][0], "background": fractions["test"][1],
-                          "nominal": (prepared.split_fractions() or [None] * 3)[2]},
-        "test_events": {"signal": int((y_test == 1).sum()), "background": int((y_test == 0).sum())},
-        "test_yield": {"signal": float(w_test[y_test == 1].sum()), "background": float(w_test[y_test == 0].sum())},
+        **({"test_fraction": {"signal": fractions["test"][0], "background": fractions["test"][1],
+                              "nominal": (prepared.split_fractions() or [None] * 3)[2]},
+            "test_events": {"signal": int((y_test == 1).sum()), "background": int((y_test == 0).sum())},
+            "test_yield": {"signal": float(w_test[y_test == 1].sum()), "background": float(w_test[y_test == 0].sum())}}
+           if binary else {"target": target.stats_record(), "test_events": len(test)}),
         "data_events": streamed.data_events,
         "negative_weights": {"yields": "signed", "roc_ks_correlation": "abs"},
         "models": {name: {**{k: v for k, v in m.items() if not k.startswith("_")},
@@ -236,7 +247,17 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
     for warning in warnings:
         console.print(f"evaluate: warning: {warning}", soft_wrap=True)
     for name, m in metrics["models"].items():
-        console.print(f"{name}: AUC {m['roc_auc']:.4f}, AMS {m['ams']['ams']:.3f} at cut "
-                      f"{m['ams']['best_cut']:.3f} (s {m['ams']['s']:.1f}, b {m['ams']['b']:.1f})")
+        if "multiclass" in m:
+            aucs = ", ".join(f"{c} {a:.3f}" for c, a in m["multiclass"]["ovr_auc"].items() if a is not None)
+            console.print(f"{name}: macro one-vs-rest AUC {m['multiclass']['macro_auc']:.4f} ({aucs})")
+        elif "regression" in m:
+            for column, r in m["regression"].items():
+                versus = (f", {config.target.baseline} {r['baseline']['resolution']:.4f}"
+                          if r.get("baseline") else "")
+                console.print(f"{name}: {column} median response {r['model']['median']:.4f}, "
+                              f"resolution {r['model']['resolution']:.4f}{versus}")
+        else:
+            console.print(f"{name}: AUC {m['roc_auc']:.4f}, AMS {m['ams']['ams']:.3f} at cut "
+                          f"{m['ams']['best_cut']:.3f} (s {m['ams']['s']:.1f}, b {m['ams']['b']:.1f})")
     console.print(f"report: {report}")
     return report

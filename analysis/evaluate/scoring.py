@@ -126,6 +126,8 @@ def feature_importance(scorer: Scorer, test: pd.DataFrame, rows: int) -> tuple[d
     dmat = xgb.DMatrix(scorer.model_inputs(sample), feature_names=names)
     # All trees of the saved booster: the ones `TrainedModel.predict` scores with.
     contribs = booster.predict(dmat, pred_contribs=True)
+    if contribs.ndim == 3:  # one set per class (or regressed column): |SHAP| summed over them
+        contribs = np.abs(contribs).sum(axis=1)
     shap = np.abs(contribs[:, : len(features)]).mean(axis=0)  # last column is the bias
     return gain, {f: float(v) for f, v in zip(features, shap)}
 
