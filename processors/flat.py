@@ -6,9 +6,10 @@ step of the PHYSICS.md selection is then a few numpy calls per chunk, whatever t
 of events. The same steps written as jagged awkward operations cost a fixed overhead per
 call that, over the dozens of calls of a chunk, took longer than reading the branches.
 
-`processors.selection` wraps these functions for jagged awkward arrays, so the processor
-(`processors.ditau`) and the public, unit-tested functions share one implementation; the
-float64 arithmetic (`processors.physics.delta_r`) and the ordering of ties are the same.
+`processors.selection` and `processors.mutau_selection` wrap these functions for jagged
+awkward arrays, so the processors (`processors.ditau`, `processors.mutau`) and the public,
+unit-tested functions share one implementation; the float64 arithmetic
+(`processors.physics.delta_r`) and the ordering of ties are the same.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import numpy as np
 
 from processors.physics import delta_r
 
-__all__ = ["FlatObjects", "ObjectColumns", "clean_jet_mask", "first_separated_pair", "leading_two", "object_event",
-           "pt_order"]
+__all__ = ["FlatObjects", "ObjectColumns", "best_cross_pair", "clean_jet_mask", "first_separated_pair",
+           "leading_two", "object_event", "objects_of_events", "pt_order"]
 
 
 class ObjectColumns(dict):
@@ -88,6 +89,16 @@ def object_event(counts: np.ndarray) -> np.ndarray:
     """
     counts = np.asarray(counts, dtype=np.int64)
     return np.repeat(np.arange(len(counts)), counts)
+
+
+def objects_of_events(counts: np.ndarray, events: np.ndarray) -> np.ndarray:
+    """Flat positions of the objects of `events` (increasing event positions), in order.
+
+    ``objects_of_events([2, 0, 1], [0, 2]) == [0, 1, 2]``; ``objects_of_events([2, 0, 1], [2]) == [2]``.
+    """
+    kept = np.zeros(len(counts), dtype=bool)
+    kept[events] = True
+    return np.flatnonzero(kept[object_event(counts)])
 
 
 def pt_order(event: np.ndarray, pt: np.ndarray) -> np.ndarray:
@@ -201,3 +212,77 @@ def leading_two(counts: np.ndarray, fields: dict[str, np.ndarray]) -> tuple[dict
             column[present] = content[at]
             values[field] = column
     return out
+
+
+def best_cross_pair(counts_a: np.ndarray, counts_b: np.ndarray, good_a: np.ndarray, good_b: np.ndarray,
+                    eta_a: np.ndarray, phi_a: np.ndarray, eta_b: np.ndarray, phi_b: np.ndarray,
+                    score_a: np.ndarray, score_b: np.ndarray, *, dr_min: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per event, the pair of one object of collection a and one of collection b that skim.cxx's
+    ``build_pair`` chooses (the mu-tau_h muon and tau).
+
+    Of the pairs (a good a, a good b) at Delta R > dr_min, the a of highest `score_a` (the
+    muon's pt), then among that a's pairs the b of lowest `score_b` (the tau's isolation).
+
+    Parameters
+    ----------
+    counts_a, counts_b : int arrays, one per event
+    good_a, eta_a, phi_a, score_a : arrays, one per object of a (flat, events back to back)
+    good_b, eta_b, phi_b, score_b : the same for b
+    dr_min : float
+        Minimal Delta R (strict) between the two members.
+
+    Returns
+    -------
+    (a, b) : int64 arrays, one per event
+        Positions *within the event* of the pair's members; -1 for both where no pair is valid.
+        Equal scores keep the first pair in a-major order (a0 b0, a0 b1, ..., a1 b0, ...), as
+        skim.cxx's strict comparisons do. Scores are compared as awkward's ``argmax`` /
+        ``argmin`` over every pair of the event compare them, where invalid pairs score -inf /
+        +inf (the jagged version of this choice, kept for its NaN cases: a NaN score on the
+        event's first pair wins, any other NaN loses).
+    """
+    counts_a, counts_b = np.asarray(counts_a, dtype=np.int64), np.asarray(counts_b, dtype=np.int64)
+    n_events = len(counts_a)
+    n_pairs = counts_a * counts_b
+    pair_event = object_event(n_pairs)
+    pair_start = np.cumsum(n_pairs) - n_pairs
+    within = np.arange(len(pair_event)) - pair_start[pair_event]
+    pos_a, pos_b = np.divmod(within, counts_b[pair_event])
+    at_a = (np.cumsum(counts_a) - counts_a)[pair_event] + pos_a
+    at_b = (np.cumsum(counts_b) - counts_b)[pair_event] + pos_b
+    valid = np.asarray(good_a)[at_a] & np.asarray(good_b)[at_b]
+    # Delta R (the costly part) only for the pairs of good objects.
+    alive = np.flatnonzero(valid)
+    valid[alive] = delta_r(eta_a[at_a[alive]], phi_a[at_a[alive]], eta_b[at_b[alive]], phi_b[at_b[alive]]) > dr_min
+    has_pair = np.bincount(pair_event[valid], minlength=n_events) > 0
+    best = _first_extreme(np.where(valid, score_a[at_a], -np.inf), pair_event, pair_start, n_pairs, np.fmax)
+    chosen_a = np.full(n_events, -1, dtype=np.int64)
+    chosen_a[n_pairs > 0] = pos_a[best]
+    of_chosen = valid & (pos_a == chosen_a[pair_event])
+    best = _first_extreme(np.where(of_chosen, score_b[at_b], np.inf), pair_event, pair_start, n_pairs, np.fmin)
+    chosen_b = np.full(n_events, -1, dtype=np.int64)
+    chosen_b[n_pairs > 0] = pos_b[best]
+    return np.where(has_pair, chosen_a, -1), np.where(has_pair, chosen_b, -1)
+
+
+def _first_extreme(values: np.ndarray, event: np.ndarray, start: np.ndarray, size: np.ndarray,
+                   extreme: np.ufunc) -> np.ndarray:
+    """Per event with values, the flat position of its first extreme value, as awkward's
+    ``argmax`` (`extreme` = ``np.fmax``) or ``argmin`` (``np.fmin``) on each event's list.
+
+    Awkward keeps the first value and takes a later one only if it compares strictly greater
+    (smaller): NaN in first place stays, elsewhere it is never taken. fmax / fmin skip NaN.
+    """
+    present = size > 0
+    first = start[present]
+    if not len(first):
+        return first
+    top = np.full(len(size), np.nan, dtype=values.dtype)
+    top[present] = extreme.reduceat(values, first)
+    hits = np.flatnonzero(values == top[event])
+    hit_event = event[hits]
+    leading = np.ones(len(hits), dtype=bool)
+    leading[1:] = hit_event[1:] != hit_event[:-1]
+    best = start.copy()
+    best[hit_event[leading]] = hits[leading]
+    return np.where(np.isnan(values[start[present]]), first, best[present])

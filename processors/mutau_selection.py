@@ -6,6 +6,11 @@ keyword thresholds (the processor, `processors.mutau`, passes its options), so a
 and the tests compute what the skim computes. The pair follows skim.cxx's ``build_pair``:
 of all (good muon, good tau) pairs with Delta R > dr_min, the highest-pt muon, then among
 its taus the most isolated one; ties keep the first in collection order.
+
+The processor runs on flat numpy columns (`processors.flat`), not jagged arrays: the masks
+are elementwise and take its `processors.flat.ObjectColumns` as they are, and the pair
+wraps `processors.flat.best_cross_pair`, which the processor calls directly, so both run
+one implementation.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import awkward as ak
 import numpy as np
 
 from analysis.core.features import MUTAU_DERIVED_FEATURES
+from processors.flat import best_cross_pair
 from processors.physics import delta_r, pair_mass_pt, transverse_mass
 
 __all__ = ["first_two_jets", "good_jet_mask", "good_muon_mask", "good_tau_mask", "mutau_features",
@@ -63,23 +69,12 @@ def select_mutau_pair(muons: ak.Array, taus: ak.Array, good_muon: ak.Array, good
     the valid pairs, the tau the lowest ``tau_iso`` among the taus paired with it; equal
     values keep the first in collection order.
     """
-    pairs = ak.argcartesian([muons.pt, taus.pt], axis=1)  # muon-major, as ROOT's Combinations
-    i_mu, i_tau = pairs["0"], pairs["1"]
-    valid = (good_muon[i_mu] & good_tau[i_tau]
-             & (delta_r(muons.eta[i_mu], muons.phi[i_mu], taus.eta[i_tau], taus.phi[i_tau]) > dr_min))
-    has_pair = ak.to_numpy(ak.any(valid, axis=1))
-    # argmax / argmin return the first extreme, as skim.cxx's strict comparisons do.
-    best = ak.argmax(ak.where(valid, muons.pt[i_mu], -np.inf), axis=1, keepdims=True)
-    # An event without pairs has no first entry: -1, which no muon index equals.
-    muon = ak.fill_none(ak.firsts(i_mu[best]), -1)
-    of_muon = valid & (i_mu == muon)
-    best_tau = ak.argmin(ak.where(of_muon, tau_iso[i_tau], np.inf), axis=1, keepdims=True)
-    tau = ak.fill_none(ak.firsts(i_tau[best_tau]), -1)
+    def flat(values) -> np.ndarray:
+        return ak.to_numpy(ak.flatten(values, axis=1))
 
-    def positions(index):
-        return np.where(has_pair, ak.to_numpy(index), -1).astype(np.int64)
-
-    return positions(muon), positions(tau)
+    counts_mu, counts_tau = ak.to_numpy(ak.num(muons.pt, axis=1)), ak.to_numpy(ak.num(taus.pt, axis=1))
+    return best_cross_pair(counts_mu, counts_tau, flat(good_muon), flat(good_tau), flat(muons.eta), flat(muons.phi),
+                           flat(taus.eta), flat(taus.phi), flat(muons.pt), flat(tau_iso), dr_min=dr_min)
 
 
 def first_two_jets(jets: ak.Array, good_jet: ak.Array) -> tuple[ak.Array, ak.Array]:

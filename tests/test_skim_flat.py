@@ -1,4 +1,4 @@
-"""Skim stage tests: the flat numpy selection core (processors.flat) by hand, and the processor's flat path against the awkward functions."""
+"""Skim stage tests: the flat numpy selection core (processors.flat) by hand, and the processors' flat paths against jagged awkward selections."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import pytest
 from analysis.config import SelectionConfig
 from processors.base import Cutflow
 from processors.ditau import DiTauProcessor
-from processors.flat import (FlatObjects, ObjectColumns, clean_jet_mask, first_separated_pair, leading_two,
-                             object_event, pt_order)
+from processors.flat import (FlatObjects, ObjectColumns, best_cross_pair, clean_jet_mask, first_separated_pair,
+                             leading_two, object_event, objects_of_events, pt_order)
+from processors.mutau_selection import select_mutau_pair
+from processors.physics import delta_r
 from processors.profiles import COMMON_BRANCHES, detect_profile
 from processors.selection import good_tau_mask, select_jets, select_tau_pair, sort_by_pt
 
@@ -163,3 +165,60 @@ def test_processor_flat_path_equals_awkward_selection(seed, min_jets, tmp_path):
         # NaN compares equal to NaN here: a missing jet must be missing in both.
         np.testing.assert_array_equal(np.asarray(columns[name], dtype=np.float64), values, err_msg=name)
 
+
+
+def test_objects_of_events_keeps_their_objects_in_order():
+    assert objects_of_events(np.array([2, 0, 1, 3]), np.array([0, 3])).tolist() == [0, 1, 3, 4, 5]
+    assert objects_of_events(np.array([2, 0, 1]), np.array([], dtype=np.int64)).tolist() == []
+
+
+def test_best_cross_pair_by_hand():
+    # (eta, phi, score) of a (muons: pt) and b (taus: isolation), one event per row.
+    events = [([(0, 0, 40), (0, 2, 30)], [(0, 0.2, 0.1), (0, 2.1, 0.05)]),  # a0 overlaps b0: a0 with b1
+              ([(0, 0, 30), (0, 3, 30)], [(0, 1.5, 0.2), (0, 1.5, 0.2)]),   # ties: a0, then b0
+              ([(0, 0, 30)], [(0, 0.4, 0.1)]),                               # overlap only: none
+              ([], [(0, 2, 0.1)]), ([(0, 0, 30)], [])]                       # one side empty: none
+    a = [o for e, _ in events for o in e]
+    b = [o for _, e in events for o in e]
+    counts_a, counts_b = (np.array([len(e[i]) for e in events]) for i in (0, 1))
+    a, b = np.array(a, dtype=np.float64).reshape(-1, 3), np.array(b, dtype=np.float64).reshape(-1, 3)
+    first, second = best_cross_pair(counts_a, counts_b, np.ones(len(a), bool), np.ones(len(b), bool), a[:, 0],
+                                    a[:, 1], b[:, 0], b[:, 1], a[:, 2], b[:, 2], dr_min=0.5)
+    assert list(zip(first.tolist(), second.tolist())) == [(0, 1), (0, 0), (-1, -1), (-1, -1), (-1, -1)]
+
+
+def _jagged_mutau_pair(muons, taus, good_muon, good_tau, tau_iso, dr_min):
+    """The pair choice written with jagged awkward calls (the processor's before processors.flat)."""
+    pairs = ak.argcartesian([muons.pt, taus.pt], axis=1)
+    i_mu, i_tau = pairs["0"], pairs["1"]
+    valid = (good_muon[i_mu] & good_tau[i_tau]
+             & (delta_r(muons.eta[i_mu], muons.phi[i_mu], taus.eta[i_tau], taus.phi[i_tau]) > dr_min))
+    has_pair = ak.to_numpy(ak.any(valid, axis=1))
+    best = ak.argmax(ak.where(valid, muons.pt[i_mu], -np.inf), axis=1, keepdims=True)
+    muon = ak.fill_none(ak.firsts(i_mu[best]), -1)
+    best_tau = ak.argmin(ak.where(valid & (i_mu == muon), tau_iso[i_tau], np.inf), axis=1, keepdims=True)
+    tau = ak.fill_none(ak.firsts(i_tau[best_tau]), -1)
+    return tuple(np.where(has_pair, ak.to_numpy(x), -1) for x in (muon, tau))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_mutau_pair_equals_the_jagged_choice_with_ties_and_nan(seed):
+    rng = np.random.default_rng(seed)
+    n = 3000
+    n_mu, n_tau = rng.integers(0, 4, size=n), rng.integers(0, 5, size=n)
+
+    def objects(counts, **values):
+        return ak.unflatten(ak.zip({k: rng.choice(np.asarray(v), size=counts.sum()) for k, v in values.items()}),
+                            counts)
+
+    angles = np.float32([-3.1, -0.2, 0, 0.3, 3.1])
+    muons = objects(n_mu, pt=np.float32([15, 25, 25, 40]), eta=angles, phi=angles, good=[True, True, False])
+    # Equal isolations, and NaN (a tau whose isolation sum is not a number) first or later in its event.
+    taus = objects(n_tau, pt=np.float32([30]), eta=angles, phi=angles, iso=np.float32([0.1, 0.1, 0.3, np.nan]),
+                   good=[True, True, False])
+    muons = ak.with_field(muons, muons.good & (muons.pt > 17), "good")
+    expected = _jagged_mutau_pair(muons, taus, muons.good, taus.good, taus.iso, 0.5)
+    got = select_mutau_pair(muons, taus, muons.good, taus.good, taus.iso, dr_min=0.5)
+    assert (expected[0] >= 0).sum() > 500
+    for want, have in zip(expected, got):
+        assert have.dtype == np.int64 and have.tolist() == want.tolist()
