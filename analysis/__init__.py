@@ -21,6 +21,7 @@ _LAZY = {
     "run_train": "analysis.train.runner",
     "load_model": "analysis.train.predict",
     "run_evaluate": "analysis.evaluate.runner",
+    "run_export": "analysis.export.runner",
     "run_pipeline": "analysis.pipeline",
     "dask_client": "analysis.core.cluster",
     "submit_skim": "analysis.batch.submit",

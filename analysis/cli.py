@@ -250,6 +250,19 @@ def evaluate(
 
 
 @app.command()
+def export(
+    model_dir: Path = typer.Argument(..., help="Model directory (output of `hepprep train`)."),
+    onnx: Path = typer.Option(..., "--onnx", help="The .onnx file to write; its input columns go beside it "
+                                                  "in <name>.features.json."),
+    quiet: bool = QuietOption,
+) -> None:
+    """Write a model as ONNX that takes raw skim columns (standardisation inside) and gives its scores."""
+    from analysis.export.runner import run_export
+
+    typer.echo(f"onnx: {run_export(model_dir, onnx, progress=not quiet)}", err=True)
+
+
+@app.command()
 def run(
     config: Optional[Path] = ConfigOption,
     out: Path = typer.Option(Path("hepprep-output"), "--out", "-o", help="Folder for every stage's output."),

@@ -14,6 +14,10 @@ _EXTRAS = {
     "torch": ("torch", "torch"),
     "dask_jobqueue": ("cluster", "dask-jobqueue"),
     "fsspec_xrootd": ("xrootd", "fsspec-xrootd"),
+    "onnx": ("onnx", "onnx"),
+    "onnxruntime": ("onnx", "onnxruntime"),
+    "onnxmltools": ("onnx", "onnxmltools"),
+    "onnxscript": ("onnx", "onnxscript"),  # torch.onnx's exporter (the network)
 }
 
 

@@ -1,0 +1,1 @@
+"""Export stage: a trained model folder as one ONNX file that takes raw skim columns."""

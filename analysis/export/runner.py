@@ -1,0 +1,186 @@
+"""Export stage: `hepprep export MODELDIR --onnx FILE` — one ONNX file that scores raw skim rows.
+
+The model folder is read through the one prediction API (`analysis.train.predict.load_model`,
+so a folder it refuses is refused here with the same one-line message), converted
+(`export.xgb` or `export.mlp`), wrapped in the standardisation and the head of its target
+(`export.graph`), and checked: onnxruntime scores a few hundred raw rows, NaN and ±inf
+among them, and must agree with `TrainedModel.predict` before anything is written. Then
+``<stem>.features.json`` (the input columns in order, the input and output names, the opset,
+the target and the source model) and the ONNX file, each written atomically; the ONNX file
+last, and it carries the same record in its ``metadata_props``, so it stands on its own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from analysis.core.io import write_bytes_atomic, write_json_atomic
+from analysis.core.optional import optional_import
+from analysis.core.progress import stage_console
+from analysis.core.provenance import file_sha256, hepprep_version
+from analysis.core.standardise import Standardisation
+from analysis.errors import ConfigError, HepprepError
+from analysis.export.graph import INPUT, assemble, opsets_of, outputs_of, random_raw_rows
+from analysis.export.target import Target, read_target, target_standardisation
+from analysis.train.model_dir import MODEL_INFO
+from analysis.train.predict import TrainedModel, load_model
+
+__all__ = ["CHECK_ROWS", "PROBABILITY_TOLERANCE", "features_file", "onnx_scores", "run_export"]
+
+CHECK_ROWS = 256  # raw rows scored by both hepprep and onnxruntime before anything is written
+PROBABILITY_TOLERANCE = 1e-5  # max |difference| of a probability (the acceptance of the issue)
+# The libraries that shape an export, by model kind (recorded with it).
+_LIBRARIES = {"xgboost": ("onnx", "onnxruntime", "xgboost", "onnxmltools"),
+              "mlp": ("onnx", "onnxruntime", "torch", "onnxscript")}
+
+
+def features_file(onnx_file: str | Path) -> Path:
+    """The record written beside ``FILE.onnx``: ``FILE.features.json``."""
+    onnx_file = Path(onnx_file)
+    return onnx_file.with_name(f"{onnx_file.stem}.features.json")
+
+
+def _check_destination(onnx_file: Path) -> None:
+    if onnx_file.suffix != ".onnx":
+        raise ConfigError(f"--onnx {onnx_file}: the file name must end in .onnx (its input columns "
+                          f"are written beside it as <name>.features.json)")
+    if onnx_file.is_dir():
+        raise ConfigError(f"--onnx {onnx_file}: is a folder; give the ONNX file to write, such as "
+                          f"{onnx_file / 'model.onnx'}")
+
+
+def _versions(kind: str) -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"hepprep": hepprep_version()}
+    for name in _LIBRARIES[kind]:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _record(model: TrainedModel, target: Target, onnx_model, onnx_file: Path) -> dict:
+    """What features.json and the ONNX metadata_props hold."""
+    info = model.info
+    return {
+        "onnx": onnx_file.name,
+        "features": list(model.features),
+        "input": {"name": INPUT, "dtype": "float64", "shape": [None, len(model.features)],
+                  "missing": "NaN (also +inf or -inf) means missing, as in the skim"},
+        "outputs": outputs_of(target),
+        "opset": opsets_of(onnx_model),
+        "target": target.as_json(),
+        "model": model.kind,
+        "model_dir": str(model.path.resolve()),
+        "model_info_sha256": file_sha256(model.path / MODEL_INFO),
+        "prepared_dir": info.get("prepared_dir"),
+        "prepared_fingerprint": info.get("prepared_fingerprint"),
+        "exported_with": _versions(model.kind),
+    }
+
+
+def _body(model: TrainedModel, target: Target):
+    if model.kind == "xgboost":
+        from analysis.export.xgb import xgboost_body
+
+        return xgboost_body(model.booster, len(model.features), target, source=str(model.path / "model.json"))
+    from analysis.export.mlp import network_body
+
+    return network_body(model.network, len(model.features), target, source=str(model.path / "model.pt"))
+
+
+def onnx_scores(onnx_bytes: bytes, raw: np.ndarray) -> np.ndarray:
+    """onnxruntime's output for raw rows (float64 ``(rows, features)``), on the CPU."""
+    ort = optional_import("onnxruntime", purpose="hepprep export")
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    return session.run(None, {INPUT: np.ascontiguousarray(raw, dtype=np.float64)})[0]
+
+
+def _self_check(onnx_bytes: bytes, model: TrainedModel, target: Target, std: Standardisation,
+                onnx_file: Path) -> float | None:
+    """Max |ONNX - hepprep| on `CHECK_ROWS` raw rows; a `HepprepError` above the tolerance.
+
+    Binary models only, for now: `TrainedModel.predict` scores only those. (When it learns
+    the other targets, compare them here too; tests/test_export.py checks them today.)
+    """
+    if target.kind != "binary":
+        return None
+    import pyarrow as pa
+
+    raw = random_raw_rows(std, CHECK_ROWS)
+    expected = model.predict(pa.table({f: raw[:, j] for j, f in enumerate(model.features)}),
+                             standardised=False)
+    got = onnx_scores(onnx_bytes, raw)
+    worst = float(np.max(np.abs(got.astype(np.float64) - expected)))
+    if not worst <= PROBABILITY_TOLERANCE:
+        raise HepprepError(f"{onnx_file}: not written: onnxruntime's probabilities differ from hepprep's by "
+                           f"up to {worst:.3g} (tolerance {PROBABILITY_TOLERANCE:g}) on {CHECK_ROWS} test "
+                           f"rows; the converter for {model.kind} may have changed: please report it")
+    return worst
+
+
+def run_export(model_dir: str | Path, onnx_file: str | Path, *, progress: bool = True) -> Path:
+    """Write a model folder as ``onnx_file`` and its input record ``<stem>.features.json`` beside it.
+
+    Parameters
+    ----------
+    model_dir : str or Path
+        A model folder written by `hepprep train` (with its model_info.json).
+    onnx_file : str or Path
+        The ``.onnx`` file to write (its folder is created if needed).
+    progress : bool
+        A summary line on stderr.
+
+    Returns
+    -------
+    Path
+        ``onnx_file``. Its one input ``raw`` takes float64 ``(rows, features)``, the raw skim
+        columns in features.json order (NaN: missing); its output is named in features.json.
+
+    Raises
+    ------
+    StageInputError
+        No such model folder, no model_info.json, or a damaged or inconsistent model file.
+    ConfigError
+        ``onnx_file`` does not end in .onnx, or is a folder.
+    HepprepError
+        onnx, onnxruntime or a converter is not installed; or the exported graph does not
+        reproduce hepprep's predictions (nothing is written then).
+    """
+    onnx_file = Path(onnx_file)
+    _check_destination(onnx_file)
+    for module in ("onnx", "onnxruntime"):
+        optional_import(module, purpose="hepprep export")
+    model = load_model(model_dir)
+    source = model.path / MODEL_INFO
+    target = read_target(model.info, source)
+    std = Standardisation.from_stats(model.stats, model.features, source=str(model.path / "stats.json"))
+    target_std = (target_standardisation(target, model.stats, model.path / "stats.json")
+                  if target.kind == "regression" else None)
+    body = _body(model, target)
+    onnx_model = assemble(body, std, target, target_std=target_std)
+    record = _record(model, target, onnx_model, onnx_file)
+    # Every value as JSON text, so a reader of metadata_props parses them all one way.
+    for key, value in record.items():
+        onnx_model.metadata_props.add(key=f"hepprep.{key}", value=json.dumps(value))
+    onnx_bytes = onnx_model.SerializeToString()
+    worst = _self_check(onnx_bytes, model, target, std, onnx_file)
+    onnx_file.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(features_file(onnx_file), record)
+    try:
+        write_bytes_atomic(onnx_file, onnx_bytes)
+    except BaseException:
+        # No record of a model that is not there (the ONNX file holds the record too).
+        features_file(onnx_file).unlink(missing_ok=True)
+        raise
+    checked = "" if worst is None else f"; onnxruntime matches hepprep to {worst:.1e} on {CHECK_ROWS} rows"
+    opset = ", ".join(f"{k} {v}" for k, v in record["opset"].items())
+    stage_console(quiet=not progress).print(
+        f"export: {model.kind} ({target.kind}) -> {onnx_file}, input {INPUT!r} ({len(model.features)} "
+        f"columns), output {record['outputs'][0]['name']!r}, opset {opset}{checked}")
+    return onnx_file
