@@ -12,9 +12,11 @@ The graph takes the raw feature columns as one float64 matrix and does what
 3. ``Cast`` to float32, the precision both models were trained in.
 4. For the network only: NaN and ±inf become 0, the training mean (`networks.impute_missing`);
    XGBoost takes NaN as missing and follows each split's default branch.
-5. The model, then the head of its target kind: the signal probability (binary), the class
-   probabilities (multiclass), or the values in raw target units (regression, float64 like
-   `Standardisation.inverse`).
+5. The model, then the head of its target kind (`analysis.core.target.Target`, the one
+   description every stage reads): the signal probability (binary), the class probabilities
+   (multiclass), or the regressed values in the units of their skim columns, float64 as in
+   `Target.to_physical`: ``output * std + mean`` with the target's statistics, then ``Exp``
+   (transform "log") or a product with the raw ``ratio_to`` column of the input ("ratio").
 
 Float64 in, because hepprep reads raw columns as float64 too: a float32 skim column casts to
 float64 without loss, and a float64 one is standardised from its exact value.
@@ -27,10 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from analysis.core.standardise import Standardisation
-from analysis.errors import HepprepError
-from analysis.export.target import Target
+from analysis.core.target import Target
+from analysis.errors import HepprepError, StageInputError
 
-__all__ = ["INPUT", "OPSET", "Body", "assemble", "opsets_of", "outputs_of", "random_raw_rows"]
+__all__ = ["INPUT", "OPSET", "Body", "assemble", "opsets_of", "outputs_of", "random_raw_rows",
+           "ratio_to_index"]
 
 INPUT = "raw"  # the graph's one input: float64 (rows, features), columns in features.json order
 # ONNX operator set of the default domain: the lowest the torch.onnx (dynamo) exporter
@@ -64,16 +67,49 @@ class Body:
 
 
 def outputs_of(target: Target) -> list[dict]:
-    """The graph's outputs for ``target``: name, dtype, shape (None = rows) and meaning."""
+    """The graph's outputs for ``target``: name, dtype, shape (None = rows) and meaning.
+
+    Each has the shape `TrainedModel.predict` returns: (rows,) for binary and for a regression
+    of one column, else (rows, classes) or (rows, columns).
+    """
     if target.kind == "binary":
         return [{"name": "probability", "dtype": "float32", "shape": [None],
                  "meaning": "signal probability (what hepprep's predict returns)"}]
     if target.kind == "multiclass":
-        return [{"name": "probabilities", "dtype": "float32", "shape": [None, len(target.classes)],
-                 "meaning": "class probabilities, columns in classes order", "classes": target.classes}]
-    return [{"name": "prediction", "dtype": "float64", "shape": [None, len(target.columns)],
-             "meaning": "predicted targets in raw units, columns in columns order",
-             "columns": target.columns}]
+        return [{"name": "probabilities", "dtype": "float32", "shape": [None, target.n_classes],
+                 "meaning": "class probabilities, columns in classes order",
+                 "classes": list(target.class_names)}]
+    columns = list(target.sources)
+    one = len(columns) == 1
+    undone = {"none": "", "log": ", then exp for the log",
+              "ratio": f", then times the raw {target.ratio_to} input column"}
+    spec = {"name": "prediction", "dtype": "float64", "shape": [None] if one else [None, len(columns)],
+            "meaning": (f"the regressed skim column{'' if one else 's'} in {'its' if one else 'their'} own "
+                        f"units (standardisation undone{undone[target.transform]}), as hepprep's predict"),
+            "columns": columns, "transform": target.transform}
+    if target.transform == "ratio":
+        spec["ratio_to"] = target.ratio_to
+    return [spec]
+
+
+def ratio_to_index(target: Target, features: list[str], *, source: str) -> int | None:
+    """The input column a ``ratio`` target is multiplied by (None for other targets).
+
+    The graph has one input, the model's features, so the ``ratio_to`` column must be one of
+    them; a second input for it would make every caller pass a column the model never reads.
+
+    Raises
+    ------
+    StageInputError
+        ``ratio_to`` is not a feature of the model.
+    """
+    if target.kind != "regression" or target.transform != "ratio":
+        return None
+    if target.ratio_to not in features:
+        raise StageInputError(f"{source}: the target is a ratio to {target.ratio_to!r}, which is not a feature "
+                              "of the model, so the ONNX graph (whose one input is the features) cannot undo "
+                              f"it; add {target.ratio_to!r} to features and train again")
+    return features.index(target.ratio_to)
 
 
 def _front(helper, TensorProto, std: Standardisation, impute: bool) -> tuple[list, list, str]:
@@ -108,7 +144,7 @@ def _front(helper, TensorProto, std: Standardisation, impute: bool) -> tuple[lis
 
 
 def _head(helper, TensorProto, body_out: str, gives: str, target: Target,
-          target_std: Standardisation | None) -> tuple[list, list]:
+          ratio_column: int | None) -> tuple[list, list]:
     """The body's output -> the graph's output of ``target``'s kind (`outputs_of`)."""
     name = outputs_of(target)[0]["name"]
     if target.kind == "binary":
@@ -123,13 +159,31 @@ def _head(helper, TensorProto, body_out: str, gives: str, target: Target,
         op = "Softmax" if gives == "logits" else "Identity"
         extra = {"axis": -1} if op == "Softmax" else {}
         return [helper.make_node(op, [body_out], [name], name="head/probabilities", **extra)], []
-    # Regression: standardised targets back to raw units in float64, as Standardisation.inverse.
-    k = len(target_std.features)
-    inits = [helper.make_tensor("head/std", TensorProto.DOUBLE, [k], target_std.std.tolist()),
-             helper.make_tensor("head/mean", TensorProto.DOUBLE, [k], target_std.mean.tolist())]
+    # Regression: Target.to_physical's operations in its order and precision (float64).
+    k = target.n_outputs
+    inits = [helper.make_tensor("head/std", TensorProto.DOUBLE, [k], list(target.std)),
+             helper.make_tensor("head/mean", TensorProto.DOUBLE, [k], list(target.mean))]
     nodes = [helper.make_node("Cast", [body_out], ["head/z64"], to=TensorProto.DOUBLE, name="head/cast"),
              helper.make_node("Mul", ["head/z64", "head/std"], ["head/scaled"], name="head/mul"),
-             helper.make_node("Add", ["head/scaled", "head/mean"], [name], name="head/add")]
+             helper.make_node("Add", ["head/scaled", "head/mean"], ["head/value"], name="head/add")]
+    value = "head/value"
+    if target.transform == "log":
+        nodes.append(helper.make_node("Exp", [value], ["head/physical"], name="head/exp"))
+        value = "head/physical"
+    elif target.transform == "ratio":
+        # The raw column, not the standardised one: predict multiplies by the table's value
+        # (NaN or ±inf stays so, and makes the prediction NaN or ±inf as there). A 1-D index
+        # keeps the (rows, 1) shape that broadcasts over the k columns.
+        inits.append(helper.make_tensor("head/ratio_column", TensorProto.INT64, [1], [ratio_column]))
+        nodes += [helper.make_node("Gather", [INPUT, "head/ratio_column"], ["head/ratio_to"], axis=1,
+                                   name="head/ratio_to"),
+                  helper.make_node("Mul", [value, "head/ratio_to"], ["head/physical"], name="head/ratio")]
+        value = "head/physical"
+    if k == 1:  # (rows,) as predict gives for one column
+        inits.append(helper.make_tensor("head/first", TensorProto.INT64, [], [0]))
+        nodes.append(helper.make_node("Gather", [value, "head/first"], [name], axis=1, name="head/column"))
+    else:
+        nodes.append(helper.make_node("Identity", [value], [name], name="head/prediction"))
     return nodes, inits
 
 
@@ -139,8 +193,7 @@ def _value_info(helper, TensorProto, spec: dict):
     return helper.make_tensor_value_info(spec["name"], dtype, shape)
 
 
-def assemble(body: Body, std: Standardisation, target: Target, *,
-             target_std: Standardisation | None):
+def assemble(body: Body, std: Standardisation, target: Target):
     """The whole graph: front, ``body`` (its names prefixed ``model/``), head; checked by onnx.
 
     Parameters
@@ -150,20 +203,24 @@ def assemble(body: Body, std: Standardisation, target: Target, *,
     std : Standardisation
         The model's feature standardisation (its features are the input columns).
     target : Target
-        Chooses the head.
-    target_std : Standardisation or None
-        Regression only: the target columns' standardisation.
+        Chooses the head; a regression's statistics and transform are undone in it.
 
     Returns
     -------
     onnx.ModelProto
+
+    Raises
+    ------
+    StageInputError
+        A ``ratio`` target whose ``ratio_to`` is not an input column (`ratio_to_index`).
     """
     import onnx
     from onnx import TensorProto, helper
 
     inner = onnx.compose.add_prefix(body.model, prefix="model/")
     front, front_inits, standardised = _front(helper, TensorProto, std, body.impute)
-    head, head_inits = _head(helper, TensorProto, f"model/{body.output}", body.gives, target, target_std)
+    ratio_column = ratio_to_index(target, std.features, source="export")
+    head, head_inits = _head(helper, TensorProto, f"model/{body.output}", body.gives, target, ratio_column)
     link = helper.make_node("Identity", [standardised], [f"model/{body.input}"], name="model/input")
     graph = helper.make_graph(
         [*front, link, *inner.graph.node, *head], "hepprep",

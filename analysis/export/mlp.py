@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from analysis.core.optional import optional_import
+from analysis.core.target import Target
 from analysis.errors import StageInputError
 from analysis.export.graph import OPSET, Body
-from analysis.export.target import Target
 
 __all__ = ["network_body"]
 

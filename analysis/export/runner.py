@@ -4,7 +4,9 @@ The model folder is read through the one prediction API (`analysis.train.predict
 so a folder it refuses is refused here with the same one-line message), converted
 (`export.xgb` or `export.mlp`), wrapped in the standardisation and the head of its target
 (`export.graph`), and checked: onnxruntime scores a few hundred raw rows, NaN and ±inf
-among them, and must agree with `TrainedModel.predict` before anything is written. Then
+among them, and must agree with `TrainedModel.predict` before anything is written (for every
+target kind: probabilities to `PROBABILITY_TOLERANCE`, regressed values to
+`REGRESSION_TOLERANCE` relative). Then
 ``<stem>.features.json`` (the input columns in order, the input and output names, the opset,
 the target and the source model) and the ONNX file, each written atomically; the ONNX file
 last, and it carries the same record in its ``metadata_props``, so it stands on its own.
@@ -22,16 +24,18 @@ from analysis.core.optional import optional_import
 from analysis.core.progress import stage_console
 from analysis.core.provenance import file_sha256, hepprep_version
 from analysis.core.standardise import Standardisation
+from analysis.core.target import Target
 from analysis.errors import ConfigError, HepprepError
-from analysis.export.graph import INPUT, assemble, opsets_of, outputs_of, random_raw_rows
-from analysis.export.target import Target, read_target, target_standardisation
+from analysis.export.graph import INPUT, assemble, opsets_of, outputs_of, random_raw_rows, ratio_to_index
 from analysis.train.model_dir import MODEL_INFO
 from analysis.train.predict import TrainedModel, load_model
 
-__all__ = ["CHECK_ROWS", "PROBABILITY_TOLERANCE", "features_file", "onnx_scores", "run_export"]
+__all__ = ["CHECK_ROWS", "PROBABILITY_TOLERANCE", "REGRESSION_TOLERANCE", "features_file",
+           "max_difference", "onnx_scores", "run_export"]
 
 CHECK_ROWS = 256  # raw rows scored by both hepprep and onnxruntime before anything is written
 PROBABILITY_TOLERANCE = 1e-5  # max |difference| of a probability (the acceptance of the issue)
+REGRESSION_TOLERANCE = 1e-4  # max relative difference of a regressed value (see `max_difference`)
 # The libraries that shape an export, by model kind (recorded with it).
 _LIBRARIES = {"xgboost": ("onnx", "onnxruntime", "xgboost", "onnxmltools"),
               "mlp": ("onnx", "onnxruntime", "torch", "onnxscript")}
@@ -74,7 +78,7 @@ def _record(model: TrainedModel, target: Target, onnx_model, onnx_file: Path) ->
                   "missing": "NaN (also +inf or -inf) means missing, as in the skim"},
         "outputs": outputs_of(target),
         "opset": opsets_of(onnx_model),
-        "target": target.as_json(),
+        "target": target.stats_record() or {"kind": "binary"},
         "model": model.kind,
         "model_dir": str(model.path.resolve()),
         "model_info_sha256": file_sha256(model.path / MODEL_INFO),
@@ -101,26 +105,63 @@ def onnx_scores(onnx_bytes: bytes, raw: np.ndarray) -> np.ndarray:
     return session.run(None, {INPUT: np.ascontiguousarray(raw, dtype=np.float64)})[0]
 
 
-def _self_check(onnx_bytes: bytes, model: TrainedModel, target: Target, std: Standardisation,
-                onnx_file: Path) -> float | None:
-    """Max |ONNX - hepprep| on `CHECK_ROWS` raw rows; a `HepprepError` above the tolerance.
+def max_difference(target: Target, got: np.ndarray, expected: np.ndarray,
+                   ratio_to: np.ndarray | None = None) -> float:
+    """The largest difference between two answers of a model for the same rows.
 
-    Binary models only, for now: `TrainedModel.predict` scores only those. (When it learns
-    the other targets, compare them here too; tests/test_export.py checks them today.)
+    Probabilities: absolute. Regression: relative to the value, or to one standard deviation
+    of the learnt value at that row where that is larger (``std``, times the value for
+    "log", times ``ratio_to`` for "ratio"), so a prediction near 0 does not turn a float32
+    rounding of the model's output into a large relative number. Not finite where only one of
+    them is finite (or they are different infinities).
     """
-    if target.kind != "binary":
-        return None
+    got = np.asarray(got, dtype=np.float64).reshape(np.shape(expected))
+    expected = np.asarray(expected, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        same = (got == expected) | (np.isnan(got) & np.isnan(expected))  # NaN, ±inf alike on both
+        if target.kind != "regression":
+            difference = np.abs(got - expected)
+        else:
+            got, expected = got.reshape(len(got), -1), expected.reshape(len(expected), -1)
+            spread = np.broadcast_to(np.asarray(target.std), expected.shape)
+            if target.transform == "log":
+                spread = spread * np.abs(expected)
+            elif target.transform == "ratio":
+                spread = spread * np.abs(np.asarray(ratio_to, dtype=np.float64))[:, None]
+            difference = np.abs(got - expected) / np.maximum(np.abs(expected), spread)
+        difference = np.where(same.reshape(difference.shape), 0.0, difference)
+    return float(np.max(difference, initial=0.0))
+
+
+def _check_rows(model: TrainedModel, target: Target, std: Standardisation) -> np.ndarray:
+    """`CHECK_ROWS` raw rows, NaN and ±inf among them, except in a ``ratio_to`` column: there
+    each value is finite and not 0, so every prediction is a number to compare."""
+    raw = random_raw_rows(std, CHECK_ROWS)
+    j = ratio_to_index(target, model.features, source=str(model.path / "stats.json"))
+    if j is not None:
+        bad = ~np.isfinite(raw[:, j]) | (raw[:, j] == 0)
+        raw[bad, j] = std.mean[j] or std.std[j]
+    return raw
+
+
+def _self_check(onnx_bytes: bytes, model: TrainedModel, target: Target, std: Standardisation,
+                onnx_file: Path) -> float:
+    """The `max_difference` of ONNX and hepprep on `_check_rows`; a `HepprepError` above the tolerance."""
     import pyarrow as pa
 
-    raw = random_raw_rows(std, CHECK_ROWS)
-    expected = model.predict(pa.table({f: raw[:, j] for j, f in enumerate(model.features)}),
-                             standardised=False)
-    got = onnx_scores(onnx_bytes, raw)
-    worst = float(np.max(np.abs(got.astype(np.float64) - expected)))
-    if not worst <= PROBABILITY_TOLERANCE:
-        raise HepprepError(f"{onnx_file}: not written: onnxruntime's probabilities differ from hepprep's by "
-                           f"up to {worst:.3g} (tolerance {PROBABILITY_TOLERANCE:g}) on {CHECK_ROWS} test "
-                           f"rows; the converter for {model.kind} may have changed: please report it")
+    raw = _check_rows(model, target, std)
+    table = pa.table({f: raw[:, j] for j, f in enumerate(model.features)})
+    expected = model.predict(table, standardised=False)
+    ratio_to = table.column(target.ratio_to).to_numpy() if target.ratio_to else None
+    worst = max_difference(target, onnx_scores(onnx_bytes, raw), expected, ratio_to)
+    regression = target.kind == "regression"
+    tolerance = REGRESSION_TOLERANCE if regression else PROBABILITY_TOLERANCE
+    if not worst <= tolerance:  # NaN too
+        what = "predictions differ from hepprep's by up to a relative" if regression else \
+            "probabilities differ from hepprep's by up to"
+        raise HepprepError(f"{onnx_file}: not written: onnxruntime's {what} {worst:.3g} (tolerance {tolerance:g}) "
+                           f"on {CHECK_ROWS} test rows; the converter for {model.kind} may have changed: "
+                           "please report it")
     return worst
 
 
@@ -145,7 +186,8 @@ def run_export(model_dir: str | Path, onnx_file: str | Path, *, progress: bool =
     Raises
     ------
     StageInputError
-        No such model folder, no model_info.json, or a damaged or inconsistent model file.
+        No such model folder, no model_info.json, or a damaged or inconsistent model file; a
+        ``ratio`` target whose ``ratio_to`` column is not a feature (the graph's one input).
     ConfigError
         ``onnx_file`` does not end in .onnx, or is a folder.
     HepprepError
@@ -157,13 +199,12 @@ def run_export(model_dir: str | Path, onnx_file: str | Path, *, progress: bool =
     for module in ("onnx", "onnxruntime"):
         optional_import(module, purpose="hepprep export")
     model = load_model(model_dir)
-    source = model.path / MODEL_INFO
-    target = read_target(model.info, source)
+    target = model.target
     std = Standardisation.from_stats(model.stats, model.features, source=str(model.path / "stats.json"))
-    target_std = (target_standardisation(target, model.stats, model.path / "stats.json")
-                  if target.kind == "regression" else None)
+    # Refused before the (slow) conversion: a ratio whose ratio_to column is no input.
+    ratio_to_index(target, model.features, source=str(model.path / "stats.json"))
     body = _body(model, target)
-    onnx_model = assemble(body, std, target, target_std=target_std)
+    onnx_model = assemble(body, std, target)
     record = _record(model, target, onnx_model, onnx_file)
     # Every value as JSON text, so a reader of metadata_props parses them all one way.
     for key, value in record.items():
@@ -178,7 +219,8 @@ def run_export(model_dir: str | Path, onnx_file: str | Path, *, progress: bool =
         # No record of a model that is not there (the ONNX file holds the record too).
         features_file(onnx_file).unlink(missing_ok=True)
         raise
-    checked = "" if worst is None else f"; onnxruntime matches hepprep to {worst:.1e} on {CHECK_ROWS} rows"
+    relative = " relative" if target.kind == "regression" else ""
+    checked = f"; onnxruntime matches hepprep to {worst:.1e}{relative} on {CHECK_ROWS} rows"
     opset = ", ".join(f"{k} {v}" for k, v in record["opset"].items())
     stage_console(quiet=not progress).print(
         f"export: {model.kind} ({target.kind}) -> {onnx_file}, input {INPUT!r} ({len(model.features)} "
