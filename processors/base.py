@@ -3,21 +3,33 @@
 A physicist's analysis is a subclass of `SkimProcessor` that implements one method,
 ``select(events, cutflow)``: it receives a chunk's NanoEvents, records each step of its
 selection on ``cutflow`` (``cutflow.step("two_muons", mask)``: the events still selected
-that pass), and returns the selected rows — a dict of equal-length 1-d arrays, or an
+that pass), and returns the selected rows — a dict of equal-length arrays, or an
 awkward record array — one row per event that passed every step. hepprep adds the
 identity and bookkeeping columns (``run``, ``luminosityBlock``, ``event``, ``dataset``,
 ``process``, ``label``, ``genWeight``, ``weight``) and does everything else: the part file
 of each chunk, its summary and fingerprint, resume, the cutflow, weights, bad input.
 
+Rows may be objects (a jet-level dataset): the rows then carry the reserved column
+``ROW_EVENT`` (``"_event_index"``, `processors.parts`), one int per row, the position of
+the row's event among the events the cutflow kept (``0 .. len(cutflow.selected) - 1``),
+non-decreasing, every kept event with at least one row (record a step that drops the
+events without one). hepprep repeats the identity and bookkeeping columns on each row
+of an event, and does not write ``ROW_EVENT``; the processor writes its own object index
+(``jet_index``). The cutflow still counts events; a row's ``weight`` is its event's
+weight, so a sum over the rows of a part counts each event once per object. A column of
+awkward lists (``var * float32``, one list per row) is written as a Parquet list column
+(declared ``"list<float32>"``): variable-length, never padded. ``cutflow.count(name, n)``
+records objects handled in a documented way (a jet without constituents): the part's
+summary keeps them and the manifest sums them per dataset.
+
 Options come from a pydantic model the processor declares (``Options``), validated from
 the configuration's ``[skim.options]`` (unknown keys are errors); ``name`` and ``version``
 enter every chunk's fingerprint, so a new version re-runs its chunks instead of reusing
 parts. ``columns`` declares the output columns and their Arrow types (``"float32"``,
-``"int16"``, ...; undeclared columns are typed from their values), ``default_features``
-the training inputs when the configuration names none, ``branches`` the NanoAOD
-branches (glob patterns) it reads, so that a chunk's events are built from those alone.
+``"int16"``, ``"list<float32>"``, ...; undeclared columns are typed from their values),
+``default_features`` the training inputs when the configuration names none, ``branches``
+the NanoAOD branches (glob patterns) it reads, so that a chunk's events are built from those alone.
 """
-
 from __future__ import annotations
 
 import math
@@ -34,6 +46,8 @@ from analysis.core.names import dataset_folder
 from analysis.core.net import is_remote, is_transient, redact
 from analysis.core.settings import format_validation_error
 from analysis.errors import ConfigError, HepprepError
+from processors.failures import (InputFailure, ProcessorError, _input_failures, _one_line,
+                                 _raised_while_reading, _where_raised)
 from processors.parts import bookkeeping_fingerprint, part_name, read_part_summary, rows_table, write_part
 from processors.profiles import ProfileTable
 
@@ -46,18 +60,6 @@ class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class ProcessorError(HepprepError):
-    """A processor broke its contract or raised on input it could read: a bug to fix, not a bad file."""
-
-
-class InputFailure(Exception):
-    """Raised inside ``select`` (or by the reading helpers) for input that cannot be read.
-
-    The chunk's file is then the skim's bad input, recorded (``--skip-bad-files``) or
-    stopping the run with one line naming it; anything else a processor raises is a bug.
-    """
-
-
 class Cutflow:
     """The named steps of one chunk's selection: events and sum of weights after each.
 
@@ -67,7 +69,8 @@ class Cutflow:
         The events' weights (the sums use them).
 
     ``selected`` holds the chunk's event indices still selected; `step` narrows it.
-    ``notes`` are extra fields for the part's summary (the input profile a chunk was read with).
+    ``notes`` are extra fields for the part's summary (the input profile a chunk was read with);
+    `count` adds to its ``counts``.
     """
 
     def __init__(self, weight: np.ndarray):
@@ -93,6 +96,11 @@ class Cutflow:
                                  "to the events before the next step)")
         self.selected = self.selected[mask]
         self._record(name)
+
+    def count(self, name: str, n: int) -> None:
+        """Add ``n`` to the chunk's count ``name`` (``notes["counts"]``, summed per dataset in the manifest)."""
+        counts = self.notes.setdefault("counts", {})
+        counts[name] = counts.get(name, 0) + int(n)
 
 
 def _bool_array(values: Any, *, what: str) -> np.ndarray:
@@ -340,58 +348,3 @@ def read_bookkeeping(events: ak.Array, meta: Mapping[str, Any], lumi_pb: float, 
         weight = np.ones(n, dtype=np.float64)
     return {"run": ak.to_numpy(arrays["run"]), "luminosityBlock": ak.to_numpy(arrays["luminosityBlock"]),
             "event": ak.to_numpy(arrays["event"]), "genWeight": genweight, "weight": weight}
-
-
-class _input_failures:
-    """Turn a failure to read the chunk into `InputFailure` (a network hiccup passes through)."""
-
-    def __init__(self, meta: Mapping[str, Any], where: str):
-        self.meta, self.where = meta, where
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, value, tb) -> bool:
-        if value is None or isinstance(value, (InputFailure, HepprepError)) or not isinstance(value, Exception):
-            return False
-        if is_remote(self.meta["filename"]) and is_transient(value):
-            return False
-        raise InputFailure(f"cannot read {self.where} ({_one_line(value)})") from None
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text if isinstance(err, (InputFailure, HepprepError)) else f"{type(err).__name__}: {text}"
-
-
-# Packages whose frames in a traceback mean the failure happened while reading the file.
-_READING_PACKAGES = (f"{Path('uproot')}", "zlib", "lz4", "zstandard", "cramjam", "fsspec", "awkward_cpp")
-
-
-def _raised_while_reading(err: BaseException) -> bool:
-    """True when ``err`` came from uproot (or a codec) reading the chunk: the file's fault."""
-    tb = err.__traceback__
-    while tb is not None:
-        filename = tb.tb_frame.f_code.co_filename
-        if any(f"{package}/" in filename or f"{package}\\" in filename for package in _READING_PACKAGES):
-            return True
-        tb = tb.tb_next
-    return False
-
-
-def _where_raised(err: BaseException) -> str:
-    """``file.py:line in function`` of the innermost frame of the processor's own code.
-
-    Frames of installed packages (numpy, awkward...) and of this module are passed over:
-    the place to look is the line of ``select`` (or what it calls) that raised.
-    """
-    tb, last = err.__traceback__, None
-    while tb is not None:
-        code = tb.tb_frame.f_code
-        if "site-packages" not in code.co_filename and not code.co_filename.endswith("processors/base.py"):
-            # A processor pickled by value to the executor has lost its file name ("<dynamic-code>").
-            where = "" if code.co_filename.startswith("<") else f"{Path(code.co_filename).name}:"
-            last = f"{where}line {tb.tb_lineno} in {code.co_name}" if not where else \
-                f"{where}{tb.tb_lineno} in {code.co_name}"
-        tb = tb.tb_next
-    return last or "an unknown place"

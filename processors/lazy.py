@@ -34,9 +34,9 @@ import numpy as np
 from coffea.processor import ProcessorABC
 
 from analysis.errors import HepprepError
-from processors.base import (InputFailure, ProcessorError, SkimProcessor, _one_line, _raised_while_reading,
-                             _where_raised, weight_factors)
-from processors.parts import rows_table
+from processors.base import SkimProcessor, weight_factors
+from processors.failures import InputFailure, ProcessorError, _one_line, _raised_while_reading, _where_raised
+from processors.parts import ROW_EVENT, rows_table
 
 __all__ = ["CHUNKS_KEY", "DaskAwkwardSkim", "LazyCutflow", "compute_error", "lazy_bookkeeping", "lazy_process", "merge_outputs"]
 
@@ -171,6 +171,9 @@ def _lazy_columns(rows: Any, owner: str) -> dict[str, Any]:
     if not isinstance(rows, Mapping) or not all(isinstance(v, dak.Array) for v in rows.values()):
         raise ProcessorError(f"processor {owner} returned {type(rows).__name__} on dask-awkward events; "
                              "return a dict of dask-awkward arrays (one value per selected event) or a record array")
+    if ROW_EVENT in rows:
+        raise ProcessorError(f"processor {owner} returns several rows per event ({ROW_EVENT}), which needs "
+                             "numpy code on each chunk's events: set dask_mode = \"chunks\"")
     return {str(k): v for k, v in rows.items()}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,8 @@ from analysis.core.features import DITAU_COLUMNS
 from analysis.core.io import atomic_path
 from analysis.errors import HepprepError
 
-__all__ = ["BOOKKEEPING_SCHEMA", "SKIM_SCHEMA", "SUMMARY_KEY", "bookkeeping_fingerprint", "part_name",
-           "read_part_summary", "rows_table", "write_part"]
+__all__ = ["BOOKKEEPING_SCHEMA", "ROW_EVENT", "SKIM_SCHEMA", "SUMMARY_KEY", "arrow_type", "bookkeeping_fingerprint",
+           "part_name", "read_part_summary", "rows_table", "write_part"]
 
 # Key of the chunk summary in the Parquet key-value metadata.
 SUMMARY_KEY = b"hepprep.skim"
@@ -31,6 +32,9 @@ SUMMARY_KEY = b"hepprep.skim"
 SKIM_FORMAT_VERSION = 2  # 2: the processor's name, version and options in the fingerprint
 
 _STRING_DICT = pa.dictionary(pa.int32(), pa.string())
+# The reserved key of a processor's rows mapping each row to its event, for several rows per
+# event (one per jet): the position of the row's event among the events the cutflow kept.
+ROW_EVENT = "_event_index"
 
 # Identity and bookkeeping columns: hepprep writes them, whichever processor skims.
 BOOKKEEPING_SCHEMA = pa.schema(
@@ -68,31 +72,54 @@ def bookkeeping_fingerprint(processor: dict[str, Any], lumi_pb: float, dataset: 
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def arrow_type(name: str) -> pa.DataType:
+    """The Arrow type a processor declares by name: ``"float32"``, ``"int16"``, ... or ``"list<float32>"``."""
+    if name.startswith("list<") and name.endswith(">"):
+        return pa.list_(pa.type_for_alias(name[5:-1]))
+    return pa.type_for_alias(name)
+
+
+@dataclass(frozen=True)
+class _Lists:
+    """A list column: one list per row, as offsets (int64, from 0, one more than rows) and flat values."""
+
+    offsets: np.ndarray
+    values: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+
 def rows_table(rows: Any, bookkeeping: dict[str, np.ndarray], *, dataset: str, process: str, label: int,
                columns: dict[str, str], owner: str) -> pa.Table:
     """The part of one chunk: hepprep's identity and bookkeeping columns, then the processor's.
 
     Parameters
     ----------
-    rows : dict of 1-d arrays or an awkward record array, one entry per selected event
-        What the processor's ``select`` returned.
+    rows : dict of arrays or an awkward record array, one entry per row
+        What the processor's ``select`` returned: one row per selected event, or several
+        when it holds ``ROW_EVENT`` (each row's event, see `processors.base`). A column is
+        1-d (numbers, bools) or awkward lists (``var * number``, a list column).
     bookkeeping : dict of numpy arrays of the selected events
-        ``run``, ``luminosityBlock``, ``event``, ``genWeight``, ``weight``.
+        ``run``, ``luminosityBlock``, ``event``, ``genWeight``, ``weight``; repeated on
+        every row of an event.
     dataset, process, label : the chunk's dataset (dictionary-encoded strings, int8 label)
     columns : dict of name -> Arrow type name
-        The processor's declared columns (in this order, first); others are typed from
-        their values (floats as float32, integers as int32, bools as bool).
+        The processor's declared columns (in this order, first; `arrow_type`); others are
+        typed from their values (floats as float32, integers as int32, bools as bool,
+        lists of them as lists).
     owner : str
         The processor's name, for the messages.
 
     Raises
     ------
     ProcessorError-like HepprepError
-        A column missing, of another length than the selected events, named like a
-        bookkeeping column, or not 1-d.
+        A column missing, of another length than the rows, named like a bookkeeping
+        column, of another shape than declared; a ``ROW_EVENT`` out of order, out of
+        range or leaving a selected event without a row.
     """
     values = _as_columns(rows, owner)
-    n = len(bookkeeping["event"])
+    n_events = len(bookkeeping["event"])
     clash = sorted(set(values) & set(BOOKKEEPING_SCHEMA.names))
     if clash:
         raise HepprepError(f"processor {owner} returned column(s) {', '.join(clash)}, which hepprep "
@@ -100,6 +127,13 @@ def rows_table(rows: Any, bookkeeping: dict[str, np.ndarray], *, dataset: str, p
     missing = [c for c in columns if c not in values]
     if missing:
         raise HepprepError(f"processor {owner} declares column(s) {', '.join(missing)} but did not return them")
+    if ROW_EVENT in values:
+        event = _row_events(values.pop(ROW_EVENT), n_events, owner)
+        bookkeeping = {k: np.asarray(v)[event] for k, v in bookkeeping.items()}
+        what = "row"
+    else:
+        what = "selected event"
+    n = len(bookkeeping["event"])
     fields, arrays = list(BOOKKEEPING_SCHEMA), []
     for field in BOOKKEEPING_SCHEMA:
         if field.name in ("dataset", "process"):
@@ -113,17 +147,49 @@ def rows_table(rows: Any, bookkeeping: dict[str, np.ndarray], *, dataset: str, p
                 _NUMPY_TYPES[field.name], copy=False), field.type))
     for name in [*columns, *(c for c in values if c not in columns)]:
         array = values[name]
-        if array.ndim != 1 or len(array) != n:
-            raise HepprepError(f"processor {owner}: column {name!r} has shape {array.shape}, expected one "
-                               f"value for each of the {n} selected events")
-        arrow_type = pa.type_for_alias(columns[name]) if name in columns else _inferred_type(array)
-        fields.append(pa.field(name, arrow_type))
-        arrays.append(_typed(array, arrow_type))
+        is_list = isinstance(array, _Lists)
+        if (not is_list and array.ndim != 1) or len(array) != n:
+            shape = f"{len(array)} lists" if is_list else f"shape {array.shape}"
+            raise HepprepError(f"processor {owner}: column {name!r} has {shape}, expected one "
+                               f"value for each of the {n} {what}s")
+        declared = arrow_type(columns[name]) if name in columns else None
+        if declared is not None and pa.types.is_list(declared) != is_list:
+            raise HepprepError(f"processor {owner}: column {name!r} is declared {columns[name]} but holds "
+                               f"{'a list' if is_list else 'one value'} per row")
+        if is_list:
+            inner = declared.value_type if declared is not None else _inferred_type(array.values)
+            fields.append(pa.field(name, pa.list_(inner)))
+            arrays.append(pa.ListArray.from_arrays(_from_numpy(array.offsets.astype(np.int32), pa.int32()),
+                                                   _typed(array.values, inner)))
+        else:
+            arrow = declared if declared is not None else _inferred_type(array)
+            fields.append(pa.field(name, arrow))
+            arrays.append(_typed(array, arrow))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def _as_columns(rows: Any, owner: str) -> dict[str, np.ndarray]:
-    """A processor's rows as flat numpy columns (awkward None -> NaN)."""
+def _row_events(values: Any, n_events: int, owner: str) -> np.ndarray:
+    """``ROW_EVENT`` checked: integers, non-decreasing, in range, every selected event with a row."""
+    event = np.asarray(values)
+    if event.ndim != 1 or not (np.issubdtype(event.dtype, np.integer) or len(event) == 0):
+        raise HepprepError(f"processor {owner}: {ROW_EVENT} must be a 1-d integer array (each row's event), "
+                           f"got {event.dtype} of shape {event.shape}")
+    event = event.astype(np.int64, copy=False)
+    if len(event) and (event[0] < 0 or event[-1] >= n_events or np.any(np.diff(event) < 0)):
+        raise HepprepError(f"processor {owner}: {ROW_EVENT} must be non-decreasing positions among the "
+                           f"{n_events} selected events (0 to {n_events - 1})")
+    has_row = np.zeros(n_events, dtype=bool)
+    has_row[event] = True
+    if not has_row.all():
+        first = int(np.flatnonzero(~has_row)[0])
+        raise HepprepError(f"processor {owner}: {int((~has_row).sum())} selected event(s) have no row (the "
+                           f"first at position {first}); record a cutflow step that drops the events "
+                           "without one, e.g. cutflow.step('one_jet', n_jets > 0)")
+    return event
+
+
+def _as_columns(rows: Any, owner: str) -> dict[str, np.ndarray | _Lists]:
+    """A processor's rows as flat numpy columns (awkward None -> NaN) or `_Lists` (awkward lists)."""
     if isinstance(rows, ak.Array):
         if not rows.fields:
             raise HepprepError(f"processor {owner} returned an awkward array without fields; return a record "
@@ -132,14 +198,32 @@ def _as_columns(rows: Any, owner: str) -> dict[str, np.ndarray]:
     if not isinstance(rows, dict):
         raise HepprepError(f"processor {owner} returned {type(rows).__name__}; return a dict of equal-length "
                            "1-d arrays or an awkward record array")
-    out = {}
+    out: dict[str, np.ndarray | _Lists] = {}
     for name, value in rows.items():
         if isinstance(value, ak.Array):
+            if value.ndim == 2:
+                out[str(name)] = _lists(value, name, owner)
+                continue
             if value.ndim != 1:
-                raise HepprepError(f"processor {owner}: column {name!r} is {value.type}, not one value per event")
+                raise HepprepError(f"processor {owner}: column {name!r} is {value.type}, not one value "
+                                   "(or one list of numbers) per row")
             value = ak.to_numpy(ak.fill_none(value, np.nan) if ak.any(ak.is_none(value)) else value)
         out[str(name)] = np.asarray(value)
     return out
+
+
+def _lists(value: ak.Array, name: str, owner: str) -> _Lists:
+    """``var * number`` as offsets and values; read straight from a list-offset layout when it is one."""
+    layout = ak.to_layout(value)
+    if isinstance(layout, ak.contents.ListOffsetArray) and isinstance(layout.content, ak.contents.NumpyArray):
+        offsets = np.asarray(layout.offsets.data, dtype=np.int64)
+        return _Lists(offsets - offsets[0], np.asarray(layout.content.data)[offsets[0]:offsets[-1]])
+    if ak.any(ak.is_none(value, axis=0)):
+        raise HepprepError(f"processor {owner}: column {name!r} has missing lists (None); give an empty list")
+    counts = ak.to_numpy(ak.num(value, axis=1)).astype(np.int64)
+    flat = ak.flatten(value, axis=1)
+    flat = ak.to_numpy(ak.fill_none(flat, np.nan) if ak.any(ak.is_none(flat)) else flat)
+    return _Lists(np.concatenate([[0], np.cumsum(counts)]), np.asarray(flat))
 
 
 def _inferred_type(values: np.ndarray) -> pa.DataType:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ANALYSIS_COLUMNS", "DEFAULT_FEATURES", "DERIVED_FEATURES", "DITAU_COLUMNS", "MUTAU_COLUMNS",
-           "MUTAU_DEFAULT_FEATURES", "MUTAU_DERIVED_FEATURES", "Feature", "feature", "feature_differences"]
+__all__ = ["ANALYSIS_COLUMNS", "DEFAULT_FEATURES", "DERIVED_FEATURES", "DITAU_COLUMNS", "JET_COLUMNS",
+           "JET_DEFAULT_FEATURES", "MUTAU_COLUMNS", "MUTAU_DEFAULT_FEATURES", "MUTAU_DERIVED_FEATURES", "Feature",
+           "feature", "feature_differences"]
 
 
 @dataclass(frozen=True)
 class Feature:
-    """One feature column: its name, Arrow type (``float32``, ``int8``, ``int16``), axis label and unit."""
+    """One feature column: its name, Arrow type (``float32``, ``int8``, ``int16``, ``list<float32>``), axis label and unit."""
 
     name: str
     dtype: str
@@ -101,14 +102,50 @@ MUTAU_DEFAULT_FEATURES: tuple[str, ...] = (
     *(f.name for f in MUTAU_DERIVED_FEATURES),
 )
 
+# The jet-level processor (processors.jets, one row per jet): jet features, truth, the energy-scale
+# target, then the constituents and secondary vertices as lists (one entry per constituent / vertex).
+_LIST = "list<float32>"
+JET_COLUMNS: tuple[Feature, ...] = (
+    Feature("jet_index", "int16", "jet index in the event"),
+    *_objects("jet", "j", _JET[:4]),
+    Feature("jet_msoftdrop", "float32", r"$m_{SD}^{j}$", "GeV"),
+    Feature("jet_tau21", "float32", r"$\tau_{21}$"), Feature("jet_tau32", "float32", r"$\tau_{32}$"),
+    Feature("jet_area", "float32", r"jet area $A$"),
+    Feature("jet_ncand", "int16", r"$N_{constituents}$"), Feature("jet_nsv", "int16", r"$N_{SV}$"),
+    Feature("jet_sj1_deta", "float32", r"$\Delta\eta(sj_1, j)$"),
+    Feature("jet_sj1_dphi", "float32", r"$\Delta\phi(sj_1, j)$", "rad"),
+    Feature("jet_label", "int8", "jet truth label"),
+    Feature("jet_hadron_flavour", "int8", "hadron flavour"), Feature("jet_parton_flavour", "int16", "parton flavour"),
+    Feature("jes_target", "float32", r"$p_{T}^{gen} / p_{T}^{j}$"),
+    Feature("cand_pt", _LIST, r"$p_{T}^{cand}$", "GeV"), Feature("cand_deta", _LIST, r"$\Delta\eta(cand, j)$"),
+    Feature("cand_dphi", _LIST, r"$\Delta\phi(cand, j)$", "rad"),
+    Feature("cand_logpt", _LIST, r"$\log p_{T}^{cand}$"), Feature("cand_loge", _LIST, r"$\log E^{cand}$"),
+    Feature("cand_ptrel", _LIST, r"$p_{T}^{cand} / p_{T}^{j}$"), Feature("cand_erel", _LIST, r"$E^{cand} / E^{j}$"),
+    Feature("cand_dr", _LIST, r"$\Delta R(cand, j)$"), Feature("cand_charge", _LIST, "constituent charge"),
+    Feature("cand_class", _LIST, "constituent particle class"),
+    Feature("cand_d0", _LIST, r"$d_{0}$", "cm"), Feature("cand_d0sig", _LIST, r"$d_{0}/\sigma_{d_0}$"),
+    Feature("cand_dz", _LIST, r"$d_{z}$", "cm"), Feature("cand_dzsig", _LIST, r"$d_{z}/\sigma_{d_z}$"),
+    Feature("cand_puppiw", _LIST, "PUPPI weight"),
+    Feature("sv_pt", _LIST, r"$p_{T}^{SV}$", "GeV"), Feature("sv_mass", _LIST, r"$m^{SV}$", "GeV"),
+    Feature("sv_ntracks", _LIST, r"$N_{tracks}^{SV}$"), Feature("sv_normchi2", _LIST, r"SV $\chi^2/ndof$"),
+    Feature("sv_dxy", _LIST, r"SV $d_{xy}$", "cm"), Feature("sv_dxysig", _LIST, r"SV $d_{xy}/\sigma$"),
+    Feature("sv_d3d", _LIST, r"SV $d_{3D}$", "cm"), Feature("sv_d3dsig", _LIST, r"SV $d_{3D}/\sigma$"),
+    Feature("sv_costhetasvpv", _LIST, r"SV $\cos\theta_{SV,PV}$"),
+    Feature("sv_dphi", _LIST, r"$\Delta\phi(SV, j)$", "rad"),
+    Feature("sv_ptrel", _LIST, r"$p_{T}^{SV} / p_{T}^{j}$"), Feature("sv_erel", _LIST, r"$E^{SV} / E^{j}$"),
+)
+# Its training inputs by default: jet features every collection has (AK8 adds jet_msoftdrop, jet_tau21, ...).
+JET_DEFAULT_FEATURES: tuple[str, ...] = ("jet_pt", "jet_eta", "jet_mass", "jet_area", "jet_ncand", "jet_nsv")
+
 # A name both analyses write keeps the di-tau entry (its label; jdeta is |deta| there),
 # unless the analysis is named: each analysis's own table first (`feature`).
-_REGISTRY = {f.name: f for f in (*MUTAU_COLUMNS, *DITAU_COLUMNS)}
+_REGISTRY = {f.name: f for f in (*JET_COLUMNS, *MUTAU_COLUMNS, *DITAU_COLUMNS)}
 ANALYSIS_COLUMNS: dict[str, dict[str, Feature]] = {
     "DiTauProcessor": {f.name: f for f in DITAU_COLUMNS},
     "MuTauProcessor": {f.name: f for f in MUTAU_COLUMNS},
+    "JetProcessor": {f.name: f for f in JET_COLUMNS},
 }
-assert all(name in _REGISTRY for name in DEFAULT_FEATURES + MUTAU_DEFAULT_FEATURES)  # noqa: S101 - a typo here is a bug
+assert all(name in _REGISTRY for name in DEFAULT_FEATURES + MUTAU_DEFAULT_FEATURES + JET_DEFAULT_FEATURES)  # noqa: S101 - a typo here is a bug
 
 
 def feature_differences(wanted: list[str], have: list[str], *, missing: str, extra: str) -> str | None:

@@ -190,6 +190,8 @@ def build_manifest(*, out_dir: Path, fileset: str, chunksize: int, datasets: dic
     provenance : dict
         `analysis.core.provenance.build_provenance` of the run.
 
+    A processor's counts (`processors.base.Cutflow.count`: objects it handled in a documented
+    way, such as jets without constituents) are kept per chunk and summed per dataset.
     A file's ``status`` is ``done``, ``skipped`` (bad, and --skip-bad-files), ``failed``
     (bad) or ``incomplete`` (some chunks not done yet: resume with the same command);
     ``complete`` is true when every file is done or skipped.
@@ -200,8 +202,11 @@ def build_manifest(*, out_dir: Path, fileset: str, chunksize: int, datasets: dic
     for info in datasets.values():
         for item in info.files:
             planned = plan.get(item.path, [])
+            # a processor's counts of objects handled in a documented way (`Cutflow.count`), when it keeps any
             chunks = [dict(start=summaries[r]["start"], stop=summaries[r]["stop"], part=r,
-                           rows=summaries[r]["rows"]) for r in planned if r in summaries]
+                           rows=summaries[r]["rows"],
+                           **({"counts": summaries[r]["counts"]} if summaries[r].get("counts") else {}))
+                      for r in planned if r in summaries]
             if item.path in failed:
                 status = "skipped" if skip_bad_files else "failed"
             else:
@@ -211,6 +216,11 @@ def build_manifest(*, out_dir: Path, fileset: str, chunksize: int, datasets: dic
                           "entries": item.entries, "profile": item.profile or None,
                           "status": status, "chunks": chunks,
                           "error": None if error is None else redact(error)})
+    counts: dict[str, dict[str, int]] = {}
+    for summary in summaries.values():
+        for name, n in (summary.get("counts") or {}).items():
+            totals = counts.setdefault(summary["dataset"], {})
+            totals[name] = totals.get(name, 0) + int(n)
     return {
         "stage": "skim",
         "fileset": fileset,
@@ -219,7 +229,8 @@ def build_manifest(*, out_dir: Path, fileset: str, chunksize: int, datasets: dic
         "fingerprint": parts_fingerprint(out_dir, files),
         # which analysis wrote the parts (name, version, options, its default features)
         **({"processor": processor} if processor is not None else {}),
-        "datasets": {n: {**d.record(), **({"folder": d.folder} if d.folder != n else {})}
+        "datasets": {n: {**d.record(), **({"folder": d.folder} if d.folder != n else {}),
+                         **({"counts": counts[n]} if counts.get(n) else {})}
                      for n, d in datasets.items()},
         "files": files,
         "errors": [{**e, "path": redact(e["path"]), "cause": redact(e["cause"])} for e in errors],
