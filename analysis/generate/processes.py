@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from analysis.generate.events import EventBatch, EventBuilder, concatenate_batches
-from analysis.generate.genpart import FLAGS_HARD, FLAGS_HARD_DECAYED, FLAGS_TAU_PRODUCT, STATUS_FLAG_BITS, visible_pdg_ids
+from analysis.generate.genpart import (FLAGS_HARD, FLAGS_HARD_DECAYED, FLAGS_TAU_PRODUCT, STATUS_FLAG_BITS,
+                                       visible_pdg_ids)
 from analysis.generate.kinematics import (MASS_TAU, four_vector, pt_eta_phi_mass, sample_breit_wigner,
                                           sample_power_law, two_body_decay)
 from analysis.generate.objects import pick_one_per_event, reconstruct, truncated_normal
