@@ -1,7 +1,7 @@
 """Benchmarks (skim stage): skim throughput against plain uproot, and the executors against each other.
 
 Floor: `uproot.TTree.arrays` of exactly the branches the skim reads (the input profile's
-branches and the jagged counters), over the same files in the same chunks, in this run.
+branches, the jagged counters and, for simulation, the generator truth's GenPart branches), over the same files in the same chunks, in this run.
 Measured: `run_skim` with the iterative executor against that floor in one process, and
 with the futures executor (``--workers`` processes) against the same floor run in as many
 processes (a `ProcessPoolExecutor`, one file per task, pool start-up included as for the
@@ -60,6 +60,7 @@ from analysis.skim.plugins import load_processor  # noqa: E402
 from analysis.skim.runner import run_skim  # noqa: E402
 from benchmarks._common import write_result  # noqa: E402
 from processors.profiles import detect_profile  # noqa: E402
+from processors.truth import truth_branches  # noqa: E402
 
 GOAL_RATIO = 0.5
 GOAL_DEFAULT_VS_ITERATIVE = 1.1  # at most, at 1M events
@@ -125,27 +126,28 @@ def _chunks(n: int, chunksize: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def _read_file(path: Path, tree: str, chunksize: int) -> int:
+def _read_file(path: Path, tree: str, is_mc: bool, chunksize: int) -> int:
     """Read the skim's branches of one file, chunk by chunk, with plain uproot; entries read."""
     events = 0
     with uproot.open(path) as file:
         t = file[tree]
+        # the di-tau processor also reads the generator truth of simulation
         branches = sorted(set(detect_profile(t.keys()).branches) | {"nTau", "nJet"}
-                          | ({"genWeight"} & set(t.keys())))
+                          | ({"genWeight"} & set(t.keys())) | set(truth_branches(t.keys(), is_mc=is_mc)))
         for start, stop in _chunks(t.num_entries, chunksize):
             arrays = t.arrays(branches, entry_start=start, entry_stop=stop)
             events += len(arrays)
     return events
 
 
-def _files(fileset: Path) -> list[tuple[Path, str]]:
-    return [(fileset.parent / name, tree) for entry in json.loads(fileset.read_text()).values()
-            for name, tree in entry["files"].items()]
+def _files(fileset: Path) -> list[tuple[Path, str, bool]]:
+    return [(fileset.parent / name, tree, bool(entry["metadata"].get("is_mc"))) for entry in
+            json.loads(fileset.read_text()).values() for name, tree in entry["files"].items()]
 
 
 def _uproot_floor(fileset: Path, chunksize: int) -> int:
     """Read the skim's branches of every file, chunk by chunk, with plain uproot."""
-    return sum(_read_file(path, tree, chunksize) for path, tree in _files(fileset))
+    return sum(_read_file(path, tree, is_mc, chunksize) for path, tree, is_mc in _files(fileset))
 
 
 def _uproot_floor_parallel(fileset: Path, chunksize: int, workers: int) -> int:
@@ -283,7 +285,7 @@ def mutau(args: argparse.Namespace, n: int, chunksize: int) -> dict:
         stamp.write_text(str(n))
     config = load_config(MUTAU_EXAMPLE, {"skim": {"executor": "iterative", "chunksize": chunksize}})
     proc = load_processor(config, out_dir=".")
-    files = _files(fileset)
+    files = [(path, tree) for path, tree, _ in _files(fileset)]
     keys = set(uproot.open(files[0][0])["Events"].keys())
     # What the processor reads of such a file: its profile's branches, the muons, the trigger,
     # the identity and weight branches and the counters of the collections.

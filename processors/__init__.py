@@ -14,8 +14,10 @@ from processors.parts import ROW_EVENT, SKIM_SCHEMA
 from processors.physics import delta_phi, delta_r, pair_mass_pt, transverse_mass, vector_sum_pt
 from processors.profiles import InputProfile, ProfileError, detect_profile
 from processors.selection import good_tau_mask, select_jets, select_tau_pair, select_taus, sort_by_pt
+from processors.truth import gen_truth, truth_columns
 
 __all__ = ["CUTS", "FEATURES", "ROW_EVENT", "SKIM_SCHEMA", "Cutflow", "DiTauProcessor", "InputFailure", "InputProfile",
-           "JetOptions", "JetProcessor", "MuTauOptions", "MuTauProcessor", "NoOptions", "ProcessorError", "ProfileError", "SkimProcessor", "dataset_weight", "delta_phi",
-           "delta_r", "detect_profile", "ditau_features", "good_tau_mask", "pair_mass_pt", "select_jets",
-           "select_tau_pair", "select_taus", "sort_by_pt", "transverse_mass", "vector_sum_pt"]
+           "JetOptions", "JetProcessor", "MuTauOptions", "MuTauProcessor", "NoOptions", "ProcessorError", "ProfileError",
+           "SkimProcessor", "dataset_weight", "delta_phi", "delta_r", "detect_profile", "ditau_features", "gen_truth",
+           "good_tau_mask", "pair_mass_pt", "select_jets", "select_tau_pair", "select_taus", "sort_by_pt",
+           "transverse_mass", "truth_columns", "vector_sum_pt"]

@@ -4,8 +4,10 @@
 ``[selection]``; ``select`` detects the input profile from the branches of the chunk,
 reads exactly the branches that profile needs (in one read of the chunk's TTree), applies
 the PHYSICS.md selection on flat numpy columns (`processors.flat`, the core that the
-public functions of `processors.selection` wrap) and computes the features. The part, its
-identity and weight columns, the cutflow's bookkeeping and bad input are the base's.
+public functions of `processors.selection` wrap) and computes the features; for simulation
+it also writes the generator truth (`processors.truth`: ``gen_m_tautau``, ``gen_pt_h``,
+NaN for data). The part, its identity and weight columns, the cutflow's bookkeeping and
+bad input are the base's.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from processors.flat import (FlatObjects, ObjectColumns, clean_jet_mask, first_s
                              object_event, pt_order)
 from processors.profiles import InputProfile, ProfileError, event_branches
 from processors.selection import good_tau_mask
+from processors.truth import TRUTH_INPUT_BRANCHES, truth_branches, truth_columns
 
 __all__ = ["CUTS", "DiTauProcessor", "dataset_weight", "triggers_applied"]
 
@@ -73,7 +76,7 @@ class DiTauProcessor(SkimProcessor):
     """
 
     name = "DiTauProcessor"
-    version = "1"
+    version = "2"  # 2: the truth columns gen_m_tautau, gen_pt_h
     Options = SelectionConfig
     columns = {f.name: f.dtype for f in DITAU_COLUMNS}
     default_features = DEFAULT_FEATURES
@@ -95,8 +98,8 @@ class DiTauProcessor(SkimProcessor):
         return self.options
 
     def input_branches(self) -> list[str]:
-        """The branches any input profile may read (glob patterns), for NanoEvents' filter."""
-        return self.profiles.readable_branches(self.selection.triggers)
+        """The branches any input profile may read (glob patterns) and the truth's, for NanoEvents' filter."""
+        return sorted({*self.profiles.readable_branches(self.selection.triggers), *TRUTH_INPUT_BRANCHES})
 
     def check_branches(self, branches: set[str], *, is_mc: bool) -> str:
         """The input profile of a file with these branches, or a `ProfileError` naming what lacks."""
@@ -109,9 +112,11 @@ class DiTauProcessor(SkimProcessor):
     def select(self, events: ak.Array, cutflow: Cutflow) -> dict[str, np.ndarray]:
         meta = events.metadata
         triggers = triggers_applied(self.selection, is_mc=bool(meta["is_mc"]))
+        present = event_branches(events)
         try:
-            profile = self.profiles.detect(event_branches(events))
-            inputs = _read_inputs(events, profile, triggers, self.read_branches)
+            profile = self.profiles.detect(present)
+            inputs = _read_inputs(events, profile, triggers, self.read_branches,
+                                  truth=truth_branches(present, is_mc=bool(meta["is_mc"])))
         except ProfileError as err:
             raise InputFailure(str(err)) from None
         cutflow.notes["profile"] = profile.name
@@ -193,6 +198,7 @@ class DiTauProcessor(SkimProcessor):
         # Features on flat numpy arrays: no per-operation awkward overhead on small chunks.
         columns.update(ditau_features(flat["tau1"], flat["tau2"], flat["jet1"], flat["jet2"],
                                       inputs["met_pt"][rows], inputs["met_phi"][rows]))
+        columns.update(truth_columns(inputs.get("truth", {}), rows))  # none given: NaN
         return columns
 
 
@@ -201,10 +207,11 @@ _JET_OUT = ("pt", "eta", "phi", "mass", "btag")
 
 
 def _read_inputs(events: ak.Array, profile: InputProfile, triggers: list[str],
-                 read: Callable[[ak.Array, list[str]], dict[str, Any]]) -> dict[str, Any]:
+                 read: Callable[[ak.Array, list[str]], dict[str, Any]], *, truth: list[str]) -> dict[str, Any]:
     """Read (materialise) every branch the selection needs, and nothing else.
 
-    Event quantities come out as numpy arrays, the taus and jets as `FlatObjects`; ``read``
+    Event quantities come out as numpy arrays, the taus and jets as `FlatObjects`, the
+    ``truth`` branches (GenPart; none for data) as they were read; ``read``
     is the base's `SkimProcessor.read_branches`, which reads them all in one
     ``TTree.arrays`` call where the chunk's TTree is at hand (the lazy per-branch reads
     through NanoEvents cost twice as much for the same bytes).
@@ -217,7 +224,8 @@ def _read_inputs(events: ak.Array, profile: InputProfile, triggers: list[str],
     objects = {name: sorted({b.split("_", 1)[1] for b in profile.branches if b.startswith(f"{name}_")})
                for name in ("Tau", "Jet")}
     met = (f"{profile.met}_pt", f"{profile.met}_phi")
-    arrays = read(events, ["PV_npvs", *met, *triggers, *(f"{c}_{f}" for c, fs in objects.items() for f in fs)])
+    arrays = read(events, ["PV_npvs", *met, *triggers, *(f"{c}_{f}" for c, fs in objects.items() for f in fs),
+                           *truth])
 
     def column(branch: str) -> np.ndarray:
         return ak.to_numpy(arrays[branch])
@@ -230,5 +238,6 @@ def _read_inputs(events: ak.Array, profile: InputProfile, triggers: list[str],
         "hlt": {path: column(path) for path in triggers},
         "taus": collection("Tau"),
         "jets": collection("Jet"),
+        "truth": {b: arrays[b] for b in truth},
     }
 

@@ -42,6 +42,14 @@ __all__ = ["CHUNKS_KEY", "DaskAwkwardSkim", "LazyCutflow", "compute_error", "laz
 
 # Key of the dataset metadata holding the planned chunks (`analysis.skim.dask_awkward`).
 CHUNKS_KEY = "hepprep_chunks"
+
+# uproot computes, for each partition, NanoAODSchema's cross-references whose branches are
+# read (GenPart's parents and children once genPartIdxMother is: the truth), with coffea's
+# numba kernels on awkward arrays. awkward registers its numba types on first use; two task
+# threads doing that at once leave one with an untyped array (numba's "non-precise type
+# pyobject"). Registering here, when a worker imports this module to unpickle its tasks,
+# does it once, before any task thread runs.
+ak.numba.register_and_check()
 _BOOKKEEPING = ("run", "luminosityBlock", "event", "genWeight", "weight")
 _DASK_MODES = ("lazy", "chunks")
 

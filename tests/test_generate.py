@@ -1,7 +1,8 @@
 """Tests of the sample generator (generate stage): file layout, fileset, reproducibility, CLI.
 
 Acceptance 2 (every branch name, type and counter against PHYSICS.md's outreach layout,
-written out here independently of the generator's own table) and 4 (same seed, same
+plus GenPart's genPartIdxMother and statusFlags, written out here independently of the
+generator's own table) and 4 (same seed, same
 arrays; different seed, different arrays).
 """
 
@@ -40,7 +41,9 @@ EXPECTED_COLLECTIONS = {
     "Electron": {**_KIN, "charge": I, "pfRelIso03_all": F, "cutBasedId": B, "pfId": B, "dxy": F, "dz": F,
                  "dxyErr": F, "dzErr": F, "jetIdx": I, "genPartIdx": I},
     "Photon": {**_KIN, "charge": I, "pfRelIso03_all": F, "jetIdx": I, "genPartIdx": I},
-    "GenPart": {**_KIN, "pdgId": I, "status": I},
+    # PHYSICS.md's pdgId and status, and Run 2 NanoAOD's mother index and status flags
+    # (analysis/generate/genpart.py: the decay chain of the generator truth).
+    "GenPart": {**_KIN, "pdgId": I, "status": I, "genPartIdxMother": I, "statusFlags": I},
 }
 
 

@@ -34,6 +34,8 @@ DESIGN_COLUMNS = (
     + [(f"jet{i}_{v}", "float") for i in (1, 2) for v in ("pt", "eta", "phi", "mass", "btag")]
     + [("met_pt", "float"), ("met_phi", "float"), ("npv", "int16"), ("njets", "int16"), ("ntaus", "int16")]
     + [(f, "float") for f in ("m_vis", "pt_vis", "dr_tautau", "mt_tau1", "mt_tau2", "mjj", "ptjj", "jdeta", "pt_h")]
+    # the generator truth (README "Additions to the stage contract")
+    + [("gen_m_tautau", "float"), ("gen_pt_h", "float")]
 )
 
 
@@ -78,6 +80,35 @@ def test_skim_matches_independent_selection_row_by_row(generated_sample, skimmed
         cuts = cutflow[dataset]["cuts"]
         assert {k: v["events"] for k, v in cuts.items()} == counts, dataset
         assert cuts["good_jets"]["sum_weight"] == pytest.approx(counts["good_jets"] * per_event, rel=1e-12)
+
+
+def _boson_by_event(path) -> dict[int, tuple[float, float]]:
+    """event number -> (mass, pt) of the file's H (pdgId 25) or Z (23) generator record, read plainly."""
+    a = uproot.open(path)["Events"].arrays(["event", "GenPart_pdgId", "GenPart_mass", "GenPart_pt"], library="np")
+    out = {}
+    for event, pdg, mass, pt in zip(a["event"], a["GenPart_pdgId"], a["GenPart_mass"], a["GenPart_pt"]):
+        boson = np.flatnonzero((pdg == 25) | (pdg == 23))
+        if len(boson):
+            out[int(event)] = (float(mass[boson[0]]), float(pt[boson[0]]))
+    return out
+
+
+def test_truth_columns_are_the_boson_for_h_and_z_and_nan_otherwise(generated_sample, skimmed):
+    out, _ = skimmed
+    skim = read_skim(out)
+    fileset = json.loads(generated_sample.read_text())
+    for dataset, entry in fileset.items():
+        got = skim[skim["dataset"] == dataset]
+        bosons = {}
+        for name in entry["files"]:
+            bosons.update(_boson_by_event(generated_sample.parent / name))
+        if entry["metadata"]["process"] in ("ggH", "VBF", "DY"):
+            mass, pt = np.array([bosons[e] for e in got["event"]]).T
+            # the tau pair the boson decays to has its mass (float32 momenta); the pt is the boson's
+            np.testing.assert_allclose(got["gen_m_tautau"], mass, rtol=1e-4, err_msg=dataset)
+            np.testing.assert_array_equal(got["gen_pt_h"].to_numpy(np.float64), pt, err_msg=dataset)
+        else:  # W+jets, ttbar (no H or Z) and pseudo-data (no generator records at all)
+            assert not bosons and got["gen_m_tautau"].isna().all() and got["gen_pt_h"].isna().all(), dataset
 
 
 def test_skim_schema_is_the_design_contract(skimmed):
@@ -134,6 +165,25 @@ def test_real_run2_nanoaod_with_sumw_from_the_runs_tree(tmp_path, nano_dy_path):
     assert skim["run"].dtype == np.int32 and (skim["run"] == 1).all()
 
 
+def test_real_run2_nanoaod_truth_columns_are_the_z_and_its_tau_pair(tmp_path, nano_dy_path):
+    from analysis.config import config_from_dict
+    from processors.truth import TRUTH_BRANCHES, gen_truth
+
+    # loose enough to keep a few Z -> ll and Z -> tau tau events of the 40
+    config = config_from_dict({"selection": {"tau_iso": "VLoose", "tau_require_anti_lepton": False, "min_jets": 0,
+                                             "tau_pt_min": 15.0}})
+    run_skim(_nano_fileset(tmp_path, nano_dy_path), tmp_path / "skim", config, executor="iterative", progress=False)
+    skim = read_skim(tmp_path / "skim")
+    events = uproot.open(nano_dy_path)["Events"].arrays(["event", *TRUTH_BRANCHES])
+    truth = gen_truth({b.split("_", 1)[1]: events[b] for b in TRUTH_BRANCHES})  # tests/test_truth.py checks it
+    row = {int(e): i for i, e in enumerate(events["event"])}
+    picked = [row[e] for e in skim["event"]]
+    assert len(picked) > 3
+    for column in ("gen_m_tautau", "gen_pt_h"):
+        np.testing.assert_allclose(skim[column], truth[column][picked].astype(np.float32), rtol=1e-7)
+    assert skim["gen_pt_h"].notna().all() and skim["gen_m_tautau"].notna().any()  # every event has a Z
+
+
 def test_real_run2_nanoaod_with_sumw_from_metadata(tmp_path, nano_dy_path):
     fileset = _nano_fileset(tmp_path, nano_dy_path, sumw=1.0e6)
     run_skim(fileset, tmp_path / "skim", loosened_config(), executor="iterative", progress=False)
@@ -159,6 +209,7 @@ def test_processor_reads_only_the_branches_it_needs(nano_dy_path, tmp_path):
 
     from processors.ditau import DiTauProcessor
     from processors.profiles import detect_profile
+    from processors.truth import TRUTH_BRANCHES
 
     accessed = []
     meta = {"dataset": "DY", "filename": str(nano_dy_path), "entrystart": 0, "entrystop": 40,
@@ -169,5 +220,6 @@ def test_processor_reads_only_the_branches_it_needs(nano_dy_path, tmp_path):
     DiTauProcessor(selection=loosened_config().selection, lumi_pb=1.0, out_dir=str(tmp_path)).process(events)
     branches = {a.branch for a in accessed}
     profile = detect_profile(uproot.open(nano_dy_path)["Events"].keys())
-    assert branches == set(profile.branches) | {"genWeight", "nTau", "nJet"}
-    assert len(branches) == 28  # of the file's 1,499
+    # simulation: the generator truth's GenPart branches too
+    assert branches == set(profile.branches) | {"genWeight", "nTau", "nJet", "nGenPart", *TRUTH_BRANCHES}
+    assert len(branches) == 36  # of the file's 1,499

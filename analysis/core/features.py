@@ -1,4 +1,4 @@
-"""Core (all stages): the one feature registry — each skim column a model may learn from, with its type, label and unit.
+"""Core (all stages): the one feature registry — each skim column (a feature, or truth to predict), its type, label and unit.
 
 The di-tau processor's output schema (`processors.parts.SKIM_SCHEMA`), the configuration's
 default training features (`analysis.config.DEFAULT_FEATURES`) and the plots' axis labels
@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["ANALYSIS_COLUMNS", "DEFAULT_FEATURES", "DERIVED_FEATURES", "DITAU_COLUMNS", "JET_COLUMNS",
-           "JET_DEFAULT_FEATURES", "MUTAU_COLUMNS", "MUTAU_DEFAULT_FEATURES", "MUTAU_DERIVED_FEATURES", "Feature",
-           "feature", "feature_differences"]
+           "JET_DEFAULT_FEATURES", "MUTAU_COLUMNS", "MUTAU_DEFAULT_FEATURES", "MUTAU_DERIVED_FEATURES", "TRUTH_COLUMNS",
+           "Feature", "feature", "feature_differences"]
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,15 @@ DERIVED_FEATURES: tuple[Feature, ...] = (
     Feature("pt_h", "float32", r"$p_{T}^{H}$", "GeV"),
 )
 
-# Every feature column the di-tau processor writes, in the skim's column order (DESIGN.md
-# "Skim Parquet"), after the identity and bookkeeping columns.
+# The generator truth (processors.truth), for simulation (NaN for data and where undefined):
+# regression targets, never training inputs, so in no default feature list.
+TRUTH_COLUMNS: tuple[Feature, ...] = (
+    Feature("gen_m_tautau", "float32", r"$m_{\tau\tau}^{gen}$", "GeV"),
+    Feature("gen_pt_h", "float32", r"$p_{T}^{H,gen}$", "GeV"),
+)
+
+# Every column the di-tau processor writes, in the skim's column order (DESIGN.md "Skim
+# Parquet", then the truth), after the identity and bookkeeping columns.
 DITAU_COLUMNS: tuple[Feature, ...] = (
     *_objects("tau1", r"\tau_1", _TAU), *_objects("tau2", r"\tau_2", _TAU),
     *_objects("jet1", "j_1", _JET), *_objects("jet2", "j_2", _JET),
@@ -60,6 +67,7 @@ DITAU_COLUMNS: tuple[Feature, ...] = (
     Feature("npv", "int16", r"$N_{PV}$"), Feature("njets", "int16", r"$N_{jets}$"),
     Feature("ntaus", "int16", r"$N_{\tau}$"),
     *DERIVED_FEATURES,
+    *TRUTH_COLUMNS,
 )
 
 # Training inputs by default: kinematics without azimuthal angles (the problem is symmetric
@@ -146,6 +154,8 @@ ANALYSIS_COLUMNS: dict[str, dict[str, Feature]] = {
     "JetProcessor": {f.name: f for f in JET_COLUMNS},
 }
 assert all(name in _REGISTRY for name in DEFAULT_FEATURES + MUTAU_DEFAULT_FEATURES + JET_DEFAULT_FEATURES)  # noqa: S101 - a typo here is a bug
+# the truth is what a model is to predict, never what it is given
+assert not {f.name for f in TRUTH_COLUMNS} & set(DEFAULT_FEATURES + MUTAU_DEFAULT_FEATURES + JET_DEFAULT_FEATURES)
 
 
 def feature_differences(wanted: list[str], have: list[str], *, missing: str, extra: str) -> str | None:

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.generate.layout import COLLECTIONS, SCALARS
+from analysis.generate.layout import SCALARS, TABLES
 
 __all__ = ["EventBatch", "EventBuilder", "concatenate_batches"]
 
-_REF_FIELDS = {"jetIdx": "Jet", "genPartIdx": "GenPart"}
+_REF_FIELDS = {"jetIdx": "Jet", "genPartIdx": "GenPart", "genPartIdxMother": "GenPart"}
 
 
 def _default(field: str):
@@ -29,8 +29,9 @@ def _default(field: str):
 class EventBatch:
     """Generated events: ``n`` events, per-event ``scalars`` and flat ``collections``.
 
-    ``collections[name]["event"]`` is the event index (int64) of each row; ``jetIdx`` and
-    ``genPartIdx`` hold row numbers of the Jet / GenPart table of the same batch (-1: none).
+    ``collections[name]["event"]`` is the event index (int64) of each row; ``jetIdx``,
+    ``genPartIdx`` and ``genPartIdxMother`` hold row numbers of the Jet / GenPart table of
+    the same batch (-1: none).
     """
 
     n: int
@@ -116,7 +117,7 @@ class EventBuilder:
     """
 
     n: int
-    layout: dict[str, dict[str, np.dtype]] = field(default_factory=lambda: COLLECTIONS)
+    layout: dict[str, dict[str, np.dtype]] = field(default_factory=lambda: TABLES)
     scalar_names: tuple[str, ...] = tuple(SCALARS)
     _segments: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)
     _rows: dict[str, int] = field(default_factory=dict)

@@ -3,10 +3,11 @@
 The `Events` tree of the reduced NanoAOD files of the CMS open-data H->tautau outreach
 analysis (PHYSICS.md "Input layout"): event scalars, triggers, and the collections Tau,
 Jet, Muon, Electron, Photon, GenPart, each written as a counter ``nX`` plus ``X_field``
-branches. Generated events arrive as flat object tables (one row per object with its event
-index); this module keeps the stored objects (PHYSICS.md thresholds), orders them by
-decreasing pt inside each event, turns cross references into per-event indices, and
-writes the tree with uproot.
+branches; GenPart also has Run 2 NanoAOD's ``genPartIdxMother`` and ``statusFlags``
+(analysis.generate.genpart). Generated events arrive as flat object tables (one row per
+object with its event index); this module keeps the stored objects (PHYSICS.md thresholds),
+orders them by decreasing pt inside each event (GenPart records marked ``appended`` after
+the others), turns cross references into per-event indices, and writes the tree with uproot.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import uproot
 from analysis.core.io import atomic_path
 from analysis.core.settings import parse_compression
 
-__all__ = ["COLLECTIONS", "SCALARS", "STORE_ABS_ETA_MAX", "STORE_PT_MIN", "events_to_branches", "write_events"]
+__all__ = ["COLLECTIONS", "ORDER_FIELDS", "SCALARS", "STORE_ABS_ETA_MAX", "STORE_PT_MIN", "TABLES", "events_to_branches",
+           "write_events"]
 
 F32, I32, BOOL = np.dtype(np.float32), np.dtype(np.int32), np.dtype(np.bool_)
 
@@ -50,11 +52,18 @@ COLLECTIONS: dict[str, dict[str, np.dtype]] = {
                  "dz": F32, "dzErr": F32, "cutBasedId": BOOL, "pfId": BOOL, "jetIdx": I32,
                  "genPartIdx": I32},
     "Photon": {**_P4, "charge": I32, "pfRelIso03_all": F32, "jetIdx": I32, "genPartIdx": I32},
-    "GenPart": {**_P4, "pdgId": I32, "status": I32},
+    # genPartIdxMother and statusFlags: Run 2 NanoAOD's (int32), after the outreach fields.
+    "GenPart": {**_P4, "pdgId": I32, "status": I32, "genPartIdxMother": I32, "statusFlags": I32},
 }
+# Fields of the object tables that order the rows but are not written: the GenPart records
+# added to the outreach layout's (the tau decay products) follow the others of their event,
+# so the indices pointing at those (Tau_genPartIdx, ...) are the same with or without them.
+ORDER_FIELDS: dict[str, dict[str, np.dtype]] = {"GenPart": {"appended": BOOL}}
+# What the generator's object tables hold (analysis.generate.events.EventBuilder).
+TABLES = {name: {**fields, **ORDER_FIELDS.get(name, {})} for name, fields in COLLECTIONS.items()}
 
 # Which collection a cross-reference field points into.
-_REFERENCES = {"jetIdx": "Jet", "genPartIdx": "GenPart"}
+_REFERENCES = {"jetIdx": "Jet", "genPartIdx": "GenPart", "genPartIdxMother": "GenPart"}
 
 # Objects below these pt (GeV) are not stored (PHYSICS.md; electrons/photons: reco thresholds).
 STORE_PT_MIN = {"Tau": 15.0, "Jet": 15.0, "Muon": 3.0, "Electron": 5.0, "Photon": 5.0, "GenPart": 0.0}
@@ -62,14 +71,16 @@ STORE_PT_MIN = {"Tau": 15.0, "Jet": 15.0, "Muon": 3.0, "Electron": 5.0, "Photon"
 STORE_ABS_ETA_MAX = {"Tau": 2.5, "Jet": 4.7, "Muon": 2.4, "Electron": 2.5, "Photon": 2.5, "GenPart": np.inf}
 
 
-def _local_order(event: np.ndarray, pt: np.ndarray, keep: np.ndarray, n_events: int):
-    """Stored rows ordered by (event, decreasing pt; ties keep input order), and per-row
-    position inside its event (-1 for rows not stored)."""
+def _local_order(event: np.ndarray, pt: np.ndarray, keep: np.ndarray, n_events: int, later: np.ndarray | None = None):
+    """Stored rows ordered by (event, ``later``, decreasing pt; ties keep input order), and
+    per-row position inside its event (-1 for rows not stored)."""
     rows = np.flatnonzero(keep)
-    # One integer key instead of a two-key lexsort: the bit pattern of a positive float32
-    # grows with its value, so (event << 32) | ~bits(pt) sorts by event, then by pt downwards.
+    # One integer key instead of a three-key lexsort: the bit pattern of a positive float32
+    # grows with its value, so (event << 33) | (later << 32) | ~bits(pt) sorts by event, then
+    # puts the `later` rows last, then sorts by pt downwards.
     pt_bits = pt[rows].astype(np.float32).view(np.uint32).astype(np.int64)
-    key = (event[rows] << 32) | (0xFFFFFFFF - pt_bits)
+    group = later[rows].astype(np.int64) << 32 if later is not None else 0
+    key = (event[rows] << 33) | group | (0xFFFFFFFF - pt_bits)
     order = rows[np.argsort(key, kind="stable")]
     counts = np.bincount(event[order], minlength=n_events)
     offsets = np.zeros(n_events + 1, dtype=np.int64)
@@ -88,7 +99,8 @@ def events_to_branches(scalars: dict[str, np.ndarray], collections: dict[str, di
     scalars : dict of str -> ndarray (n_events,)
         Every branch of `SCALARS`.
     collections : dict of str -> dict of str -> ndarray (n_rows,)
-        Flat object tables: ``"event"`` (int64 event index), every field of `COLLECTIONS`;
+        Flat object tables: ``"event"`` (int64 event index), every field of `COLLECTIONS`
+        (and optionally those of `ORDER_FIELDS`, which order the rows but are not written);
         ``jetIdx`` / ``genPartIdx`` hold row numbers of the referenced table (or -1).
 
     Returns
@@ -104,7 +116,8 @@ def events_to_branches(scalars: dict[str, np.ndarray], collections: dict[str, di
     ordered = {}
     for name, table in collections.items():
         keep = (table["pt"] > STORE_PT_MIN[name]) & (np.abs(table["eta"]) < STORE_ABS_ETA_MAX[name])
-        ordered[name] = _local_order(table["event"], table["pt"], keep, n_events)
+        later = next((table[f] for f in ORDER_FIELDS.get(name, {}) if f in table), None)
+        ordered[name] = _local_order(table["event"], table["pt"], keep, n_events, later)
     for name, fields in COLLECTIONS.items():
         table = collections[name]
         order, offsets, _ = ordered[name]

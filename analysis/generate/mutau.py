@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from analysis.generate.events import EventBatch
+from analysis.generate.genpart import FLAGS_HARD, FLAGS_HARD_DECAYED, FLAGS_TAU_PRODUCT
 from analysis.generate.kinematics import pt_eta_phi_mass, sample_breit_wigner, two_body_decay
 from analysis.generate.leptons import MASS_ELECTRON, MASS_MUON, PDG_MUON, choose_tau_decays, decay_leptonic_taus
 from analysis.generate.processes import (_GEN_STATUS_DECAYED, _GEN_STATUS_FINAL, _GEN_STATUS_HARD,
@@ -44,9 +45,10 @@ _OTHER_W = {"qq": 0.676 / 0.892, "e": 0.108 / 0.892, "tau": 0.108 / 0.892}
 class _MuTauTruth(_Truth):
     """A truth batch whose taus decay by branching fraction, with prompt leptons."""
 
-    def add_lepton(self, event: np.ndarray, p4: np.ndarray, pdg_id: np.ndarray) -> None:
+    def add_lepton(self, event: np.ndarray, p4: np.ndarray, pdg_id: np.ndarray, *, mother,
+                   flags: int = FLAGS_HARD) -> None:
         """A prompt charged lepton (electron or muon): its generator record and its truth row."""
-        rows = self.add_gen(event, p4, pdg_id, _GEN_STATUS_FINAL)
+        rows = self.add_gen(event, p4, pdg_id, _GEN_STATUS_FINAL, mother=mother, flags=flags)
         self.add_p4("Lepton", event, p4, pdgId=pdg_id, genPartIdx=rows)
 
     def decay_taus(self, rng, event: np.ndarray, taus: np.ndarray, charge: np.ndarray, gen_rows: np.ndarray) -> None:
@@ -59,18 +61,20 @@ class _MuTauTruth(_Truth):
                                                                           MASS_ELECTRON))
         self.add_neutrinos(event[lep], neutrinos)
         # A lepton keeps its tau's charge; negative leptons have positive PDG ids.
-        self.add_lepton(event[lep], lepton, decay[lep] * -charge[lep])
+        self.add_lepton(event[lep], lepton, decay[lep] * -charge[lep], mother=gen_rows[lep], flags=FLAGS_TAU_PRODUCT)
+        self.add_tau_products(event[lep], gen_rows[lep], charge[lep], invisible=neutrinos)
 
 
 def _tau_pair(rng, truth: _MuTauTruth, boson: np.ndarray, boson_pdg: int) -> None:
     n = truth.n
     event = np.arange(n)
-    truth.add_gen(event, boson, boson_pdg, _GEN_STATUS_HARD)
+    boson_rows = truth.add_gen(event, boson, boson_pdg, _GEN_STATUS_HARD)
     tau_minus, tau_plus = two_body_decay(rng, boson, MASS_TAU, MASS_TAU)
     events2 = np.concatenate([event, event])
     pdg = np.repeat([PDG["tau"], -PDG["tau"]], n)
     taus = np.concatenate([tau_minus, tau_plus])
-    gen_rows = truth.add_gen(events2, taus, pdg, _GEN_STATUS_DECAYED)
+    gen_rows = truth.add_gen(events2, taus, pdg, _GEN_STATUS_DECAYED, mother=np.concatenate([boson_rows] * 2),
+                             flags=FLAGS_HARD_DECAYED)
     truth.decay_taus(rng, events2, taus, -np.sign(pdg), gen_rows)
 
 
@@ -130,18 +134,20 @@ def generate_zmm_mutau(rng: np.random.Generator, n: int) -> EventBatch:
                                                          high=200.0, isr_min=1, isr_mean=0.3, isr_index=3.1,
                                                          rapidity_sigma=1.8)
     both = np.concatenate([np.arange(n)] * 2)
-    truth.add_gen(np.arange(n), boson, PDG["Z"], _GEN_STATUS_HARD)
+    boson_rows = truth.add_gen(np.arange(n), boson, PDG["Z"], _GEN_STATUS_HARD)
     mu_minus, mu_plus = two_body_decay(rng, boson, MASS_MUON, MASS_MUON)
-    truth.add_lepton(both, np.concatenate([mu_minus, mu_plus]), np.repeat([PDG_MUON, -PDG_MUON], n))
+    truth.add_lepton(both, np.concatenate([mu_minus, mu_plus]), np.repeat([PDG_MUON, -PDG_MUON], n),
+                     mother=np.concatenate([boson_rows] * 2))
     _fake_from_jets(rng, truth, event, rows, pt, eta)
     return truth.build()
 
 
-def _w_to_mu_nu(rng, truth: _MuTauTruth, event: np.ndarray, w: np.ndarray, w_charge: np.ndarray) -> None:
-    truth.add_gen(event, w, PDG["W"] * w_charge, _GEN_STATUS_HARD)
+def _w_to_mu_nu(rng, truth: _MuTauTruth, event: np.ndarray, w: np.ndarray, w_charge: np.ndarray,
+                mother=-1) -> None:
+    w_rows = truth.add_gen(event, w, PDG["W"] * w_charge, _GEN_STATUS_HARD, mother=mother)
     muon, nu = two_body_decay(rng, w, MASS_MUON, 0.0)
-    truth.add_lepton(event, muon, -PDG_MUON * w_charge)
-    truth.add_gen(event, nu, (PDG_MUON + 1) * w_charge, _GEN_STATUS_FINAL)
+    truth.add_lepton(event, muon, -PDG_MUON * w_charge, mother=w_rows)
+    truth.add_gen(event, nu, (PDG_MUON + 1) * w_charge, _GEN_STATUS_FINAL, mother=w_rows)
     truth.add_neutrinos(event, nu)
 
 
@@ -164,25 +170,27 @@ def _make_wjets(parton_jets: int):
 def generate_ttbar_mutau(rng: np.random.Generator, n: int) -> EventBatch:
     """tt -> bW bW with at least one W -> mu nu; the other W -> quarks, e nu, tau nu or mu nu."""
     truth = _MuTauTruth(n)
-    top_event, sign, b, w = _top_pair(rng, truth, n)
+    top_event, sign, b, w, top_rows = _top_pair(rng, truth, n)
     b_rows = truth.add_p4("Jet", top_event, b, flavour=5)
     # Given at least one W -> mu nu: both with probability BR^2 / (1 - (1 - BR)^2), else one at
     # random, the other decaying as a W that is not a muon's.
     both = rng.random(n) < BR_W_TO_MU**2 / (1.0 - (1.0 - BR_W_TO_MU) ** 2)
     first = rng.random(n) < 0.5
     muon_w = np.concatenate([both | first, both | ~first])
-    _w_to_mu_nu(rng, truth, top_event[muon_w], w[muon_w], sign[muon_w])
+    _w_to_mu_nu(rng, truth, top_event[muon_w], w[muon_w], sign[muon_w], mother=top_rows[muon_w])
     other = np.flatnonzero(~muon_w)
     kind = rng.choice(np.array(list(_OTHER_W)), size=len(other), p=np.array(list(_OTHER_W.values())))
     for name, pdg in (("e", 11), ("tau", PDG["tau"])):
         rows = other[kind == name]
         lepton, nu = two_body_decay(rng, w[rows], MASS_ELECTRON if name == "e" else MASS_TAU, 0.0)
-        truth.add_gen(top_event[rows], w[rows], PDG["W"] * sign[rows], _GEN_STATUS_HARD)
+        w_rows = truth.add_gen(top_event[rows], w[rows], PDG["W"] * sign[rows], _GEN_STATUS_HARD,
+                               mother=top_rows[rows])
         truth.add_neutrinos(top_event[rows], nu)
         if name == "e":
-            truth.add_lepton(top_event[rows], lepton, -pdg * sign[rows])
+            truth.add_lepton(top_event[rows], lepton, -pdg * sign[rows], mother=w_rows)
         else:
-            gen_rows = truth.add_gen(top_event[rows], lepton, -pdg * sign[rows], _GEN_STATUS_DECAYED)
+            gen_rows = truth.add_gen(top_event[rows], lepton, -pdg * sign[rows], _GEN_STATUS_DECAYED, mother=w_rows,
+                                     flags=FLAGS_HARD_DECAYED)
             truth.decay_taus(rng, top_event[rows], lepton, sign[rows], gen_rows)
     rows = other[kind == "qq"]
     q1, q2 = two_body_decay(rng, w[rows], 0.0, 0.0)

@@ -213,8 +213,9 @@ def reconstruct(rng: np.random.Generator, truth: EventBatch) -> EventBatch:
     ``truth`` holds tables ``Jet`` (parton jets: pt, eta, phi, mass, flavour), ``Tau``
     (visible decay products vis_pt, vis_eta, vis_phi, vis_mass, decayMode, charge,
     genPartIdx), ``Fake`` (jetIdx of a jet faking a tau, frac of its pt carried by the
-    tau candidate), ``GenPart`` (energy, px, py, pz, pdgId, status) and scalars ``nu_px``,
-    ``nu_py`` (all neutrinos).
+    tau candidate), ``GenPart`` (energy, px, py, pz, pdgId, status, genPartIdxMother,
+    statusFlags, appended: analysis.generate.genpart) and scalars ``nu_px``, ``nu_py`` (all
+    neutrinos).
     """
     n = truth.n
     ctx = EventContext(rng, n)
@@ -227,7 +228,7 @@ def reconstruct(rng: np.random.Generator, truth: EventBatch) -> EventBatch:
     gen_p4 = np.stack([gen["energy"], gen["px"], gen["py"], gen["pz"]], axis=-1)
     gen_pt, gen_eta, gen_phi, gen_mass = pt_eta_phi_mass(gen_p4)
     ctx.builder.add("GenPart", gen["event"], pt=gen_pt, eta=gen_eta, phi=gen_phi, mass=gen_mass,
-                    pdgId=gen["pdgId"], status=gen["status"])
+                    **{k: gen[k] for k in ("pdgId", "status", "genPartIdxMother", "statusFlags", "appended")})
     ctx.add_real_taus(taus["event"], taus["vis_pt"], taus["vis_eta"], taus["vis_phi"], taus["vis_mass"],
                       taus["decayMode"], taus["charge"], taus["genPartIdx"])
     chosen = fakes["jetIdx"]

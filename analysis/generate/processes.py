@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from analysis.generate.events import EventBatch, EventBuilder, concatenate_batches
+from analysis.generate.genpart import (FLAGS_HARD, FLAGS_HARD_DECAYED, FLAGS_TAU_PRODUCT, STATUS_FLAG_BITS,
+                                       visible_pdg_ids)
 from analysis.generate.kinematics import (MASS_TAU, four_vector, pt_eta_phi_mass, sample_breit_wigner,
                                           sample_power_law, two_body_decay)
 from analysis.generate.objects import pick_one_per_event, reconstruct, truncated_normal
@@ -45,6 +47,7 @@ MASS_TOP, WIDTH_TOP = 172.5, 1.4
 MASS_B = 4.8
 PDG = {"tau": 15, "nu_tau": 16, "Z": 23, "W": 24, "H": 25, "t": 6, "b": 5}
 _GEN_STATUS_HARD, _GEN_STATUS_DECAYED, _GEN_STATUS_FINAL = 62, 2, 1
+_DECAYED_BIT = 1 << STATUS_FLAG_BITS["isDecayedLeptonHadron"]
 
 _F64, _I32, _I64 = np.dtype(np.float64), np.dtype(np.int32), np.dtype(np.int64)
 _P4 = {"pt": _F64, "eta": _F64, "phi": _F64, "mass": _F64}
@@ -55,7 +58,9 @@ TRUTH_LAYOUT = {
             "decayMode": _I32, "charge": _I32, "genPartIdx": _I64},  # visible tau decay products
     "Fake": {"jetIdx": _I64, "frac": _F64},  # a jet faking a tau, with the pt fraction it keeps
     # Kept as momentum components: pt, eta, phi, mass are computed only for events passing the filter.
-    "GenPart": {"energy": _F64, "px": _F64, "py": _F64, "pz": _F64, "pdgId": _I32, "status": _I32},
+    # `appended`: a tau decay product, written after the other records (analysis.generate.genpart).
+    "GenPart": {"energy": _F64, "px": _F64, "py": _F64, "pz": _F64, "pdgId": _I32, "status": _I32,
+                "genPartIdxMother": _I64, "statusFlags": _I32, "appended": np.dtype(np.bool_)},
     # Prompt electrons and muons (W, Z and leptonic tau decays; empty in the di-tau processes).
     "Lepton": {**_P4, "pdgId": _I32, "genPartIdx": _I64},
 }
@@ -72,10 +77,25 @@ class _Truth(EventBuilder):
         pt, eta, phi, mass = pt_eta_phi_mass(p4)
         return self.add(collection, event, pt=pt, eta=eta, phi=phi, mass=mass, **fields)
 
-    def add_gen(self, event: np.ndarray, p4: np.ndarray, pdg_id, status: int) -> np.ndarray:
-        """Generator records (GenPart) of four-vectors ``(n, 4)``; returns their rows."""
+    def add_gen(self, event: np.ndarray, p4: np.ndarray, pdg_id, status, *, mother=-1, flags: int = FLAGS_HARD,
+                appended: bool = False) -> np.ndarray:
+        """Generator records (GenPart) of four-vectors ``(n, 4)``, with their mothers' rows; returns their rows."""
         return self.add("GenPart", event, energy=p4[:, 0], px=p4[:, 1], py=p4[:, 2], pz=p4[:, 3],
-                        pdgId=pdg_id, status=status)
+                        pdgId=pdg_id, status=status, genPartIdxMother=mother, statusFlags=flags, appended=appended)
+
+    def add_tau_products(self, event: np.ndarray, tau_rows: np.ndarray, charge: np.ndarray, *,
+                         visible: np.ndarray | None = None, visible_pdg: np.ndarray | None = None,
+                         invisible: np.ndarray) -> None:
+        """The truth of tau decays (appended records): the visible hadronic system, when
+        given, and the neutrino(s) of each tau of ``tau_rows`` (of ``charge``)."""
+        if visible is not None:
+            # the pion is final, the rho and a1 decay further
+            status = np.where(np.abs(visible_pdg) == 211, _GEN_STATUS_FINAL, _GEN_STATUS_DECAYED)
+            flags = FLAGS_TAU_PRODUCT | np.where(status == _GEN_STATUS_DECAYED, _DECAYED_BIT, 0)
+            self.add_gen(event, visible, visible_pdg, status, mother=tau_rows, flags=flags, appended=True)
+        # tau- -> nu_tau (pdgId +16): the neutrino's pdgId has the sign of the tau's
+        self.add_gen(event, invisible, -PDG["nu_tau"] * np.sign(charge), _GEN_STATUS_FINAL, mother=tau_rows,
+                     flags=FLAGS_TAU_PRODUCT, appended=True)
 
     def add_neutrinos(self, event: np.ndarray, p4: np.ndarray) -> None:
         self.scalars["nu_px"] += np.bincount(event, weights=p4[:, 1], minlength=self.n)
@@ -87,6 +107,8 @@ class _Truth(EventBuilder):
         pt, eta, phi, mass = pt_eta_phi_mass(visible)
         self.add("Tau", event, vis_pt=pt, vis_eta=eta, vis_phi=phi, vis_mass=mass, decayMode=decay_mode,
                  charge=charge, genPartIdx=gen_rows)
+        self.add_tau_products(event, gen_rows, charge, visible=visible, visible_pdg=visible_pdg_ids(decay_mode, charge),
+                              invisible=neutrino)
 
     def add_isr(self, rng, counts: np.ndarray, *, pt_min: float, index: float, eta_sigma: float):
         """ISR jets, ``counts[i]`` in event i: falling pt, central, a few per cent heavy flavour.
@@ -114,12 +136,13 @@ def _tau_pair(rng, truth: _Truth, boson: np.ndarray, boson_pdg: int) -> None:
     """Boson -> tau- tau+ in its rest frame, both taus decaying hadronically."""
     n = truth.n
     event = np.arange(n)
-    truth.add_gen(event, boson, boson_pdg, _GEN_STATUS_HARD)
+    boson_rows = truth.add_gen(event, boson, boson_pdg, _GEN_STATUS_HARD)
     tau_minus, tau_plus = two_body_decay(rng, boson, MASS_TAU, MASS_TAU)
     taus = np.concatenate([tau_minus, tau_plus])
     events2 = np.concatenate([event, event])
     pdg = np.repeat([PDG["tau"], -PDG["tau"]], n)
-    gen_rows = truth.add_gen(events2, taus, pdg, _GEN_STATUS_DECAYED)
+    gen_rows = truth.add_gen(events2, taus, pdg, _GEN_STATUS_DECAYED, mother=np.concatenate([boson_rows] * 2),
+                             flags=FLAGS_HARD_DECAYED)
     truth.add_tau_decays(rng, events2, taus, -np.sign(pdg), gen_rows)
 
 
@@ -165,12 +188,13 @@ def generate_vbf(rng: np.random.Generator, n: int) -> EventBatch:
     return truth.build()
 
 
-def _w_to_tau_nu(rng, truth: _Truth, event, w: np.ndarray, w_charge: np.ndarray) -> None:
-    """W -> tau nu (tau hadronic); generator records for W, tau and neutrino."""
-    truth.add_gen(event, w, PDG["W"] * w_charge, _GEN_STATUS_HARD)
+def _w_to_tau_nu(rng, truth: _Truth, event, w: np.ndarray, w_charge: np.ndarray, mother=-1) -> None:
+    """W -> tau nu (tau hadronic); generator records for W (daughter of ``mother``), tau and neutrino."""
+    w_rows = truth.add_gen(event, w, PDG["W"] * w_charge, _GEN_STATUS_HARD, mother=mother)
     tau, nu = two_body_decay(rng, w, MASS_TAU, 0.0)
-    gen_rows = truth.add_gen(event, tau, -PDG["tau"] * w_charge, _GEN_STATUS_DECAYED)
-    truth.add_gen(event, nu, PDG["nu_tau"] * w_charge, _GEN_STATUS_FINAL)
+    gen_rows = truth.add_gen(event, tau, -PDG["tau"] * w_charge, _GEN_STATUS_DECAYED, mother=w_rows,
+                             flags=FLAGS_HARD_DECAYED)
+    truth.add_gen(event, nu, PDG["nu_tau"] * w_charge, _GEN_STATUS_FINAL, mother=w_rows)
     truth.add_neutrinos(event, nu)
     truth.add_tau_decays(rng, event, tau, w_charge, gen_rows)
 
@@ -203,10 +227,10 @@ def _make_wjets(parton_jets: int) -> Callable[[np.random.Generator, int], EventB
 
 
 def _top_pair(rng: np.random.Generator, truth: _Truth, n: int) -> tuple[np.ndarray, ...]:
-    """tt -> bW bW, the tops back to back in the transverse plane: (event, sign, b, W) per top.
+    """tt -> bW bW, the tops back to back in the transverse plane: (event, sign, b, W, top row) per top.
 
     The tops and b quarks go into the generator records; what the Ws and b quarks become
-    is the caller's (each channel's decays).
+    is the caller's (each channel's decays; a W's record is a daughter of the top row).
     """
     event = np.arange(n)
     pt1 = rng.gamma(2.2, 40.0, n)
@@ -218,23 +242,23 @@ def _top_pair(rng: np.random.Generator, truth: _Truth, n: int) -> tuple[np.ndarr
                            four_vector(np.hypot(px2, py2), rng.normal(0, 1.2, n), np.arctan2(py2, px2), m_top[n:])])
     top_event = np.concatenate([event, event])
     sign = np.repeat([1, -1], n)  # t (W+) then tbar (W-)
-    truth.add_gen(top_event, tops, PDG["t"] * sign, _GEN_STATUS_HARD)
+    top_rows = truth.add_gen(top_event, tops, PDG["t"] * sign, _GEN_STATUS_HARD)
     m_w = sample_breit_wigner(rng, 2 * n, mass=MASS_W, width=WIDTH_W, low=60.0, high=100.0)
     b, w = two_body_decay(rng, tops, MASS_B, m_w)
-    truth.add_gen(top_event, b, PDG["b"] * sign, 23)
-    return top_event, sign, b, w
+    truth.add_gen(top_event, b, PDG["b"] * sign, 23, mother=top_rows)
+    return top_event, sign, b, w, top_rows
 
 
 def generate_ttbar(rng: np.random.Generator, n: int) -> EventBatch:
     """tt -> bW bW: two b jets; one or both W -> tau nu, otherwise W -> qq' with a fake tau."""
     truth = _Truth(n)
-    top_event, sign, b, w = _top_pair(rng, truth, n)
+    top_event, sign, b, w, top_rows = _top_pair(rng, truth, n)
     truth.add_p4("Jet", top_event, b, flavour=5)
     # Which W decays to tau nu: both (30 %), else exactly one, at random.
     both = rng.random(n) < 0.3
     first = rng.random(n) < 0.5
     tau_w = np.concatenate([both | first, both | ~first])
-    _w_to_tau_nu(rng, truth, top_event[tau_w], w[tau_w], sign[tau_w])
+    _w_to_tau_nu(rng, truth, top_event[tau_w], w[tau_w], sign[tau_w], mother=top_rows[tau_w])
     had = ~tau_w
     q1, q2 = two_body_decay(rng, w[had], 0.0, 0.0)
     charm = rng.random(had.sum()) < 0.5  # W -> cs about half of hadronic decays
