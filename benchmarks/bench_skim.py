@@ -291,7 +291,7 @@ def mutau(args: argparse.Namespace, n: int, chunksize: int) -> dict:
     # the identity and weight branches and the counters of the collections.
     profile = proc.profiles.detect(keys)
     branches = sorted({*profile.branches_for(keys), *proc.muon_branches(), *proc.triggers,
-                       "genWeight", "nMuon", "nTau", "nJet"} & keys)
+                       *truth_branches(keys, is_mc=True), "genWeight", "nMuon", "nTau", "nJet"} & keys)
     total = sum(uproot.open(p)[t].num_entries for p, t in files)
     figures: dict = {"events": total, "simulated_events": n, "chunksize": chunksize,
                      "branches": len(branches), "goal_ratio": GOAL_RATIO}

@@ -27,6 +27,7 @@ from processors.base import Cutflow, InputFailure, SkimProcessor
 from processors.flat import FlatObjects, best_cross_pair, leading_two, object_event, objects_of_events
 from processors.mutau_selection import good_jet_mask, good_muon_mask, good_tau_mask, mutau_features
 from processors.profiles import InputProfile, ProfileError, event_branches
+from processors.truth import TRUTH_COLUMNS, TRUTH_INPUT_BRANCHES, truth_branches, truth_columns
 
 __all__ = ["MUTAU_CUTS", "MuTauOptions", "MuTauProcessor"]
 
@@ -75,10 +76,10 @@ class MuTauProcessor(SkimProcessor):
     """Select a muon and a hadronic tau (skim.cxx), write their kinematics, two jets and the features."""
 
     name = "MuTauProcessor"
-    version = "1"
+    version = "2"  # 2: the truth columns gen_m_tautau, gen_pt_h
     dask_mode = "chunks"  # numpy on the chunk's arrays: each chunk's events, in --executor dask-awkward
     Options = MuTauOptions
-    columns = {f.name: f.dtype for f in MUTAU_COLUMNS}  # noqa: RUF012 - read-only, as in every processor
+    columns = {f.name: f.dtype for f in (*MUTAU_COLUMNS, *TRUTH_COLUMNS)}  # noqa: RUF012 - read-only, as in every processor
     default_features = MUTAU_DEFAULT_FEATURES
 
     @property
@@ -91,7 +92,8 @@ class MuTauProcessor(SkimProcessor):
 
     def input_branches(self) -> list[str]:
         """Every branch an input profile may read, the muons and the trigger (globs for NanoEvents)."""
-        return sorted({*self.profiles.readable_branches(self.triggers), *self.muon_branches(), "nMuon"})
+        return sorted({*self.profiles.readable_branches(self.triggers), *self.muon_branches(), "nMuon",
+                       *TRUTH_INPUT_BRANCHES})
 
     def check_branches(self, branches: set[str], *, is_mc: bool) -> str:
         """The input profile of a file with these branches, or a one-line `ValueError` naming what lacks."""
@@ -117,9 +119,10 @@ class MuTauProcessor(SkimProcessor):
         if missing:
             raise InputFailure(f"missing branch {', '.join(missing)} (read by processor {self.name})")
         cutflow.notes["profile"] = profile.name
-        return self._select(self._read_inputs(events, profile), profile, cutflow)
+        truth = truth_branches(present, is_mc=bool(events.metadata["is_mc"]))
+        return self._select(self._read_inputs(events, profile, truth), profile, cutflow)
 
-    def _read_inputs(self, events: ak.Array, profile: InputProfile) -> dict[str, Any]:
+    def _read_inputs(self, events: ak.Array, profile: InputProfile, truth: list[str]) -> dict[str, Any]:
         """Every branch the selection reads, in one read: event quantities as numpy arrays,
         the muons, taus and jets as `FlatObjects` (flat columns and counts per event)."""
         fields = {"Muon": [b.split("_", 1)[1] for b in self.muon_branches()],
@@ -127,12 +130,13 @@ class MuTauProcessor(SkimProcessor):
                      for c in ("Tau", "Jet")}}
         met = (f"{profile.met}_pt", f"{profile.met}_phi")  # MET, PFMET or PuppiMET by NanoAOD version
         arrays = self.read_branches(events, ["PV_npvs", *met, *self.triggers,
-                                             *(f"{c}_{f}" for c, fs in fields.items() for f in fs)])
+                                             *(f"{c}_{f}" for c, fs in fields.items() for f in fs), *truth])
         inputs: dict[str, Any] = {
             name: FlatObjects.from_jagged({f: arrays[f"{c}_{f}"] for f in fields[c]}, fields[c])
             for name, c in (("muons", "Muon"), ("taus", "Tau"), ("jets", "Jet"))}
         inputs.update(npv=ak.to_numpy(arrays["PV_npvs"]), met_pt=ak.to_numpy(arrays[met[0]]),
-                      met_phi=ak.to_numpy(arrays[met[1]]), hlt={t: ak.to_numpy(arrays[t]) for t in self.triggers})
+                      met_phi=ak.to_numpy(arrays[met[1]]), hlt={t: ak.to_numpy(arrays[t]) for t in self.triggers},
+                      truth={b: arrays[b] for b in truth})
         return inputs
 
     def _select(self, inputs: dict[str, Any], profile: InputProfile, cutflow: Cutflow) -> dict[str, np.ndarray]:
@@ -191,4 +195,5 @@ class MuTauProcessor(SkimProcessor):
             columns.update({f"{prefix}_{f}": v for f, v in values.items()})
         columns.update(met_pt=met_pt, met_phi=met_phi, npv=inputs["npv"][keep], njets=n_jets)
         columns.update(mutau_features(muon, tau_out, jet1, jet2, met_pt, met_phi))
+        columns.update(truth_columns(inputs["truth"], keep))
         return columns
