@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from analysis.core.features import DEFAULT_FEATURES as _REGISTRY_DEFAULTS
+from analysis.core.objects import ObjectsConfig
 from analysis.core.settings import (WeightProduct, deep_merge, first_non_finite, format_validation_error,
                                     given, parse_compression)
 from analysis.core.target import StrictModel, TargetConfig
@@ -182,6 +183,7 @@ class PrepareConfig(_Strict):
     file_rows: int = Field(1_000_000, gt=0)  # rows per output Parquet file
     row_group_rows: int = Field(100_000, gt=0)  # rows per row group inside a file
     table: PrepareTableConfig = PrepareTableConfig()  # column names of a flat-table input
+    objects: ObjectsConfig = ObjectsConfig()  # list columns and the flat (pt, eta) weights (core.objects)
 
     @field_validator("split")
     @classmethod
@@ -395,6 +397,4 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 def config_to_toml(config: Config) -> str:
     """The effective configuration as TOML (what `hepprep config show` prints)."""
     import tomli_w
-
-    data = config.model_dump(mode="json", exclude_none=True)
-    return tomli_w.dumps(data)
+    return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))

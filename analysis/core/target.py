@@ -49,8 +49,10 @@ class TargetConfig(StrictModel):
     """``[target]``: what the models learn (DESIGN.md "Targets")."""
 
     kind: Literal["binary", "multiclass", "regression"] = "binary"
-    # multiclass: class name -> the processes (the skim's `process` values) it holds
-    classes: dict[str, list[str]] = DEFAULT_CLASSES
+    # multiclass: class name -> the processes (the skim's `process` values) it holds, or with
+    # class_column the integer values of that column (jets: light = [0], c = [1], b = [2])
+    classes: dict[str, list[str] | list[int]] = DEFAULT_CLASSES  # type: ignore[assignment]
+    class_column: str | None = None  # multiclass: classes from this skim column (e.g. jet_label), not `process`
     # regression: the skim columns to learn, each transformed as below
     columns: list[str] = []
     transform: Literal["none", "log", "ratio"] = "none"  # ratio: column / ratio_to
@@ -69,14 +71,23 @@ class TargetConfig(StrictModel):
         if self.kind == "multiclass":
             if len(self.classes) < 2:
                 raise ValueError(f"classes: a multi-class target needs at least two classes, got {len(self.classes)}")
-            seen: dict[str, str] = {}
+            what = "process" if self.class_column is None else f"{self.class_column} value"
+            seen: dict[str | int, str] = {}
             for name, processes in self.classes.items():
                 if not processes:
-                    raise ValueError(f"classes.{name}: lists no process")
+                    raise ValueError(f"classes.{name}: lists no {what}")
+                if self.class_column is not None and not all(type(v) is int for v in processes):
+                    raise ValueError(f"classes.{name}: with class_column = {self.class_column!r} list the integer "
+                                     f"values of that column per class (light = [0], c = [1], b = [2]), got {processes}")
+                if self.class_column is None and not all(isinstance(v, str) for v in processes):
+                    raise ValueError(f"classes.{name}: list process names (strings), got {processes}; "
+                                     "for the values of a label column set class_column")
                 for process in processes:
                     if process in seen:
-                        raise ValueError(f"classes.{name}: process {process!r} is already in class {seen[process]!r}")
+                        raise ValueError(f"classes.{name}: {what} {process!r} is already in class {seen[process]!r}")
                     seen[process] = name
+        elif self.class_column is not None:
+            raise ValueError(f"class_column: a class column is for kind = \"multiclass\", not {self.kind!r}")
         if self.kind == "regression":
             if not self.columns:
                 raise ValueError("columns: a regression target names at least one skim column")
@@ -91,7 +102,7 @@ class TargetConfig(StrictModel):
 
         Raises ValueError naming the key (the configuration reports it as one line).
         """
-        if self.kind != "multiclass":
+        if self.kind != "multiclass" or self.class_column is not None:
             return
         for name, listed in self.classes.items():
             unknown = sorted(set(listed) - processes)
@@ -114,6 +125,7 @@ class Target:
     kind : "binary" | "multiclass" | "regression"
     class_names : names of the classes train_weight balances, in index order
     class_of_process : process -> class index (multiclass only)
+    class_column, class_of_value : a multiclass target from a label column: its name, value -> class index
     sources : the skim columns a regression learns
     transform, ratio_to : how a source column becomes the learnt value
     mean, std : train-split statistics of the transformed targets (regression, once known)
@@ -122,6 +134,8 @@ class Target:
     kind: str = "binary"
     class_names: tuple[str, ...] = BINARY_CLASSES
     class_of_process: Mapping[str, int] = field(default_factory=dict)
+    class_column: str | None = None
+    class_of_value: Mapping[int, int] = field(default_factory=dict)
     sources: tuple[str, ...] = ()
     transform: str = "none"
     ratio_to: str | None = None
@@ -130,6 +144,10 @@ class Target:
 
     @classmethod
     def from_config(cls, config: TargetConfig) -> Target:
+        if config.kind == "multiclass" and config.class_column is not None:
+            names = tuple(config.classes)
+            return cls(kind="multiclass", class_names=names, class_column=config.class_column,
+                       class_of_value={int(v): i for i, name in enumerate(names) for v in config.classes[name]})
         if config.kind == "multiclass":
             names = tuple(config.classes)
             return cls(kind="multiclass", class_names=names,
@@ -161,7 +179,7 @@ class Target:
     def needed_columns(self) -> tuple[str, ...]:
         """Skim columns prepare reads to build the target (besides label and weight)."""
         if self.kind == "multiclass":
-            return ("process",)
+            return (self.class_column or "process",)
         if self.kind == "regression":
             return (*self.sources, *([self.ratio_to] if self.ratio_to else []))
         return ()
@@ -171,7 +189,8 @@ class Target:
         """int64 class per row (-1 for real data, label -1) for train_weight balancing.
 
         A multi-class target reads the `process` column as dictionary codes into
-        ``process_names`` (a row's process is ``process_names[code]``).
+        ``process_names`` (a row's process is ``process_names[code]``); one with a
+        `class_column` takes that column's integer values as ``process_codes``.
         """
         label = np.asarray(label)
         if self.kind == "binary":
@@ -179,6 +198,8 @@ class Target:
         simulated = label >= 0
         if self.kind == "regression":
             return np.where(simulated, 0, -1).astype(np.int64)
+        if self.class_column is not None:
+            return self._class_of_values(np.asarray(process_codes, dtype=np.int64), simulated, where=where)
         codes = np.asarray(process_codes, dtype=np.int64)
         lookup = np.full(len(process_names) + 1, -1, dtype=np.int64)
         for code in np.unique(codes[simulated]):
@@ -188,6 +209,19 @@ class Target:
                                       f"({', '.join(self.class_names)}); give it one")
             lookup[code] = self.class_of_process[name]
         return np.where(simulated, lookup[codes], -1)
+
+    def _class_of_values(self, values: np.ndarray, simulated: np.ndarray, *, where: str) -> np.ndarray:
+        out = np.full(len(values), -1, dtype=np.int64)
+        for value, index in self.class_of_value.items():
+            out[values == value] = index
+        unknown = simulated & (out < 0)
+        if unknown.any():
+            bad = sorted(set(values[unknown].tolist()))
+            listed = ", ".join(f"{n} = {sorted(v for v, i in self.class_of_value.items() if i == c)}"
+                               for c, n in enumerate(self.class_names))
+            raise StageInputError(f"{where}: {self.class_column} value(s) {bad[:5]} of {int(unknown.sum())} simulated "
+                                  f"row(s) are in no class of target.classes ({listed}); give them one")
+        return np.where(simulated, out, -1)
 
     def raw_values(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
         """float64 ``(rows, n_targets)`` of the transformed regression targets, before standardising."""
@@ -219,6 +253,12 @@ class Target:
 
     def stats_record(self) -> dict[str, Any] | None:
         """stats.json's ``target`` section (None for binary, whose stats.json has none)."""
+        if self.kind == "multiclass" and self.class_column is not None:
+            values: dict[str, list[int]] = {name: [] for name in self.class_names}
+            for value, index in sorted(self.class_of_value.items()):
+                values[self.class_names[index]].append(value)
+            return {"kind": "multiclass", "column": CLASS_COLUMN, "classes": list(self.class_names),
+                    "class_column": self.class_column, "values": values}
         if self.kind == "multiclass":
             inverse: dict[str, list[str]] = {name: [] for name in self.class_names}
             for process, index in sorted(self.class_of_process.items()):
@@ -239,6 +279,10 @@ class Target:
         if record is None:
             return cls()
         try:
+            if record["kind"] == "multiclass" and record.get("class_column") is not None:
+                names = tuple(record["classes"])
+                return cls(kind="multiclass", class_names=names, class_column=str(record["class_column"]),
+                           class_of_value={int(v): names.index(c) for c, vs in record["values"].items() for v in vs})
             if record["kind"] == "multiclass":
                 names = tuple(record["classes"])
                 return cls(kind="multiclass", class_names=names,

@@ -5,6 +5,8 @@ pieces, runs the two passes of `analysis.prepare.shuffle` as dask tasks (LocalCl
 existing scheduler), reduces the per-piece statistics and class totals in a fixed order
 (so re-runs are byte-identical), and publishes the result atomically: everything is
 written into a hidden sibling folder that is renamed to ``out_dir`` only when complete.
+List columns (``[prepare.objects]``) get their statistics between the passes
+(`analysis.prepare.constituents`); a flat (pt, eta) reweighting sums its bins before them.
 """
 
 from __future__ import annotations
@@ -29,9 +31,12 @@ from analysis.core.provenance import build_provenance, file_input, folder_input
 from analysis.core.skimmed import skim_fingerprint, skim_parts
 from analysis.core.target import Target
 from analysis.errors import StageInputError
+from analysis.prepare.constituents import ConstituentStatistics, constituent_statistics
+from analysis.prepare.flatten import FlatBinWeights
 from analysis.prepare.outputs import check_out_dir, outputs_intact
-from analysis.prepare.shuffle import InputUnit, ShufflePlan, scatter_unit, shuffle_bucket, split_names
-from analysis.prepare.split import SKIM_ID_COLUMNS, SPLIT_NAMES
+from analysis.prepare.records import PrepareInputs, prepare_manifest, stats_record
+from analysis.prepare.shuffle import InputUnit, ShufflePlan, bin_unit, scatter_unit, shuffle_bucket
+from analysis.prepare.split import OBJECT_INDEX_COLUMNS, SKIM_ID_COLUMNS
 from analysis.prepare.stats import WeightedFeatureStats
 from analysis.prepare.weights import TrainWeightBalancer
 
@@ -39,25 +44,6 @@ __all__ = ["PrepareInputs", "prepare_inputs", "run_prepare"]
 
 STATS_FILE = "stats.json"
 MANIFEST_FILE = "manifest.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class PrepareInputs:
-    """What prepare reads: Parquet files with identity, label, weight and feature columns.
-
-    ``sources`` are the user's files (for the manifest and the re-run check); ``files`` the
-    Parquet files actually read (the same for a skim; converted copies for a CSV table).
-    ``upstream`` are the provenance inputs (the skim folder with its fingerprint); empty:
-    the ``sources``, as files.
-    """
-
-    files: tuple[Path, ...]
-    id_columns: tuple[str, ...]
-    features: tuple[str, ...]
-    source: str
-    sources: tuple[Path, ...]
-    skim: dict[str, Any] | None = None  # what prepare took from a skim (`prepare_io.SkimParts.record`)
-    upstream: tuple[dict[str, Any], ...] = ()
 
 
 def _known_data_rows(meta: pq.FileMetaData, rg: int) -> int | None:
@@ -108,8 +94,12 @@ def _count_labels(unit: InputUnit) -> tuple[int, int]:
 
 def _fingerprint(inputs: PrepareInputs, prep: PrepareConfig, target: Target) -> str:
     files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in inputs.sources]
-    described = {"files": files, "prepare": prep.model_dump(mode="json"),
-                 "features": inputs.features, "id": inputs.id_columns}
+    settings = prep.model_dump(mode="json")
+    if prep.objects == type(prep.objects)():  # added later: at its default the fingerprint is as it was
+        del settings["objects"]
+    described = {"files": files, "prepare": settings, "features": inputs.features, "id": inputs.id_columns}
+    if inputs.row_id_columns:
+        described["row_id"] = inputs.row_id_columns
     if target.kind != "binary":  # the binary default keeps the fingerprint it always had
         described["target"] = target.stats_record()
     blob = json.dumps(described, sort_keys=True, allow_nan=False)
@@ -181,9 +171,21 @@ def run_prepare(skim_dir: str | Path, out_dir: str | Path, config: Config, *,
                               "configuration names none: set `features = [...]`")
     inputs = PrepareInputs(files=parts.files, id_columns=SKIM_ID_COLUMNS, features=features,
                            source=str(source), sources=parts.files, skim=parts.record,
-                           upstream=(folder_input("skim", source, skim_fingerprint(source)),))
+                           upstream=(folder_input("skim", source, skim_fingerprint(source)),),
+                           row_id_columns=_object_index_columns(parts.files))
     config = config.model_copy(update={"prepare": prep})
     return prepare_inputs(inputs, out_dir, config, scheduler=scheduler, progress=progress)
+
+
+def _object_index_columns(files: Sequence[Path]) -> tuple[str, ...]:
+    """The object index of a skim of one row per object (`OBJECT_INDEX_COLUMNS`), from its first part."""
+    if not files:
+        return ()
+    try:
+        names = set(pq.read_schema(files[0]).names)
+    except Exception:  # noqa: BLE001 - a damaged part is reported, with its name, by the first pass
+        return ()
+    return tuple(c for c in OBJECT_INDEX_COLUMNS if c in names)
 
 
 def prepare_inputs(inputs: PrepareInputs, out_dir: str | Path, config: Config, *,
@@ -200,6 +202,14 @@ def prepare_inputs(inputs: PrepareInputs, out_dir: str | Path, config: Config, *
     learnt = sorted(set(target.sources) & set(inputs.features))
     if learnt:
         raise StageInputError(f"target.columns: {', '.join(learnt)} is also a training feature: a model "
+                              "would read its own answer; take it out of `features`")
+    lists = prep.objects.constituent_features
+    both = sorted(set(lists) & set(inputs.features))
+    if both:
+        raise StageInputError(f"prepare.objects.constituent_features: {', '.join(both)} is also in `features`; "
+                              "a list column belongs in constituent_features only")
+    if target.class_column is not None and target.class_column in {*inputs.features, *lists}:
+        raise StageInputError(f"target.class_column: {target.class_column!r} is also a training feature: a model "
                               "would read its own answer; take it out of `features`")
     fingerprint = _fingerprint(inputs, prep, target)
     done = out_dir / MANIFEST_FILE
@@ -260,7 +270,17 @@ def _two_passes(client: Any, bar: Any, inputs: PrepareInputs, prep: PrepareConfi
                        features=inputs.features, fractions=tuple(prep.split), seed=prep.seed,
                        kfolds=prep.kfolds, negative_weights=prep.negative_weights,
                        buckets=_bucket_counts(labelled, data, prep), file_rows=prep.file_rows,
-                       row_group_rows=prep.row_group_rows, target=target)
+                       row_group_rows=prep.row_group_rows, target=target,
+                       row_id_columns=inputs.row_id_columns,
+                       constituent_features=tuple(prep.objects.constituent_features), flatten=prep.objects.flatten)
+    if plan.flatten is not None:  # pass 0: the per split, class and bin totals, so pass 1 knows each factor
+        futures = client.map(bin_unit, units, plan=plan, key=[f"prepare-bins-{run}-{u.index}" for u in units])
+        flat = FlatBinWeights(negative_weights=prep.negative_weights, class_names=target.class_names,
+                              n_bins=plan.flatten.n_bins)
+        for result in _in_order(futures, bar, "prepare: flatten bins"):
+            flat = flat.merge(result)
+        flat.finalize()
+        plan = dataclasses.replace(plan, flat=flat)
 
     futures = client.map(scatter_unit, units, plan=plan, key=[f"prepare-scatter-{run}-{u.index}" for u in units])
     balancer = TrainWeightBalancer(negative_weights=prep.negative_weights, class_names=target.class_names)
@@ -280,7 +300,7 @@ def _two_passes(client: Any, bar: Any, inputs: PrepareInputs, prep: PrepareConfi
         for group, (rg, _rows) in sorted(result["groups"].items()):
             pieces[group].append((result["path"], rg))
     scale = balancer.finalize()
-    # Training statistics weighted by train_weight = policy weight x class scale.
+    # Training statistics weighted by train_weight = policy weight (x flattening factor) x class scale.
     stats = class_stats[0].scaled(scale[0, 0])
     for c in range(1, target.n_classes):
         stats = stats.merge(class_stats[c].scaled(scale[0, c]))
@@ -290,83 +310,17 @@ def _two_passes(client: Any, bar: Any, inputs: PrepareInputs, prep: PrepareConfi
                                      std=tuple(target_stats.scale_.tolist()))
     plan = dataclasses.replace(plan, mean=tuple(stats.mean_.tolist()), std=tuple(stats.scale_.tolist()),
                                balancer=balancer, target=target)
+    constituents: ConstituentStatistics | None = None
+    if plan.constituent_features:  # once the class scales are known: weighted by the final train_weight
+        task = bar.add_task("prepare: constituent statistics (dask-awkward)", total=1)
+        constituents = constituent_statistics([str(f) for f in inputs.files], plan, client=client, token=run)
+        bar.advance(task)
+        plan = dataclasses.replace(plan, constituent_mean=tuple(constituents.mean_.tolist()),
+                                   constituent_std=tuple(constituents.scale_.tolist()))
 
     groups = [g for g in range(len(pieces)) if pieces[g]]
     futures = client.map(shuffle_bucket, groups, [pieces[g] for g in groups], plan=plan,
                          key=[f"prepare-shuffle-{run}-{g}" for g in groups])
     written = [f for files in _in_order(futures, bar, "prepare: shuffle + write") for f in files]
-    manifest = _manifest(inputs, prep, plan, written, skim_datasets, balancer, units)
-    return manifest, _stats_json(stats, balancer, prep, inputs, target)
-
-
-def _manifest(inputs: PrepareInputs, prep: PrepareConfig, plan: ShufflePlan, written: list[dict[str, Any]],
-              skim_datasets: dict[str, list[float]], balancer: TrainWeightBalancer,
-              units: Sequence[InputUnit]) -> dict[str, Any]:
-    splits: dict[str, Any] = {}
-    prepared: dict[str, list[float]] = {}
-    for name in split_names():
-        files = sorted((f for f in written if f["path"].startswith(name + "/")), key=lambda f: f["path"])
-        per_dataset: dict[str, list[float]] = {}
-        for f in files:
-            for ds, (n, w) in f["datasets"].items():
-                for acc in (per_dataset.setdefault(ds, [0.0, 0.0]), prepared.setdefault(ds, [0.0, 0.0])):
-                    acc[0] += n
-                    acc[1] += w
-        splits[name] = {"rows": sum(f["rows"] for f in files),
-                        "files": [{"path": f["path"], "rows": f["rows"]} for f in files],
-                        "datasets": {ds: {"rows": int(n), "sum_weight": w} for ds, (n, w) in sorted(per_dataset.items())}}
-    datasets = {}
-    for ds, (n, w) in sorted(skim_datasets.items()):
-        got_n, got_w = prepared.get(ds, [0.0, 0.0])
-        # Invariant of DESIGN.md: every event exactly once, Σweight per dataset preserved.
-        if got_n != n or not math.isclose(got_w, w, rel_tol=1e-9, abs_tol=1e-12):
-            raise RuntimeError(f"prepare lost events of {ds}: {n:.0f} rows / Σw {w!r} in, "
-                               f"{got_n:.0f} rows / Σw {got_w!r} out")
-        datasets[ds] = {"rows": int(n), "sum_weight": w, "prepared_sum_weight": got_w}
-    return {
-        "stage": "prepare",
-        "source": inputs.source,
-        **({"skim": inputs.skim} if inputs.skim is not None else {}),
-        "inputs": [{"path": str(p), "bytes": p.stat().st_size} for p in inputs.sources],
-        "input_pieces": len(units),
-        "id_columns": list(inputs.id_columns),
-        "features": list(inputs.features),
-        "prepare": prep.model_dump(mode="json"),
-        "buckets": dict(zip(split_names(), plan.buckets)),
-        "splits": splits,
-        "datasets": datasets,
-        "train_weight": balancer.summary(),
-        **({"target": plan.target.stats_record()} if plan.target.kind != "binary" else {}),
-    }
-
-
-def _stats_json(stats: WeightedFeatureStats, balancer: TrainWeightBalancer, prep: PrepareConfig,
-                inputs: PrepareInputs, target: Target) -> dict[str, Any]:
-    """stats.json (DESIGN.md contract); depends on the training rows only."""
-    train = 0
-    notes = [f"{name}: constant on the training rows (std 0); stored std 1 so it standardises to 0"
-             for name in stats.constant_features_]
-    return {
-        "feature_order": list(inputs.features),
-        "features": stats.to_dict(),
-        "transform": "standardised = (raw - mean) / std",
-        "inverse": "raw = standardised * std + mean",
-        "computed_on": "train",
-        "weights": "train_weight (policy-applied weight x per-class scale)",
-        "missing_values": "non-finite raw values (NaN, +-inf) are left out of the statistics "
-                          "(counted per feature on the training rows: n_nan, n_inf) and are NaN "
-                          "after standardisation (XGBoost treats NaN as missing, the network "
-                          "imputes 0, the training mean)",
-        "quantiles": f"weighted, from a sketch with bins 2^-{stats.mantissa_bits} of the value wide",
-        "sum_weights": float(balancer.sum_weights_[train].sum()),
-        "negative_weights": prep.negative_weights,
-        "split": {"fractions": list(prep.split), "seed": prep.seed, "kfolds": prep.kfolds,
-                  "id_columns": list(inputs.id_columns), "names": list(SPLIT_NAMES)},
-        "class_totals": {cls: {"rows": int(balancer.counts_[train, c]),
-                               "sum_weight": float(balancer.sum_weights_[train, c]),
-                               "train_weight_scale": float(balancer.scale_[train, c])}
-                         for c, cls in enumerate(balancer.class_names)},
-        "notes": notes,
-        # Only a multi-class or regression target has one: a binary stats.json is unchanged.
-        **({"target": target.stats_record()} if target.kind != "binary" else {}),
-    }
+    manifest = prepare_manifest(inputs, prep, plan, written, skim_datasets, balancer, units)
+    return manifest, stats_record(stats, balancer, prep, inputs, target, plan, constituents)

@@ -5,10 +5,14 @@ and shuffle bucket from its identity hash, accumulates the training statistics a
 totals, and writes the rows grouped by (split, bucket), one Parquet row group per bucket.
 Pass 2 (`shuffle_bucket`) gathers one bucket's row groups from every scatter file, puts
 them in the order of a second hash, adds `train_weight`/`split`/`fold`, standardises the
-features and writes files of bounded size with several row groups. A task never holds
-more than one input piece or one bucket, so peak memory is set by ``bucket_rows``, not by
-the dataset; and because bucket and order are hashes of the event, the output does not
-depend on how the input was partitioned or on the number of workers.
+features (and, entry by entry, the list columns) and writes files of bounded size with
+several row groups. A task never holds more than one input piece or one bucket, so peak
+memory is set by ``bucket_rows``, not by the dataset; and because bucket and order are
+hashes of the event, the output does not depend on how the input was partitioned or on
+the number of workers. Rows that are objects (jets) take their split from the event's
+hash and their bucket and order from the event's and the object index's, so the jets of
+an event share a split but not a neighbourhood. With a flat (pt, eta) reweighting a pass 0
+(`bin_unit`) first sums the weights per split, class and bin (`analysis.prepare.flatten`).
 """
 
 from __future__ import annotations
@@ -23,15 +27,35 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from analysis.core.objects import FlattenConfig
 from analysis.core.standardise import Standardisation
 from analysis.core.target import CLASS_COLUMN, Target
 from analysis.errors import StageInputError
-from analysis.prepare.split import (SALT_BUCKET, SPLIT_NAMES, assign_fold, assign_split, event_hash,
-                                    id_columns_of, salted_uniform, shuffle_order_key)
+from analysis.prepare.columns import (
+    check_columns,
+    class_of_rows,
+    dataset_totals,
+    feature_matrix,
+    float64_column,
+    regression_values,
+    standardise_list_column,
+)
+from analysis.prepare.flatten import FlatBinWeights
+from analysis.prepare.split import (
+    SALT_BUCKET,
+    SPLIT_NAMES,
+    assign_fold,
+    assign_split,
+    event_hash,
+    id_columns_of,
+    salted_uniform,
+    shuffle_order_key,
+)
 from analysis.prepare.stats import WeightedFeatureStats
 from analysis.prepare.weights import TrainWeightBalancer, apply_negative_weight_policy
 
-__all__ = ["DATA_SPLIT", "InputUnit", "ShufflePlan", "scatter_unit", "shuffle_bucket", "split_names"]
+__all__ = ["DATA_SPLIT", "InputUnit", "ShufflePlan", "bin_unit", "event_split", "flat_factor", "labels_and_weights",
+           "row_train_weight", "scatter_unit", "shuffle_bucket", "split_names"]
 
 # Real data (label -1) is never trained on; it goes through the same shuffle into its own
 # folder so evaluation can compare data with simulation, standardised the same way.
@@ -83,11 +107,18 @@ class ShufflePlan:
     buckets: tuple[int, int, int, int]  # buckets per split: train, val, test, data
     file_rows: int
     row_group_rows: int
+    target: Target = dataclasses.field(default_factory=Target)  # regression: with its statistics (pass 2)
+    # Rows that are objects (jets): their index joins the shuffle's identity, not the split's.
+    row_id_columns: tuple[str, ...] = ()
+    constituent_features: tuple[str, ...] = ()  # list columns, standardised entry by entry
+    flatten: FlattenConfig | None = None
+    flat: FlatBinWeights | None = None  # finalised flattening totals (pass 0), when flattening
     # Filled in between the passes:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     balancer: TrainWeightBalancer | None = None  # finalised class totals -> train_weight
-    target: Target = dataclasses.field(default_factory=Target)  # regression: with its statistics
+    constituent_mean: tuple[float, ...] = ()
+    constituent_std: tuple[float, ...] = ()
 
     @property
     def offsets(self) -> np.ndarray:
@@ -100,69 +131,77 @@ class ShufflePlan:
         return split, group - int(self.offsets[split])
 
 
-def _read_unit(unit: InputUnit) -> pa.Table:
+def _read_unit(unit: InputUnit, columns: list[str] | None = None) -> pa.Table:
+    """The piece's rows (all columns, or ``columns``, each of which must exist)."""
     try:
-        return pq.ParquetFile(unit.path).read_row_groups(list(unit.row_groups))
+        handle = pq.ParquetFile(unit.path)
+        if columns is not None:
+            check_columns(handle.schema_arrow.empty_table(), unit.path, needed=columns, flat=(), lists=())
+        return handle.read_row_groups(list(unit.row_groups), columns=columns)
     except (OSError, pa.ArrowInvalid) as err:
         raise StageInputError(f"{unit.path}: cannot read Parquet ({err})") from None
 
 
-def _check_columns(table: pa.Table, plan: ShufflePlan, path: str) -> None:
-    needed = [*plan.id_columns, "label", "weight", *plan.features, *plan.target.needed_columns]
-    missing = [c for c in needed if c not in table.column_names]
-    if missing:
-        raise StageInputError(f"{path}: column(s) {', '.join(missing)} missing; the file has "
-                              f"{', '.join(table.column_names)}")
+def labels_and_weights(table: pa.Table, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """``label`` (int8, -1/0/1) and ``weight`` (finite float64) of a piece, or a one-line error."""
+    label = table.column("label").to_numpy().astype(np.int8)
+    bad = ~np.isin(label, (-1, 0, 1))
+    if bad.any():
+        raise StageInputError(f"{path}: labels {sorted(set(np.unique(label[bad]).tolist()))} found; "
+                              "use 1 signal, 0 background, -1 real data")
+    weight = table.column("weight").to_numpy().astype(np.float64)
+    bad_weight = ~np.isfinite(weight)
+    if bad_weight.any():
+        raise StageInputError(f"{path}: {int(bad_weight.sum())} row(s) have a weight that is not a "
+                              f"finite number ({weight[bad_weight][0]!r}); every event needs a finite "
+                              "yield: check the cross section, luminosity and genWeight of its dataset")
+    return label, weight
 
 
-def feature_matrix(table: pa.Table, features: Sequence[str]) -> np.ndarray:
-    """(n, d) float64 matrix of the feature columns (nulls become NaN), column-major."""
-    out = np.empty((table.num_rows, len(features)), order="F")
-    for j, name in enumerate(features):
-        out[:, j] = _float64_column(table, name)
+def event_split(table: pa.Table, plan: ShufflePlan, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(event hashes, split index per row): 0-2 from the event's hash, 3 (`DATA_SPLIT`) for real data.
+
+    The hash is of the event's identity (`ShufflePlan.id_columns`), never of an object index:
+    all jets of an event share their split (and their fold).
+    """
+    hashes = event_hash(id_columns_of(table, plan.id_columns), seed=plan.seed)
+    split = assign_split(hashes, fractions=plan.fractions).astype(np.int64)
+    split[label == -1] = len(SPLIT_NAMES)
+    return hashes, split
+
+
+def _row_hashes(table: pa.Table, plan: ShufflePlan, hashes: np.ndarray) -> np.ndarray:
+    """The shuffle's identity: the event's, with the object index of a row-per-object skim (bucket, order)."""
+    if not plan.row_id_columns:
+        return hashes
+    return event_hash(id_columns_of(table, (*plan.id_columns, *plan.row_id_columns)), seed=plan.seed)
+
+
+def flat_factor(table: pa.Table, plan: ShufflePlan, split: np.ndarray, classes: np.ndarray,
+                where: str) -> np.ndarray | None:
+    """The (pt, eta) flattening factor of every row (1 for real data); None without flattening."""
+    if plan.flat is None or plan.flatten is None:
+        return None
+    out = np.ones(table.num_rows)
+    mc = (classes >= 0) & (split < len(SPLIT_NAMES))
+    bins = plan.flatten.bin_of({v: float64_column(table, v)[mc] for v in plan.flatten.variables}, where=where)
+    out[mc] = plan.flat.transform(split[mc], classes[mc], bins)
     return out
 
 
-def _float64_column(table: pa.Table, name: str) -> np.ndarray:
-    column = table.column(name).cast(pa.float64())
-    if column.null_count:
-        column = pc.fill_null(column, np.nan)
-    return column.to_numpy()
-
-
-def _dataset_totals(table: pa.Table, weight: np.ndarray) -> dict[str, list[float]]:
-    """{dataset: [rows, Σweight]} of a table."""
-    if "dataset" not in table.column_names:
-        return {"": [float(table.num_rows), float(weight.sum())]}
-    encoded = pc.dictionary_encode(table.column("dataset").cast(pa.string())).combine_chunks()
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
-    names = encoded.dictionary.to_pylist()
-    rows = np.bincount(codes, minlength=len(names))
-    sums = np.bincount(codes, weights=weight, minlength=len(names))
-    return {name: [float(rows[i]), float(sums[i])] for i, name in enumerate(names)}
-
-
-def _classes(table: pa.Table, label: np.ndarray, target: Target, where: str) -> np.ndarray:
-    """The class index `train_weight` balances per row (the label itself for binary)."""
-    if target.kind != "multiclass":
-        return target.class_index(label, where=where)
-    encoded = pc.dictionary_encode(table.column("process").cast(pa.string())).combine_chunks()
-    return target.class_index(label, encoded.indices.to_numpy(zero_copy_only=False),
-                              encoded.dictionary.to_pylist(), where=where)
-
-
-def _regression_values(table: pa.Table, label: np.ndarray, target: Target, where: str) -> np.ndarray:
-    """Transformed regression targets ``(rows, K)``; every simulated row needs finite ones."""
-    values = target.raw_values({c: _float64_column(table, c) for c in target.needed_columns})
-    bad = ~np.isfinite(values) & (label >= 0)[:, None]
-    if bad.any():
-        row, j = np.argwhere(bad)[0]
-        dataset = table.column("dataset")[int(row)].as_py() if "dataset" in table.column_names else "?"
-        raise StageInputError(
-            f"{where}: target column {target.sources[j]!r}{f' ({target.transform})' if target.transform != 'none' else ''}"
-            f" is not finite in {int(bad[:, j].sum())} simulated row(s) (first: {float(values[row, j])!r}, dataset "
-            f"{dataset}); a regression trains on every simulated event: keep only the samples that carry it")
-    return values
+def bin_unit(unit: InputUnit, plan: ShufflePlan) -> FlatBinWeights:
+    """Pass 0 (only with ``prepare.objects.flatten``): the per split, class and bin totals of a piece."""
+    assert plan.flatten is not None  # the runner calls it only then
+    columns = [*plan.id_columns, "label", "weight", *plan.target.needed_columns, *plan.flatten.variables]
+    table = _read_unit(unit, columns=list(dict.fromkeys(columns)))
+    label, weight = labels_and_weights(table, unit.path)
+    _, split = event_split(table, plan, label)
+    classes = class_of_rows(table, label, plan.target, unit.path)
+    mc = label >= 0
+    bins = plan.flatten.bin_of({v: float64_column(table, v)[mc] for v in plan.flatten.variables}, where=unit.path)
+    flat = FlatBinWeights(negative_weights=plan.negative_weights, class_names=plan.target.class_names,
+                          n_bins=plan.flatten.n_bins)
+    return flat.partial_fit(split[mc], classes[mc], bins, weight[mc])
 
 
 def scatter_unit(unit: InputUnit, plan: ShufflePlan) -> dict[str, Any]:
@@ -177,30 +216,24 @@ def scatter_unit(unit: InputUnit, plan: ShufflePlan) -> dict[str, Any]:
     of a regression's transformed targets, else None).
     """
     table = _read_unit(unit)
-    _check_columns(table, plan, unit.path)
-    label = table.column("label").to_numpy().astype(np.int8)
-    bad = ~np.isin(label, (-1, 0, 1))
-    if bad.any():
-        raise StageInputError(f"{unit.path}: labels {sorted(set(np.unique(label[bad]).tolist()))} found; "
-                              "use 1 signal, 0 background, -1 real data")
-    weight = table.column("weight").to_numpy().astype(np.float64)
-    bad_weight = ~np.isfinite(weight)
-    if bad_weight.any():
-        raise StageInputError(f"{unit.path}: {int(bad_weight.sum())} row(s) have a weight that is not a "
-                              f"finite number ({weight[bad_weight][0]!r}); every event needs a finite "
-                              "yield: check the cross section, luminosity and genWeight of its dataset")
-    hashes = event_hash(id_columns_of(table, plan.id_columns), seed=plan.seed)
-    split = assign_split(hashes, fractions=plan.fractions).astype(np.int64)
-    split[label == -1] = len(SPLIT_NAMES)
+    check_columns(table, unit.path, needed=[*plan.id_columns, *plan.row_id_columns, "label", "weight",
+                                            *plan.target.needed_columns, *(plan.flatten.variables if plan.flatten else ())],
+                  flat=plan.features, lists=plan.constituent_features)
+    label, weight = labels_and_weights(table, unit.path)
+    hashes, split = event_split(table, plan, label)
     buckets = np.asarray(plan.buckets, dtype=np.int64)
-    within = (salted_uniform(hashes, salt=SALT_BUCKET) * buckets[split]).astype(np.int64)
+    # Jets of one event may go to different buckets of their split: the row's identity draws.
+    within = (salted_uniform(_row_hashes(table, plan, hashes), salt=SALT_BUCKET) * buckets[split]).astype(np.int64)
     group = plan.offsets[split] + np.minimum(within, buckets[split] - 1)
 
     mc = label >= 0
-    classes = _classes(table, label, plan.target, unit.path)
+    classes = class_of_rows(table, label, plan.target, unit.path)
     balancer = TrainWeightBalancer(negative_weights=plan.negative_weights, class_names=plan.target.class_names)
     balancer.partial_fit(split[mc], classes[mc], weight[mc])
     policy_weight = apply_negative_weight_policy(weight, policy=plan.negative_weights)
+    flat = flat_factor(table, plan, split, classes, unit.path)
+    if flat is not None:  # statistics weighted as train_weight will be, up to the class scale
+        policy_weight = policy_weight * flat
     features = feature_matrix(table, plan.features)
     class_stats = []
     for cls in range(plan.target.n_classes):
@@ -212,7 +245,7 @@ def scatter_unit(unit: InputUnit, plan: ShufflePlan) -> dict[str, Any]:
     del features
     target_stats = None
     if plan.target.kind == "regression":
-        values = _regression_values(table, label, plan.target, unit.path)
+        values = regression_values(table, label, plan.target, unit.path)
         target_stats = WeightedFeatureStats(feature_names=plan.target.columns)
         if (split == 0).any():
             target_stats.partial_fit(values[split == 0], policy_weight[split == 0])
@@ -230,8 +263,16 @@ def scatter_unit(unit: InputUnit, plan: ShufflePlan) -> dict[str, Any]:
             for rg, (start, stop) in enumerate(zip(starts, [*starts[1:], len(order)])):
                 writer.write_table(ordered.slice(start, stop - start), row_group_size=stop - start)
                 groups[int(sorted_group[start])] = (rg, int(stop - start))
-    return {"unit": unit.index, "path": path, "groups": groups, "datasets": _dataset_totals(table, weight),
+    return {"unit": unit.index, "path": path, "groups": groups, "datasets": dataset_totals(table, weight),
             "balancer": balancer, "stats": class_stats, "target_stats": target_stats}
+
+
+def row_train_weight(table: pa.Table, plan: ShufflePlan, split: np.ndarray, classes: np.ndarray,
+                     weight: np.ndarray, where: str) -> np.ndarray:
+    """``train_weight`` of labelled rows: policy weight x class scale (x the flattening factor)."""
+    train_weight = plan.balancer.transform(split, classes, weight)
+    flat = flat_factor(table, plan, split, classes, where)
+    return train_weight if flat is None else train_weight * flat
 
 
 def _plain_strings(table: pa.Table) -> tuple[pa.Table, list[str]]:
@@ -269,25 +310,30 @@ def shuffle_bucket(group: int, pieces: Sequence[tuple[str, int]], plan: ShuffleP
     table = pa.concat_tables(parts, promote_options="permissive").combine_chunks()
     del parts
     hashes = event_hash(id_columns_of(table, plan.id_columns), seed=plan.seed)
-    order = np.argsort(shuffle_order_key(hashes), kind="stable")
+    # The order draws from the row's identity: the jets of an event do not stay side by side.
+    order = np.argsort(shuffle_order_key(_row_hashes(table, plan, hashes)), kind="stable")
     table = table.take(pa.array(order))
     hashes = hashes[order]
 
     label = table.column("label").to_numpy().astype(np.int64)
     weight = table.column("weight").to_numpy().astype(np.float64)
-    classes = _classes(table, label, plan.target, split_name)
+    classes = class_of_rows(table, label, plan.target, split_name)
     if split_name == DATA_SPLIT:
         train_weight = np.zeros(len(weight))  # real data is never trained on
     else:
-        train_weight = plan.balancer.transform(np.full(len(label), split_index), classes, weight)
+        train_weight = row_train_weight(table, plan, np.full(len(label), split_index), classes, weight, split_name)
 
     if plan.target.kind == "regression":  # from the raw columns (`ratio_to` may be a feature)
-        values = plan.target.raw_values({c: _float64_column(table, c) for c in plan.target.needed_columns})
+        values = plan.target.raw_values({c: float64_column(table, c) for c in plan.target.needed_columns})
         values[label < 0] = np.nan  # real data gets no target, whatever its columns hold
     standardisation = Standardisation(plan.features, plan.mean, plan.std)
     for j, name in enumerate(plan.features):  # column by column: no (n, d) copy in memory
-        standardised = standardisation.transform_column(j, _float64_column(table, name))
+        standardised = standardisation.transform_column(j, float64_column(table, name))
         table = table.set_column(table.schema.get_field_index(name), name, pa.array(standardised))
+    lists = Standardisation(plan.constituent_features, plan.constituent_mean, plan.constituent_std)
+    for j, name in enumerate(plan.constituent_features):  # every entry of every list, one column at a time
+        table = table.set_column(table.schema.get_field_index(name), name,
+                                 standardise_list_column(table.column(name), lists, j))
     for name in sorted(dictionary_columns):
         table = table.set_column(table.schema.get_field_index(name), name,
                                  pc.dictionary_encode(table.column(name)))
@@ -314,5 +360,5 @@ def shuffle_bucket(group: int, pieces: Sequence[tuple[str, int]], plan: ShuffleP
         pq.write_table(part, out / name, row_group_size=plan.row_group_rows, compression=_OUTPUT_COMPRESSION,
                        use_dictionary=_dictionary_columns(part.schema))
         written.append({"path": f"{split_name}/{name}", "rows": part.num_rows,
-                        "datasets": _dataset_totals(part, part.column("weight").to_numpy())})
+                        "datasets": dataset_totals(part, part.column("weight").to_numpy())})
     return written

@@ -19,6 +19,7 @@ import xxhash
 from analysis.errors import ConfigError, StageInputError
 
 __all__ = [
+    "OBJECT_INDEX_COLUMNS",
     "SKIM_ID_COLUMNS",
     "SPLIT_NAMES",
     "assign_fold",
@@ -32,6 +33,11 @@ __all__ = [
 # Event identity in the skim (DESIGN.md "Skim Parquet"); the dataset name is part of it
 # because run/lumi/event numbers repeat between simulated samples.
 SKIM_ID_COLUMNS: tuple[str, ...] = ("dataset", "run", "luminosityBlock", "event")
+# A skim of one row per object (`processors.jets`) numbers the objects of an event with one of
+# these. It joins the identity of the shuffle (bucket and order), never that of the split or
+# the fold: all jets of an event land in one split, so no jet is trained on beside its event's
+# other jets being tested on.
+OBJECT_INDEX_COLUMNS: tuple[str, ...] = ("jet_index",)
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 
 # Salts make the split, fold, bucket and order draws independent functions of one hash.
