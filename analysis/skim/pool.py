@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import importlib.machinery
 import importlib.util
 import multiprocessing
 import multiprocessing.forkserver
@@ -46,6 +47,8 @@ __all__ = ["PRELOAD", "choose_executor", "order_for_workers", "start_worker_serv
 # What every chunk needs imported: coffea's work function, NanoEvents, the chunk retry and
 # the processor base (the processor's own module is added when it is importable by name).
 PRELOAD = ("coffea.processor", "coffea.nanoevents", "analysis.skim.remote", "processors.base")
+# Imported after them: freezes the preload's objects for the workers (and the server's exit).
+_PRELOAD_END = "analysis.skim.preload_end"
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -87,17 +90,31 @@ def start_worker_server(processor: str = "") -> None:
         return
     module = processor.rpartition(":")[0]
     from_file = module.endswith(".py") or "/" in module or "\\" in module
-    wanted = [m for m in (*PRELOAD, *([module] if module and not from_file else [])) if _importable(m)]
+    wanted = [m for m in (*PRELOAD, *([module] if module and not from_file else []), _PRELOAD_END)
+              if _importable(m)]
     context.set_forkserver_preload(list(dict.fromkeys(wanted)))
     multiprocessing.forkserver.ensure_running()
 
 
 def _importable(module: str) -> bool:
-    # The server ignores a preload that fails to import; leave out what is not there at all.
+    """Whether ``module`` can be found, without importing it or its parent packages.
+
+    The server ignores a preload that fails to import; this leaves out what is not there at
+    all. ``importlib.util.find_spec("coffea.processor")`` would import ``coffea`` (2 s), and
+    ``processors`` with the processors, here in the skim's process before the server starts:
+    the server's own imports, the workers' wait, would begin that much later.
+    """
+    parts = module.split(".")
     try:
-        return importlib.util.find_spec(module) is not None
+        spec = importlib.util.find_spec(parts[0])  # a top-level name: nothing is imported
+        for depth in range(1, len(parts)):
+            if spec is None or spec.submodule_search_locations is None:
+                return False
+            spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:depth + 1]),
+                                                             spec.submodule_search_locations)
     except (ImportError, ValueError):
         return False
+    return spec is not None
 
 
 class _Pool(concurrent.futures.ProcessPoolExecutor):
