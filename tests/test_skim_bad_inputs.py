@@ -14,6 +14,7 @@ from _skim_helpers import QUIET_COFFEA
 
 from analysis.cli import main
 from analysis.config import default_config
+from analysis.errors import InputFileError
 from analysis.skim.runner import run_skim
 
 pytestmark = QUIET_COFFEA
@@ -141,6 +142,28 @@ def test_bad_input_is_skipped_and_recorded_with_skip_bad_files(kind, good_file, 
     assert parts and all(good_uuid in p.name for p in parts)
     cutflow = json.loads((out / "cutflow.json").read_text())
     assert cutflow[GOOD]["cuts"]["all"]["events"] == uproot.open(good_file)["Events"].num_entries
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_bad_input_checked_in_worker_processes_is_the_same(kind, good_file, tmp_path):
+    """Two workers check the files (analysis.skim.checks): the same error, or the same record."""
+    bad = _make(kind, good_file, tmp_path)
+    fileset = _fileset(tmp_path, good_file, bad)
+    records = {}
+    for executor, workers in (("iterative", 1), ("futures", 2)):
+        with pytest.raises(InputFileError) as raised:
+            run_skim(fileset, tmp_path / f"{executor}-raise", default_config(), executor=executor,
+                     workers=workers, progress=False)
+        out = tmp_path / executor
+        summary = run_skim(fileset, out, default_config(), executor=executor, workers=workers,
+                           skip_bad_files=True, progress=False)
+        manifest = json.loads((out / "manifest.json").read_text())
+        records[executor] = (str(raised.value), summary["rows"], summary["bad_files"], manifest["errors"],
+                             [(f["path"], f["status"], f["uuid"]) for f in manifest["files"]],
+                             json.loads((out / "cutflow.json").read_text()),
+                             sorted(p.name for p in out.glob("*/part-*.parquet")))
+    assert records["futures"] == records["iterative"]
+    assert records["futures"][0].startswith(f"{bad}: {CASES[kind]}")
 
 
 def test_command_line_exit_status_and_message_in_a_real_process(good_file, tmp_path):

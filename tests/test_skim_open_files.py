@@ -1,4 +1,7 @@
-"""Skim stage tests: with the iterative executor each input file's TTree is read once, the files are closed after the run."""
+"""Skim stage tests: with the iterative executor each input file's TTree is read once, the files are closed after the run.
+
+(With worker processes, the workers check the files and keep them open: tests/test_skim_pool.py.)
+"""
 
 from __future__ import annotations
 
@@ -58,11 +61,15 @@ def test_iterative_skim_reads_each_tree_once_and_closes_the_files(generated_samp
     assert len(kept) == len(files) and all(f.closed for f in kept)
 
 
-def test_futures_skim_reads_trees_in_workers_as_before(generated_sample, tmp_path, tree_reads):
-    # The workers' reads are in other processes; this one only checks each file once.
+def test_futures_skim_reads_trees_in_workers_only(generated_sample, tmp_path, tree_reads):
+    # The workers check the files and run the chunks: this process reads no TTree.
     fileset = subset_fileset(generated_sample, ["GluGluToHToTauTau"], tmp_path / "fileset.json")
-    run_skim(fileset, tmp_path / "futures", default_config(), executor="futures", workers=2,
-             chunksize=300, progress=False)
+    summary = run_skim(fileset, tmp_path / "futures", default_config(), executor="futures", workers=2,
+                       chunksize=100, progress=False)
+    assert summary["chunks_run"] >= 2 * len(_files(fileset)) and tree_reads == []
+    # With one worker the checks stay here, once per file.
+    run_skim(fileset, tmp_path / "one", default_config(), executor="futures", workers=1,
+             chunksize=100, progress=False)
     assert sorted(tree_reads) == sorted(_files(fileset))
 
 

@@ -3,15 +3,20 @@
 The default (`auto`) runs a small skim in this process and a large one in worker processes
 with the same parts and cutflow; the workers are forked from one server, live for the whole
 skim (no restart when a chunk's memory stays allocated: loky, coffea's default pool, restarts
-a worker that grew 300 MB), keep their chunks' files open between chunks, and a task that
-cannot be pickled fails at once instead of hanging the pool.
+a worker that grew 300 MB), keep their chunks' files open between chunks (and the files they
+checked), take the tasks of one file in one worker, and a task that cannot be pickled fails
+at once instead of hanging the pool.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import pickle
+import threading
+import time
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import uproot
@@ -19,9 +24,12 @@ from _skim_helpers import EXECUTOR_CHUNKSIZE, QUIET_COFFEA, assert_same_skim, de
 
 from analysis.config import config_from_dict
 from analysis.skim import pool as skim_pool
+from analysis.errors import InputFileError
+from analysis.skim.inputs import InputFile, check_file
 from analysis.skim.open_files import WorkerFiles
 from analysis.skim.pool import choose_executor, order_for_workers, worker_pool
 from analysis.skim.runner import run_skim
+from processors.ditau import DiTauProcessor
 from processors.parts import read_part_summary
 
 pytestmark = QUIET_COFFEA
@@ -121,11 +129,62 @@ def test_workers_are_not_restarted_when_their_memory_grows(generated_sample, tmp
     assert not [w for w in caught if "memory leak" in str(w.message) or "worker" in str(w.message).lower()]
 
 
-def test_a_task_that_cannot_be_pickled_fails_at_once():
-    with worker_pool(1) as pool:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_task_that_cannot_be_pickled_fails_at_once(workers):
+    with worker_pool(workers) as pool:
         with pytest.raises((pickle.PicklingError, AttributeError)):
             pool.submit(lambda: 1)
         assert pool.submit(sum, [1, 2]).result(timeout=60) == 3
+
+
+def _run_in(task, seconds):
+    time.sleep(seconds)
+    return threading.get_ident()
+
+
+@pytest.fixture
+def file_pool():
+    """A `_FilePool` of two workers whose one-process pools are threads: the dispatch alone."""
+    pool = skim_pool._FilePool(2, mp_context=skim_pool._context())
+    for inner in pool._pools:
+        inner.shutdown()
+    pool._pools = [concurrent.futures.ThreadPoolExecutor(1) for _ in range(2)]
+    yield pool
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _submit_all(pool, seconds, tasks):
+    """Where each task ran. Submitted as coffea does, all at once (the lock: before any is done)."""
+    with pool._lock:
+        futures = [pool.submit(_run_in, task, seconds) for task in tasks]
+    return [f.result(timeout=30) for f in futures]
+
+
+def test_the_file_pool_keeps_each_files_tasks_on_one_worker(file_pool):
+    ran = _submit_all(file_pool, 0.02, [SimpleNamespace(filename=f) for f in "aaaaaabbbbbb"])
+    assert len(set(ran[:6])) == 1 and len(set(ran[6:])) == 1 and ran[0] != ran[6]
+
+
+def test_the_file_pool_gives_a_files_chunks_to_the_worker_that_checked_it(file_pool):
+    checked = dict(zip("abcd", _submit_all(file_pool, 0.02, [SimpleNamespace(path=f) for f in "abcd"])))
+    assert len(set(checked.values())) == 2
+    chunks = [SimpleNamespace(filename=f) for f in "aabbccdd"]
+    assert _submit_all(file_pool, 0.02, chunks) == [checked[c.filename] for c in chunks]
+
+
+def test_the_file_pool_shares_out_one_large_file_and_untied_tasks(file_pool):
+    # A worker whose own files are done takes the others' tasks: none waits while work is left.
+    assert len(set(_submit_all(file_pool, 0.05, [SimpleNamespace(filename="a")] * 8))) == 2
+    assert len(set(_submit_all(file_pool, 0.05, [None] * 8))) == 2
+
+
+def test_a_file_pool_shut_down_cancels_the_waiting_tasks(file_pool):
+    futures = [file_pool.submit(_run_in, SimpleNamespace(filename="a"), 0.2) for _ in range(8)]
+    file_pool.shutdown(wait=True, cancel_futures=True)
+    assert sum(f.cancelled() for f in futures) >= 4
+    assert all(f.done() for f in futures)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        file_pool.submit(_run_in, None, 0)
 
 
 def _tree_files(generated_sample):
@@ -170,6 +229,45 @@ def test_worker_files_open_each_file_once_and_close_the_least_recent(generated_s
     few.keep(b, tree)
     assert len(few) == 1 and first.closed
     few.close()
+
+
+def test_files_checked_in_a_worker_stay_open_unread_for_their_chunks(generated_sample, monkeypatch):
+    (a, tree), (b, _), (c, _) = _tree_files(generated_sample)
+    model = uproot.models.TTree.Model_TTree_v20
+    original, reads = model.read_members, []
+
+    def counting(self, chunk, cursor, context, file):
+        reads.append(file.file_path)
+        return original(self, chunk, cursor, context, file)
+
+    monkeypatch.setattr(model, "read_members", counting)
+    files = WorkerFiles(max_files=1)
+    processor = DiTauProcessor(lumi_pb=1.0, out_dir=".")
+    for path in (a, b, c):
+        item = check_file(InputFile(dataset="d", path=path, treename="Events"), processor=processor,
+                          is_mc=True, need_sumw=False, open_files=files.checking(["nMuon", "Muon_*"]))
+        assert item.entries > 0
+    # Checked, not yet read by a chunk: they do not count against max_files.
+    assert len(files) == 3 and sorted(reads) == sorted([a, b, c])
+    files.keep(a, tree)  # its first chunk: the TTree the check read, narrowed for NanoEvents
+    with uproot.open(a, object_cache=files.object_cache) as chunk_file:
+        assert chunk_file[tree].typenames() == uproot.open(a)[tree].typenames(filter_name=["nMuon", "Muon_*"])
+    assert len(files) == 3 and len(reads) == 4  # (the probe's own open just above)
+    files.keep(b, tree)  # two files read by chunks now: the older, a, is closed; c waits
+    assert len(files) == 2 and len(reads) == 4
+    files.keep(c, tree)
+    assert len(files) == 1 and len(reads) == 4
+    # A file that fails its check is closed again.
+    opener = files.checking()
+    empty = generated_sample.parent / "empty.root"
+    with uproot.recreate(empty) as out:
+        out.mktree("Events", {"x": "int32"})
+    with pytest.raises(InputFileError, match="0 entries"):
+        check_file(InputFile(dataset="d", path=str(empty), treename="Events"), processor=processor,
+                   is_mc=True, need_sumw=False, open_files=opener)
+    opener.discard(str(empty))
+    assert len(files) == 1 and not files.object_cache.accepting
+    files.close()
 
 
 def test_workers_end_when_the_skim_is_killed(tmp_path):

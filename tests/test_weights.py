@@ -94,12 +94,17 @@ def _sorted(events: dict[str, np.ndarray], *names: str) -> list[np.ndarray]:
     return [events[n][order].astype(np.float64) for n in names]
 
 
-def test_weight_product_and_scale_normalised_by_the_runs_sum(tmp_path):
+# Two worker processes check the files there (analysis.skim.checks): the same sums and weights.
+EXECUTORS = [{"executor": "iterative"}, {"executor": "futures", "workers": 2}]
+
+
+@pytest.mark.parametrize("skim", EXECUTORS, ids=lambda s: s["executor"])
+def test_weight_product_and_scale_normalised_by_the_runs_sum(tmp_path, skim):
     runs = {"run": np.array([1, 2], np.uint32), "genEventSumw": np.array([4.0e5, 2.5e5])}
     events = _write(tmp_path / "a.root", 60, seed=1, runs=runs)
     fileset = _fileset(tmp_path, ["a.root"], weight="genWeight * puWeight * L1PreFiringWeight_Nom",
                        weight_scale=1.25)
-    table, manifest = _skim(tmp_path, fileset, _config(_processor(tmp_path)))
+    table, manifest = _skim(tmp_path, fileset, _config(_processor(tmp_path), **skim))
     g, pu, l1 = _sorted(events, "genWeight", "puWeight", "L1PreFiringWeight_Nom")
     sumw = 4.0e5 + 2.5e5  # both runs of the Runs tree, not the 60 events'
     assert manifest["datasets"]["DY"]["sumw"] == sumw
@@ -118,11 +123,12 @@ def test_weight_product_and_scale_normalised_by_the_runs_sum(tmp_path):
     np.testing.assert_allclose(table["weight"], 6025.2 * LUMI * 1.25 * g * pu / sumw, rtol=1e-12)
 
 
-def test_sumw_from_the_events_without_a_runs_tree_and_from_the_metadata(tmp_path):
+@pytest.mark.parametrize("skim", EXECUTORS, ids=lambda s: s["executor"])
+def test_sumw_from_the_events_without_a_runs_tree_and_from_the_metadata(tmp_path, skim):
     a = _write(tmp_path / "a.root", 40, seed=2)
     b = _write(tmp_path / "b.root", 30, seed=3)
     processor = _processor(tmp_path)
-    table, manifest = _skim(tmp_path, _fileset(tmp_path, ["a.root", "b.root"]), _config(processor))
+    table, manifest = _skim(tmp_path, _fileset(tmp_path, ["a.root", "b.root"]), _config(processor, **skim))
     sumw = math.fsum(np.concatenate([a["genWeight"], b["genWeight"]]).astype(np.float64).tolist())
     assert manifest["datasets"]["DY"]["sumw"] == sumw
     assert manifest["datasets"]["DY"]["sumw_source"] == "computed from Events.genWeight"

@@ -25,8 +25,8 @@ import uproot
 
 from analysis.skim.coffea_compat import restrict_typenames
 
-__all__ = ["LOCAL_READ_OPTIONS", "MAX_KEPT_BRANCHES", "OpenFiles", "WORKER_KEPT_FILES", "WorkerFiles",
-           "WorkerObjectCache", "worker_files"]
+__all__ = ["LOCAL_READ_OPTIONS", "MAX_KEPT_BRANCHES", "WORKER_KEPT_FILES", "CheckedInWorker", "OpenFiles",
+           "WorkerFiles", "WorkerObjectCache", "worker_files"]
 
 # Bound on what kept files hold: their TTree metadata (about 10 kB per branch: 14 MB for a
 # real NanoAOD TTree of 1,500 branches) and the memory-mapped pages of the baskets the chunks
@@ -133,10 +133,12 @@ class WorkerFiles:
     TTrees hold at most `max_branches` branches together; the cache takes objects only
     during `keep` (as `_CheckedObjects`), so the files coffea opens and closes leave none.
 
-    At most `max_files` stay open: a kept file is memory-mapped, and the pages its chunks
-    read count in the worker's resident memory until it is closed (the 10M-event benchmark,
-    every file kept: 2.9 GB per worker, its whole input). A worker takes the chunks in file
-    order, so the file of its next chunk is mostly its latest.
+    At most `max_files` that chunks have read stay open: a kept file is memory-mapped, and
+    the pages its chunks read count in the worker's resident memory until it is closed (the
+    10M-event benchmark, every file kept: 2.9 GB per worker, its whole input). A worker takes
+    the chunks file by file (`analysis.skim.pool`), so the file of its next chunk is mostly
+    its latest. Files the worker checked (`checking`) wait for their chunks unread, holding
+    only their TTree metadata: they count against `max_branches` only.
     """
 
     def __init__(self, *, max_branches: int = MAX_KEPT_BRANCHES, max_files: int = WORKER_KEPT_FILES):
@@ -145,6 +147,7 @@ class WorkerFiles:
         self.object_cache = _CheckedObjects()
         self.object_cache.accepting = False
         self._files: OrderedDict[str, tuple[Any, int]] = OrderedDict()  # path -> (file, branches)
+        self._unread: set[str] = set()  # checked here, no chunk yet
 
     def keep(self, path: str, treename: str, filter_name: Any = None) -> None:
         """Have ``path`` open with its TTree ``treename`` cached, for the chunk about to run.
@@ -154,6 +157,9 @@ class WorkerFiles:
         """
         if path in self._files:
             self._files.move_to_end(path)
+            if path in self._unread:  # its first chunk: it counts against max_files from now on
+                self._unread.discard(path)
+                self._evict()
             return
         self.object_cache.accepting = True
         try:
@@ -169,13 +175,31 @@ class WorkerFiles:
             self.object_cache.accepting = False
         if filter_name is not None:
             restrict_typenames(tree, filter_name)
-        self._files[path] = (file, len(tree.branches))
-        while len(self._files) > 1 and (len(self._files) > self.max_files
-                                        or sum(n for _, n in self._files.values()) > self.max_branches):
-            self._close(next(iter(self._files)))
+        self._add(path, file, len(tree.branches))
+
+    def checking(self, filter_name: Any = None) -> CheckedInWorker:
+        """``open_files`` for `analysis.skim.inputs.check_file` in this worker (`CheckedInWorker`)."""
+        return CheckedInWorker(self, filter_name)
+
+    def _add(self, path: str, file: Any, branches: int, *, unread: bool = False) -> None:
+        self._files[path] = (file, branches)
+        if unread:
+            self._unread.add(path)
+        self._evict()
+
+    def _evict(self) -> None:
+        while len(self._files) > 1:
+            read = [p for p in self._files if p not in self._unread]
+            if len(read) > self.max_files:
+                self._close(read[0])
+            elif sum(n for _, n in self._files.values()) > self.max_branches:
+                self._close(next(iter(self._files)))
+            else:
+                break
 
     def _close(self, path: str) -> None:
         directory, _ = self._files.pop(path)
+        self._unread.discard(path)
         directory.close()
         # Its objects go too (uproot would drop them only when asked for one again).
         for key, obj in list(self.object_cache.items()):
@@ -188,6 +212,50 @@ class WorkerFiles:
 
     def __len__(self) -> int:
         return len(self._files)
+
+
+class CheckedInWorker:
+    """What `check_file` opens through in a worker: the file stays open in `WorkerFiles`, for its chunks.
+
+    The check reads the TTree (its branches' metadata: most of a check's time) into the
+    worker's object cache, and the worker's chunks of that file, which the pool hands to the
+    same worker (`analysis.skim.pool`), find it there instead of reading it again. Call
+    `discard` for a file that failed its check: it has no chunks.
+    """
+
+    def __init__(self, files: WorkerFiles, filter_name: Any = None):
+        self.files, self.filter_name = files, filter_name
+        self._opened: tuple[str, Any] | None = None
+
+    def open(self, path: str, **options: Any) -> tuple[Any, bool]:
+        """As `OpenFiles.open`: ``(file, kept)``; a kept file is not closed by the caller."""
+        if path in self.files._files:  # the same file listed in two datasets
+            return self.files._files[path][0], True
+        self.files.object_cache.accepting = True  # until count_branches: the check reads the TTree
+        file = uproot.open(path, object_cache=self.files.object_cache, array_cache=None,
+                           **LOCAL_READ_OPTIONS, **options)
+        self._opened = (path, file)
+        return file, True
+
+    def count_branches(self, tree: Any) -> None:
+        """Called by `check_file` once the TTree is read: the file is kept from now on."""
+        self.files.object_cache.accepting = False
+        if self._opened is None:
+            return
+        (path, file), self._opened = self._opened, None
+        if self.filter_name is not None and isinstance(tree, uproot.behaviors.TTree.TTree):
+            restrict_typenames(tree, self.filter_name)
+        self.files._add(path, file, len(tree.branches if hasattr(tree, "branches") else tree.keys(recursive=False)),
+                        unread=True)
+
+    def discard(self, path: str) -> None:
+        """Close ``path`` after a failed check."""
+        self.files.object_cache.accepting = False
+        if self._opened is not None:
+            self._opened[1].close()
+            self._opened = None
+        if path in self.files._files:
+            self.files._close(path)
 
 
 _WORKER_FILES: WorkerFiles | None = None

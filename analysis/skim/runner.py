@@ -1,12 +1,13 @@
 """Skim stage: `run_skim`, the coffea Runner over a fileset writing skim Parquet, cutflow and manifest.
 
-Steps: read the fileset; check every file (`analysis.skim.inputs`); compute missing ``sumw``;
-cut the files into chunks with coffea's `Runner.preprocess` (fed from the checks, so no file
-is opened twice); drop the chunks whose part already exists (resume); run the configured
-processor (`analysis.skim.plugins`; the di-tau one by default) on the rest with the iterative,
+Steps: read the fileset; check every file (`analysis.skim.checks`: in the worker processes
+when they are to run the chunks); compute missing ``sumw``; cut the files into chunks with
+coffea's `Runner.preprocess` (fed from the checks, so no file is opened twice); drop the
+chunks whose part already exists (resume); run the configured processor
+(`analysis.skim.plugins`; the di-tau one by default) on the rest with the iterative,
 futures, dask or dask-awkward executor (``auto``: iterative or futures by the size of the
-rest, `analysis.skim.pool`); write ``cutflow.json`` and ``manifest.json``. Each chunk writes its own part, so a killed run
-loses at most the chunks in flight.
+rest, `analysis.skim.pool`); write ``cutflow.json`` and ``manifest.json``. Each chunk writes
+its own part, so a killed run loses at most the chunks in flight.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import time
 import uuid
 from contextlib import ExitStack
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +29,17 @@ from analysis.core.net import is_remote
 from analysis.core.progress import stage_console
 from analysis.core.provenance import build_provenance
 from analysis.errors import ConfigError, InputFileError
+from analysis.skim.checks import check_inputs, checks_in_workers
 from analysis.skim.coffea_compat import chunk_tree, progress_bars
-from analysis.skim.inputs import DatasetInfo, check_file, dataset_sumw, load_fileset, resolve_datasets
+from analysis.skim.inputs import load_fileset, resolve_datasets
 from analysis.skim.manifest import (build_cutflow, build_manifest, chunk_relpath, job_cutflow_path,
                                     job_manifest_path, keep_provenance, plan_chunks, remove_stale_temp_files,
                                     skim_inputs)
 from analysis.skim.open_files import LOCAL_READ_OPTIONS, OpenFiles, WorkerObjectCache
-from analysis.skim.remote import RetryingRunner, UnreachableServers, call_with_retries
 from analysis.skim.plugins import load_processor
 from analysis.skim.pool import (choose_executor, order_for_workers, start_worker_server, starts_workers,
                                 worker_pool)
-from processors.base import SkimProcessor
+from analysis.skim.remote import RetryingRunner
 
 __all__ = ["EXECUTORS", "run_skim"]
 
@@ -53,43 +53,6 @@ def _where(executor: str, workers: int, chunks: int) -> str:
     if executor == "futures":
         return f" in {workers} worker processes"
     return " on the dask cluster" if executor in ("dask", "dask-awkward") else " in this process"
-
-
-def _check_inputs(datasets: dict[str, DatasetInfo], config: Config, proc: SkimProcessor, *,
-                  skip_bad_files: bool, open_files: OpenFiles | None = None) -> list[dict[str, str]]:
-    """Check every file; fill in each dataset's sumw. Returns the errors of skipped files.
-
-    With `open_files`, local files stay open there for the chunks run in this process.
-    """
-    errors = []
-    unreachable = UnreachableServers()  # with skip_bad_files, a dead server's other files get one try
-    for info in datasets.values():
-        seen: dict[str, str] = {}
-        for item in info.files:
-            try:
-                check = partial(check_file, item, processor=proc, is_mc=info.is_mc,
-                                need_sumw=info.sumw is None, weight=info.weight,
-                                timeout=config.skim.timeout,
-                                open_files=open_files)
-                if is_remote(item.path):  # a network hiccup is tried again (analysis.skim.remote)
-                    call_with_retries(check, url=item.path, retries=config.skim.retries,
-                                      wait=config.skim.retry_wait, unreachable=unreachable)
-                else:
-                    check()
-                # Parts are named by file UUID: a copy of a file would share them, and its
-                # events would be counted twice anyway.
-                if item.uuid in seen:
-                    raise InputFileError(item.path, f"same ROOT file UUID {item.uuid} as "
-                                                    f"{seen[item.uuid]}: a copy of the same events; "
-                                                    f"list only one of them in the fileset")
-                seen[item.uuid] = item.path
-            except InputFileError as err:
-                if not skip_bad_files:
-                    raise
-                item.error = err.cause
-                errors.append({"dataset": info.name, "path": item.path, "cause": err.cause})
-        dataset_sumw(info)  # before any selection, over the files that could be read
-    return errors
 
 
 def _executor(kind: str, *, workers: int, progress: bool, client=None,
@@ -163,34 +126,46 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
     if starts_workers(executor, workers):
         # Worker processes run the chunks: their libraries import meanwhile (analysis.skim.pool).
         start_worker_server(config.skim.processor)
+    # NanoEvents sees only the branches the processor reads: building the events of a
+    # chunk from a 1,500-branch NanoAOD file would otherwise cost more than reading it.
+    wanted = proc.input_branches()
+    if wanted is not None:  # and the datasets' weight branches (read_bookkeeping)
+        wanted = sorted({*wanted, *(b for d in datasets.values() if d.weight for b in d.weight)})
     # Chunks run in this process keep the checked files open: coffea reuses their TTrees
     # instead of reading them again (analysis.skim.open_files).
     open_files = OpenFiles() if executor in ("auto", "iterative") else None
-    errors = _check_inputs(datasets, config, proc, skip_bad_files=skip, open_files=open_files)
-    if executor == "dask-awkward":
-        # imported here: coffea.dataset_tools and dask-awkward cost every other skim's start-up
-        from analysis.skim.dask_awkward import refuse_rntuple, skim_dask_awkward
-
-        refuse_rntuple(datasets)
-    out.mkdir(parents=True, exist_ok=True)
-    known = {f.uuid for d in datasets.values() for f in d.files if f.uuid}  # this run's input files
-    remove_stale_temp_files(out, uuids=known if job_id is not None else None)
-
-    # coffea chunking, fed with the checks' metadata so the Runner opens no file itself.
-    cache, coffea_fileset = {}, {}
-    for info in datasets.values():
-        good = [f for f in info.files if f.error is None]
-        if good:
-            coffea_fileset[info.name] = {"files": {f.path: f.treename for f in good},
-                                         "metadata": info.metadata()}
-        for f in good:
-            cache[FileMeta(info.name, f.path, f.treename)] = {
-                **info.metadata(), "numentries": f.entries, "uuid": f.uuid_bytes}
-    fingerprints = {n: proc.fingerprint(d.metadata()) for n, d in datasets.items()}
 
     with ExitStack() as stack:
         if open_files is not None:
             stack.callback(open_files.close)
+        # Workers that will run the chunks check the files too, and keep them open for their
+        # chunks (analysis.skim.checks).
+        pool = None
+        if starts_workers(executor, workers) and checks_in_workers(datasets):
+            pool = stack.enter_context(worker_pool(workers, config.skim.processor))
+        errors = check_inputs(datasets, config, proc, skip_bad_files=skip, open_files=open_files, pool=pool,
+                              filter_name=wanted)
+        if executor == "dask-awkward":
+            # imported here: coffea.dataset_tools and dask-awkward cost every other skim's start-up
+            from analysis.skim.dask_awkward import refuse_rntuple, skim_dask_awkward
+
+            refuse_rntuple(datasets)
+        out.mkdir(parents=True, exist_ok=True)
+        known = {f.uuid for d in datasets.values() for f in d.files if f.uuid}  # this run's input files
+        remove_stale_temp_files(out, uuids=known if job_id is not None else None)
+
+        # coffea chunking, fed with the checks' metadata so the Runner opens no file itself.
+        cache, coffea_fileset = {}, {}
+        for info in datasets.values():
+            good = [f for f in info.files if f.error is None]
+            if good:
+                coffea_fileset[info.name] = {"files": {f.path: f.treename for f in good},
+                                             "metadata": info.metadata()}
+            for f in good:
+                cache[FileMeta(info.name, f.path, f.treename)] = {
+                    **info.metadata(), "numentries": f.entries, "uuid": f.uuid_bytes}
+        fingerprints = {n: proc.fingerprint(d.metadata()) for n, d in datasets.items()}
+
         stack.enter_context(progress_bars(progress))
         # Chunking reads no file (the metadata is cached): the executor is chosen afterwards,
         # from the chunks left to run.
@@ -230,14 +205,10 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
             if executor == "dask":  # (dask-awkward computes its graph on the client itself)
                 runner.executor = _executor(executor, workers=workers, progress=progress, client=client)
         elif executor == "futures" and todo:
-            pool = stack.enter_context(worker_pool(workers, config.skim.processor))
+            if pool is None:
+                pool = stack.enter_context(worker_pool(workers, config.skim.processor))
             runner.executor = _executor(executor, workers=workers, progress=progress, pool=pool)
             todo = order_for_workers(todo)
-        # NanoEvents sees only the branches the processor reads: building the events of a
-        # chunk from a 1,500-branch NanoAOD file would otherwise cost more than reading it.
-        wanted = proc.input_branches()
-        if wanted is not None:  # and the datasets' weight branches (read_bookkeeping)
-            wanted = sorted({*wanted, *(b for d in datasets.values() if d.weight for b in d.weight)})
         iteritems = {"filter_name": wanted} if wanted is not None else {}
         # Memory-mapped reads when every file is local; kept files' TTrees reused.
         local = not any(is_remote(wi.filename) for wi in todo)
