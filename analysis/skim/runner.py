@@ -258,12 +258,16 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
         "chunks_run": len(todo), "chunks_skipped": len(done),
         "events": sum(s["stop"] - s["start"] for s in summaries.values()),
         "rows": sum(s["rows"] for s in summaries.values()),
+        # Events that passed every step (a processor may write several rows per event: jets).
+        "selected_events": sum(int(s["cutflow"][list(s.get("steps", s["cutflow"]))[-1]]["events"])
+                               for s in summaries.values() if s.get("cutflow")),
         "bad_files": len(errors), "complete": manifest["complete"],
         "seconds": round(time.perf_counter() - start_time, 3),
     }
     # The one-line summary stays with --quiet (which silences progress bars only).
     stage_console().print(
-        f"skim: {summary['rows']:,} events selected of {summary['events']:,}; "
+        f"skim: {summary['selected_events']:,} events selected of {summary['events']:,}"
+        + (f" ({summary['rows']:,} rows)" if summary["rows"] != summary["selected_events"] else "") + "; "
         f"{summary['chunks_run']} chunks run{_where(executor, workers, len(todo))}, "
         f"{summary['chunks_skipped']} already done"
         + (f"; {len(errors)} bad file(s) skipped, see {manifest_path.name}" if errors else "")
