@@ -8,7 +8,6 @@ numbers: input folders, seeds, package versions and the git commit of the code.
 from __future__ import annotations
 
 import base64
-import html
 import json
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ from analysis.core.provenance import (
     short,
     stage_view,
 )
+from analysis.evaluate.html_parts import escape as _e
+from analysis.evaluate.html_parts import table as _table
 from analysis.evaluate.input_plots import format_yield
 from analysis.evaluate.target_report import TARGET_GUIDE, target_tables, target_title
 
@@ -132,18 +133,8 @@ def collect_provenance(model_dirs: list[Path], prepared, skim_dir: Path | None,
     }
 
 
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
 def _num(value: Any, fmt: str = ".4g") -> str:
     return "–" if value is None else format(value, fmt)
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _ks(pvalue: float) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import html
 from typing import Any
+
+from analysis.evaluate.html_parts import escape as _e
+from analysis.evaluate.html_parts import table as _table
 
 __all__ = ["TARGET_GUIDE", "target_tables", "target_title"]
 
@@ -25,18 +27,8 @@ TARGET_GUIDE = {
 }
 
 
-def _e(value: Any) -> str:
-    return html.escape(str(value))
-
-
 def _num(value: Any, fmt: str = ".4g") -> str:
     return "n/a" if value is None else format(value, fmt)
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def target_title(metrics: dict) -> str:
