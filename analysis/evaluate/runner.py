@@ -199,10 +199,12 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
     features = prepared.feature_order
     target = Target.from_stats(prepared.stats, where=str(prepared.path / "stats.json"))
     binary = target.kind == "binary"
-    sums = class_weight_sums(prepared)
-    fractions = {"test": split_fractions(sums, "test", prepared.path / "test")} if binary else {}
-    if binary and all(sums["val"][label] > 0 for label in (0, 1)):
-        fractions["val"] = split_fractions(sums, "val", prepared.path / "val")
+    fractions = {}
+    if binary:  # signal/background yield fractions of the AMS; a multi-class target has its own per class
+        sums = class_weight_sums(prepared)
+        fractions["test"] = split_fractions(sums, "test", prepared.path / "test")
+        if all(sums["val"][label] > 0 for label in (0, 1)):
+            fractions["val"] = split_fractions(sums, "val", prepared.path / "val")
     cutflow_path = find_cutflow(prepared, skim)
     cutflow = read_cutflow(cutflow_path) if cutflow_path else None
     out = Path(out_dir)
