@@ -1,0 +1,85 @@
+"""Core (train, export): variable-length lists to fixed (rows, N) arrays with a mask, one implementation.
+
+The prepared files keep every constituent of a jet (lists ordered by decreasing pt, never
+padded): N is a choice of the consumer, not of the data. The training loader pads or
+truncates to N at load time and the HDF5 export writes fixed-size arrays; both call
+`pad_lists`, so a jet's first N constituents, the fill value and the mask are the same
+wherever a fixed size is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from analysis.core.jet_images import list_offsets
+
+__all__ = ["pad_lists", "padded_columns"]
+
+
+def _gather_index(offsets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, slot, flat position) of every kept entry: each row's first ``min(count, n)`` entries."""
+    counts = np.diff(offsets)
+    kept = np.minimum(counts, n)
+    row = np.repeat(np.arange(len(counts), dtype=np.int64), kept)
+    starts = np.cumsum(kept) - kept
+    slot = np.arange(int(kept.sum()), dtype=np.int64) - np.repeat(starts, kept)
+    return row, slot, offsets[:-1][row] + slot
+
+
+def pad_lists(values: Any, n: int, *, fill: float = 0.0, dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """One list per row as a (rows, n) array and its (rows, n) boolean mask.
+
+    Parameters
+    ----------
+    values : one list per row (`analysis.core.jet_images.list_offsets`: a pyarrow list
+        array as read from Parquet, an awkward ``var * number`` array, or 1-d arrays)
+    n : entries kept per row: the first ``n`` of each list (by decreasing pt in a jet skim);
+        shorter lists are filled with ``fill``
+    fill, dtype : the value of padded slots and the array's type
+
+    Returns
+    -------
+    (array (rows, n) of ``dtype``, mask (rows, n) bool, True where a real entry is)
+
+    Example
+    -------
+    >>> x, mask = pad_lists([[3.0, 2.0, 1.0], [5.0]], 2)
+    >>> x.tolist(), mask.tolist()
+    ([[3.0, 2.0], [5.0, 0.0]], [[True, True], [True, False]])
+    """
+    if n < 1:
+        raise ValueError(f"pad_lists: n must be at least 1, got {n}")
+    offsets, flat = list_offsets(values)
+    rows = len(offsets) - 1
+    row, slot, position = _gather_index(offsets, n)
+    out = np.full((rows, n), fill, dtype=dtype)
+    out[row, slot] = flat[position]
+    mask = np.zeros((rows, n), dtype=bool)
+    mask[row, slot] = True
+    return out, mask
+
+
+def padded_columns(columns: Mapping[str, Any], names: Sequence[str], n: int, *,
+                   fill: float = 0.0, dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Several list columns of the same lengths as one (rows, n, len(names)) array and the mask.
+
+    The columns must hold lists of equal length row by row (the constituent features of a
+    jet); a difference is an error naming the column, not a silently shifted feature.
+    """
+    if not names:
+        raise ValueError("padded_columns: name at least one list column")
+    first_offsets, _ = list_offsets(columns[names[0]])
+    rows = len(first_offsets) - 1
+    out = np.full((rows, n, len(names)), fill, dtype=dtype)
+    row, slot, position = _gather_index(first_offsets, n)
+    for k, name in enumerate(names):
+        offsets, flat = list_offsets(columns[name])
+        if not np.array_equal(offsets, first_offsets):
+            raise ValueError(f"padded_columns: {name} has other list lengths than {names[0]}")
+        out[row, slot, k] = flat[position]
+    mask = np.zeros((rows, n), dtype=bool)
+    mask[row, slot] = True
+    return out, mask

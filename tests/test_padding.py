@@ -1,0 +1,44 @@
+"""`analysis.core.padding`: lists to fixed (rows, N) arrays with a mask, worked out by hand and against a loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from analysis.core.padding import pad_lists, padded_columns
+
+
+def test_pad_and_truncate_by_hand():
+    x, mask = pad_lists(pa.array([[3.0, 2.0, 1.0], [], [5.0]], type=pa.list_(pa.float32())), 2, fill=-1.0)
+    assert x.tolist() == [[3.0, 2.0], [-1.0, -1.0], [5.0, -1.0]]
+    assert mask.tolist() == [[True, True], [False, False], [True, False]]
+    assert x.dtype == np.float32
+
+
+def test_sliced_arrow_array_starts_at_its_own_offset():
+    whole = pa.array([[9.0], [1.0, 2.0], [3.0]], type=pa.list_(pa.float32()))
+    x, mask = pad_lists(whole.slice(1), 3)
+    assert x.tolist() == [[1.0, 2.0, 0.0], [3.0, 0.0, 0.0]]
+    assert mask.sum() == 3
+
+
+@pytest.mark.parametrize("n", [1, 4, 30])
+def test_random_lists_equal_a_python_loop(n):
+    rng = np.random.default_rng(n)
+    lists = [rng.normal(size=k).astype(np.float32) for k in rng.integers(0, 12, 200)]
+    other = [2 * v for v in lists]
+    x, mask = padded_columns({"a": lists, "b": other}, ["a", "b"], n)
+    assert x.shape == (200, n, 2)
+    for i, values in enumerate(lists):
+        k = min(len(values), n)
+        np.testing.assert_array_equal(x[i, :k, 0], values[:k])
+        np.testing.assert_array_equal(x[i, :k, 1], 2 * values[:k])
+        assert not x[i, k:].any() and mask[i, :k].all() and not mask[i, k:].any()
+
+
+def test_columns_of_other_lengths_are_an_error():
+    with pytest.raises(ValueError, match="b has other list lengths than a"):
+        padded_columns({"a": [[1.0, 2.0]], "b": [[1.0]]}, ["a", "b"], 3)
+    with pytest.raises(ValueError, match="at least 1"):
+        pad_lists([[1.0]], 0)
