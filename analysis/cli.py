@@ -183,8 +183,6 @@ def prepare(
     quiet: bool = QuietOption,
 ) -> None:
     """Hash split, class-balanced train_weight, train-only statistics, standardisation, global shuffle."""
-    from analysis.errors import ConfigError
-
     try:
         fractions = _csv_list(split, float)
     except ValueError:
@@ -262,6 +260,39 @@ def export(
     from analysis.export.runner import run_export
 
     typer.echo(f"onnx: {run_export(model_dir, onnx, progress=not quiet)}", err=True)
+
+
+@app.command("export-hdf5")
+def export_hdf5(
+    prep_dir: Path = typer.Argument(..., help="Prepared folder of a jet-level skim (`hepprep prepare`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for one <split>.h5 per split."),
+    splits: str = typer.Option("train,val,test", help="Comma-separated splits to export."),
+    constituents: int = typer.Option(100, help="N: constituents kept per jet (the first by pt; padded, `valid`)."),
+    vertices: int = typer.Option(5, help="M: secondary vertices kept per jet."),
+    unstandardised: bool = typer.Option(False, "--unstandardised", help="Undo prepare's standardisation."),
+    layout: str = typer.Option("salt", help="salt (structured jets, consts, vertices) or weaver."),
+    quiet: bool = QuietOption,
+) -> None:
+    """Write a jet-level prepared folder as fixed-size HDF5 arrays (salt's layout, or weaver's)."""
+    from analysis.export.hdf5 import run_export_hdf5
+    run_export_hdf5(prep_dir, out, splits=_csv_list(splits) or [], constituents=constituents, vertices=vertices,
+                    unstandardised=unstandardised, layout=layout, progress=not quiet)
+
+
+@app.command("export-images")
+def export_images(
+    prep_dir: Path = typer.Argument(..., help="Prepared folder of a jet-level skim (`hepprep prepare`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="FILE.npz (in memory) or FILE.h5 (chunked)."),
+    split: str = typer.Option("test", help="The split whose jets are imaged."),
+    channels: Optional[str] = typer.Option(None, help="Comma-separated, of all,photon,charged_hadron,neutral_hadron,track."),
+    rotate: bool = typer.Option(False, "--rotate", help="Turn each jet so that its leading subjet points up (AK8)."),
+    max_jets: Optional[int] = typer.Option(None, help="At most this many jets, the first of the split."),
+    quiet: bool = QuietOption,
+) -> None:
+    """Write jet images [N, C, 40, 40] built from the constituents, with labels, weights, pt, eta and identity."""
+    from analysis.export.images import run_export_images
+    run_export_images(prep_dir, out, split=split, channels=_csv_list(channels), rotate=rotate, max_jets=max_jets,
+                      progress=not quiet)
 
 
 @app.command()

@@ -18,6 +18,7 @@ _EXTRAS = {
     "onnxruntime": ("onnx", "onnxruntime"),
     "onnxmltools": ("onnx", "onnxmltools"),
     "onnxscript": ("onnx", "onnxscript"),  # torch.onnx's exporter (the network)
+    "h5py": ("hdf5", "h5py"),  # the HDF5 exports of jet-level datasets
 }
 
 

@@ -17,9 +17,10 @@ from typing import Any
 from analysis.core.io import read_json
 from analysis.errors import StageInputError
 
-__all__ = ["PreparedListing", "read_prepared_listing"]
+__all__ = ["PreparedListing", "read_prepared_listing", "read_prepared_stats"]
 
 MANIFEST_FILE = "manifest.json"
+STATS_FILE = "stats.json"
 
 
 @dataclass(frozen=True)
@@ -86,3 +87,15 @@ def read_prepared_listing(root: str | Path) -> PreparedListing:
         raise StageInputError(f"{root / MANIFEST_FILE}: not a prepare manifest (\"stage\": \"prepare\" with "
                               "the files of each split); re-run `hepprep prepare` into this folder")
     return PreparedListing(root=root, manifest=manifest)
+
+
+def read_prepared_stats(root: str | Path) -> dict[str, Any]:
+    """The prepared ``stats.json`` of ``root`` as a mapping (its sections are checked by their readers).
+
+    Raises
+    ------
+    StageInputError
+        No stats.json, or one that is not a JSON object.
+    """
+    return read_json(Path(root) / STATS_FILE, "the prepared statistics", expect=dict,
+                     fix="re-run `hepprep prepare`")
