@@ -46,9 +46,15 @@ def append_rows(h5: Any, name: str, rows: np.ndarray) -> None:
 
 
 def mark(h5: Any, kind: str, attributes: dict[str, Any]) -> None:
-    """The file's attributes: dicts and lists as JSON text (any HDF5 reader can read a string)."""
+    """The file's attributes: dicts, lists and None as JSON text, booleans as 0 / 1.
+
+    Any HDF5 reader reads a string or an integer; h5py's boolean is an HDF5 enum that
+    PyTables (weaver-core's reader) does not read.
+    """
     h5.attrs[_MARK] = kind
     for key, value in attributes.items():
+        if isinstance(value, bool):
+            value = np.int8(value)
         h5.attrs[key] = json.dumps(value) if isinstance(value, (dict, list, tuple)) or value is None else value
 
 

@@ -21,12 +21,12 @@ import numpy as np
 import pyarrow as pa
 
 from analysis.core.io import atomic_file, atomic_path
-from analysis.core.jet_images import DEFAULT_CHANNELS, IMAGE_PIXELS, PIXEL_SIZE, jet_images, list_offsets
+from analysis.core.jet_images import DEFAULT_CHANNELS, IMAGE_PIXELS, PIXEL_SIZE, jet_images
 from analysis.core.progress import progress_bar, stage_console
 from analysis.core.provenance import hepprep_version
 from analysis.errors import ConfigError, StageInputError
 from analysis.export.h5_rows import append_rows, create_rows, h5py_module, is_ours, mark, refuse_foreign_file
-from analysis.export.jet_folder import JetFolder, read_jet_folder, text_codes
+from analysis.export.jet_folder import JetFolder, mapped_lists, read_jet_folder, text_codes
 
 __all__ = ["KIND", "NPZ_MAX_BYTES", "WEIGHT_COLUMNS", "image_arrays", "run_export_images"]
 
@@ -57,12 +57,12 @@ def image_arrays(folder: JetFolder, table: pa.Table, *, channels: dict[str, tupl
     weight_name = _weight_column(folder)
     weight = folder.list_values(table, weight_name, raw=True)
     if weight_name == "cand_logpt":
-        offsets, values = list_offsets(weight)
-        weight = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), pa.array(np.exp(values)))
+        weight = mapped_lists(weight, np.exp)
     if "cand_class" in folder.candidates:
-        particle_class = folder.list_values(table, "cand_class", raw=True)
-    else:  # only the "all" channel is asked for (checked): it sums every class alike
-        particle_class = weight
+        # a standardised class code comes back within rounding of its integer (1.9999999): round, not truncate
+        particle_class = mapped_lists(folder.list_values(table, "cand_class", raw=True), np.rint)
+    else:  # only the "all" channel is asked for (checked), which sums every class alike: any one class will do
+        particle_class = mapped_lists(weight, np.zeros_like)
     rotate_to = (np.stack([folder.flat_values(table, c, raw=True) for c in ROTATE_COLUMNS], axis=1)
                  if rotate else None)
     out = {"images": jet_images(deta, dphi, weight, particle_class, channels=channels, rotate_to=rotate_to),

@@ -26,7 +26,7 @@ from analysis.core.prepared import PreparedListing, read_prepared_listing, read_
 from analysis.core.standardise import Standardisation
 from analysis.errors import ConfigError, StageInputError
 
-__all__ = ["CANDIDATE_PREFIX", "JetFolder", "VERTEX_PREFIX", "read_jet_folder", "text_codes"]
+__all__ = ["CANDIDATE_PREFIX", "VERTEX_PREFIX", "JetFolder", "mapped_lists", "read_jet_folder", "text_codes"]
 
 CANDIDATE_PREFIX = "cand_"  # a jet's particle-flow candidates, by decreasing pt
 VERTEX_PREFIX = "sv_"  # its secondary vertices, by decreasing dxy significance
@@ -140,9 +140,13 @@ class JetFolder:
         if undo is None:
             return column
         standardisation, j = undo
-        offsets, flat = list_offsets(column)
-        values = standardisation.inverse_column(j, flat).astype(np.float32)
-        return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), pa.array(values))
+        return mapped_lists(column, lambda flat: standardisation.inverse_column(j, flat).astype(np.float32))
+
+
+def mapped_lists(lists: Any, function: Any) -> pa.Array:
+    """The same lists with ``function`` applied to their entries (a numpy array of all of them at once)."""
+    offsets, flat = list_offsets(lists)
+    return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), pa.array(function(flat)))
 
 
 def text_codes(table: pa.Table, name: str, names: Sequence[str]) -> np.ndarray:
