@@ -379,3 +379,11 @@ def test_the_commands_run_through_the_cli(prepared, tmp_path, capsys):
         assert h5["consts"].shape[1:] == (4,) and h5["vertices"].shape[1:] == (5,)
     with h5py.File(tmp_path / "im.h5", "r") as h5:
         assert h5["images"].shape == (5, 1, 40, 40) and h5["images"].chunks is not None
+
+
+def test_a_missing_h5py_is_one_line_with_the_install_command(prepared, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "h5py", None)  # import h5py now raises ImportError
+    line = _error_line(["export-hdf5", str(prepared), "--out", str(tmp_path / "o")], capsys)
+    assert "pip install 'hepprep[hdf5]'" in line and not (tmp_path / "o").exists()
