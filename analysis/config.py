@@ -13,12 +13,13 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from analysis.core.features import DEFAULT_FEATURES as _REGISTRY_DEFAULTS
 from analysis.core.objects import ObjectsConfig
 from analysis.core.settings import (WeightProduct, deep_merge, first_non_finite, format_validation_error,
                                     given, parse_compression)
+from analysis.core.tagger_config import TaggerConfig
 from analysis.core.target import StrictModel, TargetConfig
 from analysis.errors import ConfigError
 
@@ -223,7 +224,7 @@ class XGBoostConfig(_Strict):
 class MLPConfig(_Strict):
     """Fully connected network (PyTorch)."""
 
-    hidden: list[int] = [64, 128, 64]
+    hidden: list[PositiveInt] = Field([64, 128, 64], min_length=1)  # widths of the hidden layers
     dropout: float = Field(0.0, ge=0, lt=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -240,18 +241,12 @@ class MLPConfig(_Strict):
     cpu_threads: int = Field(1, ge=0)  # torch intra-op threads; 0 = torch's default (all cores)
     seed: int = 7
 
-    @field_validator("hidden")
-    @classmethod
-    def _check_hidden(cls, value: list[int]) -> list[int]:
-        if not value or any(n <= 0 for n in value):
-            raise ValueError(f"hidden layer sizes must be positive and at least one, got {value}")
-        return value
-
 
 class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     xgboost: XGBoostConfig = XGBoostConfig()
     mlp: MLPConfig = MLPConfig()
+    tagger: TaggerConfig = TaggerConfig()  # pfn, part, cnn (analysis/core/tagger_config.py)
 
 
 class ClusterConfig(_Strict):

@@ -21,29 +21,24 @@ import numpy as np
 import pyarrow as pa
 
 from analysis.core.io import atomic_file, atomic_path
-from analysis.core.jet_images import DEFAULT_CHANNELS, IMAGE_PIXELS, PIXEL_SIZE, jet_images
+from analysis.core.jet_images import DEFAULT_CHANNELS, IMAGE_PIXELS, PIXEL_SIZE
+from analysis.core.jet_tables import ROTATE_COLUMNS, WEIGHT_COLUMNS, table_images, weight_column
 from analysis.core.progress import progress_bar, stage_console
 from analysis.core.provenance import hepprep_version
 from analysis.errors import ConfigError, StageInputError
 from analysis.export.h5_rows import append_rows, create_rows, h5py_module, is_ours, mark, refuse_foreign_file
-from analysis.export.jet_folder import JetFolder, mapped_lists, read_jet_folder, text_codes
+from analysis.export.jet_folder import JetFolder, read_jet_folder, text_codes
 
 __all__ = ["KIND", "NPZ_MAX_BYTES", "WEIGHT_COLUMNS", "image_arrays", "run_export_images"]
 
 KIND = "jet-images"
 NPZ_MAX_BYTES = 2 << 30  # images held in memory for one .npz; beyond it, write .h5 (row group by row group)
-WEIGHT_COLUMNS = ("cand_ptrel", "cand_pt", "cand_logpt")  # the pixel weight, first present wins (logpt: exp)
-ROTATE_COLUMNS = ("jet_sj1_deta", "jet_sj1_dphi")  # the leading soft-drop subjet (AK8): points up when rotating
 IDENTITY = ("run", "luminosityBlock", "event", "jet_index")
 SUFFIXES = (".npz", ".h5", ".hdf5")
 
 
 def _weight_column(folder: JetFolder) -> str:
-    for name in WEIGHT_COLUMNS:
-        if name in folder.candidates:
-            return name
-    raise StageInputError(f"{folder.root}: no constituent pt column ({', '.join(WEIGHT_COLUMNS)}) to weigh "
-                          "the pixels with")
+    return weight_column(folder.candidates, source=str(folder.root))
 
 
 def _label_column(folder: JetFolder) -> str:
@@ -53,19 +48,7 @@ def _label_column(folder: JetFolder) -> str:
 def image_arrays(folder: JetFolder, table: pa.Table, *, channels: dict[str, tuple[int, ...]], rotate: bool,
                  codes: list[str]) -> dict[str, np.ndarray]:
     """One row group's images and their per-jet columns (``images`` float32 (rows, C, 40, 40))."""
-    deta, dphi = (folder.list_values(table, c, raw=True) for c in ("cand_deta", "cand_dphi"))
-    weight_name = _weight_column(folder)
-    weight = folder.list_values(table, weight_name, raw=True)
-    if weight_name == "cand_logpt":
-        weight = mapped_lists(weight, np.exp)
-    if "cand_class" in folder.candidates:
-        # a standardised class code comes back within rounding of its integer (1.9999999): round, not truncate
-        particle_class = mapped_lists(folder.list_values(table, "cand_class", raw=True), np.rint)
-    else:  # only the "all" channel is asked for (checked), which sums every class alike: any one class will do
-        particle_class = mapped_lists(weight, np.zeros_like)
-    rotate_to = (np.stack([folder.flat_values(table, c, raw=True) for c in ROTATE_COLUMNS], axis=1)
-                 if rotate else None)
-    out = {"images": jet_images(deta, dphi, weight, particle_class, channels=channels, rotate_to=rotate_to),
+    out = {"images": table_images(folder.columns, table, channels=channels, rotate=rotate),
            "labels": folder.flat_values(table, _label_column(folder), raw=False).astype(np.int32),
            "weights": folder.flat_values(table, "train_weight", raw=False).astype(np.float32),
            "jet_pt": folder.flat_values(table, "jet_pt", raw=True).astype(np.float32),

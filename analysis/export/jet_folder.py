@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from analysis.core.jet_images import list_offsets
+from analysis.core.jet_tables import StandardisedColumns, mapped_lists
 from analysis.core.prepared import PreparedListing, read_prepared_listing, read_prepared_stats
 from analysis.core.standardise import Standardisation
 from analysis.errors import ConfigError, StageInputError
@@ -112,41 +112,19 @@ class JetFolder:
         return sorted(values)
 
     @cached_property
+    def columns(self) -> StandardisedColumns:
+        """The columns prepare standardised, and a table's values back in physical units (`analysis.core.jet_tables`)."""
+        return StandardisedColumns(self.stats, source=str(self.root / "stats.json"))
+
+    @property
     def standardised(self) -> dict[str, tuple[Standardisation, int]]:
-        """Column -> (its standardisation, its index there), for every column prepare standardised."""
-        out: dict[str, tuple[Standardisation, int]] = {}
-        source = str(self.root / "stats.json")
-        flat = Standardisation.from_stats(self.stats, source=source) if self.stats.get("feature_order") else None
-        lists = self.stats.get("constituents")
-        listed = Standardisation.from_stats(lists, source=f"{source} constituents") if lists else None
-        for standardisation in (flat, listed):
-            if standardisation is not None:
-                out.update({name: (standardisation, j) for j, name in enumerate(standardisation.features)})
-        return out
+        return self.columns.standardised
 
     def flat_values(self, table: pa.Table, name: str, *, raw: bool) -> np.ndarray:
-        """A flat column as numpy; with ``raw`` a standardised one is back in physical units (float32)."""
-        values = table.column(name).to_numpy()
-        undo = self.standardised.get(name) if raw else None
-        if undo is None:
-            return values
-        standardisation, j = undo
-        return standardisation.inverse_column(j, values).astype(np.float32)
+        return self.columns.flat_values(table, name, raw=raw)
 
     def list_values(self, table: pa.Table, name: str, *, raw: bool) -> pa.Array:
-        """A list column; with ``raw`` a standardised one is back in physical units, entry by entry."""
-        column = table.column(name).combine_chunks()
-        undo = self.standardised.get(name) if raw else None
-        if undo is None:
-            return column
-        standardisation, j = undo
-        return mapped_lists(column, lambda flat: standardisation.inverse_column(j, flat).astype(np.float32))
-
-
-def mapped_lists(lists: Any, function: Any) -> pa.Array:
-    """The same lists with ``function`` applied to their entries (a numpy array of all of them at once)."""
-    offsets, flat = list_offsets(lists)
-    return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), pa.array(function(flat)))
+        return self.columns.list_values(table, name, raw=raw)
 
 
 def text_codes(table: pa.Table, name: str, names: Sequence[str]) -> np.ndarray:

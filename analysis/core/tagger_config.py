@@ -1,0 +1,64 @@
+"""Core (configuration, train): ``[train.tagger]``, the settings of the constituent taggers and their loader.
+
+The taggers (``hepprep train --model pfn | part | cnn``) read a jet-level prepared folder
+(README "Jet-level datasets") through the padding loader (`analysis.train.jet_stream`):
+each jet's first ``constituents`` entries of its ``cand_*`` lists (by decreasing pt), a mask,
+and optionally the jet's flat features; the CNN reads images made from the lists by
+`analysis.core.jet_images`. N is chosen here, at training time: the prepared files keep
+every constituent. Declared here rather than in `analysis.config` (which references it as
+``TrainConfig.tagger``) to keep that module readable.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from analysis.core.jet_images import DEFAULT_CHANNELS
+from analysis.core.target import StrictModel
+
+__all__ = ["TaggerConfig"]
+
+
+class TaggerConfig(StrictModel):
+    """``[train.tagger]``: what the constituent taggers see, and how they are trained."""
+
+    constituents: int = Field(100, gt=0)  # N: each jet's first N constituents (by pt), padded, with a mask
+    # The per-constituent inputs, in order: list columns of the prepared folder (all of the
+    # same lengths, i.e. cand_*). None: every cand_* column prepare standardised
+    # ([prepare.objects] constituent_features), in stats.json order.
+    constituent_features: list[str] | None = None
+    jet_features: bool = True  # also feed the jet's standardised flat features (stats.json feature_order)
+    image_channels: list[str] = ["all"]  # cnn: channels of DEFAULT_CHANNELS (all, photon, charged_hadron, ...)
+    rotate_images: bool = False  # cnn: rotate each jet so its leading subjet points up (jet_sj1_deta/dphi)
+    batch_size: int = Field(256, gt=0)
+    shuffle_buffer: int = Field(20_000, gt=0)  # jets held by the loader's buffer (a padded jet is ~N x F floats)
+    num_workers: int = Field(0, ge=0)  # DataLoader worker processes
+    read_threads: int = Field(2, gt=0)  # without workers: threads reading, padding and shuffling
+    lr: float = Field(1e-3, gt=0)  # AdamW
+    weight_decay: float = Field(1e-2, ge=0)
+    max_epochs: int = Field(20, gt=0)
+    patience: int = Field(4, gt=0)  # epochs without validation improvement before stopping
+    lr_decay_factor: float = Field(0.5, gt=0, lt=1)  # lr multiplier when the validation loss stalls
+    lr_decay_patience: int = Field(1, ge=0)
+    cpu_threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = torch's default (all cores)
+    mixed_precision: bool = True  # bfloat16/float16 autocast on CUDA (never on CPU)
+    seed: int = 11
+
+    @field_validator("constituent_features")
+    @classmethod
+    def _check_features(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("name at least one list column, or leave it out for every cand_* column")
+            twice = sorted({f for f in value if value.count(f) > 1})
+            if twice:
+                raise ValueError(f"listed twice: {', '.join(twice)}")
+        return value
+
+    @field_validator("image_channels")
+    @classmethod
+    def _check_channels(cls, value: list[str]) -> list[str]:
+        unknown = [c for c in value if c not in DEFAULT_CHANNELS]
+        if not value or unknown:
+            raise ValueError(f"unknown image channel(s) {unknown or value}; use some of {', '.join(DEFAULT_CHANNELS)}")
+        return value
