@@ -1,0 +1,180 @@
+"""Training stage (taggers): stream a jet-level prepared split as padded (B, N, F) batches with a mask.
+
+The prepared files keep each jet's constituents as variable-length lists (by decreasing pt).
+N is a training option (``[train.tagger] constituents``), applied here at load time: a
+row group's jets are padded or truncated to N with `analysis.core.padding` (the one
+padding implementation, the HDF5 export's too) as soon as they are read, and from then on
+a jet is one fixed-width float32 row. So the whole machinery of the MLP's stream serves the
+taggers unchanged: the per-epoch row-group order, the bounded shuffle buffer, the read
+threads and DataLoader workers (`analysis.train.stream.ParquetBatchStream`). A jet's row is::
+
+    [ N x F constituent features | n_valid | J jet features | targets | label | weight ]
+
+or, for the CNN, ``[ C x 40 x 40 image pixels | J jet features | ... ]``, the image made from
+the constituents in physical units by `analysis.core.jet_tables.table_images`.
+`JetRowLayout.unpack` turns a batch's rows back into views: ``constituents`` (B, N, F),
+``mask`` (B, N) bool (True: a real constituent), ``jets`` (B, J), ``images`` (B, C, 40, 40).
+Missing values (NaN) pass through as they are: the networks impute them, in training and
+in an exported graph alike; padded slots hold 0 and are False in the mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from analysis.core.jet_images import DEFAULT_CHANNELS, IMAGE_PIXELS
+from analysis.core.jet_tables import ROTATE_COLUMNS, StandardisedColumns, table_images, weight_column
+from analysis.core.padding import padded_columns
+from analysis.train.inputs import LABEL, TRAIN_WEIGHT
+from analysis.train.stream import ParquetBatchStream
+
+__all__ = ["JetBatchStream", "JetRowLayout", "image_columns"]
+
+# Bytes of one read block at most: a padded jet is a few kB, so a block of the MLP's
+# 131k rows would be ~1 GB; reads (and the ring of blocks reused) stay at this size instead.
+_READ_BYTES = 32 << 20
+
+
+def image_columns(candidates: Sequence[str], *, rotate: bool, source: str) -> list[str]:
+    """The list (and, rotating, flat) columns an image is made of (`analysis.core.jet_tables.table_images`)."""
+    columns = ["cand_deta", "cand_dphi", weight_column(candidates, source=source)]
+    if "cand_class" in candidates:
+        columns.append("cand_class")
+    return columns + (list(ROTATE_COLUMNS) if rotate else [])
+
+
+@dataclass(frozen=True)
+class JetRowLayout:
+    """What a jet's fixed-width row holds, and how a batch of rows is taken apart.
+
+    Attributes
+    ----------
+    n_constituents : N (0 for image rows)
+    constituent_features : the F list columns, in the network's input order
+    jet_features : the J flat (standardised) columns, in order (may be empty)
+    channels : image channel names (`analysis.core.jet_images.DEFAULT_CHANNELS`); empty: no image
+    """
+
+    n_constituents: int
+    constituent_features: tuple[str, ...]
+    jet_features: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()
+
+    @property
+    def images(self) -> bool:
+        return bool(self.channels)
+
+    @property
+    def n_pixels(self) -> int:
+        return len(self.channels) * IMAGE_PIXELS * IMAGE_PIXELS
+
+    @property
+    def width(self) -> int:
+        """Float32 values of a row before the targets, label and weight."""
+        if self.images:
+            return self.n_pixels + len(self.jet_features)
+        return self.n_constituents * len(self.constituent_features) + 1 + len(self.jet_features)
+
+    def unpack(self, x: Any) -> dict[str, Any]:
+        """Views of a batch's rows (numpy array or torch tensor ``(B, >= width)``) by what they hold."""
+        batch = x.shape[0]
+        j = len(self.jet_features)
+        if self.images:
+            p = self.n_pixels
+            return {"images": x[:, :p].reshape(batch, len(self.channels), IMAGE_PIXELS, IMAGE_PIXELS),
+                    "jets": x[:, p:p + j]}
+        n, f = self.n_constituents, len(self.constituent_features)
+        counts = x[:, n * f]
+        slots = (np.arange(n) if isinstance(x, np.ndarray) else _torch_arange(x, n))
+        return {"constituents": x[:, :n * f].reshape(batch, n, f),
+                "mask": slots[None, :] < counts[:, None],
+                "jets": x[:, n * f + 1:n * f + 1 + j]}
+
+
+def _torch_arange(x: Any, n: int) -> Any:
+    import torch
+
+    return torch.arange(n, device=x.device, dtype=x.dtype)
+
+
+class JetBatchStream(ParquetBatchStream):
+    """A `ParquetBatchStream` of jets: each row group's lists padded to N (or made images) when read.
+
+    Parameters
+    ----------
+    files : the split's Parquet files
+    layout : `JetRowLayout`
+    stats : the prepared stats.json (images need the constituents in physical units)
+    rotate_images : rotate each image so the leading subjet points up
+    batch_size, shuffle_buffer, shuffle, seed, as_numpy, read_threads, targets :
+        as `ParquetBatchStream`; ``shuffle_buffer`` counts jets.
+
+    Yields
+    ------
+    (x, y, w) batches like `ParquetBatchStream`; ``layout.unpack(x)`` gives the constituents,
+    mask, jet features or images. With K > 1 targets the first K - 1 follow the row's
+    ``layout.width`` values (`analysis.train.stream.split_targets` with ``n_features=layout.width``).
+    """
+
+    def __init__(self, files: Sequence[str | Path], layout: JetRowLayout, *, stats: Mapping[str, Any],
+                 rotate_images: bool = False, batch_size: int, shuffle_buffer: int, shuffle: bool = True,
+                 seed: int = 0, as_numpy: bool = False, read_threads: int = 2,
+                 targets: Sequence[str] = (LABEL,)):
+        super().__init__(files, list(layout.jet_features), batch_size=batch_size, shuffle_buffer=shuffle_buffer,
+                         shuffle=shuffle, seed=seed, as_numpy=as_numpy, read_threads=read_threads,
+                         targets=targets)
+        self.layout = layout
+        self.rotate_images = rotate_images
+        self._width = layout.width + len(self.targets) - 1
+        self._columns = StandardisedColumns(stats, source="stats.json")
+        self._channels = {c: DEFAULT_CHANNELS[c] for c in layout.channels}
+        source = str(self.files[0]) if self.files else "the split"
+        if layout.images:
+            present = pq.read_schema(self.files[0]).names if self.files else []
+            self._lists = image_columns([c for c in present if c.startswith("cand_")], rotate=rotate_images,
+                                        source=source)
+        else:
+            self._lists = list(layout.constituent_features)
+
+    def _read(self, units: list[tuple[Path, int, int]], chunk: int, *, threads: bool, reuse: int = 0):
+        """Blocks of <= ``chunk`` jets as fixed-width rows (module docstring), reusing a ring of ``reuse`` blocks."""
+        chunk = max(1, min(chunk, _READ_BYTES // (4 * (self._width + 2))))
+        width = self._width
+        flat = [*self.layout.jet_features, *self.targets, TRAIN_WEIGHT]
+        columns = list(dict.fromkeys([*self._lists, *flat]))
+        ring = [np.empty((chunk, width + 2), dtype=np.float32) for _ in range(reuse)]
+        count = 0
+        open_file, handle = None, None
+        for path, group, _rows in units:
+            if path != open_file:
+                handle, open_file = pq.ParquetFile(path, memory_map=True), path
+            for piece in handle.iter_batches(batch_size=chunk, row_groups=[group], columns=columns,
+                                             use_threads=threads):
+                rows = ring[count % reuse][:piece.num_rows] if reuse else np.empty((piece.num_rows, width + 2),
+                                                                                    dtype=np.float32)
+                self._fill(rows, piece)
+                yield rows
+                count += 1
+
+    def _fill(self, rows: np.ndarray, piece: Any) -> None:
+        layout = self.layout
+        if layout.images:
+            images = table_images(self._columns, pa.Table.from_batches([piece]), channels=self._channels, rotate=self.rotate_images)
+            rows[:, :layout.n_pixels] = images.reshape(len(rows), -1)
+            start = layout.n_pixels
+        else:
+            n, f = layout.n_constituents, len(layout.constituent_features)
+            lists = {name: piece.column(name) for name in layout.constituent_features}
+            padded, mask = padded_columns(lists, layout.constituent_features, n)
+            rows[:, :n * f] = padded.reshape(len(rows), n * f)
+            rows[:, n * f] = mask.sum(axis=1)
+            start = n * f + 1
+        for k, name in enumerate([*layout.jet_features, *self.targets, TRAIN_WEIGHT]):
+            rows[:, start + k] = piece.column(name).to_numpy(zero_copy_only=False)
