@@ -22,7 +22,13 @@ from analysis.core.jet_images import jet_images
 from analysis.prepare.runner import run_prepare
 from analysis.train.jet_stream import _READ_BYTES, JetBatchStream, JetRowLayout
 from analysis.train.stream import BatchLoader
-from tests._jet_prepare_helpers import CANDIDATE_COLUMNS, JET_CLASSES, VERTEX_COLUMNS, jet_samples, write_jet_skim
+from tests._jet_prepare_helpers import (
+    CANDIDATE_COLUMNS,
+    JET_CLASSES,
+    VERTEX_COLUMNS,
+    jet_samples,
+    write_jet_skim,
+)
 
 CANDS = ("cand_deta", "cand_dphi", "cand_logpt", "cand_d0")
 JETS = ("jet_pt", "jet_eta", "jet_mass")
