@@ -16,7 +16,7 @@ import numpy as np
 
 from analysis.core.jet_images import list_offsets
 
-__all__ = ["pad_lists", "padded_columns"]
+__all__ = ["pad_into", "pad_lists", "padded_columns"]
 
 
 def _gather_index(offsets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -62,24 +62,42 @@ def pad_lists(values: Any, n: int, *, fill: float = 0.0, dtype: Any = np.float32
     return out, mask
 
 
-def padded_columns(columns: Mapping[str, Any], names: Sequence[str], n: int, *,
-                   fill: float = 0.0, dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """Several list columns of the same lengths as one (rows, n, len(names)) array and the mask.
+def pad_into(columns: Mapping[str, Any], names: Sequence[str], out: np.ndarray, *, fill: float = 0.0) -> np.ndarray:
+    """Write several list columns of the same lengths into ``out`` (rows, n, len(names)); the kept counts.
 
-    The columns must hold lists of equal length row by row (the constituent features of a
-    jet); a difference is an error naming the column, not a silently shifted feature.
+    ``out`` may be a strided view (a loader's row block, reused): writing in place spares a
+    fresh (rows, n, F) array per block, whose first touch of each page costs more than the
+    padding itself on a virtual machine. Returns the entries kept per row, ``min(len, n)``
+    (int64): slot ``j`` of row ``r`` is real exactly when ``j < counts[r]``. The columns must
+    hold lists of equal length row by row (the constituent features of a jet); a difference is
+    an error naming the column, not a silently shifted feature.
     """
     if not names:
         raise ValueError("padded_columns: name at least one list column")
+    rows, n, width = out.shape
+    if width != len(names):
+        raise ValueError(f"padded_columns: {len(names)} columns into an array of {width} features")
     first_offsets, _ = list_offsets(columns[names[0]])
-    rows = len(first_offsets) - 1
-    out = np.full((rows, n, len(names)), fill, dtype=dtype)
+    if len(first_offsets) - 1 != rows:
+        raise ValueError(f"padded_columns: {len(first_offsets) - 1} lists into an array of {rows} rows")
     row, slot, position = _gather_index(first_offsets, n)
+    values = np.empty((len(position), width), dtype=out.dtype)
     for k, name in enumerate(names):
         offsets, flat = list_offsets(columns[name])
         if not np.array_equal(offsets, first_offsets):
             raise ValueError(f"padded_columns: {name} has other list lengths than {names[0]}")
-        out[row, slot, k] = flat[position]
-    mask = np.zeros((rows, n), dtype=bool)
-    mask[row, slot] = True
-    return out, mask
+        np.take(flat, position, out=values[:, k])
+    out.fill(fill)
+    out[row, slot] = values
+    return np.minimum(np.diff(first_offsets), n)
+
+
+def padded_columns(columns: Mapping[str, Any], names: Sequence[str], n: int, *,
+                   fill: float = 0.0, dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Several list columns of the same lengths as one (rows, n, len(names)) array and the mask (`pad_into`)."""
+    if not names:
+        raise ValueError("padded_columns: name at least one list column")
+    rows = len(list_offsets(columns[names[0]])[0]) - 1
+    out = np.empty((rows, n, len(names)), dtype=dtype)
+    counts = pad_into(columns, names, out, fill=fill)
+    return out, np.arange(n)[None, :] < counts[:, None]

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from analysis.core.jet_images import DEFAULT_CHANNELS, IMAGE_PIXELS
 from analysis.core.jet_tables import ROTATE_COLUMNS, StandardisedColumns, table_images, weight_column
-from analysis.core.padding import padded_columns
+from analysis.core.padding import pad_into
 from analysis.train.inputs import LABEL, TRAIN_WEIGHT
 from analysis.train.stream import ParquetBatchStream
 
@@ -172,9 +172,8 @@ class JetBatchStream(ParquetBatchStream):
         else:
             n, f = layout.n_constituents, len(layout.constituent_features)
             lists = {name: piece.column(name) for name in layout.constituent_features}
-            padded, mask = padded_columns(lists, layout.constituent_features, n)
-            rows[:, :n * f] = padded.reshape(len(rows), n * f)
-            rows[:, n * f] = mask.sum(axis=1)
+            # In place, into the (reused) row block: no fresh (rows, N, F) array per read.
+            rows[:, n * f] = pad_into(lists, layout.constituent_features, rows[:, :n * f].reshape(len(rows), n, f))
             start = n * f + 1
         for k, name in enumerate([*layout.jet_features, *self.targets, TRAIN_WEIGHT]):
             rows[:, start + k] = piece.column(name).to_numpy(zero_copy_only=False)
