@@ -52,8 +52,8 @@ def _synthetic_prepared(work: Path, scale: float) -> Path:
     config = config_from_dict({
         "features": ["jet_pt", "jet_eta", "jet_mass", "jet_ncand", "jet_nsv"],
         "target": {"kind": "multiclass", "class_column": "jet_label", "classes": JET_CLASSES},
-        "prepare": {"objects": {"constituent_features": list(CANDIDATE_COLUMNS)}, "bucket_rows": 100_000,
-                    "row_group_rows": 20_000}})
+        "prepare": {"objects": {"constituent_features": list(CANDIDATE_COLUMNS)}, "bucket_rows": 50_000,
+                    "file_rows": 10_000, "row_group_rows": 10_000}})  # weaver splits by files among workers
     run_prepare(skim, work / "prepared", config, progress=False)
     return work / "prepared"
 
@@ -115,7 +115,7 @@ def _weaver_config(path: Path, cands, jets) -> Path:
             "pf_mask": {"length": N_CONSTITUENTS, "pad_mode": "constant", "vars": [["cand_mask", None]]},
             "jet_features": {"length": 1, "pad_mode": "constant", "vars": [[j, None] for j in jets]},
         },
-        "labels": {"type": "custom", "value": {"target": "class"}},
+        "labels": {"type": "custom", "value": {"target": "jet_label"}},  # weaver evaluates names: `class` is a keyword
         "observers": [],
         "weights": None,
     }
@@ -129,7 +129,7 @@ def _weaver_epoch(files, cands, jets, work: Path, *, num_workers: int):
 
     config = _weaver_config(work / "weaver_data.yaml", cands, jets)
     dataset = SimpleIterDataset({"_": [str(f) for f in files]}, str(config), for_training=True,
-                                load_range_and_fraction=((0, 1), 1), fetch_by_files=True,
+                                load_range_and_fraction=((0, 1), 1, 1), fetch_by_files=True,
                                 fetch_step=max(1, len(files) // 4), async_load=True, name="train")
     loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, num_workers=num_workers, drop_last=False,
                                          pin_memory=False, persistent_workers=False)
