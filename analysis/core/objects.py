@@ -1,16 +1,18 @@
-"""Core (configuration, prepare): ``[prepare.objects]``, the settings of rows that are objects (jets).
+"""Core (configuration, prepare, evaluate): ``[prepare.objects]`` and ``[evaluate.tagger]``, the settings of rows that are objects (jets).
 
 A jet-level skim (`processors.jets`) has variable-length list columns (``cand_*``, ``sv_*``)
 and is usually trained with the tagger reweighting: every class flat in the jet's
 (pt, eta). `ObjectsConfig` names the list columns that prepare standardises element by
 element, and `FlattenConfig` the binning of the reweighting; `FlattenConfig.bin_of` gives
 each row its bin. The weights themselves are prepare's (`analysis.prepare.flatten`).
+`TaggerConfig` says how a jet-level evaluation reads the classes: which is the background,
+which are signals, the working points and the pt bins (`analysis.evaluate.jets`).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from pydantic import model_validator
@@ -18,7 +20,7 @@ from pydantic import model_validator
 from analysis.core.target import StrictModel
 from analysis.errors import StageInputError
 
-__all__ = ["FlattenConfig", "ObjectsConfig"]
+__all__ = ["FlattenConfig", "ObjectsConfig", "TaggerConfig"]
 
 MAX_FLATTEN_BINS = 1_000_000  # cells of the binning (the histograms are dense per split and class)
 
@@ -93,3 +95,61 @@ class ObjectsConfig(StrictModel):
         if twice:
             raise ValueError(f"constituent_features: listed twice: {', '.join(twice)}")
         return self
+
+
+class TaggerConfig(StrictModel):
+    """``[evaluate.tagger]``: the classes, working points and pt bins of a jet tagger's evaluation.
+
+    The class names are the prepared folder's (stats.json ``target.classes``; a binary target's
+    are ``background`` and ``signal``), so they are checked when the evaluation opens it.
+    """
+
+    background: str | None = None  # None: the class named "QCD" if there is one, else class 0
+    signal: list[str] | None = None  # signal classes, each against the background; None: all others
+    efficiencies: list[float] = [0.3, 0.5, 0.7]  # signal efficiencies at which 1/eps_B is quoted
+    pt_column: str = "jet_pt"  # the jets' pt (GeV), for the bins
+    # pt bin edges, or a number of bins of equal weight (weighted quantiles of the test jets' pt)
+    pt_bins: int | list[float] = 5
+    eta_column: str = "jet_eta"  # a jet-level regression's response against eta
+
+    @model_validator(mode="after")
+    def _check(self) -> TaggerConfig:
+        if not self.efficiencies or any(not 0 < e < 1 for e in self.efficiencies):
+            raise ValueError(f"efficiencies: signal efficiencies in (0, 1), at least one, got {self.efficiencies}")
+        if len(set(self.efficiencies)) != len(self.efficiencies):
+            raise ValueError(f"efficiencies: listed twice in {self.efficiencies}")
+        if self.signal is not None:
+            if not self.signal or len(set(self.signal)) != len(self.signal):
+                raise ValueError(f"signal: name each signal class once, at least one, got {self.signal}")
+            if self.background in self.signal:
+                raise ValueError(f"signal: {self.background!r} is the background class")
+        if isinstance(self.pt_bins, int):
+            if self.pt_bins < 1:
+                raise ValueError(f"pt_bins: a number of bins >= 1 or a list of edges, got {self.pt_bins}")
+        elif len(self.pt_bins) < 2 or any(b <= a for a, b in itertools.pairwise(self.pt_bins)):
+            raise ValueError(f"pt_bins: the edges must be at least two increasing numbers, got {self.pt_bins}")
+        return self
+
+    def classes(self, class_names: Sequence[str]) -> tuple[int, list[int]]:
+        """(background index, signal indices) among ``class_names``.
+
+        Raises ValueError naming the key (``evaluate.tagger.background: unknown class ...``).
+        """
+        names = list(class_names)
+        known = ", ".join(names)
+        if self.background is None:
+            background = names.index("QCD") if "QCD" in names else 0
+        elif self.background in names:
+            background = names.index(self.background)
+        else:
+            raise ValueError(f"evaluate.tagger.background: unknown class {self.background!r}; the classes are {known}")
+        unknown = [s for s in self.signal or () if s not in names]
+        if unknown:
+            raise ValueError(f"evaluate.tagger.signal: unknown class {', '.join(map(repr, unknown))}; "
+                             f"the classes are {known}")
+        if self.signal is not None and names[background] in self.signal:
+            raise ValueError(f"evaluate.tagger.signal: {names[background]!r} is the background class "
+                             "(evaluate.tagger.background, default QCD or class 0); a class is one or the other")
+        signals = ([names.index(s) for s in self.signal] if self.signal is not None
+                   else [k for k in range(len(names)) if k != background])
+        return background, signals

@@ -142,7 +142,8 @@ def _check_weights(w: np.ndarray, policy: NegativeWeights) -> None:
 
 
 def regression_metrics(pred, truth, weight, *, eta=None, baseline=None, bins_truth: int | Sequence[float] = 10,
-                       bins_eta: int | Sequence[float] = 10, negative_weights: NegativeWeights = "abs") -> dict:
+                       bins_eta: int | Sequence[float] = 10, pt=None, bins_pt: int | Sequence[float] = 5,
+                       negative_weights: NegativeWeights = "abs") -> dict:
     """Response, resolution, bias and pulls of a regression, overall and in bins (metrics.json).
 
     Parameters
@@ -158,7 +159,10 @@ def regression_metrics(pred, truth, weight, *, eta=None, baseline=None, bins_tru
         An alternative estimate of the truth (the visible mass for m_H). It is divided by its
         median response first, then described like the prediction, on the events where both
         it and the prediction are usable.
-    bins_truth, bins_eta : int or list of float, keyword-only
+    pt : np.ndarray of float, shape (n,), or None, keyword-only
+        The reconstructed pt of each object (a jet's, for a jet energy-scale regression) for
+        the response against pt, ``vs_pt``; a non-finite pt leaves the event out of those bins only.
+    bins_truth, bins_eta, bins_pt : int or list of float, keyword-only
         Bin edges, or a number of equal-weight bins (`bin_edges`) built on the model's
         events; the baseline uses the same bins.
     negative_weights : "abs", "zero" or "keep", keyword-only
@@ -175,7 +179,7 @@ def regression_metrics(pred, truth, weight, *, eta=None, baseline=None, bins_tru
         (weighted mean of estimate - truth), ``relative_bias`` (median - 1), ``pull``
         {"mean", "std", "half_width"}, ``vs_truth`` and, with ``eta``, ``vs_eta`` {"edges",
         "n", "sum_weight", "median", "resolution" (lists, one entry per bin, None in an empty
-        bin), "left_out" (events outside the edges)}; the baseline adds ``scale`` (its raw
+        bin), "left_out" (events outside the edges)}, and with ``pt`` ``vs_pt`` alike; the baseline adds ``scale`` (its raw
         median response, the divisor), ``n_used`` and ``left_out``; ``improvement``
         (1 - resolution_model / resolution_baseline, None without a baseline); ``notes``:
         why a value is None.
@@ -189,7 +193,7 @@ def regression_metrics(pred, truth, weight, *, eta=None, baseline=None, bins_tru
     pred = np.asarray(pred, dtype=np.float64).ravel()
     truth = np.asarray(truth, dtype=np.float64).ravel()
     weight = np.ones_like(pred) if weight is None else np.asarray(weight, dtype=np.float64).ravel()
-    extra = {"eta": eta, "baseline": baseline}
+    extra = {"eta": eta, "baseline": baseline, "pt": pt}
     extra = {k: np.asarray(v, dtype=np.float64).ravel() for k, v in extra.items() if v is not None}
     lengths = {"pred": pred.size, "truth": truth.size, "weight": weight.size} | {k: v.size for k, v in extra.items()}
     if len(set(lengths.values())) > 1:
@@ -206,12 +210,14 @@ def regression_metrics(pred, truth, weight, *, eta=None, baseline=None, bins_tru
     _check_weights(w, negative_weights)
     binnings = {"truth": (truth[used], bin_edges(truth[used], w, bins_truth))}
     notes: list[str] = []
-    if "eta" in extra:
-        finite_eta = np.isfinite(extra["eta"][used])
-        if w[finite_eta].sum() > 0:
-            binnings["eta"] = (extra["eta"][used], bin_edges(extra["eta"][used][finite_eta], w[finite_eta], bins_eta))
+    for name, bins in (("eta", bins_eta), ("pt", bins_pt)):
+        if name not in extra:
+            continue
+        finite = np.isfinite(extra[name][used])
+        if w[finite].sum() > 0:
+            binnings[name] = (extra[name][used], bin_edges(extra[name][used][finite], w[finite], bins))
         else:
-            notes.append("eta: no used event has a finite eta and weight, no vs_eta bins")
+            notes.append(f"{name}: no used event has a finite {name} and weight, no vs_{name} bins")
     out = {
         "n_events": int(pred.size), "n_used": int(used.sum()),
         "left_out": {"non_finite_pred": int(bad_pred.sum()), "non_finite_truth": int(bad_truth.sum()),

@@ -29,11 +29,14 @@ from analysis.core.provenance import (
 from analysis.evaluate.html_parts import escape as _e
 from analysis.evaluate.html_parts import table as _table
 from analysis.evaluate.input_plots import format_yield
+from analysis.evaluate.tagger_report import TAGGER_GUIDE, tagger_tables
+from analysis.evaluate.taggers import reference_efficiency
 from analysis.evaluate.target_report import TARGET_GUIDE, target_tables, target_title
 
 __all__ = ["collect_provenance", "evaluation_provenance", "write_report"]
 
-SECTIONS = [("performance", "Classifier performance"), ("regression", "Regression performance"),
+SECTIONS = [("performance", "Classifier performance"), ("tagger", "Tagger performance (jets)"),
+            ("regression", "Regression performance"),
             ("overtraining", "Overtraining check"),
             ("importance", "Feature importance"), ("correlations", "Feature correlations"),
             ("inputs", "Input features"), ("cutflow", "Cutflow")]
@@ -44,6 +47,7 @@ GUIDE = {
                    "with score &ge; cut, with s and b scaled to the full luminosity. The best cut is "
                    "chosen on the test split itself, so its AMS is optimistic for small samples; the "
                    "table also gives the test AMS at the cut that is best on the validation split.",
+    "tagger": TAGGER_GUIDE,
     "overtraining": "Training-split scores (points) against test-split scores (filled), each class "
                     "normalised to unit area. A Kolmogorov&ndash;Smirnov p-value below 0.05 means the "
                     "two differ more than statistics allow: the model has learnt its training events.",
@@ -258,7 +262,9 @@ def write_report(out: Path, *, metrics: dict, plots: list[dict], cutflow: pd.Dat
              f"{_e(', '.join(metrics['models']))}.</p>",
              *(f'<p class="warning"><strong>Warning:</strong> {_e(w)}</p>' for w in metrics.get("warnings", [])),
              "<h2>Metrics (test split)</h2>",
-             *([_metrics_table(metrics), _sample_table(metrics)] if "target" not in metrics else [target_tables(metrics)])]
+             *([_metrics_table(metrics), _sample_table(metrics)] if "target" not in metrics else [target_tables(metrics)]),
+             *([tagger_tables(metrics, reference_efficiency(metrics["tagger"]["efficiencies"]))]
+               if "signals" in metrics.get("tagger", {}) else [])]
     guide = {**GUIDE, **TARGET_GUIDE.get(metrics.get("target", {}).get("kind"), {})}
     for key, heading in SECTIONS:
         figures = [p for p in plots if p["section"] == key]

@@ -31,6 +31,7 @@ from analysis.core.target import Target
 from analysis.errors import StageInputError
 from analysis.evaluate.input_plots import (plot_correlation,
                                            plot_cutflow_table, plot_feature)
+from analysis.evaluate.jets import JetLevel, plan_jet_level, tagger_entries
 from analysis.evaluate.inputs import (EVENT_COLUMNS, check_model_features, check_prepared_match, load_models,
                                       model_names, open_prepared, read_cutflow)
 from analysis.evaluate.metrics import (ams_scan, signal_efficiency_at, weighted_ks_2samp, weighted_roc,
@@ -92,10 +93,11 @@ def _model_metrics(scorer: Scorer, scores: np.ndarray, test: pd.DataFrame, strea
 
 def _draw_plots(out: Path, scorers: list[Scorer], metrics: dict[str, dict], test: pd.DataFrame,
                 test_scores: dict[str, np.ndarray], streamed: Streamed, cutflow: pd.DataFrame | None,
-                features: list[str], config: Config, bar, *, target: Target, prepared) -> list[dict]:
+                features: list[str], config: Config, bar, *, target: Target, prepared,
+                jets: JetLevel | None) -> list[dict]:
     """Every plot; returns [{"section", "title", "file"}] in report order. Adds the
     XGBoost importances to ``metrics`` (and, for a multi-class or regression target, the
-    models' entries themselves)."""
+    models' entries themselves; on a jet-level folder, each classifier's ``tagger``)."""
     ev, plot_dir, lumi_fb = config.evaluate, out / "plots", config.lumi_pb / 1000.0
     plot_dir.mkdir(parents=True, exist_ok=True)
     task = bar.add_task("evaluate: plots", total=len(features) + 4 + 2 * len(scorers) + (cutflow is not None))
@@ -106,13 +108,17 @@ def _draw_plots(out: Path, scorers: list[Scorer], metrics: dict[str, dict], test
         bar.advance(task)
 
     if target.kind != "binary":
-        metrics.update(evaluate_target(target, scorers, test, test_scores, prepared, config, plot_dir, add))
+        metrics.update(evaluate_target(target, scorers, test, test_scores, prepared, config, plot_dir, add,
+                                       jets=jets))
     else:
         add("performance", "ROC curves (weighted, test split)",
             plot_roc({n: m["_roc"] for n, m in metrics.items()}, plot_dir / "roc.png",
                      working_points=ev.background_efficiencies, lumi_fb=lumi_fb, dpi=ev.dpi))
         add("performance", "AMS against the score cut (yields at the full luminosity)",
             plot_ams({n: m["_scan"] for n, m in metrics.items()}, plot_dir / "ams.png", lumi_fb=lumi_fb, dpi=ev.dpi))
+    if jets is not None and jets.is_tagger:
+        for name, entry in tagger_entries(jets, scorers, test, test_scores, config, plot_dir, add).items():
+            metrics[name]["tagger"] = entry
     train = streamed.scored["train"]
     for scorer in scorers:
         name = scorer.name
@@ -199,6 +205,7 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
     features = prepared.feature_order
     target = Target.from_stats(prepared.stats, where=str(prepared.path / "stats.json"))
     binary = target.kind == "binary"
+    jets = plan_jet_level(prepared, target, config)  # None: an event-level folder
     fractions = {}
     if binary:  # signal/background yield fractions of the AMS; a multi-class target has its own per class
         sums = class_weight_sums(prepared)
@@ -213,7 +220,8 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
     with progress_bar(quiet=not progress) as bar:
         task = bar.add_task("evaluate: score test", total=len(scorers))
         columns = features + EVENT_COLUMNS + ([] if binary else target_test_columns(target, config))
-        test = prepared.read("test", list(dict.fromkeys(columns)))  # a baseline may be a feature too
+        test = prepared.read("test", list(dict.fromkeys(columns + (jets.columns if jets else []))))
+        jets = jets.with_test(test, prepared) if jets else None  # a baseline or the pt may be a feature too
         test_scores = {}
         for scorer in scorers:
             test_scores[scorer.name] = scorer.predict(test)
@@ -222,7 +230,7 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
         model_metrics = ({s.name: _model_metrics(s, test_scores[s.name], test, streamed, fractions, config.evaluate)
                           for s in scorers} if binary else {})
         plots = _draw_plots(out, scorers, model_metrics, test, test_scores, streamed, cutflow, features,
-                            config, bar, target=target, prepared=prepared)
+                            config, bar, target=target, prepared=prepared, jets=jets)
 
     y_test, w_test = test["label"].to_numpy(), test["weight"].to_numpy(np.float64)
     metrics = {
@@ -237,6 +245,7 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
         "models": {name: {**{k: v for k, v in m.items() if not k.startswith("_")},
                           "trained_on_this_prepared": prepared_match[m["model_dir"]]}
                    for name, m in model_metrics.items()},
+        **({"tagger": jets.record()} if jets else {}),
         "warnings": warnings,
         "plots": [p["file"] for p in plots],
         "provenance": evaluation_provenance(model_dirs, prepared, skim, config),
@@ -249,6 +258,11 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
     for warning in warnings:
         console.print(f"evaluate: warning: {warning}", soft_wrap=True)
     for name, m in metrics["models"].items():
+        for signal, t in (m.get("tagger") or {}).items():
+            rejections = ", ".join(f"{float(e):.0%} {p['rejection']:.3g}" if p and p["rejection"] else f"{float(e):.0%} n/a"
+                                   for e, p in t["working_points"].items())
+            console.print(f"{name}: {signal} vs {t['background']}: AUC {t['auc'] or float('nan'):.4f}, "
+                          f"1/eps_B at eps_S {rejections}")
         if "multiclass" in m:
             aucs = ", ".join(f"{c} {a:.3f}" for c, a in m["multiclass"]["ovr_auc"].items() if a is not None)
             console.print(f"{name}: macro one-vs-rest AUC {m['multiclass']['macro_auc']:.4f} ({aucs})")

@@ -86,9 +86,11 @@ def _multiclass(target: Target, name: str, proba: np.ndarray, test: pd.DataFrame
 
 
 def _regression(target: Target, name: str, prediction: np.ndarray, test: pd.DataFrame, prepared: PreparedDir,
-                config: Config, plot_dir: Path, add: AddPlot) -> dict:
+                config: Config, plot_dir: Path, add: AddPlot, jets=None) -> dict:
     weight = test["weight"].to_numpy(np.float64)
-    eta = _raw(test, prepared, config.target.eta_column)
+    eta_column = config.target.eta_column or (jets.eta_column if jets else None)
+    eta = _raw(test, prepared, eta_column)
+    by_pt = {} if jets is None else {"pt": jets.pt, "bins_pt": [float(e) for e in jets.edges]}
     baseline = _raw(test, prepared, config.target.baseline)
     prediction = prediction.reshape(len(test), -1)
     out, dpi = {}, config.evaluate.dpi
@@ -96,7 +98,7 @@ def _regression(target: Target, name: str, prediction: np.ndarray, test: pd.Data
         truth = _raw(test, prepared, column)
         # The baseline estimates the first regressed column (the visible mass for m_tautau).
         base = baseline if k == 0 else None
-        metrics = regression_metrics(prediction[:, k], truth, weight, eta=eta, baseline=base)
+        metrics = regression_metrics(prediction[:, k], truth, weight, eta=eta, baseline=base, **by_pt)
         label = config.target.baseline or "baseline"
         slug = _slug(f"{name}_{column}")
         add("regression", f"{name}: response of {column} (prediction / truth)",
@@ -105,10 +107,15 @@ def _regression(target: Target, name: str, prediction: np.ndarray, test: pd.Data
         add("regression", f"{name}: median response and resolution of {column} against the truth",
             plot_response_vs(f"{name}: {column}", metrics, plot_dir / f"response_vs_truth_{slug}.png",
                              variable="truth", xlabel=f"true {column}", baseline_label=label, dpi=dpi))
-        if eta is not None:
-            add("regression", f"{name}: median response and resolution of {column} against {config.target.eta_column}",
+        if eta is not None and "vs_eta" in metrics["model"]:
+            add("regression", f"{name}: median response and resolution of {column} against {eta_column}",
                 plot_response_vs(f"{name}: {column}", metrics, plot_dir / f"response_vs_eta_{slug}.png",
-                                 variable="eta", xlabel=config.target.eta_column, baseline_label=label, dpi=dpi))
+                                 variable="eta", xlabel=eta_column, baseline_label=label, dpi=dpi))
+        if by_pt:
+            add("regression", f"{name}: median response and resolution of {column} against {jets.settings.pt_column}",
+                plot_response_vs(f"{name}: {column}", metrics, plot_dir / f"response_vs_pt_{slug}.png",
+                                 variable="pt", xlabel=f"{jets.settings.pt_column} [GeV]", baseline_label=label,
+                                 dpi=dpi))
         if metrics["model"]["pull"] is not None:
             add("regression", f"{name}: pulls of {column}",
                 plot_pulls(f"{name}: {column}", prediction[:, k], truth, weight, metrics,
@@ -118,8 +125,13 @@ def _regression(target: Target, name: str, prediction: np.ndarray, test: pd.Data
 
 
 def evaluate_target(target: Target, scorers: list, test: pd.DataFrame, test_scores: dict[str, np.ndarray],
-                    prepared: PreparedDir, config: Config, plot_dir: Path, add: AddPlot) -> dict[str, dict]:
-    """metrics.json ``models`` entries of multi-class or regression models; plots via ``add``."""
+                    prepared: PreparedDir, config: Config, plot_dir: Path, add: AddPlot, *,
+                    jets=None) -> dict[str, dict]:
+    """metrics.json ``models`` entries of multi-class or regression models; plots via ``add``.
+
+    ``jets``: the `analysis.evaluate.jets.JetLevel` plan of a jet-level folder (a regression
+    is then also binned in jet pt, and against its eta column), or None.
+    """
     fractions = _class_test_fractions(prepared, target.n_classes) if target.kind == "multiclass" else []
     models = {}
     for scorer in scorers:
@@ -128,6 +140,6 @@ def evaluate_target(target: Target, scorers: list, test: pd.DataFrame, test_scor
         if target.kind == "multiclass":
             entry["multiclass"] = _multiclass(target, name, scores, test, fractions, config, plot_dir, add)
         else:
-            entry["regression"] = _regression(target, name, scores, test, prepared, config, plot_dir, add)
+            entry["regression"] = _regression(target, name, scores, test, prepared, config, plot_dir, add, jets)
         models[name] = entry
     return models
