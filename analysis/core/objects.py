@@ -1,4 +1,4 @@
-"""Core (configuration, prepare, evaluate): ``[prepare.objects]`` and ``[evaluate.tagger]``, the settings of rows that are objects (jets).
+"""Core (configuration, prepare, evaluate): ``[prepare.objects]`` and ``[evaluate.tagger]``, rows that are jets.
 
 A jet-level skim (`processors.jets`) has variable-length list columns (``cand_*``, ``sv_*``)
 and is usually trained with the tagger reweighting: every class flat in the jet's

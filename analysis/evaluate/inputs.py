@@ -99,6 +99,12 @@ class PreparedDir:
             frame[name] = standardisation.inverse_column(standardisation.index(name), frame[name].to_numpy())
         return frame
 
+    def physical(self, frame: pd.DataFrame, column: str) -> np.ndarray:
+        """One column of ``frame`` in physical units, float64 (a feature is stored standardised)."""
+        if column in self.feature_order:
+            return self.destandardise(frame[[column]], [column])[column].to_numpy(np.float64)
+        return frame[column].to_numpy(np.float64)
+
     @property
     def standardisation(self) -> Standardisation:
         """The directory's standardisation (its stats.json)."""

@@ -34,6 +34,7 @@ from analysis.core.target import CLASS_COLUMN, Target
 from analysis.errors import ConfigError, StageInputError
 from analysis.evaluate.inputs import PreparedDir
 from analysis.evaluate.metrics import policy_weights
+from analysis.evaluate.plots import file_slug
 from analysis.evaluate.tagger_plots import plot_rejection_roc, plot_rejection_vs_pt
 from analysis.evaluate.taggers import (discriminant, pt_bin_edges, reference_efficiency, tagger_metrics,
                                        tagger_roc)
@@ -78,7 +79,7 @@ class JetLevel:
 
     def with_test(self, test: pd.DataFrame, prepared: PreparedDir) -> JetLevel:
         """The plan with the test jets' pt and the shared pt bin edges."""
-        pt = raw_column(test, prepared, self.settings.pt_column)
+        pt = prepared.physical(test, self.settings.pt_column)
         w = policy_weights(test["weight"].to_numpy(np.float64), "abs")
         try:
             edges = pt_bin_edges(pt, w, self.settings.pt_bins)
@@ -101,13 +102,6 @@ class JetLevel:
                 "uncertainty": "weighted binomial on the background jets: Var(eps_B) = [(1 - eps_B)^2 "
                                "sum_pass w^2 + eps_B^2 sum_fail w^2] / (sum w)^2, sigma(1/eps_B) = "
                                "sigma(eps_B) / eps_B^2; the threshold is taken as exact"}
-
-
-def raw_column(frame: pd.DataFrame, prepared: PreparedDir, column: str) -> np.ndarray:
-    """A test column in physical units (a feature is stored standardised)."""
-    if column in prepared.feature_order:
-        return prepared.destandardise(frame[[column]], [column])[column].to_numpy(np.float64)
-    return frame[column].to_numpy(np.float64)
 
 
 def plan_jet_level(prepared: PreparedDir, target: Target, config: Config) -> JetLevel | None:
@@ -139,10 +133,6 @@ def plan_jet_level(prepared: PreparedDir, target: Target, config: Config) -> Jet
     return JetLevel(reason, settings, target.class_names, background, tuple(signals), None)
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text).strip("_") or "model"
-
-
 def tagger_entries(plan: JetLevel, scorers: list, test: pd.DataFrame, test_scores: dict[str, np.ndarray],
                    config: Config, plot_dir: Path, add) -> dict[str, dict]:
     """Per model, metrics.json's ``tagger`` {signal class: `tagger_metrics`}; plots via ``add``.
@@ -167,7 +157,7 @@ def tagger_entries(plan: JetLevel, scorers: list, test: pd.DataFrame, test_score
                 binned[scorer.name] = metrics["pt_bins"]
         if not curves:
             continue
-        what, slug = f"{names[s]} vs {background_name}", _slug(f"{names[s]}_vs_{background_name}")
+        what, slug = f"{names[s]} vs {background_name}", file_slug(f"{names[s]}_vs_{background_name}")
         add("tagger", f"Background rejection against signal efficiency, {what} (weighted, test jets)",
             plot_rejection_roc(what, curves, plot_dir / f"tagger_roc_{slug}.png",
                                efficiencies=settings.efficiencies, dpi=config.evaluate.dpi))

@@ -9,6 +9,7 @@ Feature axis labels with units come from `feature_label`; `plots_inputs` uses th
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -21,11 +22,16 @@ from analysis.core.features import feature
 from analysis.core.io import atomic_path
 from analysis.evaluate.metrics import AMSScan, KSResult
 
-__all__ = ["EXPERIMENT_LABEL", "axis_label", "feature_label", "hep_label", "plot_ams",
+__all__ = ["EXPERIMENT_LABEL", "axis_label", "feature_label", "file_slug", "hep_label", "plot_ams",
            "plot_importance", "plot_roc", "plot_scores", "save", "style"]
 
 EXPERIMENT_LABEL = "hepprep"  # not "CMS": these are synthetic samples, not a CMS result
 CENTRE_OF_MASS_TEV = 8
+
+def file_slug(name: str) -> str:
+    """``name`` (a model, a class pair) as a piece of a plot's file name: ``b vs light`` -> ``b_vs_light``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "model"
+
 
 def feature_label(name: str, analysis: str | None = None) -> tuple[str, str]:
     """(label, unit) of a feature, from the feature registry (`analysis.core.features`).

@@ -17,7 +17,6 @@ Output folder::
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,20 +30,18 @@ from analysis.core.target import Target
 from analysis.errors import StageInputError
 from analysis.evaluate.input_plots import (plot_correlation,
                                            plot_cutflow_table, plot_feature)
-from analysis.evaluate.jets import JetLevel, plan_jet_level, tagger_entries
 from analysis.evaluate.inputs import (EVENT_COLUMNS, check_model_features, check_prepared_match, load_models,
                                       model_names, open_prepared, read_cutflow)
+from analysis.evaluate.jets import JetLevel, plan_jet_level, tagger_entries
 from analysis.evaluate.metrics import (ams_scan, signal_efficiency_at, weighted_ks_2samp, weighted_roc,
                                        weighted_roc_auc)
 from analysis.evaluate.scoring import (Scorer, Streamed, class_weight_sums,
                                        feature_importance, find_cutflow, split_fractions, stream_events)
+from analysis.evaluate.plots import file_slug as _slug
 from analysis.evaluate.plots import plot_ams, plot_importance, plot_roc, plot_scores
 from analysis.evaluate.targets import evaluate_target, target_test_columns
 
 __all__ = ["run_evaluate"]
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "model"
 
 
 def _ams_at_val_cut(scorer: Scorer, scores: np.ndarray, y: np.ndarray, w: np.ndarray,
@@ -220,8 +217,9 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
     with progress_bar(quiet=not progress) as bar:
         task = bar.add_task("evaluate: score test", total=len(scorers))
         columns = features + EVENT_COLUMNS + ([] if binary else target_test_columns(target, config))
-        test = prepared.read("test", list(dict.fromkeys(columns + (jets.columns if jets else []))))
-        jets = jets.with_test(test, prepared) if jets else None  # a baseline or the pt may be a feature too
+        columns += jets.columns if jets else []
+        test = prepared.read("test", list(dict.fromkeys(columns)))  # a baseline or the pt may be a feature too
+        jets = jets.with_test(test, prepared) if jets else None
         test_scores = {}
         for scorer in scorers:
             test_scores[scorer.name] = scorer.predict(test)
@@ -259,8 +257,8 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
         console.print(f"evaluate: warning: {warning}", soft_wrap=True)
     for name, m in metrics["models"].items():
         for signal, t in (m.get("tagger") or {}).items():
-            rejections = ", ".join(f"{float(e):.0%} {p['rejection']:.3g}" if p and p["rejection"] else f"{float(e):.0%} n/a"
-                                   for e, p in t["working_points"].items())
+            rejections = ", ".join(f"{float(e):.0%} {p['rejection']:.3g}" if p and p["rejection"]
+                                   else f"{float(e):.0%} n/a" for e, p in t["working_points"].items())
             console.print(f"{name}: {signal} vs {t['background']}: AUC {t['auc'] or float('nan'):.4f}, "
                           f"1/eps_B at eps_S {rejections}")
         if "multiclass" in m:

@@ -10,7 +10,6 @@ and pulls against the truth and η, beside a baseline estimate such as the visib
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from analysis.core.target import CLASS_COLUMN, Target
 from analysis.errors import StageInputError
 from analysis.evaluate.inputs import SPLITS, PreparedDir
 from analysis.evaluate.multiclass import multiclass_metrics, ovr_roc_curves
+from analysis.evaluate.plots import file_slug as _slug
 from analysis.evaluate.regression import regression_metrics
 from analysis.evaluate.target_plots import (plot_class_scores, plot_confusion, plot_ovr_roc, plot_pulls,
                                             plot_response, plot_response_vs)
@@ -29,10 +29,6 @@ from analysis.evaluate.target_plots import (plot_class_scores, plot_confusion, p
 __all__ = ["evaluate_target", "target_test_columns"]
 
 AddPlot = Callable[[str, str, Path], None]  # (section, title, file)
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "model"
 
 
 def target_test_columns(target: Target, config: Config) -> list[str]:
@@ -50,9 +46,7 @@ def _raw(frame: pd.DataFrame, prepared: PreparedDir, column: str | None) -> np.n
     if column not in frame.columns:
         raise StageInputError(f"{prepared.path / 'test'}: no column {column!r} (named in [target]); "
                               f"the prepared files have the skim's columns")
-    if column in prepared.feature_order:
-        return prepared.destandardise(frame[[column]], [column])[column].to_numpy(np.float64)
-    return frame[column].to_numpy(np.float64)
+    return prepared.physical(frame, column)
 
 
 def _class_test_fractions(prepared: PreparedDir, n_classes: int) -> list[float]:
