@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -147,8 +148,7 @@ def test_pt_bins_equal_weight_by_default_and_configured_edges_count_the_rest():
 FEATURES = ["jet_pt", "jet_eta", "jet_mass"]  # the classes differ in (pt, eta); fewer input plots
 FAST = {"cluster": {"n_workers": 1, "memory_limit": "2GiB"},
         "prepare": {"bucket_rows": 1000, "file_rows": 1000, "row_group_rows": 250},
-        "train": {"device": "cpu", "xgboost": {"num_boost_round": 25, "eta": 0.3, "min_child_weight": 1.0},
-                  "mlp": {"hidden": [16], "max_epochs": 2, "patience": 1, "batch_size": 256, "shuffle_buffer": 2000}},
+        "train": {"device": "cpu", "xgboost": {"num_boost_round": 25, "eta": 0.3, "min_child_weight": 1.0}},
         "evaluate": {"dpi": 30, "shap_rows": 200, "n_bins": 10}}
 JET_CLASSES_INDEX = {name: k for k, name in enumerate(JET_CLASSES)}
 EVALUATE_TOML = "[evaluate]\ndpi = 30\nshap_rows = 200\nn_bins = 10\n"
@@ -173,12 +173,14 @@ def skim(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tagger_models(skim, scheduler, tmp_path_factory):
-    """A light/c/b prepared folder and two models trained on it (xgboost, mlp)."""
+    """A light/c/b prepared folder and two xgboost models trained on it, the second of single-split trees."""
     out = tmp_path_factory.mktemp("tagger")
     config = _config({"kind": "multiclass", "class_column": "jet_label", "classes": JET_CLASSES})
     run_prepare(skim, out / "prep", config, scheduler=scheduler, progress=False)
-    models = [run_train(out / "prep", out / name, config, model=name, scheduler=scheduler, progress=False)
-              for name in ("xgboost", "mlp")]
+    stumps = config.model_copy(update={"train": config.train.model_copy(update={
+        "xgboost": config.train.xgboost.model_copy(update={"max_depth": 1, "num_boost_round": 5})})})
+    models = [run_train(out / "prep", out / name, cfg, model="xgboost", scheduler=scheduler, progress=False)
+              for name, cfg in (("xgboost", config), ("stumps", stumps))]
     return out / "prep", models
 
 
@@ -208,7 +210,7 @@ def test_evaluate_writes_the_tagger_section_of_every_model(evaluated, tagger_mod
     stats = json.loads((tagger_models[0] / "stats.json").read_text())["features"]["jet_pt"]
     pt = test["jet_pt"].to_numpy(np.float64) * stats["std"] + stats["mean"]  # jet_pt is a feature: standardised
     assert edges[0] == pytest.approx(pt.min()) and edges[-1] == pytest.approx(pt.max())
-    for name in ("xgboost", "mlp"):
+    for name in ("xgboost", "stumps"):
         tagger = metrics["models"][name]["tagger"]
         assert list(tagger) == ["c", "b"]
         for signal, entry in tagger.items():
@@ -222,7 +224,7 @@ def test_evaluate_writes_the_tagger_section_of_every_model(evaluated, tagger_mod
                 assert point["rejection"] >= 1.0 and point["rejection_uncertainty"] > 0
             assert entry["pt_bins"]["edges"] == edges and entry["pt_bins"]["left_out"] == 0
             assert sum(b["n_signal"] + b["n_background"] for b in entry["pt_bins"]["bins"]) == int(jets.sum())
-    # b jets are harder and more central than light ones: the trees find it (the 2-epoch mlp need not)
+    # b jets are harder and more central than light ones: the trees find it
     b_xgb = metrics["models"]["xgboost"]["tagger"]["b"]
     assert b_xgb["auc"] > 0.6 and b_xgb["working_points"]["0.5"]["rejection"] > 2.0
     # The multi-class figures are still there, beside the tagger's
@@ -236,11 +238,12 @@ def test_the_report_puts_the_models_side_by_side(evaluated):
     out, metrics = evaluated
     html = (out / "report.html").read_text()
     assert "<h2>Tagger performance (jets)</h2>" in html
-    header = "<tr><th>classes</th><th></th><th>xgboost</th><th>mlp</th></tr>"
+    header = "<tr><th>classes</th><th></th><th>xgboost</th><th>stumps</th></tr>"
     assert header in html
-    b = {n: metrics["models"][n]["tagger"]["b"]["working_points"]["0.5"] for n in ("xgboost", "mlp")}
+    b = {n: metrics["models"][n]["tagger"]["b"]["working_points"]["0.5"] for n in ("xgboost", "stumps")}
+    assert b["xgboost"]["rejection"] != b["stumps"]["rejection"]  # two models, two columns
     row = ("<tr><td>b vs light</td><td>1/ε_B at ε_S = 50%</td>"
-           + "".join(f"<td>{b[n]['rejection']:.4g} ± {b[n]['rejection_uncertainty']:.2g}</td>" for n in ("xgboost", "mlp"))
+           + "".join(f"<td>{b[n]['rejection']:.4g} ± {b[n]['rejection_uncertainty']:.2g}</td>" for n in ("xgboost", "stumps"))
            + "</tr>")
     assert row in html
     assert "b vs light: 1/&epsilon;<sub>B</sub> at &epsilon;<sub>S</sub> = 50% in bins of jet_pt" in html
@@ -312,3 +315,31 @@ def test_a_jet_regression_is_binned_in_pt_and_eta(jes_prepared, tmp_path):
     for file in ("response_vs_pt_xgboost_jes_target.png", "response_vs_eta_xgboost_jes_target.png"):
         assert f"plots/{file}" in metrics["plots"]
     assert "Tagger performance" not in (tmp_path / "e" / "report.html").read_text()
+
+
+def test_a_binary_jet_classifier_is_a_tagger_of_its_signal_label(tmp_path):
+    import pandas as pd
+
+    from analysis.core.objects import TaggerConfig
+    from analysis.evaluate.jets import JetLevel, tagger_entries
+
+    rng = np.random.default_rng(4)
+    label = (rng.uniform(size=400) < 0.3).astype(np.int8)
+    score = np.clip(rng.normal(0.35 + 0.3 * label, 0.2), 0, 1)  # one score per jet: P(signal)
+    pt, weight = rng.exponential(50.0, 400) + 20.0, rng.uniform(0.5, 2.0, 400)
+    settings = TaggerConfig()
+    background, signals = settings.classes(("background", "signal"))
+    plan = JetLevel("rows are objects", settings, ("background", "signal"), background, tuple(signals), None,
+                    pt=pt, edges=pt_bin_edges(pt, weight, 5))
+    added = []
+    scorer = SimpleNamespace(name="bdt")  # tagger_entries reads only the name; the scores are given
+    entries = tagger_entries(plan, [scorer], pd.DataFrame({"label": label, "weight": weight}), {"bdt": score},
+                             config_from_dict({"evaluate": {"dpi": 30}}), tmp_path,
+                             lambda section, title, path: added.append(path))
+    entry = entries["bdt"]["signal"]
+    assert entry["background"] == "background"
+    alone = tagger_metrics(score, label == 1, weight, pt=pt, pt_edges=plan.edges)
+    assert entry["working_points"] == alone["working_points"] and entry["pt_bins"] == alone["pt_bins"]
+    assert entry["auc"] == pytest.approx(weighted_roc_auc(score, label, weight))  # the binary evaluation's AUC
+    assert [p.name for p in added] == ["tagger_roc_signal_vs_background.png",
+                                       "tagger_rejection_pt_signal_vs_background.png"]
