@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from analysis.core.features import DEFAULT_FEATURES as _REGISTRY_DEFAULTS
-from analysis.core.objects import ObjectsConfig, TaggerConfig
+from analysis.core.objects import ObjectsConfig, TaggerEvaluationConfig
 from analysis.core.settings import (WeightProduct, deep_merge, first_non_finite, format_validation_error,
                                     given, parse_compression)
 from analysis.core.tagger_config import TaggerConfig
@@ -27,6 +27,7 @@ __all__ = ["ClusterConfig", "Config", "ConfigError", "DEFAULT_FEATURES", "Evalua
            "GenerateConfig", "MLPConfig", "PrepareConfig", "PrepareTableConfig", "Sample",
            "SelectionConfig", "SkimConfig", "TrainConfig", "XGBoostConfig", "config_to_toml",
            "default_config", "load_config", "with_overrides"]
+
 
 _Strict = StrictModel  # unknown keys and non-finite numbers are errors (core.target)
 _WHOLE_TABLES = ("samples", "classes")  # given, they replace the defaults as a whole
@@ -277,7 +278,7 @@ class EvaluateConfig(_Strict):
     n_bins: int = Field(40, ge=5)  # bins of the input-feature histograms
     shap_rows: int = Field(5000, gt=0)  # test events used for the mean |SHAP| importance
     dpi: int = Field(90, ge=30, le=300)  # resolution of plots/*.png
-    tagger: TaggerConfig = TaggerConfig()  # a jet-level folder's classes, working points, pt bins (core.objects)
+    tagger: TaggerEvaluationConfig = TaggerEvaluationConfig()  # a jet folder's classes, working points, pt bins
 
     @field_validator("background_efficiencies")
     @classmethod

@@ -320,14 +320,14 @@ def test_a_jet_regression_is_binned_in_pt_and_eta(jes_prepared, tmp_path):
 def test_a_binary_jet_classifier_is_a_tagger_of_its_signal_label(tmp_path):
     import pandas as pd
 
-    from analysis.core.objects import TaggerConfig
+    from analysis.core.objects import TaggerEvaluationConfig
     from analysis.evaluate.jets import JetLevel, tagger_entries
 
     rng = np.random.default_rng(4)
     label = (rng.uniform(size=400) < 0.3).astype(np.int8)
     score = np.clip(rng.normal(0.35 + 0.3 * label, 0.2), 0, 1)  # one score per jet: P(signal)
     pt, weight = rng.exponential(50.0, 400) + 20.0, rng.uniform(0.5, 2.0, 400)
-    settings = TaggerConfig()
+    settings = TaggerEvaluationConfig()
     background, signals = settings.classes(("background", "signal"))
     plan = JetLevel("rows are objects", settings, ("background", "signal"), background, tuple(signals), None,
                     pt=pt, edges=pt_bin_edges(pt, weight, 5))

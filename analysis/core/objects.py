@@ -5,8 +5,9 @@ and is usually trained with the tagger reweighting: every class flat in the jet'
 (pt, eta). `ObjectsConfig` names the list columns that prepare standardises element by
 element, and `FlattenConfig` the binning of the reweighting; `FlattenConfig.bin_of` gives
 each row its bin. The weights themselves are prepare's (`analysis.prepare.flatten`).
-`TaggerConfig` says how a jet-level evaluation reads the classes: which is the background,
-which are signals, the working points and the pt bins (`analysis.evaluate.jets`).
+`TaggerEvaluationConfig` says how a jet-level evaluation reads the classes: which is the
+background, which are signals, the working points and the pt bins (`analysis.evaluate.jets`;
+the tagger models' own settings are ``[train.tagger]``, `analysis.core.tagger_config`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pydantic import model_validator
 from analysis.core.target import StrictModel
 from analysis.errors import StageInputError
 
-__all__ = ["FlattenConfig", "ObjectsConfig", "TaggerConfig"]
+__all__ = ["FlattenConfig", "ObjectsConfig", "TaggerEvaluationConfig"]
 
 MAX_FLATTEN_BINS = 1_000_000  # cells of the binning (the histograms are dense per split and class)
 
@@ -97,7 +98,7 @@ class ObjectsConfig(StrictModel):
         return self
 
 
-class TaggerConfig(StrictModel):
+class TaggerEvaluationConfig(StrictModel):
     """``[evaluate.tagger]``: the classes, working points and pt bins of a jet tagger's evaluation.
 
     The class names are the prepared folder's (stats.json ``target.classes``; a binary target's
@@ -113,7 +114,7 @@ class TaggerConfig(StrictModel):
     eta_column: str = "jet_eta"  # a jet-level regression's response against eta
 
     @model_validator(mode="after")
-    def _check(self) -> TaggerConfig:
+    def _check(self) -> TaggerEvaluationConfig:
         if not self.efficiencies or any(not 0 < e < 1 for e in self.efficiencies):
             raise ValueError(f"efficiencies: signal efficiencies in (0, 1), at least one, got {self.efficiencies}")
         if len(set(self.efficiencies)) != len(self.efficiencies):

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.config import Config
-from analysis.core.objects import TaggerConfig
+from analysis.core.objects import TaggerEvaluationConfig
 from analysis.core.target import CLASS_COLUMN, Target
 from analysis.errors import ConfigError, StageInputError
 from analysis.evaluate.inputs import PreparedDir
@@ -60,7 +60,7 @@ class JetLevel:
     """What a jet-level evaluation reads and how (built before the test jets are read)."""
 
     reason: str
-    settings: TaggerConfig
+    settings: TaggerEvaluationConfig
     class_names: tuple[str, ...]
     background: int | None  # None: a regression, no tagger
     signals: tuple[int, ...]
