@@ -27,8 +27,14 @@ from analysis.errors import ConfigError, StageInputError
 from analysis.evaluate.inputs import open_prepared
 from analysis.evaluate.jets import plan_jet_level
 from analysis.evaluate.metrics import weighted_roc, weighted_roc_auc
-from analysis.evaluate.taggers import (discriminant, pt_bin_edges, reference_efficiency, rejection_at,
-                                       tagger_metrics, tagger_roc)
+from analysis.evaluate.taggers import (
+    discriminant,
+    pt_bin_edges,
+    reference_efficiency,
+    rejection_at,
+    tagger_metrics,
+    tagger_roc,
+)
 from analysis.prepare.runner import run_prepare
 from analysis.train.runner import run_train
 from tests._jet_prepare_helpers import JET_CLASSES, jet_samples, write_jet_skim

@@ -36,8 +36,13 @@ from analysis.evaluate.inputs import PreparedDir
 from analysis.evaluate.metrics import policy_weights
 from analysis.evaluate.plots import file_slug
 from analysis.evaluate.tagger_plots import plot_rejection_roc, plot_rejection_vs_pt
-from analysis.evaluate.taggers import (discriminant, pt_bin_edges, reference_efficiency, tagger_metrics,
-                                       tagger_roc)
+from analysis.evaluate.taggers import (
+    discriminant,
+    pt_bin_edges,
+    reference_efficiency,
+    tagger_metrics,
+    tagger_roc,
+)
 
 __all__ = ["JetLevel", "jet_level_reason", "plan_jet_level", "tagger_entries"]
 
