@@ -161,8 +161,10 @@ def _submit_all(pool, seconds, tasks):
 
 
 def test_the_file_pool_keeps_each_files_tasks_on_one_worker(file_pool):
-    ran = _submit_all(file_pool, 0.02, [SimpleNamespace(filename=f) for f in "aaaaaabbbbbb"])
-    assert len(set(ran[:6])) == 1 and len(set(ran[6:])) == 1 and ran[0] != ran[6]
+    ran = _submit_all(file_pool, 0.05, [SimpleNamespace(filename=f) for f in "aaaaaabbbbbb"])
+    # A worker done with its own file takes the other's last task (by design: none waits while
+    # work is left), which a loaded machine makes happen; any worker at all would split each 3/3.
+    assert ran[0] != ran[6] and ran[:6].count(ran[0]) >= 5 and ran[6:].count(ran[6]) >= 5, ran
 
 
 def test_the_file_pool_gives_a_files_chunks_to_the_worker_that_checked_it(file_pool):
