@@ -34,7 +34,7 @@ from analysis.generate.kinematics import delta_phi as _dphi
 __all__ = ["FAT_PROCESSES", "MERGED_DR", "GenRecords", "HardObjects", "extra_jets", "gluon_fraction",
            "hard_process"]
 
-MERGED_DR = 0.7
+MERGED_DR = 0.8
 M_W, W_WIDTH, M_H, M_TOP, TOP_WIDTH, M_B, M_C = 80.4, 2.1, 125.0, 172.5, 1.4, 4.8, 1.5
 PT_MAX = 2000.0  # GeV: the spectra end here (a few jets in 10^4 would pass it otherwise)
 _MAX_REDRAWS = 200  # merged-decay redraws; at pt_min the merged fraction is ~25 % (top), so this never binds

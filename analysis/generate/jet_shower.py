@@ -48,6 +48,13 @@ _SPECIES = np.array([211, 22, 130, 11, 13])
 _SPECIES_P = [0.62, 0.26, 0.10, 0.01, 0.01]
 _MASS = {211: 0.13957, 130: 0.0, 22: 0.0, 11: 0.000511, 13: 0.10566}
 _CHARGED = (211, 11, 13)
+# Emission steps: (probability for a quark, a gluon), z range, smallest angle; two hard, two soft
+_EMISSIONS = (((0.6, 0.85), 0.1, 0.5, 0.05), ((0.45, 0.6), 0.1, 0.5, 0.05),
+              ((0.6, 0.8), 0.01, 0.1, 0.02), ((0.6, 0.8), 0.01, 0.1, 0.02))
+G_TO_BB, G_TO_CC = 0.06, 0.08
+MASS_SMEAR = 0.08
+# Angular resolution of the calorimeter for neutral candidates: ECAL (photons), HCAL (neutral hadrons) cells
+_NEUTRAL_SMEAR = {22: 0.01, 130: 0.03}
 # b and c hadrons: mass (GeV), c tau (cm), fragmentation Beta(a, b), charged and neutral decay multiplicity, lepton fraction
 _HEAVY = {5: (5.28, 0.0455, 8.0, 2.5, 3.5, 2.5, 0.10), 4: (1.87, 0.025, 5.0, 3.0, 1.0, 1.5, 0.07)}
 # the same, as lookup tables indexed by |pdgId| (4, 5)
@@ -88,27 +95,64 @@ class HeavyHadrons:
     phi: np.ndarray
 
 
-def _emit(rng, obj, pt, eta, phi, pdg, radius):
-    """Step 1: the (sub)partons after one emission: object, pt, eta, phi, |pdg| (the emitted gluon 21)."""
+def _opening(obj, eta, phi, radius):
+    """Per parton, the largest angle it radiates at: the distance to the nearest other parton of its object
+    (a colour-singlet decay radiates inside its dipole: angular ordering), 0.85 R for a lone QCD parton."""
+    order = np.lexsort((eta, obj))
+    o, e, p = obj[order], eta[order], phi[order]
+    nearest = np.full(len(o), np.inf)
+    for shift in (1, 2):  # an object has at most three partons (t -> bqq'), next to each other once sorted
+        same = o[shift:] == o[:-shift]
+        dr = np.where(same, np.hypot(e[shift:] - e[:-shift], wrap_phi(p[shift:] - p[:-shift])), np.inf)
+        nearest[shift:] = np.minimum(nearest[shift:], dr)
+        nearest[:-shift] = np.minimum(nearest[:-shift], dr)
+    out = np.empty(len(o))
+    out[order] = np.minimum(nearest, 0.85 * radius[o])
+    return out
+
+
+def _split(rng, obj, pt, eta, phi, flavour, theta_max, step):
+    """One emission step: each parton radiates with probability ``p_emit`` (quark, gluon), z with density 1/z
+    on [z_min, z_max], theta log-uniform on [theta_min, theta_max]; the pt centroid stays on the parton. In the
+    hard steps a gluon splits to b b-bar or c c-bar with probability `G_TO_BB`, `G_TO_CC` (its hard two-prong
+    heavy-flavour QCD jets are what an H->bb tagger has to reject), else it emits a gluon."""
+    p_emit, z_min, z_max, theta_min = step
     n = len(pt)
-    gluon = pdg == 21
-    emits = rng.random(n) < np.where(gluon, 0.7, 0.5)
-    z = 0.02 * 25.0 ** rng.random(n)
-    theta = 0.02 * (0.6 * radius[obj] / 0.02) ** rng.random(n)
-    angle = rng.uniform(-np.pi, np.pi, n)
-    k = np.flatnonzero(emits)
-    keep_pt = np.where(emits, (1.0 - z) * pt, pt)
-    keep_eta = eta - np.where(emits, z * theta * np.cos(angle), 0.0)
-    keep_phi = phi - np.where(emits, z * theta * np.sin(angle), 0.0)
-    e = k
-    return (np.concatenate([obj, obj[e]]), np.concatenate([keep_pt, z[e] * pt[e]]),
-            np.concatenate([keep_eta, eta[e] + (1 - z[e]) * theta[e] * np.cos(angle[e])]),
-            np.concatenate([keep_phi, phi[e] + (1 - z[e]) * theta[e] * np.sin(angle[e])]),
-            np.concatenate([np.abs(pdg), np.full(len(e), 21)]))
+    gluon = flavour == 21
+    emits = np.flatnonzero(rng.random(n) < np.where(gluon, p_emit[1], p_emit[0]))
+    z = z_min * (z_max / z_min) ** rng.random(len(emits))
+    top = np.maximum(theta_max[emits], theta_min * 1.001)
+    theta = theta_min * (top / theta_min) ** rng.random(len(emits))
+    angle = rng.uniform(-np.pi, np.pi, len(emits))
+    cx, cy = theta * np.cos(angle), theta * np.sin(angle)
+    pt, eta, phi, flavour = pt.copy(), eta.copy(), phi.copy(), flavour.copy()
+    e_pt, e_eta, e_phi = z * pt[emits], eta[emits] + (1 - z) * cx, phi[emits] + (1 - z) * cy
+    e_flavour = np.full(len(emits), 21)
+    if z_min >= 0.1:
+        u = rng.random(len(emits))
+        pair = np.where(u < G_TO_BB, 5, np.where(u < G_TO_BB + G_TO_CC, 4, 0))
+        pair = np.where(gluon[emits], pair, 0)
+        e_flavour = np.where(pair > 0, pair, 21)
+        flavour[emits] = np.where(pair > 0, pair, flavour[emits])
+    pt[emits] *= 1 - z
+    eta[emits] -= z * cx
+    phi[emits] -= z * cy
+    return (np.concatenate([obj, obj[emits]]), np.concatenate([pt, e_pt]), np.concatenate([eta, e_eta]),
+            np.concatenate([phi, e_phi]), np.concatenate([flavour, e_flavour]),
+            np.concatenate([theta_max, theta_max[emits]]))
+
+
+def _emit(rng, obj, pt, eta, phi, pdg, radius):
+    """Step 1: the (sub)partons after the emission steps (`_EMISSIONS`): object, pt, eta, phi, |pdg|."""
+    flavour = np.abs(pdg)
+    theta_max = _opening(obj, eta, phi, radius)
+    for step in _EMISSIONS:
+        obj, pt, eta, phi, flavour, theta_max = _split(rng, obj, pt, eta, phi, flavour, theta_max, step)
+    return obj, pt, eta, phi, flavour
 
 
 def _multiplicity(p, gluon):
-    return np.maximum(2.0 + 7.0 * np.log(np.maximum(p, 1e-3) / 4.0), 0.5) * np.where(gluon, 1.5, 1.0)
+    return np.maximum(3.0 * np.log(np.maximum(p, 1e-3) / 2.0), 0.3) * np.where(gluon, 2.0, 1.0)
 
 
 def _spread(rng, group, momentum, center_eta, center_phi, alpha, width):
@@ -140,11 +184,12 @@ def shower(rng: np.random.Generator, hard: HardObjects, radius: np.ndarray) -> t
     x = rng.beta(_BY_FLAVOUR["beta_a"][h_flav], _BY_FLAVOUR["beta_b"][h_flav])
     frag_pt = pt.copy()
     frag_pt[heavy] *= 1.0 - x
-    count = 1 + rng.poisson(_multiplicity(frag_pt, gluon))
+    # a (sub)parton above 5 GeV gives at least one particle; a softer one may give none (its momentum is lost)
+    count = np.maximum(rng.poisson(_multiplicity(frag_pt, gluon)), (frag_pt > 5.0).astype(np.int64))
     group = np.repeat(np.arange(len(pt)), count)
 
     def width(p):
-        return np.clip(0.12 / np.sqrt(p), 0.004, 0.3) * np.where(gluon[group], 1.25, 1.0)
+        return np.clip(0.08 / np.sqrt(p), 0.003, 0.3) * np.where(gluon[group], 1.25, 1.0)
     f_pt, f_eta, f_phi = _spread(rng, group, frag_pt, eta, phi, np.where(gluon, 0.9, 0.6), width)
     f_pdg = _species(rng, len(f_pt))
 
@@ -172,16 +217,17 @@ def shower(rng: np.random.Generator, hard: HardObjects, radius: np.ndarray) -> t
     d_pdg = np.where(lead & (lep[d_group] < lepton[d_group]), 13,
                      np.where(lead & (lep[d_group] < 2 * lepton[d_group]), 11, d_pdg))
 
-    # pile-up in the jet's disc
+    # pile-up and the underlying event in the jet's disc
     fat = hard.obj_fat
-    n_pu = rng.poisson(np.where(fat, 20.0, 2.0))
-    u_obj = np.repeat(np.arange(len(fat)), n_pu)
     o_pt, o_eta, o_phi, _ = pt_eta_phi_mass(hard.obj_p4)
+    n_pu, n_ue = rng.poisson(np.where(fat, 15.0, 3.0)), rng.poisson(np.where(fat, 8.0, 4.0))
+    u_obj = np.concatenate([np.repeat(np.arange(len(fat)), n_pu), np.repeat(np.arange(len(fat)), n_ue)])
+    pileup = np.arange(len(u_obj)) < n_pu.sum()
     r = radius[u_obj] * np.sqrt(rng.random(len(u_obj)))
     a = rng.uniform(-np.pi, np.pi, len(u_obj))
-    u_pt = 0.3 + rng.exponential(0.7, len(u_obj))
-    u_pdg = np.where(fat[u_obj], rng.choice([211, 22, 130], len(u_obj), p=[0.5, 0.3, 0.2]),
-                     rng.choice([22, 130], len(u_obj), p=[0.6, 0.4]))
+    u_pt = np.where(pileup, 0.3 + rng.exponential(0.7, len(u_obj)), 0.5 + rng.exponential(1.0, len(u_obj)))
+    u_pdg = np.where(pileup & ~fat[u_obj], rng.choice([22, 130], len(u_obj), p=[0.6, 0.4]),
+                     rng.choice([211, 22, 130], len(u_obj), p=[0.55, 0.28, 0.17]))
 
     parts = {"obj": np.concatenate([obj[group], obj[heavy][d_group], u_obj]),
              "pt": np.concatenate([f_pt, d_pt, u_pt]),
@@ -189,21 +235,60 @@ def shower(rng: np.random.Generator, hard: HardObjects, radius: np.ndarray) -> t
              "phi": np.concatenate([f_phi, d_phi, o_phi[u_obj] + r * np.sin(a)]),
              "pdg": np.concatenate([f_pdg, d_pdg, u_pdg]),
              "hadron": np.concatenate([np.full(len(f_pt), -1), np.where(charged, d_group, -1), np.full(len(u_pt), -1)]),
-             "pileup": np.concatenate([np.zeros(len(f_pt) + len(d_pt), bool), np.ones(len(u_pt), bool)])}
-    _inside(rng, parts, o_eta, o_phi, radius)
+             "pileup": np.concatenate([np.zeros(len(f_pt) + len(d_pt), bool), pileup]),
+             "decay": np.concatenate([np.ones(len(f_pt) + len(d_pt), bool), np.zeros(len(u_pt), bool)])}
+    _restore_mass(parts, hard, o_eta, o_phi)
+    # the jet mass resolution beyond the energy response's: every object's spread scaled by 1 + 0.08 N(0, 1)
+    spread = np.clip(1.0 + MASS_SMEAR * rng.normal(size=len(fat)), 0.7, 1.3)[parts["obj"]]
+    parts["eta"] = o_eta[parts["obj"]] + spread * (parts["eta"] - o_eta[parts["obj"]])
+    parts["phi"] = o_phi[parts["obj"]] + spread * wrap_phi(parts["phi"] - o_phi[parts["obj"]])
+    for pdg, smear in _NEUTRAL_SMEAR.items():
+        sel = parts["pdg"] == pdg
+        parts["eta"][sel] += smear * rng.normal(size=int(sel.sum()))
+        parts["phi"][sel] += smear * rng.normal(size=int(sel.sum()))
+    parts = _inside(parts, o_eta, o_phi, radius)
+    del parts["decay"]
     return _finish(rng, parts, vertex), HeavyHadrons(obj=obj[heavy], flavour=h_flav, vertex=vertex, pt=h_pt,
                                                       eta=h_eta, phi=h_phi)
 
 
-def _inside(rng, parts, o_eta, o_phi, radius):
-    """Move the particles beyond 0.98 R of their object's axis inside (0.6-0.98 R, same direction)."""
+def _restore_mass(parts, hard: HardObjects, o_eta, o_phi) -> None:
+    """Draw the particles of each decay (an object of several partons) towards its axis until they have its mass.
+
+    Fragmenting massless partons gives each prong a mass without taking it from the prongs' opening angle,
+    as a real decay's four-momentum does: the decay products would weigh some 10 % more than the
+    resonance. The mass of collinear particles grows linearly with their angular offsets, so two rescalings
+    of the offsets by (resonance mass / particles' mass) restore it (to a few per mille).
+    """
+    n = len(hard.obj_fat)
+    target = np.zeros((n, 4))
+    np.add.at(target, hard.parton_obj, hard.parton_p4)
+    m_target = pt_eta_phi_mass(target)[3]
+    several = np.bincount(hard.parton_obj, minlength=n) > 1
+    sel = np.flatnonzero(parts["decay"] & several[parts["obj"]])
+    o = parts["obj"][sel]
+    deta, dphi = parts["eta"][sel] - o_eta[o], wrap_phi(parts["phi"][sel] - o_phi[o])
+    pt = parts["pt"][sel]
+    mass = np.select([parts["pdg"][sel] == k for k in _MASS], list(_MASS.values()))
+    scale = np.ones(n)
+    for _ in range(2):
+        eta, phi = o_eta[o] + scale[o] * deta, o_phi[o] + scale[o] * dphi
+        p4 = np.stack([np.sqrt((pt * np.cosh(eta)) ** 2 + mass**2), pt * np.cos(phi), pt * np.sin(phi),
+                       pt * np.sinh(eta)], axis=-1)
+        total = np.zeros((n, 4))
+        np.add.at(total, o, p4)
+        m_now = pt_eta_phi_mass(total)[3]
+        scale = np.where(several & (m_now > 0), scale * np.clip(m_target / np.maximum(m_now, 1e-9), 0.5, 1.0), 1.0)
+    parts["eta"][sel] = o_eta[o] + scale[o] * deta
+    parts["phi"][sel] = wrap_phi(o_phi[o] + scale[o] * dphi)
+
+
+def _inside(parts, o_eta, o_phi, radius) -> dict:
+    """The particles within R of their object's axis: what falls outside (wide-angle radiation, the edge of a
+    barely merged decay) is not the jet's."""
     o = parts["obj"]
-    deta, dphi = parts["eta"] - o_eta[o], wrap_phi(parts["phi"] - o_phi[o])
-    dr = np.hypot(deta, dphi)
-    out = dr > 0.98 * radius[o]
-    scale = np.where(out, radius[o] * rng.uniform(0.6, 0.98, len(o)) / np.maximum(dr, 1e-9), 1.0)
-    parts["eta"] = o_eta[o] + deta * scale
-    parts["phi"] = wrap_phi(o_phi[o] + dphi * scale)
+    keep = np.hypot(parts["eta"] - o_eta[o], wrap_phi(parts["phi"] - o_phi[o])) < radius[o]
+    return {k: v[keep] for k, v in parts.items()}
 
 
 def _finish(rng, parts, vertex) -> Particles:
