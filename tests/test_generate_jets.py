@@ -15,6 +15,7 @@ generated once, skimmed with `processors.jets:JetProcessor` for AK8 (pt > 250 Ge
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -28,7 +29,7 @@ from _skim_helpers import QUIET_COFFEA
 from analysis import config_from_dict, run_skim
 from analysis.cli import main
 from analysis.generate.jet_build import F_NH, KAPPA, median_response, resolution
-from analysis.generate.jets import DEFAULT_JET_SAMPLES, generate_jet_block, generate_jet_samples, _rng
+from analysis.generate.jets import DEFAULT_JET_SAMPLES, block_rng, generate_jet_block, generate_jet_samples
 from processors.jets import JetProcessor
 
 pytestmark = QUIET_COFFEA
@@ -164,7 +165,7 @@ def test_the_jes_response_has_the_documented_median_and_spread(sample, collectio
     # the neutral-hadron term divided out: what is left is the documented mu(pt, eta) x (1 + sigma(pt) N(0, 1))
     model = median_response(gen_pt, rows["jet_eta"], collection == "FatJet") * (1 + KAPPA * (f_nh - F_NH))
     ratio = response / model
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         sel = (gen_pt >= lo) & (gen_pt < hi)
         assert sel.sum() > 100, (lo, hi)
         q16, q50, q84 = np.percentile(ratio[sel], [16, 50, 84])
@@ -193,9 +194,9 @@ def test_a_tagger_does_not_separate_the_classes_perfectly(sample):
 
 
 def test_the_same_seed_gives_the_same_arrays():
-    one = generate_jet_block(_rng(3, "Hbb", 0, 0), "Hbb", 30)
-    two = generate_jet_block(_rng(3, "Hbb", 0, 0), "Hbb", 30)
-    other = generate_jet_block(_rng(4, "Hbb", 0, 0), "Hbb", 30)
+    one = generate_jet_block(block_rng(3, "Hbb", 0, 0), "Hbb", 30)
+    two = generate_jet_block(block_rng(3, "Hbb", 0, 0), "Hbb", 30)
+    other = generate_jet_block(block_rng(4, "Hbb", 0, 0), "Hbb", 30)
     for name, value in one.items():
         assert (np.array_equal(value, two[name]) if isinstance(value, np.ndarray) else value.tolist() == two[name].tolist())
     assert one["FatJet"].pt.tolist() != other["FatJet"].pt.tolist()

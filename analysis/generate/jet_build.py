@@ -132,7 +132,9 @@ def _vertices(rng, jets, p, hadrons: HeavyHadrons) -> dict:
     n_obj = len(jets["fat"])
     n_charged = np.bincount(c_obj, minlength=n_obj)
     fake_jet = np.flatnonzero((n_charged >= 2) & (rng.random(n_obj) < np.where(jets["fat"], _FAKE_SV[True], _FAKE_SV[False])))
-    order = charged[np.lexsort((-p["pt"][charged], c_obj))]
+    # by object, then decreasing pt: one integer key (a positive float32's bits grow with it)
+    pt_bits = p["pt"][charged].astype(np.float32).view(np.uint32).astype(np.int64)
+    order = charged[np.argsort((c_obj.astype(np.int64) << 32) | (0xFFFFFFFF - pt_bits), kind="stable")]
     start = np.searchsorted(p["obj"][order], fake_jet)
     pair = np.concatenate([order[start], order[start + 1]])
     pair_sv = np.concatenate([np.arange(len(fake_jet))] * 2)

@@ -14,6 +14,7 @@ the event, -1 for none.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 
 import awkward as ak
 import numpy as np
@@ -23,7 +24,7 @@ from analysis.core.io import atomic_path
 from analysis.core.settings import parse_compression
 from analysis.generate.kinematics import pt_eta_phi_mass
 
-__all__ = ["COLLECTIONS", "SCALARS", "jet_branches", "JetFileWriter"]
+__all__ = ["COLLECTIONS", "SCALARS", "JetFileWriter", "jet_branches"]
 
 F32, I32, U8 = np.dtype(np.float32), np.dtype(np.int32), np.dtype(np.uint8)
 SCALARS = {"run": np.dtype(np.uint32), "luminosityBlock": np.dtype(np.uint32), "event": np.dtype(np.uint64),
@@ -53,9 +54,19 @@ COLLECTIONS: dict[str, dict[str, np.dtype]] = {
 _JET_ID = 6  # tight and tight-lepton-veto, as most jets of a real file
 
 
-def _arrange(event: np.ndarray, n_events: int, *keys: np.ndarray):
-    """Rows ordered by event then ``keys`` (first key last-significant, as lexsort); offsets; each row's local index."""
-    order = np.lexsort((*keys, event)) if keys else np.argsort(event, kind="stable")
+def _arrange(event: np.ndarray, n_events: int, descending: np.ndarray | None = None,
+             within: np.ndarray | None = None):
+    """Rows ordered by event, then ``within`` (a small non-negative int), then decreasing ``descending`` (a
+    positive float, compared as the float32 it is written as); offsets; each row's index within its event.
+
+    One integer key instead of a lexsort: the bits of a positive float32 grow with its value.
+    """
+    key = np.asarray(event, np.int64) << 40
+    if within is not None:
+        key |= np.asarray(within, np.int64) << 32
+    if descending is not None:
+        key |= 0xFFFFFFFF - np.asarray(descending, np.float32).view(np.uint32).astype(np.int64)
+    order = np.argsort(key, kind="stable")
     counts = np.bincount(event, minlength=n_events)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     local = np.empty(len(event), np.int64)
@@ -83,9 +94,9 @@ def jet_branches(built: dict, records: dict, n_events: int, first_event: int) ->
     gen_local = np.full(len(fat), -1)
     for name, gen_name, is_fat in (("Jet", "GenJet", False), ("FatJet", "GenJetAK8", True)):
         rows = np.flatnonzero(fat == is_fat)
-        order, offsets, loc = _arrange(ev[rows], n_events, -jets["pt"][rows])
+        order, offsets, loc = _arrange(ev[rows], n_events, jets["pt"][rows])
         local[rows] = loc
-        g_order, g_offsets, g_loc = _arrange(ev[rows], n_events, -jets["gen_pt"][rows])
+        g_order, g_offsets, g_loc = _arrange(ev[rows], n_events, jets["gen_pt"][rows])
         gen_local[rows] = g_loc
         cols = {k: jets[k][rows] for k in ("pt", "eta", "phi", "mass", "area", "rawFactor", "hadronFlavour")}
         cols.update(jetId=np.full(len(rows), _JET_ID), nConstituents=jets["n_cand"][rows],
@@ -94,16 +105,16 @@ def jet_branches(built: dict, records: dict, n_events: int, first_event: int) ->
         gen = {k: jets[f"gen_{k}"][rows] for k in ("pt", "eta", "phi", "mass")}
         gen.update(partonFlavour=jets["partonFlavour"][rows], hadronFlavour=jets["hadronFlavour"][rows])
         if is_fat:
-            _fat_columns(cols, sub, rows, ev, n_events, out)
+            _fat_columns(cols, sub, rows, ev, loc, n_events, out)
         out[name] = _collection(COLLECTIONS[name], cols, order, offsets)
         out[gen_name] = _collection(COLLECTIONS[gen_name], gen, g_order, g_offsets)
     c_event = ev[cands["obj"]]
-    c_order, c_offsets, c_local = _arrange(c_event, n_events, -cands["pt"])
+    c_order, c_offsets, c_local = _arrange(c_event, n_events, cands["pt"])
     pf = {"d0Err": cands["d0_err"], "dzErr": cands["dz_err"], "puppiWeight": cands["puppi"], "pdgId": cands["pdg"],
           **{k: cands[k] for k in ("d0", "dz", "eta", "mass", "phi", "pt", "charge")}}
     out["PFCands"] = _collection(COLLECTIONS["PFCands"], pf, c_order, c_offsets)
     s_event = ev[svs["obj"]]
-    s_order, s_offsets, s_local = _arrange(s_event, n_events, -svs["dxysig"])
+    s_order, s_offsets, s_local = _arrange(s_event, n_events, svs["dxysig"])
     sv = {"dlen": svs["d3d"], "dlenSig": svs["d3dsig"], "dxySig": svs["dxysig"],
           "pAngle": np.arccos(np.clip(svs["costhetasvpv"], -1, 1)),
           **{k: svs[k] for k in ("dxy", "chi2", "eta", "mass", "ndof", "phi", "pt", "ntracks")}}
@@ -111,13 +122,13 @@ def jet_branches(built: dict, records: dict, n_events: int, first_event: int) ->
     for name, is_fat in (("JetPFCands", False), ("FatJetPFCands", True)):
         rows = np.flatnonzero(fat[cands["obj"]] == is_fat)
         jet_idx = local[cands["obj"][rows]]
-        order, offsets, _ = _arrange(c_event[rows], n_events, -cands["pt"][rows], jet_idx)
+        order, offsets, _ = _arrange(c_event[rows], n_events, cands["pt"][rows], jet_idx)
         out[name] = _collection(COLLECTIONS[name], {"pt": cands["pt"][rows], "pFCandsIdx": c_local[rows],
                                                     "jetIdx": jet_idx}, order, offsets)
     for name, is_fat in (("JetSVs", False), ("FatJetSVs", True)):
         rows = np.flatnonzero(fat[svs["obj"]] == is_fat)
         jet_idx = local[svs["obj"][rows]]
-        order, offsets, _ = _arrange(s_event[rows], n_events, -svs["dxysig"][rows], jet_idx)
+        order, offsets, _ = _arrange(s_event[rows], n_events, svs["dxysig"][rows], jet_idx)
         cols = {k: svs[k][rows] for k in _SV_JET}
         cols.update(jetIdx=jet_idx, sVIdx=s_local[rows])
         out[name] = _collection(COLLECTIONS[name], cols, order, offsets)
@@ -129,8 +140,10 @@ def jet_branches(built: dict, records: dict, n_events: int, first_event: int) ->
     return out
 
 
-def _fat_columns(cols: dict, sub: dict, rows: np.ndarray, ev: np.ndarray, n_events: int, out: dict) -> None:
-    """Substructure columns of the AK8 jets (``rows``: their objects) and the ``SubJet`` collection."""
+def _fat_columns(cols: dict, sub: dict, rows: np.ndarray, ev: np.ndarray, jet_local: np.ndarray, n_events: int,
+                 out: dict) -> None:
+    """Substructure columns of the AK8 jets (``rows``: their objects; ``jet_local``: their index in the event)
+    and the ``SubJet`` collection (by jet, the harder subjet first)."""
     assert np.array_equal(sub["rows"], rows)  # both in object order
     corr = sub["correction"]
     cols.update(msoftdrop=sub["msoftdrop"] * corr, tau1=sub["tau1"], tau2=sub["tau2"], tau3=sub["tau3"])
@@ -142,7 +155,7 @@ def _fat_columns(cols: dict, sub: dict, rows: np.ndarray, ev: np.ndarray, n_even
     p4 = np.concatenate([sub["sub1"], sub["sub2"][two]])
     pt, eta, phi, mass = pt_eta_phi_mass(p4)
     scale = corr[owner]
-    order, offsets, loc = _arrange(ev[rows][owner], n_events, rank, owner)
+    order, offsets, loc = _arrange(ev[rows][owner], n_events, within=2 * jet_local[owner] + rank)
     idx = np.full((len(rows), 2), -1)
     idx[owner, rank] = loc
     cols.update(subJetIdx1=idx[:, 0], subJetIdx2=idx[:, 1])
@@ -164,7 +177,7 @@ class JetFileWriter:
         self._tree = None
         self._events = 0
 
-    def __enter__(self) -> JetFileWriter:
+    def __enter__(self) -> Self:
         self._atomic = atomic_path(self.path)
         self._file = uproot.recreate(self._atomic.__enter__(), compression=self._compression)
         return self

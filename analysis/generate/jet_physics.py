@@ -28,8 +28,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.generate.kinematics import four_vector, pt_eta_phi_mass, sample_breit_wigner, sample_power_law, two_body_decay
-from analysis.generate.kinematics import delta_phi as _dphi
+from analysis.generate.kinematics import (
+    delta_phi,
+    four_vector,
+    pt_eta_phi_mass,
+    sample_breit_wigner,
+    sample_power_law,
+    two_body_decay,
+)
 
 __all__ = ["FAT_PROCESSES", "MERGED_DR", "GenRecords", "HardObjects", "extra_jets", "gluon_fraction",
            "hard_process"]
@@ -116,7 +122,7 @@ def _object_p4(rng, n, pt, mass) -> np.ndarray:
 def _dr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     _, ea, pa, _ = pt_eta_phi_mass(a)
     _, eb, pb, _ = pt_eta_phi_mass(b)
-    return np.hypot(ea - eb, _dphi(pa, pb))
+    return np.hypot(ea - eb, delta_phi(pa, pb))
 
 
 def _merged_decay(rng, parent_pt, parent_dir, decay):

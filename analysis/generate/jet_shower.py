@@ -219,7 +219,7 @@ def shower(rng: np.random.Generator, hard: HardObjects, radius: np.ndarray) -> t
 
     # pile-up and the underlying event in the jet's disc
     fat = hard.obj_fat
-    o_pt, o_eta, o_phi, _ = pt_eta_phi_mass(hard.obj_p4)
+    _, o_eta, o_phi, _ = pt_eta_phi_mass(hard.obj_p4)
     n_pu, n_ue = rng.poisson(np.where(fat, 15.0, 3.0)), rng.poisson(np.where(fat, 8.0, 4.0))
     u_obj = np.concatenate([np.repeat(np.arange(len(fat)), n_pu), np.repeat(np.arange(len(fat)), n_ue)])
     pileup = np.arange(len(u_obj)) < n_pu.sum()

@@ -30,10 +30,12 @@ _LLOYD_STEPS = 3
 
 
 def first_of_group(group: np.ndarray, key: np.ndarray, n_groups: int) -> np.ndarray:
-    """Per group (``group`` non-decreasing, every group non-empty), the position of its largest ``key``."""
-    order = np.lexsort((-key, group))
+    """Per group (``group`` non-decreasing, every group non-empty), the position of its largest ``key`` (the first
+    of equal ones)."""
     starts = np.searchsorted(group, np.arange(n_groups))
-    return order[starts]
+    best = np.maximum.reduceat(key, starts)
+    hit = np.flatnonzero(key == best[group])
+    return hit[np.searchsorted(group[hit], np.arange(n_groups))]
 
 
 def _axes(jet, x, y, w, n_jets, n_axes):

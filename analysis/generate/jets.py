@@ -39,7 +39,7 @@ from analysis.generate.jet_layout import JetFileWriter, jet_branches
 from analysis.generate.jet_physics import FAT_PROCESSES, HardObjects, extra_jets, hard_process
 from analysis.generate.jet_shower import shower
 
-__all__ = ["BLOCK_EVENTS", "DEFAULT_JET_SAMPLES", "JET_PROCESSES", "generate_jet_block", "generate_jet_samples",
+__all__ = ["BLOCK_EVENTS", "DEFAULT_JET_SAMPLES", "JET_PROCESSES", "block_rng", "generate_jet_block", "generate_jet_samples",
            "jet_samples"]
 
 JET_PROCESSES = tuple(FAT_PROCESSES)
@@ -67,7 +67,8 @@ def jet_samples(config: Config) -> dict[str, Sample]:
     return dict(config.samples)
 
 
-def _rng(seed: int, name: str, *key: int) -> np.random.Generator:
+def block_rng(seed: int, name: str, *key: int) -> np.random.Generator:
+    """The random stream of (dataset ``name``, file, block): `SeedSequence` spawned from the seed (module docstring)."""
     sequence = np.random.SeedSequence(seed, spawn_key=(zlib.crc32(name.encode()), *key))
     return np.random.Generator(np.random.PCG64(sequence))
 
@@ -126,7 +127,7 @@ def generate_jet_samples(out_dir: str | Path, config: Config, *, progress: bool 
             with JetFileWriter(out_dir / relative, compression=gen.compression) as writer:
                 for b, block_start in enumerate(range(0, n_events, BLOCK_EVENTS)):
                     n = min(BLOCK_EVENTS, n_events - block_start)
-                    writer.extend(generate_jet_block(_rng(gen.seed, name, index, b), samples[name].process, n,
+                    writer.extend(generate_jet_block(block_rng(gen.seed, name, index, b), samples[name].process, n,
                                                      first + block_start))
             files.setdefault(name, []).append(relative)
             bar.advance(task)
