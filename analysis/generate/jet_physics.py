@@ -11,12 +11,16 @@ direction and momentum of what makes the jet; its partons are what the shower
 * W -> qq': the W (Breit-Wigner, 80.4 +- 2.1 GeV) decays isotropically in its rest frame to
   u d-bar or c s-bar (half each); H -> bb (125 GeV) to two b quarks (4.8 GeV); t -> bW (172.5
   +- 1.4 GeV) and W -> qq' again: three prongs.
-* Merged decays only: a decay with a quark farther than `MERGED_DR` = 0.7 from its
+* Merged decays only: a decay with a quark farther than `MERGED_DR` = 0.8 from its
   resonance's direction is drawn again (decay angles and mass, not the momentum), so every
-  resonance is one AK8 jet (the label's 0.8 then holds on the jet axis but for a few per cent).
-  The samples stand for the merged phase space; its cross section is the configuration's.
-* The resonance pt follows a power law pt^-n above `pt_min` (QCD n = 4, steeper than the
-  signals' n = 2.5); the recoiling object takes pt x (1 + 0.08 N(0,1)), eta independent.
+  resonance is one AK8 jet; a quark near the edge loses the part of its shower outside the
+  jet (the low mass tail), and a few per cent of the jets, whose axis moved, fail the
+  label's 0.8. The samples stand for the merged phase space; its cross section is the
+  configuration's.
+* The resonance pt follows a power law pt^-n above `pt_min` (300 GeV; tops 400 GeV, where
+  they start to merge) up to 2 TeV, QCD n = 3, steeper than the signals' n = 2.5 (prepare's
+  flat (pt, eta) reweighting is there for that); the recoiling object takes pt x (1 + 0.08
+  N(0,1)), eta independent, phi opposite.
 
 Every decay and QCD parton is also a generator record (`GenRecords`) with its mother's
 position, as NanoAOD's GenPart: t -> b W -> q q', H -> b b, W -> q q', the QCD parton alone.
@@ -45,7 +49,7 @@ M_W, W_WIDTH, M_H, M_TOP, TOP_WIDTH, M_B, M_C = 80.4, 2.1, 125.0, 172.5, 1.4, 4.
 PT_MAX = 2000.0  # GeV: the spectra end here (a few jets in 10^4 would pass it otherwise)
 _MAX_REDRAWS = 200  # merged-decay redraws; at pt_min the merged fraction is ~25 % (top), so this never binds
 # process -> (its fat objects, the resonance pt_min in GeV, the power-law index)
-FAT_PROCESSES = {"QCD": ("qcd", 300.0, 4.0), "Wqq": ("w", 300.0, 2.5), "Hbb": ("h", 300.0, 2.5),
+FAT_PROCESSES = {"QCD": ("qcd", 300.0, 3.0), "Wqq": ("w", 300.0, 2.5), "Hbb": ("h", 300.0, 2.5),
                  "Tbqq": ("top", 400.0, 2.5)}
 # Status flags of the records (CMSSW GenStatusFlags): isPrompt, isHardProcess, fromHardProcess, isFirstCopy, isLastCopy.
 _FLAGS = (1 << 0) | (1 << 7) | (1 << 8) | (1 << 12) | (1 << 13)

@@ -2,34 +2,46 @@
 
 A documented model, one numpy pass over all partons of a block (no per-jet loop):
 
-1. **Emission**: a parton radiates one gluon with probability 0.5 (quark) or 0.7 (gluon),
-   with momentum fraction z log-uniform in [0.02, 0.5] (the soft 1/z of the splitting
-   function) at an angle theta log-uniform in [0.02, 0.6 R] (the collinear 1/theta), the pt
-   centroid kept. This is QCD's hard substructure: the falling soft-drop mass of QCD jets and
-   their tau21 tail towards the signals'.
-2. **Fragmentation**: each (sub)parton of momentum p becomes 1 + Poisson(n(p)) particles,
-   n(p) = 2 + 7 ln(p / 4 GeV) for quarks, 1.5 times that for gluons (their larger colour
-   charge), sharing p by Gamma(0.6) (quark) or Gamma(0.9) (gluon) fractions, each at a 2-D
-   Gaussian offset of width 0.12 (p_i / GeV)^-1/2 (x 1.25 for gluons; 0.004-0.3) from its
-   parton (their momentum-weighted mean offset removed, so they keep the parton's
-   momentum and a decay its mass). Particles are charged hadrons 62 %, photons 26 %, neutral hadrons 10 %,
-   electrons and muons 1 % each.
+1. **Emission** (`_EMISSIONS`): two hard steps, in which a parton radiates with
+   probability 0.6 / 0.85 (quark / gluon; the second step 0.45 / 0.6) a gluon of momentum
+   fraction z in [0.1, 0.5] (density 1/z, the soft limit of the splitting function) at an
+   angle theta log-uniform in [0.05, theta_max] (the collinear 1/theta), and two soft steps
+   (probability 0.6 / 0.8, z in [0.01, 0.1], theta in [0.02, theta_max]); the pt centroid
+   stays on the parton. theta_max is 0.85 R for a QCD parton and, by angular ordering, the
+   distance to the nearest other quark of its decay for a decay product (a colour singlet
+   radiates inside its dipole). In the hard steps a gluon splits to b b-bar (c c-bar) with
+   probability `G_TO_BB` = 0.06 (`G_TO_CC` = 0.08) instead: the two-prong heavy-flavour QCD
+   jets an H->bb tagger has to reject. This is QCD's substructure: its falling soft-drop
+   mass and its tau21, tau32 towards the signals'.
+2. **Fragmentation**: each (sub)parton of momentum p (pt) becomes Poisson(n(p)) particles
+   (at least one above 5 GeV), n(p) = 3 ln(p / 2 GeV) for quarks, twice that for gluons
+   (their larger colour charge), sharing p by Gamma(0.6) (quark) or Gamma(0.9) (gluon)
+   fractions, each at a 2-D Gaussian offset of width 0.08 (p_i / GeV)^-1/2 (x 1.25 for
+   gluons; 0.003-0.3) from its parton (their momentum-weighted mean offset removed, so
+   they keep the parton's momentum). Particles are charged hadrons 62 %, photons 26 %,
+   neutral hadrons 10 %, electrons and muons 1 % each.
 3. **Heavy flavour**: a b (c) quark's hadron takes x ~ Beta(8, 2.5) (Beta(5, 3)) of its
    momentum and flies L = (p / m) c tau Exp(1) (m_B 5.28 GeV, c tau 455 um; m_D 1.87 GeV,
    c tau 250 um) before decaying to 2 + Poisson(3.5) (c: 2 + Poisson(1)) charged and
-   Poisson(2.5) (c: Poisson(1.5)) neutral particles, 10 % (c: 7 %) each with a muon or an
-   electron; their tracks start at the decay vertex, hence their impact parameters.
-4. **Pile-up** inside the jet: AK8 Poisson(20) soft particles (pt 0.3 + Exp(0.7) GeV) spread
-   over the disc, charged ones from other vertices (dz ~ 4 cm, PUPPI weight 0), neutral ones
-   with PUPPI weight 0 (60 %) or U(0, 0.4); AK4 (CHS: charged pile-up already removed)
-   Poisson(2) neutral ones.
-5. **Tracks and PUPPI**: charged candidates get d0, dz (cm) with errors sqrt(15 um^2 +
+   Poisson(2.5) (c: Poisson(1.5)) neutral particles, the leading one a muon or an electron
+   in 10 % (c: 7 %) each; their tracks start at the decay vertex, hence their impact
+   parameters.
+4. **Decays keep their mass** (`_restore_mass`): the particles of a resonance are drawn
+   towards its axis until they have its mass (fragmenting massless partons would add ~10 %).
+5. **Jet mass resolution**: each object's angular spread is scaled by 1 + 0.08 N(0, 1)
+   (`MASS_SMEAR`), and neutral candidates are smeared by the calorimeter cells (photons
+   0.01, neutral hadrons 0.03).
+6. **Pile-up and underlying event** inside the jet: AK8 Poisson(15) pile-up particles (pt
+   0.3 + Exp(0.7) GeV; charged ones from other vertices: dz ~ 4 cm, PUPPI weight 0; neutral
+   ones weight 0 (60 %) or U(0, 0.4)) and Poisson(8) underlying-event particles (0.5 +
+   Exp(1) GeV, of the primary vertex, in the generator jet); AK4 (CHS: charged pile-up
+   removed) Poisson(3) neutral pile-up and Poisson(4) underlying-event particles. Both are
+   uniform over the disc.
+7. **Out of cone**: particles farther than R from their object's axis are dropped.
+8. **Tracks and PUPPI**: charged candidates get d0, dz (cm) with errors sqrt(15 um^2 +
    (100 um GeV / pt)^2) (dz: x 1.3 cosh(eta)^1/2); neutral ones -1 for all four, as PFNano.
    PUPPI weight 1 for charged particles of the primary vertex, 1 - exp(-pt / 1.5 GeV) U for
    neutral ones.
-
-Particles farther than 0.98 R from their object's axis are moved inside (0.6-0.98 R): a jet
-holds what its radius holds.
 """
 
 from __future__ import annotations
