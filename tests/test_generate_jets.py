@@ -26,7 +26,7 @@ import pytest
 import uproot
 
 from _skim_helpers import QUIET_COFFEA
-from analysis import config_from_dict, run_skim
+from analysis import config_from_dict, load_config, run_prepare, run_skim
 from analysis.cli import main
 from analysis.generate.jet_build import F_NH, KAPPA, median_response, resolution
 from analysis.generate.jets import DEFAULT_JET_SAMPLES, block_rng, generate_jet_block, generate_jet_samples
@@ -219,13 +219,16 @@ def test_the_cli_and_its_one_line_errors(tmp_path, capsys):
 
 
 def test_the_example_runs_from_skim_to_prepared_classes(sample, tmp_path):
-    """examples/jets.toml: the AK8 skim of the generated sample prepares into the four classes by jet_label."""
+    """examples/jets.toml: the AK8 skim of the generated sample prepares into the four classes by jet_label
+    (on an in-process one-worker cluster, as the other prepare tests, to stay fast)."""
+    from dask.distributed import LocalCluster
+
     example = Path(__file__).resolve().parents[1] / "examples" / "jets.toml"
+    config = load_config(example)
+    assert config.skim.options == {"collection": "FatJet", "pt_min": 250.0}  # what the fixture's AK8 skim used
     out = tmp_path / "prepared"
-    with pytest.raises(SystemExit) as info:
-        main(["prepare", str(sample["root"] / "FatJet"), "--out", str(out), "--config", str(example), "--quiet"])
-        raise SystemExit(0)
-    assert info.value.code == 0
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster:
+        run_prepare(sample["root"] / "FatJet", out, config, scheduler=cluster.scheduler_address, progress=False)
     stats = json.loads((out / "stats.json").read_text())
     assert stats["target"]["classes"] == ["QCD", "Hbb", "Wqq", "Tbqq"]
     table = pq.read_table(sorted(out.glob("train/*.parquet")), columns=["class", "train_weight"]).to_pandas()
