@@ -61,24 +61,16 @@ def generate(
     files_per_sample: Optional[int] = typer.Option(None, help="ROOT files per dataset."),
     seed: Optional[int] = typer.Option(None, help="Random seed (same seed, same files)."),
     compression: Optional[str] = typer.Option(None, help="ALG:LEVEL, ALG one of ZLIB, LZ4, ZSTD, LZMA."),
-    kind: str = typer.Option("events", help="events: the di-tau NanoAOD samples; jets: PFNano jet samples "
-                                            "(QCD, W->qq, H->bb, t->bqq; README \"Generated jets\")."),
+    kind: str = typer.Option("events", help="events (the di-tau NanoAOD) or jets (PFNano, README Generated jets)."),
     config: Optional[Path] = ConfigOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Write synthetic samples (CMS 2012 outreach NanoAOD, or PFNano jets with --kind jets) and fileset.json."""
-    if kind not in ("events", "jets"):
-        raise ConfigError(f"--kind: {kind!r} is not a kind of sample; give events or jets")
     cfg = _load(config, generate=dict(events=events, files_per_sample=files_per_sample,
                                       seed=seed, compression=compression))
-    if kind == "jets":
-        from analysis.generate.jets import generate_jet_samples
+    from analysis.generate.kinds import generate_kind
 
-        fileset = generate_jet_samples(out, cfg, progress=not quiet)
-    else:
-        from analysis.generate.runner import generate_samples
-
-        fileset = generate_samples(out, cfg, progress=not quiet)
+    fileset = generate_kind(kind, out, cfg, progress=not quiet)
     typer.echo(f"fileset: {fileset}", err=True)
 
 
