@@ -215,6 +215,18 @@ def test_the_cli_and_its_one_line_errors(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert info.value.code == 1 and err.startswith("hepprep: error: samples.ggH.process: no jet generator"), err
     assert not (tmp_path / "y" / "fileset.json").exists()
+    example = Path(__file__).resolve().parents[1] / "examples" / "jets.toml"
+    with pytest.raises(SystemExit) as info:
+        main(["generate", "--kind", "jets", "--config", str(example), "--events", "80", "--files-per-sample", "2",
+              "--out", str(tmp_path / "z"), "--quiet"])
+        raise SystemExit(0)
+    assert info.value.code == 0
+    fileset = json.loads((tmp_path / "z" / "fileset.json").read_text())
+    assert list(fileset) == list(load_config(example).samples)
+    for entry in fileset.values():
+        files = [tmp_path / "z" / f for f in entry["files"]]
+        events = np.concatenate([uproot.open(f)["Events"]["event"].array(library="np") for f in files])
+        assert len(files) == 2 and len(events) == entry["metadata"]["n_events"] == 20 == len(set(events.tolist()))
     assert math.isfinite(float(DEFAULT_JET_SAMPLES["QCD_Pt-300toInf"].xsec_pb))
 
 

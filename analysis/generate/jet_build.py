@@ -93,6 +93,7 @@ def build_jets(rng: np.random.Generator, hard: HardObjects, parts: Particles, ha
     hb = np.bincount(hard.parton_obj, weights=flavour == 5, minlength=n) > 0
     hc = np.bincount(hard.parton_obj, weights=flavour == 4, minlength=n) > 0
     jets["hadronFlavour"] = np.where(hb, 5, np.where(hc, 4, 0))
+    jets["nBHadrons"], jets["nCHadrons"] = (np.bincount(hadrons.obj[hadrons.flavour == f], minlength=n) for f in (5, 4))
     by_obj = np.argsort(hard.parton_obj, kind="stable")  # the first parton of an object: its flavour (AK4: the only one)
     jets["partonFlavour"] = hard.parton_pdg[by_obj[np.searchsorted(hard.parton_obj[by_obj], np.arange(n))]]
     sub = {}

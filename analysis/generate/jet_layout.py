@@ -98,7 +98,8 @@ def jet_branches(built: dict, records: dict, n_events: int, first_event: int) ->
         local[rows] = loc
         g_order, g_offsets, g_loc = _arrange(ev[rows], n_events, jets["gen_pt"][rows])
         gen_local[rows] = g_loc
-        cols = {k: jets[k][rows] for k in ("pt", "eta", "phi", "mass", "area", "rawFactor", "hadronFlavour")}
+        cols = {k: jets[k][rows] for k in ("pt", "eta", "phi", "mass", "area", "rawFactor", "hadronFlavour",
+                                           "nBHadrons", "nCHadrons")}
         cols.update(jetId=np.full(len(rows), _JET_ID), nConstituents=jets["n_cand"][rows],
                     partonFlavour=jets["partonFlavour"][rows])
         cols["genJetAK8Idx" if is_fat else "genJetIdx"] = g_loc
@@ -147,8 +148,6 @@ def _fat_columns(cols: dict, sub: dict, rows: np.ndarray, ev: np.ndarray, jet_lo
     assert np.array_equal(sub["rows"], rows)  # both in object order
     corr = sub["correction"]
     cols.update(msoftdrop=sub["msoftdrop"] * corr, tau1=sub["tau1"], tau2=sub["tau2"], tau3=sub["tau3"])
-    cols["nBHadrons"] = (cols["hadronFlavour"] == 5).astype(np.uint8) * np.where(sub["two_prong"], 2, 1)
-    cols["nCHadrons"] = (cols["hadronFlavour"] == 4).astype(np.uint8)
     two = sub["two_prong"]
     owner = np.concatenate([np.arange(len(rows)), np.flatnonzero(two)])
     rank = np.concatenate([np.zeros(len(rows), np.int64), np.ones(int(two.sum()), np.int64)])
