@@ -89,11 +89,9 @@ def build_jets(rng: np.random.Generator, hard: HardObjects, parts: Particles, ha
             "mass": r_mass / (1 - factor), "rawFactor": factor, "n_cand": np.bincount(obj, minlength=n),
             "gen_pt": g_pt, "gen_eta": g_eta, "gen_phi": g_phi, "gen_mass": g_mass,
             "area": np.where(fat, 2.01, 0.503) + rng.normal(0.0, np.where(fat, 0.03, 0.02), n)}
-    flavour = np.abs(hard.parton_pdg)
-    hb = np.bincount(hard.parton_obj, weights=flavour == 5, minlength=n) > 0
-    hc = np.bincount(hard.parton_obj, weights=flavour == 4, minlength=n) > 0
-    jets["hadronFlavour"] = np.where(hb, 5, np.where(hc, 4, 0))
+    # hadron flavour as CMS defines it: from the b and c hadrons in the jet (a gluon's g -> bb included)
     jets["nBHadrons"], jets["nCHadrons"] = (np.bincount(hadrons.obj[hadrons.flavour == f], minlength=n) for f in (5, 4))
+    jets["hadronFlavour"] = np.where(jets["nBHadrons"] > 0, 5, np.where(jets["nCHadrons"] > 0, 4, 0))
     by_obj = np.argsort(hard.parton_obj, kind="stable")  # the first parton of an object: its flavour (AK4: the only one)
     jets["partonFlavour"] = hard.parton_pdg[by_obj[np.searchsorted(hard.parton_obj[by_obj], np.arange(n))]]
     sub = {}
