@@ -149,7 +149,7 @@ def test_b_hadrons_give_displaced_vertices(sample):
     hbb, qcd = leading_sig(fat[fat["jet_label"] == HBB]), leading_sig(fat[fat["jet_label"] == QCD])
     assert np.mean(hbb > 5) > 0.6 and np.mean(qcd > 5) < 0.25
     b, light = leading_sig(ak4[ak4["jet_label"] == 2]), leading_sig(ak4[ak4["jet_label"] == 0])
-    assert np.mean(b > 5) > 0.4 and np.mean(light > 5) < 0.1
+    assert np.mean(b > 5) > 0.35 and np.mean(light > 5) < 0.05
     d0sig = np.abs(np.concatenate(fat.loc[fat["jet_label"] == HBB, "cand_d0sig"].to_numpy()))
     assert np.mean(d0sig > 3) > 2 * np.mean(np.abs(np.concatenate(fat.loc[fat["jet_label"] == QCD, "cand_d0sig"].to_numpy())) > 3)
 
