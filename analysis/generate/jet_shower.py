@@ -7,7 +7,7 @@ A documented model, one numpy pass over all partons of a block (no per-jet loop)
    fraction z in [0.1, 0.5] (density 1/z, the soft limit of the splitting function) at an
    angle theta log-uniform in [0.05, theta_max] (the collinear 1/theta), and two soft steps
    (probability 0.6 / 0.8, z in [0.01, 0.1], theta in [0.02, theta_max]); the pt centroid
-   stays on the parton. theta_max is 0.85 R for a QCD parton and, by angular ordering, the
+   stays on the parton. theta_max is R for a QCD parton and, by angular ordering, the
    distance to the nearest other quark of its decay for a decay product (a colour singlet
    radiates inside its dipole). In the hard steps a gluon splits to b b-bar (c c-bar) with
    probability `G_TO_BB` = 0.06 (`G_TO_CC` = 0.08) instead: the two-prong heavy-flavour QCD
@@ -109,7 +109,7 @@ class HeavyHadrons:
 
 def _opening(obj, eta, phi, radius):
     """Per parton, the largest angle it radiates at: the distance to the nearest other parton of its object
-    (a colour-singlet decay radiates inside its dipole: angular ordering), 0.85 R for a lone QCD parton."""
+    (a colour-singlet decay radiates inside its dipole: angular ordering), R for a lone QCD parton."""
     order = np.lexsort((eta, obj))
     o, e, p = obj[order], eta[order], phi[order]
     nearest = np.full(len(o), np.inf)
@@ -119,7 +119,7 @@ def _opening(obj, eta, phi, radius):
         nearest[shift:] = np.minimum(nearest[shift:], dr)
         nearest[:-shift] = np.minimum(nearest[:-shift], dr)
     out = np.empty(len(o))
-    out[order] = np.minimum(nearest, 0.85 * radius[o])
+    out[order] = np.minimum(nearest, radius[o])
     return out
 
 
