@@ -47,7 +47,7 @@ __all__ = ["FAT_PROCESSES", "MERGED_DR", "GenRecords", "HardObjects", "extra_jet
 MERGED_DR = 0.8
 M_W, W_WIDTH, M_H, M_TOP, TOP_WIDTH, M_B, M_C = 80.4, 2.1, 125.0, 172.5, 1.4, 4.8, 1.5
 PT_MAX = 2000.0  # GeV: the spectra end here (a few jets in 10^4 would pass it otherwise)
-_MAX_REDRAWS = 200  # merged-decay redraws; at pt_min the merged fraction is ~25 % (top), so this never binds
+_MAX_REDRAWS = 200  # merged-decay redraws; at pt_min 40 % of tops (80 % of Ws) merge: 0.6^200 never binds
 # process -> (its fat objects, the resonance pt_min in GeV, the power-law index)
 FAT_PROCESSES = {"QCD": ("qcd", 300.0, 3.0), "Wqq": ("w", 300.0, 2.5), "Hbb": ("h", 300.0, 2.5),
                  "Tbqq": ("top", 400.0, 2.5)}
@@ -145,8 +145,8 @@ def _merged_decay(rng, parent_pt, parent_dir, decay):
             o[todo[merged]] = a[merged]
         todo = todo[~merged]
         if not len(todo):
-            break
-    return out
+            return out
+    raise RuntimeError(f"{len(todo)} decays not merged after {_MAX_REDRAWS} draws")  # a broken decay model
 
 
 def _with_mass(pt, direction, mass):

@@ -43,7 +43,7 @@ __all__ = ["BLOCK_EVENTS", "DEFAULT_JET_SAMPLES", "JET_PROCESSES", "block_rng", 
            "jet_samples"]
 
 JET_PROCESSES = tuple(FAT_PROCESSES)
-BLOCK_EVENTS = 5000  # events generated at once: bounds the memory (a block is ~0.1 GB of candidates)
+BLOCK_EVENTS = 5000  # events generated at once: bounds the memory (the process peaks below 1 GB)
 # Cross sections of the generated phase space (resonance pt above 300 GeV, 400 for tops; merged decays):
 # orders of magnitude of the Run 2 samples they stand for, not measured values.
 DEFAULT_JET_SAMPLES = {
