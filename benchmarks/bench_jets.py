@@ -2,6 +2,10 @@
 
 Ratios against floors measured in the same run, on the same prepared jet-level files:
 
+0. skim: events/s of the jet dataset's skim (`hepprep skim` with `processors.jets:JetProcessor`,
+   AK8 with its constituents and vertices, iterative in this process, and the command as a
+   user runs it, start-up included) / events/s of a plain uproot read, chunk by chunk, of
+   exactly the branches the processor reads (its ``input_branches``). Goal >= 0.4.
 1. loader: jets/s of one shuffled epoch of `analysis.train.jet_stream.JetBatchStream`
    ((B, N, F) constituent batches with their mask, the jet features, class and
    train_weight, as torch tensors; N = 100, B = 256, the default buffer) / jets/s of a plain
@@ -58,18 +62,68 @@ def _synthetic_prepared(work: Path, scale: float) -> Path:
     return work / "prepared"
 
 
-def _generated_prepared(work: Path, jets: int) -> Path:
+def _generated_prepared(work: Path, events: int) -> Path:
     import subprocess
 
     example = HERE.parent / "examples" / "jets.toml"
     hepprep = [sys.executable, "-m", "analysis.cli"]
-    subprocess.run([*hepprep, "generate", "--kind", "jets", "--config", str(example), "--events", str(jets),
+    subprocess.run([*hepprep, "generate", "--kind", "jets", "--config", str(example), "--events", str(events),
                     "--out", str(work / "gen"), "--quiet"], check=True)
     subprocess.run([*hepprep, "skim", str(work / "gen" / "fileset.json"), "--config", str(example),
                     "--out", str(work / "skim"), "--quiet"], check=True)
     subprocess.run([*hepprep, "prepare", str(work / "skim"), "--config", str(example),
                     "--out", str(work / "prepared"), "--quiet"], check=True)
     return work / "prepared"
+
+
+def bench_skim(work: Path, *, repeat: int) -> dict:
+    import subprocess
+
+    import uproot
+
+    from analysis import load_config, run_skim
+    from analysis.skim.plugins import load_processor
+
+    example = HERE.parent / "examples" / "jets.toml"
+    config = load_config(example, {"skim": {"executor": "iterative"}})
+    fileset = work / "gen" / "fileset.json"
+    entries = json.loads(fileset.read_text())
+    files = [(fileset.parent / f if not Path(f).is_absolute() else Path(f), t)
+             for e in entries.values() for f, t in e["files"].items()]
+    processor = load_processor(config, out_dir=".")
+    keys = set(uproot.open(files[0][0])[files[0][1]].keys())
+    branches = sorted(set(processor.input_branches()) & keys)
+    chunk = config.skim.chunksize
+    events = sum(uproot.open(p)[t].num_entries for p, t in files)
+
+    def floor():
+        for path, tree in files:
+            with uproot.open(path) as handle:
+                t = handle[tree]
+                for start in range(0, t.num_entries, chunk):
+                    t.arrays(branches, entry_start=start, entry_stop=min(start + chunk, t.num_entries))
+
+    def skim():
+        run_skim(fileset, work / f"skim-{time.monotonic_ns()}", config, progress=False)
+
+    def command():
+        subprocess.run([sys.executable, "-m", "analysis.cli", "skim", str(fileset), "--config", str(example),
+                        "--executor", "iterative", "--out", str(work / f"skim-{time.monotonic_ns()}"), "--quiet"],
+                       check=True)
+
+    floor()  # page cache
+    times = {"floor": [], "skim": [], "command": []}
+    for _ in range(repeat):
+        for name, fn in (("floor", floor), ("skim", skim), ("command", command)):
+            times[name].append(measure(fn, sample_rss=False).seconds)
+    best = {k: min(v) for k, v in times.items()}
+    jets = pq.read_metadata(next((work / "skim").rglob("part-*.parquet"))).num_rows if (work / "skim").exists() else None
+    return {"skim_events": events, "skim_branches": len(branches), "skim_chunksize": chunk,
+            "uproot_events_per_s": round(events / best["floor"]), "skim_events_per_s": round(events / best["skim"]),
+            "skim_command_events_per_s": round(events / best["command"]),
+            "skim_ratio_vs_uproot": round(best["floor"] / best["skim"], 3),
+            "skim_command_ratio_vs_uproot": round(best["floor"] / best["command"], 3),
+            "skim_goal": ">= 0.4", "skim_first_part_jets": jets}
 
 
 def _inputs(prep: Path) -> tuple[list[Path], dict, list[str], list[str]]:
@@ -170,9 +224,8 @@ def bench_loader(prep: Path, work: Path, *, pairs: int) -> dict:
     floors, runs, ratios = _paired(floor, ours[0], pairs)
     figures = {"jets": rows, "files": len(files), "constituent_features": len(cands), "jet_features": len(jets),
                "n_constituents": N_CONSTITUENTS, "batch_size": BATCH,
-               "mean_constituents": round(float(np.mean(pq.read_table(files, columns=["jet_ncand"])
-                                                       .column(0).to_numpy())), 1) if "jet_ncand" in
-               pq.read_schema(files[0]).names else None,
+               "mean_constituents": round(float(np.mean(pq.read_table(files, columns=[cands[0]]).column(0)
+                                                       .combine_chunks().value_lengths().to_numpy())), 1),
                "pyarrow_jets_per_s": round(rows / min(m.seconds for m in floors)),
                "loader_jets_per_s": round(rows / min(m.seconds for m in runs)),
                "loader_ratio_vs_pyarrow": round(statistics.median(ratios), 3),
@@ -209,19 +262,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small smoke run")
     parser.add_argument("--source", choices=["generated", "synthetic"], default="generated")
     parser.add_argument("--out", default="bench-output", help="folder for jets.json")
-    parser.add_argument("--only", choices=["loader", "weaver"], action="append",
+    parser.add_argument("--only", choices=["skim", "loader", "weaver"], action="append",
                         help="run only these parts (repeatable; default: all)")
     args = parser.parse_args(argv)
-    parts = args.only or ["loader", "weaver"]
+    parts = args.only or ["skim", "loader", "weaver"]
+    if args.source == "synthetic" and "skim" in parts:
+        parts.remove("skim")  # the synthetic source is a skim already
     work = Path(tempfile.mkdtemp(prefix="bench-jets-"))
     figures: dict = {"mode": "quick" if args.quick else "full", "source": args.source}
     failed = []
     try:
         t0 = time.perf_counter()
         prep = (_synthetic_prepared(work, 10 if args.quick else 60) if args.source == "synthetic"
-                else _generated_prepared(work, 20_000 if args.quick else 200_000))
+                else _generated_prepared(work, 10_000 if args.quick else 100_000))
         figures["prepare_seconds"] = round(time.perf_counter() - t0, 1)
-        sections = {"loader": lambda: bench_loader(prep, work, pairs=3 if args.quick else 7),
+        sections = {"skim": lambda: bench_skim(work, repeat=1 if args.quick else 3),
+                    "loader": lambda: bench_loader(prep, work, pairs=3 if args.quick else 7),
                     "weaver": lambda: bench_weaver(prep, work, rounds=1 if args.quick else 3)}
         for name in parts:
             try:
@@ -232,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench_jets: {name} done", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if "skim_ratio_vs_uproot" in figures:
+        figures["skim_goal_met"] = figures["skim_ratio_vs_uproot"] >= 0.4
     if "loader_ratio_vs_pyarrow" in figures:
         figures["loader_goal_met"] = figures["loader_ratio_vs_pyarrow"] >= 0.7
     if "hepprep_vs_weaver_0w" in figures:
