@@ -86,6 +86,8 @@ def tagger_outputs(network: Any, layout: JetRowLayout, table: Any, stats: dict, 
     """The network's outputs (B, n_outputs) per jet of ``table``, as float64, before any soft-max."""
     import torch
 
+    from analysis.train.taggers import trim_padding
+
     columns = StandardisedColumns(stats, source=str(where / "stats.json"))
     table = _table(table, tagger_input_columns(layout, stats, rotate=rotate), where)
     if not standardised:
@@ -97,7 +99,7 @@ def tagger_outputs(network: Any, layout: JetRowLayout, table: Any, stats: dict, 
             piece = table.slice(start, block)
             rows = np.empty((piece.num_rows, layout.width), dtype=np.float32)
             fill_jet_rows(rows, piece, layout, columns, rotate=rotate)
-            outputs.append(network(**layout.unpack(torch.from_numpy(rows))).double().numpy())
+            outputs.append(network(**trim_padding(layout.unpack(torch.from_numpy(rows)))).double().numpy())
     if not outputs:
         return np.empty((0, network_outputs(network)), dtype=np.float64)
     return np.concatenate(outputs)

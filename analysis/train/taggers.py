@@ -33,7 +33,7 @@ torch = optional_import("torch", purpose="the taggers (pfn, part, cnn)")
 nn = torch.nn
 
 __all__ = ["TAGGERS", "JetImageCNN", "ParticleFlowNetwork", "ParticleTransformer", "build_tagger",
-           "pair_kinematics"]
+           "pair_kinematics", "trim_padding"]
 
 TAGGERS = ("pfn", "part", "cnn")
 # ParT's pairwise features need each constituent's direction relative to the jet axis and its
@@ -62,6 +62,19 @@ def pair_kinematics(features: Sequence[str]) -> tuple[str, str, str]:
     if missing:
         raise ValueError(f"missing {', '.join(missing)}")
     return PAIR_DIRECTION[0], PAIR_DIRECTION[1], pt
+
+
+def trim_padding(inputs: dict) -> dict:
+    """The inputs with the constituent slots no jet of the batch uses cut off (at least one kept).
+
+    The loader fills each jet's first slots and pads the rest, and padding changes no output,
+    so this only saves work: ParT's pairwise features cost N^2 per jet. Eager code only (it
+    reads the batch's longest jet); an exported graph takes any N.
+    """
+    if "mask" not in inputs:
+        return inputs
+    longest = max(1, int(inputs["mask"].sum(dim=1).max()))
+    return {**inputs, "constituents": inputs["constituents"][:, :longest], "mask": inputs["mask"][:, :longest]}
 
 
 def _dense(width: int, sizes: Sequence[int], *, dropout: float = 0.0, activation=nn.ReLU) -> tuple[list, int]:
