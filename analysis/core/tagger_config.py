@@ -40,8 +40,9 @@ class ParTConfig(StrictModel):
     """``[train.tagger.part]``: a small Particle Transformer (Qu, Li, Qian 2022).
 
     The paper's is 128 wide, 8 heads, 8 particle and 2 class-attention blocks (2.1M
-    parameters); these defaults (about 30k) train on a CPU in minutes with N of order 100:
-    the pairwise embedding holds B x N x N x pair_embed floats a batch.
+    parameters); these defaults have 28k (5 constituent features, 3 jet features, 3 classes)
+    and train at about 70 jets/s on a busy 2-core CPU with N = 100: minutes for 10^4 jets.
+    The pairwise features cost N^2 per jet (a smaller ``constituents`` is the first saving).
     """
 
     embed_dim: int = Field(32, gt=0)  # the particle embedding; a multiple of heads
