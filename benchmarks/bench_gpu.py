@@ -64,10 +64,11 @@ from _jet_prepare_helpers import CANDIDATE_COLUMNS, jet_samples, write_jet_skim 
 from _train_helpers import write_prepared_dir  # noqa: E402
 
 from analysis.config import Config, config_from_dict  # noqa: E402
+from analysis.core.tagger_config import TAGGER_MODELS as TAGGERS  # noqa: E402
 from analysis.errors import ConfigError  # noqa: E402
-from analysis.train.model_dir import resolve_device  # noqa: E402
 from analysis.prepare.runner import run_prepare  # noqa: E402
-from analysis.train.runner import MODELS, TAGGERS, run_train  # noqa: E402
+from analysis.train.model_dir import resolve_device  # noqa: E402
+from analysis.train.runner import MODELS, run_train  # noqa: E402
 
 DEVICES = ("cpu", "cuda")
 DEFAULT_ROWS = 5_000_000

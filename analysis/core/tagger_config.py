@@ -16,7 +16,9 @@ from pydantic import Field, field_validator, model_validator
 from analysis.core.jet_images import DEFAULT_CHANNELS
 from analysis.core.target import StrictModel
 
-__all__ = ["CNNConfig", "PFNConfig", "ParTConfig", "TaggerConfig"]
+__all__ = ["TAGGER_MODELS", "CNNConfig", "PFNConfig", "ParTConfig", "TaggerConfig"]
+
+TAGGER_MODELS = ("pfn", "part", "cnn")  # `hepprep train --model`, each with its section of [train.tagger]
 
 
 class PFNConfig(StrictModel):

@@ -16,6 +16,7 @@ import numpy as np
 
 from analysis.core.io import read_json
 from analysis.core.standardise import Standardisation
+from analysis.core.tagger_config import TAGGER_MODELS
 from analysis.core.target import Target
 from analysis.errors import StageInputError
 from analysis.train.model_dir import MODEL_INFO, load_network_state
@@ -23,7 +24,6 @@ from analysis.train.model_dir import MODEL_INFO, load_network_state
 __all__ = ["TrainedModel", "load_model", "standardise"]
 
 _PREDICT_ROWS = 65_536  # rows per network forward pass: bounded memory on big tables
-_TAGGERS = ("pfn", "part", "cnn")  # networks of a jet's constituents (`analysis.train.tagger_predict`)
 
 
 def standardise(raw: np.ndarray, features: list[str], stats: dict) -> np.ndarray:
@@ -234,7 +234,7 @@ def load_model(model_dir: str | Path) -> TrainedModel:
         model.booster = _load_booster(path / "model.json", features, retrain)
     elif kind == "mlp":
         model.network = _load_network(path, info, features, retrain)
-    elif kind in _TAGGERS:
+    elif kind in TAGGER_MODELS:
         from analysis.train.tagger_predict import load_tagger
 
         model.network, model.layout = load_tagger(path, info, stats, retrain)

@@ -12,14 +12,14 @@ from pathlib import Path
 
 from analysis.config import Config, with_overrides
 from analysis.core.provenance import build_provenance, folder_input
+from analysis.core.tagger_config import TAGGER_MODELS
 from analysis.errors import ConfigError
 from analysis.train.inputs import inspect_prepared
 from analysis.train.model_dir import finish_model_dir, resolve_device, start_model_dir
 
 __all__ = ["MODELS", "run_train"]
 
-MODELS = ("xgboost", "mlp", "pfn", "part", "cnn")
-TAGGERS = ("pfn", "part", "cnn")
+MODELS = ("xgboost", "mlp", *TAGGER_MODELS)
 
 
 def run_train(prep_dir: str | Path, out_dir: str | Path, config: Config, *,
@@ -67,7 +67,7 @@ def run_train(prep_dir: str | Path, out_dir: str | Path, config: Config, *,
     prepared = inspect_prepared(prep_dir, config.features)
     config = with_overrides(config, {"train": {"device": device}}, source="--device")
     resolved = resolve_device(config.train.device, model=model)
-    if model in TAGGERS:
+    if model in TAGGER_MODELS:
         from analysis.train.tagger import tagger_layout, tagger_run_key
 
         tagger_layout(model, prepared, config)  # a folder or settings the tagger cannot use: before any write
@@ -102,7 +102,7 @@ def run_train(prep_dir: str | Path, out_dir: str | Path, config: Config, *,
         result = train_tagger(model, prepared, out, config, device=resolved, resume=resume,
                               progress=progress)
     prepared_dir = Path(prep_dir).resolve()
-    section = "tagger" if model in TAGGERS else model
+    section = "tagger" if model in TAGGER_MODELS else model
     provenance = build_provenance("train", config=config.model_dump(mode="json"),
                                   inputs=[folder_input("prepared", prepared_dir, prepared.fingerprint)],
                                   seeds={f"train.{section}.seed": getattr(config.train, section).seed})

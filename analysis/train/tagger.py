@@ -21,6 +21,7 @@ from analysis.config import Config
 from analysis.core.jet_tables import ROTATE_COLUMNS
 from analysis.core.optional import optional_import
 from analysis.core.progress import stage_console
+from analysis.core.tagger_config import TAGGER_MODELS
 from analysis.errors import ConfigError, StageInputError
 from analysis.train.fit import FitRun, fit, fit_info, run_key
 from analysis.train.inputs import PreparedSplits
@@ -106,14 +107,14 @@ def _params(config: Config, model: str) -> dict:
     """``[train.tagger]`` without the other models' sections, the model's own as ``network``."""
     params = config.train.tagger.model_dump()
     network = params[model]
-    for name in ("pfn", "part", "cnn"):
+    for name in TAGGER_MODELS:
         params.pop(name)
     return {**params, "network": network}
 
 
-def tagger_run_key(config: Config, model: str, prepared: PreparedSplits) -> dict:
+def tagger_run_key(config: Config, model: str, prepared: PreparedSplits, layout: JetRowLayout | None = None) -> dict:
     """What a tagger checkpoint must match to be resumed (`analysis.train.fit.run_key`)."""
-    layout = tagger_layout(model, prepared, config)
+    layout = layout or tagger_layout(model, prepared, config)
     params = {**_params(config, model), "model": model}
     return run_key(params, _RESUMABLE_CHANGES, [*layout.constituent_features, *layout.channels,
                                                  *layout.jet_features], prepared, config.target)
@@ -170,7 +171,7 @@ def _train(torch, model: str, prepared: PreparedSplits, out: Path, config: Confi
 
     run = FitRun(name=model, section=_SECTION, net=net, settings=cfg, train_stream=train_stream,
                  train_loader=BatchLoader(train_stream, num_workers=cfg.num_workers), val_stream=val_stream,
-                 forward=forward, n_features=layout.width, key=tagger_run_key(config, model, prepared),
+                 forward=forward, n_features=layout.width, key=tagger_run_key(config, model, prepared, layout),
                  device=device, amp=amp)
     n_parameters = sum(p.numel() for p in net.parameters())
     shape = (f"{len(layout.channels)}x40x40 images" if layout.images else

@@ -27,15 +27,15 @@ from typing import Any
 
 from analysis.core.optional import optional_import
 from analysis.core.standardise import Standardisation
+from analysis.core.tagger_config import TAGGER_MODELS
 from analysis.train.networks import impute_missing
 
 torch = optional_import("torch", purpose="the taggers (pfn, part, cnn)")
 nn = torch.nn
 
-__all__ = ["TAGGERS", "JetImageCNN", "ParticleFlowNetwork", "ParticleTransformer", "build_tagger",
+__all__ = ["JetImageCNN", "ParticleFlowNetwork", "ParticleTransformer", "build_tagger",
            "pair_kinematics", "trim_padding"]
 
-TAGGERS = ("pfn", "part", "cnn")
 # ParT's pairwise features need each constituent's direction relative to the jet axis and its
 # pt; the pair mass is taken massless, m^2 = 2 pt_i pt_j (cosh deta - cos dphi), exact for PF
 # candidates up to their masses (pions: 0.14 GeV), so no energy column is needed.
@@ -279,7 +279,7 @@ def build_tagger(model: str, layout: Any, params: Mapping[str, Any], n_outputs: 
     if model == "cnn":
         return JetImageCNN(len(layout.channels), n_jets, n_outputs=n_outputs, **params)
     if model != "part":
-        raise ValueError(f"unknown tagger {model!r}; use {', '.join(TAGGERS)}")
+        raise ValueError(f"unknown tagger {model!r}; use {', '.join(TAGGER_MODELS)}")
     names = pair_kinematics(features)
     listed = Standardisation.from_stats(constituent_stats, source="stats.json constituents") \
         if constituent_stats else None
