@@ -211,10 +211,10 @@ def prepare(
 def train(
     prep_dir: Path = typer.Argument(..., help="Prepared directory (output of `hepprep prepare`)."),
     out: Path = typer.Option(..., "--out", "-o", help="The model directory to write (e.g. out/models/xgboost)."),
-    model: str = typer.Option("xgboost", help="xgboost or mlp."),
+    model: str = typer.Option("xgboost", help="xgboost or mlp; jet-level folders also pfn, part, cnn."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (default: config train.device)."),
     scheduler: Optional[str] = typer.Option(None, help="Existing dask scheduler (tcp://host:8786), xgboost only."),
-    resume: bool = typer.Option(False, "--resume", help="mlp: continue the run checkpointed in --out."),
+    resume: bool = typer.Option(False, "--resume", help="mlp, pfn, part, cnn: continue the run checkpointed in --out."),
     config: Optional[Path] = ConfigOption,
     quiet: bool = QuietOption,
 ) -> None:

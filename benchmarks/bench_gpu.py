@@ -1,10 +1,12 @@
-"""Benchmarks (training): CPU against GPU training time of both models (issue 5, acceptance 5).
+"""Benchmarks (training): CPU against GPU training time of the models (issue 5, acceptance 5; issue 17).
 
 Times the real trainer, ``analysis.train.runner.run_train``, for each requested model (xgboost,
-mlp) on each requested device (cpu, cuda), on the same toy prepared directory
-(tests/_train_helpers.write_prepared_dir with prepare's default layout: 100k-row groups,
-1M-row files; ``--rows`` train rows, a quarter of that each for val and test), and writes
-bench-output/gpu.json with the CPU/GPU time ratio per model.
+mlp, and a tagger: pfn, part, cnn) on each requested device (cpu, cuda), on the same toy
+prepared directory (tests/_train_helpers.write_prepared_dir with prepare's default layout:
+100k-row groups, 1M-row files; ``--rows`` train rows, a quarter of that each for val and test)
+— for a tagger a jet-level folder prepared by ``hepprep prepare``'s own code from the
+synthetic jet skim of tests/_jet_prepare_helpers (``--jets`` jets, QCD against tt, binary) —
+and writes bench-output/gpu.json with the CPU/GPU time ratio per model.
 
 The runs are made comparable and bounded by a fixed amount of work:
 
@@ -18,6 +20,9 @@ The runs are made comparable and bounded by a fixed amount of work:
   count), the default network and batch size (``--batch-size``, 1024), ``--threads``
   torch CPU threads, mixed precision on CUDA as the trainer does; ``train_seconds`` is
   the trainer's sum of epoch times (training pass and validation pass of each epoch).
+- taggers (default: part): ``--tagger-epochs`` epochs (default 1), the default network,
+  N = 64 constituents (the synthetic jets have 5-60), batch 256, ``mixed_precision`` on
+  (used on CUDA only); ``rows_per_second`` is jets per second of those epochs.
 
 Other settings are the pipeline defaults; all of them are written into gpu.json. Rounds
 and epochs are chosen so that the default run (5M train rows, both models, both devices)
@@ -55,10 +60,13 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests"), str(HERE)]
 
 from _common import measure, write_result  # noqa: E402
+from _jet_prepare_helpers import CANDIDATE_COLUMNS, jet_samples, write_jet_skim  # noqa: E402
 from _train_helpers import write_prepared_dir  # noqa: E402
 
 from analysis.config import Config, config_from_dict  # noqa: E402
+from analysis.core.tagger_config import TAGGER_MODELS as TAGGERS  # noqa: E402
 from analysis.errors import ConfigError  # noqa: E402
+from analysis.prepare.runner import run_prepare  # noqa: E402
 from analysis.train.model_dir import resolve_device  # noqa: E402
 from analysis.train.runner import MODELS, run_train  # noqa: E402
 
@@ -67,6 +75,10 @@ DEFAULT_ROWS = 5_000_000
 QUICK_ROWS = 200_000
 DEFAULT_ROUNDS = 200
 DEFAULT_EPOCHS = 3
+DEFAULT_JETS = 100_000
+QUICK_JETS = 10_000
+JETS_PER_SCALE = 3_880  # jets of tests/_jet_prepare_helpers.jet_samples(1.0), simulated ones (~2.5 per event)
+TAGGER_N = 64
 
 
 def _cores() -> int:
@@ -77,7 +89,7 @@ def _cores() -> int:
 
 
 def bench_config(*, rounds: int, epochs: int, cpu_workers: int, threads: int,
-                 batch_size: int) -> Config:
+                 batch_size: int, tagger_epochs: int = 1) -> Config:
     """The pipeline's default config with a fixed amount of training work (see module docstring)."""
     return config_from_dict({
         "train": {
@@ -87,12 +99,27 @@ def bench_config(*, rounds: int, epochs: int, cpu_workers: int, threads: int,
             # patience > epochs: no early stop, every run trains exactly `epochs` epochs.
             "mlp": {"max_epochs": epochs, "patience": epochs + 1, "cpu_threads": threads,
                     "batch_size": batch_size},
+            "tagger": {"max_epochs": tagger_epochs, "patience": tagger_epochs + 1, "cpu_threads": threads,
+                       "constituents": TAGGER_N, "batch_size": 256, "mixed_precision": True},
         },
         # memory_limit "auto": dask gives each worker its share of the machine's memory;
         # the fixed 4GiB default would make a lone GPU worker spill at 5M rows.
         "cluster": {"kind": "local", "n_workers": cpu_workers, "threads_per_worker": threads,
                     "memory_limit": "auto"},
     })
+
+
+def write_jet_folder(root: Path, jets: int, config: Config) -> Path:
+    """A binary (QCD against tt) jet-level prepared folder of about ``jets`` simulated jets, by prepare's code."""
+    scale = max(jets / JETS_PER_SCALE, 0.05)
+    skim = write_jet_skim(root / "jet-skim", jet_samples(scale), events_per_file=20_000, row_group_rows=5_000)
+    prepare = config_from_dict({
+        "features": ["jet_pt", "jet_eta", "jet_mass", "jet_ncand"],
+        "prepare": {"bucket_rows": 100_000, "row_group_rows": 10_000,
+                    "objects": {"constituent_features": list(CANDIDATE_COLUMNS)}},
+        "cluster": config.cluster.model_dump()})
+    run_prepare(skim, root / "jet-prepared", prepare, progress=False)
+    return root / "jet-prepared"
 
 
 def _cpu_model() -> str:
@@ -146,7 +173,13 @@ def versions() -> dict:
 
 def _settings(config: Config) -> dict:
     xgb, mlp, cluster = config.train.xgboost, config.train.mlp, config.cluster
+    tagger = config.train.tagger
     return {
+        "tagger": {"max_epochs": tagger.max_epochs, "patience": tagger.patience,
+                   "early_stopping": "off (patience > max_epochs)", "constituents": tagger.constituents,
+                   "batch_size": tagger.batch_size, "cpu_threads": tagger.cpu_threads,
+                   "networks": {name: getattr(tagger, name).model_dump() for name in TAGGERS},
+                   "mixed_precision": "on CUDA only"},
         "xgboost": {"num_boost_round": xgb.num_boost_round,
                     "early_stopping_rounds": xgb.early_stopping_rounds,
                     "early_stopping": "off (early_stopping_rounds = num_boost_round)",
@@ -171,7 +204,7 @@ def run_one(prep: Path, model_dir: Path, config: Config, *, model: str, device: 
     except ConfigError as err:
         return {"status": "unavailable", "reason": str(err)}
     cuda_peak = None
-    if device == "cuda" and model == "mlp":
+    if device == "cuda" and model != "xgboost":
         import torch
         torch.cuda.reset_peak_memory_stats()
     try:
@@ -180,7 +213,7 @@ def run_one(prep: Path, model_dir: Path, config: Config, *, model: str, device: 
     except Exception as err:  # noqa: BLE001 - recorded in gpu.json and the exit code
         traceback.print_exc()
         return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
-    if device == "cuda" and model == "mlp":
+    if device == "cuda" and model != "xgboost":
         import torch
         cuda_peak = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     info = json.loads((model_dir / "model_info.json").read_text())
@@ -199,7 +232,10 @@ def run_one(prep: Path, model_dir: Path, config: Config, *, model: str, device: 
                      cluster=info.get("cluster"))
     else:
         entry.update(epochs=info["epochs_run"], mixed_precision=info["mixed_precision"],
-                     cuda_peak_allocated_mib=cuda_peak)
+                     cuda_peak_allocated_mib=cuda_peak,
+                     rows_per_second=round(info["train_rows"] * info["epochs_run"] / info["train_seconds"], 1))
+    if model in TAGGERS:
+        entry["n_parameters"] = info["n_parameters"]
     return entry
 
 
@@ -221,12 +257,16 @@ def main(argv: list[str] | None = None) -> int:
                         type=lambda v: _csv(v, DEVICES, "--devices"),
                         help="default cpu,cuda (without a usable GPU: nothing to compare, "
                              "skipped; name cpu to time the CPU alone)")
-    parser.add_argument("--models", default="xgboost,mlp",
-                        type=lambda v: _csv(v, MODELS, "--models"), help="default xgboost,mlp")
+    parser.add_argument("--models", default="xgboost,mlp,part",
+                        type=lambda v: _csv(v, MODELS, "--models"), help="default xgboost,mlp,part")
     parser.add_argument("--out", default="bench-output", help="folder of gpu.json")
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="xgboost boosting rounds")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="mlp epochs")
     parser.add_argument("--batch-size", type=int, default=1024, help="mlp batch size")
+    parser.add_argument("--jets", type=int, default=None,
+                        help=f"taggers: simulated jets of the jet folder; default {DEFAULT_JETS:_} "
+                             f"(--quick: {QUICK_JETS:_})")
+    parser.add_argument("--tagger-epochs", type=int, default=1, help="tagger epochs")
     parser.add_argument("--cpu-workers", type=int, default=2,
                         help="dask workers of the CPU xgboost run")
     parser.add_argument("--threads", type=int, default=None,
@@ -237,11 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick and args.rows is not None:
         parser.error("--quick and --rows: give one")
     rows = QUICK_ROWS if args.quick else (args.rows or DEFAULT_ROWS)
-    if rows < 1000 or args.rounds < 1 or args.epochs < 1 or args.cpu_workers < 1:
-        parser.error("--rows >= 1000, --rounds, --epochs and --cpu-workers >= 1")
+    jets = args.jets or (QUICK_JETS if args.quick else DEFAULT_JETS)
+    if rows < 1000 or args.rounds < 1 or args.epochs < 1 or args.cpu_workers < 1 or args.tagger_epochs < 1:
+        parser.error("--rows >= 1000, --rounds, --epochs, --tagger-epochs and --cpu-workers >= 1")
     threads = args.threads or max(1, _cores() // 2)
     config = bench_config(rounds=args.rounds, epochs=args.epochs, cpu_workers=args.cpu_workers,
-                          threads=threads, batch_size=args.batch_size)
+                          threads=threads, batch_size=args.batch_size, tagger_epochs=args.tagger_epochs)
     devices = args.devices or list(DEVICES)
     unusable = {}
     for model in args.models:
@@ -256,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict = {
         "mode": "quick" if args.quick else ("full" if rows == DEFAULT_ROWS else "custom"),
         "rows": dict(zip(("train", "val", "test"), split_rows)),
+        "jets": jets if any(model in TAGGERS for model in args.models) else None,
         "settings": _settings(config),
         "machine": machine_info(),
         "versions": versions(),
@@ -282,12 +324,16 @@ def main(argv: list[str] | None = None) -> int:
         prep = write_prepared_dir(work / "prepared", rows=split_rows, row_group_rows=100_000,
                                   file_rows=1_000_000, seed=5)
         figures["write_seconds"] = round(time.perf_counter() - t0, 1)
+        if any(model in TAGGERS for model in args.models):
+            t0 = time.perf_counter()
+            jet_prep = write_jet_folder(work, jets, config)
+            figures["jet_prepare_seconds"] = round(time.perf_counter() - t0, 1)
         for model in args.models:
             for device in devices:
                 name = f"{model}-{device}"
                 print(f"bench_gpu: {name} ...", flush=True)
-                runs[name] = run_one(prep, work / "models" / name, config, model=model,
-                                     device=device, progress=not args.quiet)
+                runs[name] = run_one(jet_prep if model in TAGGERS else prep, work / "models" / name, config,
+                                     model=model, device=device, progress=not args.quiet)
                 summary = {k: runs[name].get(k) for k in ("status", "train_seconds", "val_auc",
                                                           "reason", "error") if k in runs[name]}
                 print(f"bench_gpu: {name}: {summary}", flush=True)

@@ -28,7 +28,7 @@ def _result(out: Path) -> dict:
 
 
 def test_cpu_runs_and_cuda_runs_or_says_why(tmp_path):
-    rc = bench_gpu.main([*TINY, "--devices", "cpu,cuda", "--out", str(tmp_path)])
+    rc = bench_gpu.main([*TINY, "--models", "xgboost,mlp", "--devices", "cpu,cuda", "--out", str(tmp_path)])
     assert rc == 0
     result = _result(tmp_path)
     runs = result["runs"]
@@ -83,10 +83,29 @@ def test_default_devices_without_usable_cuda_skip_everything(tmp_path, monkeypat
     rc = bench_gpu.main(["--quiet", "--out", str(tmp_path)])
     assert rc == 0
     runs = _result(tmp_path)["runs"]
-    assert set(runs) == {"xgboost-cpu", "xgboost-cuda", "mlp-cpu", "mlp-cuda"}
+    assert set(runs) == {"xgboost-cpu", "xgboost-cuda", "mlp-cpu", "mlp-cuda", "part-cpu", "part-cuda"}
     for entry in runs.values():
         assert entry["status"] == "skipped"
         assert "no CUDA GPU is visible" in entry["reason"] and "--devices cpu" in entry["reason"]
+
+
+def test_a_tagger_epoch_runs_on_a_prepared_jet_folder(tmp_path):
+    # The GPU check's tagger: one epoch of the default ParT on jets prepared by prepare's code;
+    # on CUDA with mixed precision (on a GPU machine), the reason otherwise.
+    rc = bench_gpu.main(["--rows", "1000", "--jets", "2000", "--models", "part", "--devices", "cpu,cuda",
+                         "--quiet", "--out", str(tmp_path)])
+    assert rc == 0
+    result = _result(tmp_path)
+    cpu, gpu = result["runs"]["part-cpu"], result["runs"]["part-cuda"]
+    assert cpu["status"] == "ran" and cpu["epochs"] == 1 and cpu["mixed_precision"] is False, cpu
+    assert cpu["rows_per_second"] > 0 and cpu["n_parameters"] > 0
+    assert 1000 < cpu["train_rows"] < 3000 and 0 < cpu["val_auc"] <= 1
+    if gpu["status"] == "ran":
+        assert gpu["mixed_precision"] is True and gpu["cuda_peak_allocated_mib"] > 0
+    else:
+        assert gpu["status"] == "unavailable" and gpu["reason"].startswith("--device cuda: ")
+    assert result["settings"]["tagger"]["constituents"] == bench_gpu.TAGGER_N
+    assert result["jets"] == 2000
 
 
 @pytest.mark.parametrize("argv", [["--devices", "gpu"], ["--models", "xgboost,svm"],

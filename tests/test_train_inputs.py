@@ -119,9 +119,9 @@ def test_zero_std_in_stats_json(prep):
 
 
 def test_bad_model_and_resume_flags(prep, tmp_path):
-    with pytest.raises(ConfigError, match=r"--model 'bdt': unknown model; use xgboost or mlp"):
+    with pytest.raises(ConfigError, match=r"--model 'bdt': unknown model; use xgboost, mlp, pfn, part or cnn"):
         run_train(prep, tmp_path / "m", default_config(), model="bdt")
-    with pytest.raises(ConfigError, match=r"--resume: only the mlp model checkpoints"):
+    with pytest.raises(ConfigError, match=r"--resume: only the networks checkpoint"):
         run_train(prep, tmp_path / "m", default_config(), model="xgboost", resume=True)
 
 

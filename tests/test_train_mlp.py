@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from _train_helpers import read_split, write_prepared_dir  # noqa: E402
 
-import analysis.train.mlp as train_mlp  # noqa: E402
+import analysis.train.fit as train_fit  # noqa: E402
 from analysis.cli import main  # noqa: E402
 from analysis.config import DEFAULT_FEATURES, config_from_dict  # noqa: E402
 from analysis.errors import StageInputError  # noqa: E402
@@ -42,7 +42,7 @@ def test_resume_continues_the_same_run(small_prep, tmp_path, monkeypatch):
     whole = run_train(small_prep, tmp_path / "whole", _config(), model="mlp", device="cpu",
                       progress=False)
 
-    real_save, saves = train_mlp.save_checkpoint, []
+    real_save, saves = train_fit.save_checkpoint, []
 
     def save_then_die(path, state):  # the process dies right after epoch 1's checkpoint
         real_save(path, state)
@@ -50,7 +50,7 @@ def test_resume_continues_the_same_run(small_prep, tmp_path, monkeypatch):
         if state["epoch"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mlp, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(train_fit, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_train(small_prep, tmp_path / "cut", _config(), model="mlp", device="cpu", progress=False)
     assert saves == [0, 1]
@@ -58,7 +58,7 @@ def test_resume_continues_the_same_run(small_prep, tmp_path, monkeypatch):
     with pytest.raises(StageInputError, match="training did not finish"):
         load_model(tmp_path / "cut")
 
-    monkeypatch.setattr(train_mlp, "save_checkpoint", real_save)
+    monkeypatch.setattr(train_fit, "save_checkpoint", real_save)
     resumed = run_train(small_prep, tmp_path / "cut", _config(), model="mlp", device="cpu",
                         resume=True, progress=False)
     a, b = _state(whole), _state(resumed)

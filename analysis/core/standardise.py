@@ -83,6 +83,15 @@ class Standardisation:
         """Feature ``j`` back in physical units, float64 (NaN stays NaN)."""
         return np.asarray(standardised, dtype=np.float64) * self.std[j] + self.mean[j]
 
+    def inverse_affine(self, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, shift), float64 per name: ``raw = standardised * scale + shift``.
+
+        For a graph that undoes the standardisation itself (a torch network computing
+        physical quantities from its standardised inputs, and its ONNX export).
+        """
+        index = [self.index(name) for name in names]
+        return self.std[index].copy(), self.mean[index].copy()
+
     def matches(self, other: Standardisation, *, rtol: float = 1e-9) -> bool:
         """True when ``other`` standardises each of this object's features alike."""
         for j, name in enumerate(self.features):

@@ -35,7 +35,7 @@ from analysis.core.padding import pad_into
 from analysis.train.inputs import LABEL, TRAIN_WEIGHT
 from analysis.train.stream import ParquetBatchStream
 
-__all__ = ["JetBatchStream", "JetRowLayout", "image_columns"]
+__all__ = ["JetBatchStream", "JetRowLayout", "fill_jet_rows", "image_columns"]
 
 # Bytes of one read block at most: a padded jet is a few kB, so a block of the MLP's
 # 131k rows would be ~1 GB; reads (and the ring of blocks reused) stay at this size instead.
@@ -134,7 +134,6 @@ class JetBatchStream(ParquetBatchStream):
         self.rotate_images = rotate_images
         self._width = layout.width + len(self.targets) - 1
         self._columns = StandardisedColumns(stats, source="stats.json")
-        self._channels = {c: DEFAULT_CHANNELS[c] for c in layout.channels}
         source = str(self.files[0]) if self.files else "the split"
         if layout.images:
             present = pq.read_schema(self.files[0]).names if self.files else []
@@ -164,16 +163,33 @@ class JetBatchStream(ParquetBatchStream):
                 count += 1
 
     def _fill(self, rows: np.ndarray, piece: Any) -> None:
-        layout = self.layout
-        if layout.images:
-            images = table_images(self._columns, pa.Table.from_batches([piece]), channels=self._channels, rotate=self.rotate_images)
-            rows[:, :layout.n_pixels] = images.reshape(len(rows), -1)
-            start = layout.n_pixels
-        else:
-            n, f = layout.n_constituents, len(layout.constituent_features)
-            lists = {name: piece.column(name) for name in layout.constituent_features}
-            # In place, into the (reused) row block: no fresh (rows, N, F) array per read.
-            rows[:, n * f] = pad_into(lists, layout.constituent_features, rows[:, :n * f].reshape(len(rows), n, f))
-            start = n * f + 1
-        for k, name in enumerate([*layout.jet_features, *self.targets, TRAIN_WEIGHT]):
-            rows[:, start + k] = piece.column(name).to_numpy(zero_copy_only=False)
+        fill_jet_rows(rows, piece, self.layout, self._columns, rotate=self.rotate_images,
+                      extra=[*self.targets, TRAIN_WEIGHT])
+
+
+def fill_jet_rows(rows: np.ndarray, piece: Any, layout: JetRowLayout, columns: StandardisedColumns, *,
+                  rotate: bool = False, extra: Sequence[str] = ()) -> None:
+    """Lay the jets of a prepared table out as ``layout`` rows (module docstring), the loader's and predict's way.
+
+    Parameters
+    ----------
+    rows : float32 ``(jets, >= layout.width + len(extra))``, written in place
+    piece : pyarrow Table or RecordBatch of prepared (standardised) columns
+    columns : the prepared statistics (images are made in physical units)
+    rotate : images rotated so the leading subjet points up
+    extra : flat columns written after the layout's values (targets, train_weight)
+    """
+    if layout.images:
+        table = piece if isinstance(piece, pa.Table) else pa.Table.from_batches([piece])
+        channels = {c: DEFAULT_CHANNELS[c] for c in layout.channels}
+        images = table_images(columns, table, channels=channels, rotate=rotate)
+        rows[:, :layout.n_pixels] = images.reshape(len(rows), -1)
+        start = layout.n_pixels
+    else:
+        n, f = layout.n_constituents, len(layout.constituent_features)
+        lists = {name: piece.column(name) for name in layout.constituent_features}
+        # In place, into the (reused) row block: no fresh (rows, N, F) array per read.
+        rows[:, n * f] = pad_into(lists, layout.constituent_features, rows[:, :n * f].reshape(len(rows), n, f))
+        start = n * f + 1
+    for k, name in enumerate([*layout.jet_features, *extra]):
+        rows[:, start + k] = piece.column(name).to_numpy(zero_copy_only=False)

@@ -14,9 +14,9 @@ import subprocess
 from pathlib import Path
 
 from analysis.core.io import remove_stale_temp, write_json_atomic
-from analysis.errors import ConfigError
+from analysis.errors import ConfigError, StageInputError
 
-__all__ = ["MODEL_INFO", "cuda_gpu_count", "finish_model_dir", "resolve_device",
+__all__ = ["MODEL_INFO", "cuda_gpu_count", "finish_model_dir", "load_network_state", "resolve_device",
            "start_model_dir"]
 
 MODEL_INFO = "model_info.json"  # written last: its presence marks a complete model directory
@@ -110,3 +110,34 @@ def finish_model_dir(out: Path, *, features: list[str], stats: dict, history: di
     write_json_atomic(out / "history.json", history)
     write_json_atomic(out / MODEL_INFO, info)
     return out
+
+
+def load_network_state(net, path: Path, retrain: str):
+    """Load ``path/model.pt`` (a state dict of tensors only) into ``net``; the network in eval mode.
+
+    Raises
+    ------
+    StageInputError
+        One line: the file is missing, holds more than tensors, is unreadable, or does not
+        fit the network model_info.json describes.
+    """
+    import pickle
+
+    import torch
+
+    file = path / "model.pt"
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise StageInputError(f"{file}: missing{retrain}") from None
+    except pickle.UnpicklingError:
+        raise StageInputError(f"{file}: holds more than tensors (refused: a model file is data, not "
+                              f"code){retrain}") from None
+    except Exception as err:  # noqa: BLE001 - truncated zip, not a torch file, ...
+        raise StageInputError(f"{file}: not a readable torch state dict ({type(err).__name__}){retrain}") from None
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StageInputError(f"{file}: does not fit the network of {MODEL_INFO} ({first[:200]}){retrain}") from None
+    return net.eval()

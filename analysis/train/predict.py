@@ -16,9 +16,10 @@ import numpy as np
 
 from analysis.core.io import read_json
 from analysis.core.standardise import Standardisation
+from analysis.core.tagger_config import TAGGER_MODELS
 from analysis.core.target import Target
 from analysis.errors import StageInputError
-from analysis.train.model_dir import MODEL_INFO
+from analysis.train.model_dir import MODEL_INFO, load_network_state
 
 __all__ = ["TrainedModel", "load_model", "standardise"]
 
@@ -74,7 +75,7 @@ class TrainedModel:
     name : str
         The model directory's name (``xgboost``, ``mlp``, ...).
     kind : str
-        ``xgboost`` or ``mlp``.
+        ``xgboost``, ``mlp``, or a tagger of jets: ``pfn``, ``part``, ``cnn``.
     features : list of str
         Input features, in the order the model expects.
     stats : dict
@@ -84,7 +85,9 @@ class TrainedModel:
     booster : xgboost.Booster or None
         The trees (XGBoost models only): gain importance, ``pred_contribs`` SHAP values.
     network : torch.nn.Module or None
-        The network in eval mode on CPU (MLP models only).
+        The network in eval mode on CPU (MLP and tagger models).
+    layout : JetRowLayout or None
+        A tagger's (pfn, part, cnn) inputs: N, constituent features, jet features, image channels.
     """
 
     name: str
@@ -95,6 +98,20 @@ class TrainedModel:
     info: dict
     booster: Any = None
     network: Any = field(default=None, repr=False)
+    layout: Any = None
+
+    @property
+    def input_columns(self) -> list[str]:
+        """The prepared (or skim) columns `predict` reads: the features, or a tagger's lists and jet features."""
+        if self.layout is None:
+            return list(self.features)
+        from analysis.train.tagger_predict import tagger_input_columns
+
+        return tagger_input_columns(self.layout, self.stats, rotate=self._rotate)
+
+    @property
+    def _rotate(self) -> bool:
+        return bool(self.info.get("params", {}).get("rotate_images", False))
 
     @property
     def target(self) -> Target:
@@ -113,7 +130,8 @@ class TrainedModel:
         Parameters
         ----------
         table : pandas.DataFrame or pyarrow.Table
-            Holds at least the model's feature columns (others are ignored).
+            Holds at least the model's `input_columns` (others are ignored); a tagger's
+            constituent lists as list columns, one list per jet.
         standardised : bool
             True for prepared rows (features already standardised); False for raw skim
             rows, which get the stored standardisation first.
@@ -122,11 +140,15 @@ class TrainedModel:
         -------
         ndarray of float64
         """
-        matrix = _feature_matrix(table, self.features, self.path)
-        x = (matrix.astype(np.float32) if standardised
-             else standardise(matrix, self.features, self.stats))
         target = self.target
-        outputs = self._outputs(x, target)
+        if self.layout is not None:
+            outputs = self._tagger_outputs(table, target, standardised=standardised)
+            rows = len(outputs)
+        else:
+            matrix = _feature_matrix(table, self.features, self.path)
+            x = (matrix.astype(np.float32) if standardised
+                 else standardise(matrix, self.features, self.stats))
+            outputs, rows = self._outputs(x, target), len(x)
         if target.kind != "regression":
             return outputs
         ratio_to = None
@@ -135,7 +157,7 @@ class TrainedModel:
             if standardised and target.ratio_to in self.features:  # prepared rows: back to raw
                 stats = self.stats["features"][target.ratio_to]
                 ratio_to = ratio_to * stats["std"] + stats["mean"]
-        values = target.to_physical(outputs.reshape(len(x), -1), ratio_to)
+        values = target.to_physical(outputs.reshape(rows, -1), ratio_to)
         return values[:, 0] if values.shape[1] == 1 else values
 
     def _outputs(self, x: np.ndarray, target: Target) -> np.ndarray:
@@ -151,12 +173,30 @@ class TrainedModel:
         with torch.no_grad():
             for start in range(0, len(x), _PREDICT_ROWS):
                 logits = self.network(impute_missing(torch.from_numpy(x[start:start + _PREDICT_ROWS])))
-                if target.kind == "binary":
-                    logits = torch.sigmoid(logits[:, :1])
-                elif target.kind == "multiclass":
-                    logits = torch.softmax(logits, dim=1)
-                out[start:start + len(logits)] = logits.double().numpy()
+                out[start:start + len(logits)] = _scores(logits, target).double().numpy()
         return out[:, 0] if target.kind == "binary" else out
+
+    def _tagger_outputs(self, table: Any, target: Target, *, standardised: bool) -> np.ndarray:
+        import torch
+
+        from analysis.train.tagger_predict import tagger_outputs
+
+        logits = tagger_outputs(self.network, self.layout, table, self.stats, standardised=standardised,
+                                rotate=self._rotate, where=self.path)
+        out = _scores(torch.from_numpy(logits), target).numpy()
+        return out[:, 0] if target.kind == "binary" else out
+
+
+def _scores(logits: Any, target: Target) -> Any:
+    """Network outputs as the model's answer: the signal probability (binary: (rows, 1)), class
+    probabilities, or the standardised regression values."""
+    import torch
+
+    if target.kind == "binary":
+        return torch.sigmoid(logits[:, :1])
+    if target.kind == "multiclass":
+        return torch.softmax(logits, dim=1)
+    return logits
 
 
 def load_model(model_dir: str | Path) -> TrainedModel:
@@ -194,8 +234,12 @@ def load_model(model_dir: str | Path) -> TrainedModel:
         model.booster = _load_booster(path / "model.json", features, retrain)
     elif kind == "mlp":
         model.network = _load_network(path, info, features, retrain)
+    elif kind in TAGGER_MODELS:
+        from analysis.train.tagger_predict import load_tagger
+
+        model.network, model.layout = load_tagger(path, info, stats, retrain)
     else:
-        raise StageInputError(f"{info_path}: unknown model {kind!r}; expected xgboost or mlp")
+        raise StageInputError(f"{info_path}: unknown model {kind!r}; expected xgboost, mlp, pfn, part or cnn")
     return model
 
 
@@ -215,12 +259,10 @@ def _load_booster(file: Path, features: list[str], retrain: str) -> Any:
 
 
 def _load_network(path: Path, info: dict, features: list[str], retrain: str) -> Any:
-    import pickle
-
     from analysis.core.optional import optional_import
     from analysis.train.networks import build_mlp
 
-    torch = optional_import("torch", purpose="the mlp model")
+    optional_import("torch", purpose="the mlp model")
     params = info.get("params")
     try:
         net = build_mlp(len(features), hidden=list(params["hidden"]), dropout=float(params["dropout"]),
@@ -228,19 +270,4 @@ def _load_network(path: Path, info: dict, features: list[str], retrain: str) -> 
     except (TypeError, KeyError, ValueError):
         raise StageInputError(f"{path / MODEL_INFO}: no usable network shape (params.hidden, "
                               f"params.dropout){retrain}") from None
-    file = path / "model.pt"
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise StageInputError(f"{file}: missing{retrain}") from None
-    except pickle.UnpicklingError:
-        raise StageInputError(f"{file}: holds more than tensors (refused: a model file is data, not "
-                              f"code){retrain}") from None
-    except Exception as err:  # noqa: BLE001 - truncated zip, not a torch file, ...
-        raise StageInputError(f"{file}: not a readable torch state dict ({type(err).__name__}){retrain}") from None
-    try:
-        net.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise StageInputError(f"{file}: does not fit the network of {MODEL_INFO} ({first[:200]}){retrain}") from None
-    return net.eval()
+    return load_network_state(net, path, retrain)
