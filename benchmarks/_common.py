@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 
-__all__ = ["Measurement", "measure", "write_result"]
+__all__ = ["Measurement", "measure", "paired", "write_result"]
 
 
 @dataclass
@@ -79,6 +79,21 @@ def measure(fn: Callable[[], Any], *, interval: float = 0.05, sample_rss: bool =
         seconds = time.perf_counter() - start
         peak = sampler.stop() if sampler is not None else float("nan")
     return Measurement(seconds=seconds, peak_rss_mib=peak / 2**20, result=result)
+
+
+def paired(floor: Callable[[], Any], run: Callable[[], Any], pairs: int):
+    """``pairs`` runs of ``floor`` and ``run`` in turn; their measurements and the ratio of each pair.
+
+    The machine is shared and its speed drifts from second to second: a floor and a run taken
+    back to back see the same machine, so the median of the pairs' ratios is steadier than the
+    ratio of two best-ofs taken apart. No memory sampler runs meanwhile (its thread would take
+    a share of these sub-second multi-threaded runs).
+    """
+    floors, runs = [], []
+    for _ in range(pairs):
+        floors.append(measure(floor, sample_rss=False))
+        runs.append(measure(run, sample_rss=False))
+    return floors, runs, [f.seconds / r.seconds for f, r in zip(floors, runs)]
 
 
 def write_result(name: str, figures: dict[str, Any], out_dir: str | Path = "bench-output") -> Path:

@@ -40,7 +40,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests"), str(HERE)]
 
 import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-from _common import measure, write_result  # noqa: E402
+from _common import measure, paired, write_result  # noqa: E402
 
 N_CONSTITUENTS = 100
 BATCH = 256
@@ -211,14 +211,6 @@ def _pyarrow_floor(files, columns):
     return read
 
 
-def _paired(floor, run, pairs: int):
-    floors, runs = [], []
-    for _ in range(pairs):
-        floors.append(measure(floor, sample_rss=False))
-        runs.append(measure(run, sample_rss=False))
-    return floors, runs, [f.seconds / r.seconds for f, r in zip(floors, runs)]
-
-
 def bench_loader(prep: Path, work: Path, *, pairs: int) -> dict:
     import torch  # noqa: F401 - imported before timing: the import is not loader time
 
@@ -228,7 +220,7 @@ def bench_loader(prep: Path, work: Path, *, pairs: int) -> dict:
     ours = {w: _hepprep_epoch(files, stats, cands, jets, num_workers=w) for w in (0, 2)}
     assert ours[0]() == ours[2]() == rows
     peak = {"hepprep": measure(ours[0]).peak_rss_mib, "pyarrow": measure(floor).peak_rss_mib}
-    floors, runs, ratios = _paired(floor, ours[0], pairs)
+    floors, runs, ratios = paired(floor, ours[0], pairs)
     figures = {"jets": rows, "files": len(files), "constituent_features": len(cands), "jet_features": len(jets),
                "n_constituents": N_CONSTITUENTS, "batch_size": BATCH,
                "mean_constituents": round(float(np.mean(pq.read_table(files, columns=[cands[0]]).column(0)

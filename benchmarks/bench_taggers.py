@@ -62,17 +62,15 @@ def _prepared(work: Path, config) -> Path:
 
 
 def _loader_epoch(prep: Path, model_dir: Path):
-    """One epoch of the model's own training loader (its layout, as model_info.json records it), no network."""
-    from analysis.train.jet_stream import JetBatchStream, JetRowLayout
+    """One epoch of the model's own training loader (its layout and loader settings), no network."""
+    from analysis.train.jet_stream import JetBatchStream
+    from analysis.train.predict import load_model
 
-    info = json.loads((model_dir / "model_info.json").read_text())
-    record = info["layout"]
-    layout = JetRowLayout(int(record["constituents"]), tuple(record["constituent_features"]),
-                          tuple(record["jet_features"]), tuple(record["image_channels"]))
+    model = load_model(model_dir)
     stats = json.loads((prep / "stats.json").read_text())
     files = sorted((prep / "train").glob("part-*.parquet"))
-    params = info["params"]
-    stream = JetBatchStream(files, layout, stats=stats, batch_size=params.get("batch_size", 256),
+    params = model.info["params"]
+    stream = JetBatchStream(files, model.layout, stats=stats, batch_size=params.get("batch_size", 256),
                             shuffle_buffer=params.get("shuffle_buffer", 20_000), seed=1, as_numpy=True,
                             targets=("class",))
 
@@ -80,8 +78,7 @@ def _loader_epoch(prep: Path, model_dir: Path):
         stream.set_epoch(stream.epoch + 1)
         return sum(len(x) for x, _, _ in stream)
 
-    columns = list(dict.fromkeys([*stream._lists, *layout.jet_features, "class", "train_weight"]))
-    return epoch, files, columns
+    return epoch, files, [*model.input_columns, "class", "train_weight"]
 
 
 def bench(work: Path, *, quick: bool) -> dict:
@@ -92,7 +89,6 @@ def bench(work: Path, *, quick: bool) -> dict:
     t0 = time.perf_counter()
     prep = _prepared(work, config)
     figures: dict = {"prepare_seconds": round(time.perf_counter() - t0, 1)}
-    listing = json.loads((prep / "manifest.json").read_text())
     figures["jets"] = {split: sum(pq.read_metadata(f).num_rows for f in sorted((prep / split).glob("*.parquet")))
                        for split in ("train", "val", "test")}
     models = {}
@@ -118,13 +114,12 @@ def bench(work: Path, *, quick: bool) -> dict:
                           "loader_jets_per_s": round(figures["jets"]["train"] / loader),
                           "loader_ratio_vs_pyarrow": round(floor / loader, 3)})
         figures[model] = entry
-    evaluation = run_evaluate([models[m] for m in MODELS], prep, work / "evaluation", config, progress=False)
-    metrics = json.loads((Path(evaluation) / "metrics.json").read_text()
-                         if Path(evaluation).is_dir() else Path(evaluation).read_text())
+    run_evaluate([models[m] for m in MODELS], prep, work / "evaluation", config, progress=False)
+    metrics = json.loads((work / "evaluation" / "metrics.json").read_text())
     rejection: dict = {}
     for name, model_metrics in metrics["models"].items():
         for signal, entry in (model_metrics.get("tagger") or {}).items():
-            point = next((p for p in entry["working_points"] if abs(p["signal_efficiency"] - 0.5) < 1e-9), None)
+            point = entry["working_points"].get("0.5")  # keyed by eps_S (analysis.evaluate.taggers)
             rejection.setdefault(signal, {})[name] = (None if point is None else
                                                       {"rejection": point.get("rejection"),
                                                        "uncertainty": point.get("rejection_uncertainty"),
@@ -137,7 +132,6 @@ def bench(work: Path, *, quick: bool) -> dict:
             value = (by_model.get(model) or {}).get("rejection")
             beats[f"{model}_{signal}"] = value is not None and value > base
     figures["beats_xgboost"] = beats
-    figures["manifest_fingerprint"] = listing.get("fingerprint")
     return figures
 
 

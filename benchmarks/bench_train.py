@@ -41,7 +41,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests"), str(HERE)]
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-from _common import measure, write_result  # noqa: E402
+from _common import measure, paired, write_result  # noqa: E402
 from _train_helpers import write_prepared_dir  # noqa: E402
 
 from analysis.config import DEFAULT_FEATURES, config_from_dict  # noqa: E402
@@ -89,22 +89,6 @@ def _loader(files, *, num_workers, buffer_rows, batch_size):
     return epoch
 
 
-def _paired(floor, run, pairs: int):
-    """``pairs`` runs of ``floor`` and ``run`` in turn; their times and the ratio of each pair.
-
-    The machine is shared and its speed drifts from second to second: a floor and a loader
-    run taken back to back see the same machine, so the median of the pairs' ratios is
-    steadier than the ratio of two best-ofs taken apart. No memory sampler runs meanwhile
-    (its thread would take a share of these sub-second multi-threaded runs).
-    """
-    floors, runs = [], []
-    for _ in range(pairs):
-        floors.append(measure(floor, sample_rss=False))
-        runs.append(measure(run, sample_rss=False))
-    ratios = [f.seconds / r.seconds for f, r in zip(floors, runs)]
-    return floors, runs, ratios
-
-
 def bench_loader(prep: Path, *, buffer_rows: int, batch_size: int, pairs: int = 9) -> dict:
     import statistics
 
@@ -122,8 +106,8 @@ def bench_loader(prep: Path, *, buffer_rows: int, batch_size: int, pairs: int = 
     assert loader0() == loader2() == rows, rows
     # Memory first, before the timed runs have grown the allocators' caches.
     peak_rss = {"loader": measure(loader0).peak_rss_mib, "pyarrow": measure(floor).peak_rss_mib}
-    floors, runs0, ratios0 = _paired(floor, loader0, pairs)
-    floors2, runs2, ratios2 = _paired(floor, loader2, max(3, pairs // 3))
+    floors, runs0, ratios0 = paired(floor, loader0, pairs)
+    floors2, runs2, ratios2 = paired(floor, loader2, max(3, pairs // 3))
     floor_np = min((measure(lambda: _pyarrow_read_numpy(files, columns), sample_rss=False)
                     for _ in range(3)), key=lambda m: m.seconds)
 
