@@ -33,8 +33,11 @@ $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e ".[test,torch,bench]"
 	touch $(BENCH_STAMP)
 
+# The slow tests are the full forms of tests CI runs smaller (every fuzz case, every kill
+# moment, the bigger samples): out of `make test`'s 15-minute budget, but still run.
 bench: $(BENCH_STAMP)
 	$(PY) benchmarks/run_all.py
+	$(PY) -m pytest -m "slow and not integration" $(PYTEST_ARGS)
 
 # Integration tests start real services themselves (Slurm: tests/integration/start_slurm.sh
 # installs the Debian packages, so it needs root); the Python side needs the cluster extra.

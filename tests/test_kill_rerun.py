@@ -2,10 +2,14 @@
 
 Each stage's command is run once undisturbed (the reference), then, in a fresh folder,
 started and killed (SIGKILL to its whole process group: the command and its dask
-workers, as an out-of-memory kill or a lost node would) at 10 seeded random moments,
-each start running over what the earlier kills left. A last run completes. Its outputs
-must equal the reference's, byte for byte where the stage is deterministic (everything
-but wall-clock times), and no temporary file or folder may be left anywhere.
+workers, as an out-of-memory kill or a lost node would) at seeded random moments, one in
+each of equal slices of the run, each start running over what the earlier kills left. A
+last run completes. Its outputs must equal the reference's, byte for byte where the stage
+is deterministic (everything but wall-clock times), and no temporary file or folder may be
+left anywhere.
+
+CI kills every stage at 3 moments (start-up, the work, the writing: one slice each); the
+full form, 10 moments a stage, is marked slow and run by `make bench`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import pytest
 from _prepare_helpers import default_samples, write_skim
 
 REPO = Path(__file__).resolve().parents[1]
-KILLS = 10
+# Kill moments per stage: CI's form, and the full form `make bench` runs.
+KILL_COUNTS = [pytest.param(3, id="ci-3-kills"), pytest.param(10, id="full-10-kills", marks=pytest.mark.slow)]
 # Keys whose values are wall-clock times or the machine's speed, not results.
 TIMING_KEYS = {"train_seconds", "seconds"}
 CONFIG = """
@@ -53,12 +58,19 @@ dpi = 30
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory) -> dict[str, Path]:
+def kill_inputs(tmp_path_factory) -> dict[str, Path]:
+    """The configuration and the skim, shared read-only by both forms of the test."""
     root = tmp_path_factory.mktemp("kill")
     config = root / "analysis.toml"
     config.write_text(CONFIG)
     skim = write_skim(root / "skim", default_samples(scale=0.4), rows_per_file=1000, row_group_rows=250)
-    return {"root": root, "config": config, "skim": skim}
+    return {"config": config, "skim": skim}
+
+
+@pytest.fixture
+def work(kill_inputs, tmp_path) -> dict[str, Path]:
+    """Each form's outputs in a folder of its own: the references are renamed aside there."""
+    return {**kill_inputs, "root": tmp_path}
 
 
 def _command(stage: str, work: dict[str, Path], out: Path, prep: Path | None = None,
@@ -76,7 +88,7 @@ def _command(stage: str, work: dict[str, Path], out: Path, prep: Path | None = N
 
 def _run(command: list[str]) -> float:
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    done = subprocess.run(command, check=False, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert done.returncode == 0, done.stderr
     return time.perf_counter() - start
 
@@ -151,24 +163,41 @@ def _reference(stage: str, work: dict[str, Path], target: Path, **paths) -> tupl
     return reference, seconds
 
 
+def kill_moments(seconds: float, kills: int, rng: random.Random) -> list[float]:
+    """One uniform moment in each of ``kills`` equal slices of [0.2 s, 1.3 x the undisturbed run].
+
+    Over the whole run (start-up, reading, the work, the writing at the end) and somewhat
+    beyond: two sequences share the machine's two cores, so a run is slower than its
+    undisturbed reference was. One moment a slice, so that a few kills still reach every
+    phase rather than, by chance, all land in one.
+    """
+    low, high = 0.2, 1.3 * seconds
+    width = (high - low) / kills
+    return [low + (k + rng.random()) * width for k in range(kills)]
+
+
 def _kill_and_rerun(stage: str, work: dict[str, Path], target: Path, reference: Path, seconds: float,
-                    seed: int, **paths) -> None:
+                    seed: int, kills: int, **paths) -> None:
     """The killed runs and the last run into the reference's own path (outputs that name
     their folder compare equal), then the comparison."""
     command = _command(stage, work, target, **paths)
-    rng = random.Random(seed)
-    # Uniform over the whole run (start-up, reading, the work, the writing at the end), and
-    # somewhat beyond: two sequences share the machine's two cores, so a run is slower than
-    # its undisturbed reference was.
-    for moment in sorted(rng.uniform(0.2, 1.3 * seconds) for _ in range(KILLS)):
+    for moment in kill_moments(seconds, kills, random.Random(seed)):
         _kill_at(command, moment)
     _run(command)
     assert _outputs(target) == _outputs(reference), stage
     assert _temporaries(target.parent) == [], stage
 
 
+def test_the_kill_moments_reach_every_slice_of_the_run():
+    for kills in (3, 10):
+        moments = kill_moments(10.0, kills, random.Random(kills))
+        width = (13.0 - 0.2) / kills
+        assert [int((m - 0.2) // width) for m in moments] == list(range(kills))
+
+
 @pytest.mark.timeout(900)
-def test_sigkill_anywhere_then_a_rerun_gives_the_undisturbed_outputs(work):
+@pytest.mark.parametrize("kills", KILL_COUNTS)
+def test_sigkill_anywhere_then_a_rerun_gives_the_undisturbed_outputs(work, kills):
     root = work["root"]
     targets = {"prepare": root / "prepared", "xgboost": root / "models" / "xgboost",
                "mlp": root / "models" / "mlp", "evaluate": root / "evaluation"}
@@ -187,8 +216,9 @@ def test_sigkill_anywhere_then_a_rerun_gives_the_undisturbed_outputs(work):
 
     def lane(stages):
         for stage in stages:
-            _kill_and_rerun(stage, work, targets[stage], *refs[stage], seed=seeds[stage], **inputs[stage])
-            print(f"{stage}: undisturbed run {refs[stage][1]:.1f} s, {KILLS} kills, outputs equal")
+            _kill_and_rerun(stage, work, targets[stage], *refs[stage], seed=seeds[stage], kills=kills,
+                            **inputs[stage])
+            print(f"{stage}: undisturbed run {refs[stage][1]:.1f} s, {kills} kills, outputs equal")
 
     with ThreadPoolExecutor(max_workers=len(lanes)) as pool:
         for done in [pool.submit(lane, stages) for stages in lanes]:

@@ -2,8 +2,10 @@
 
 Five classes — ggH, VBF, ZTT (= DY), TT, W (= W1J + W2J + W3J) — through generate, skim,
 prepare, train and evaluate. VBF stands out by its two forward jets (large mjj and jet
-Δη), so its one-vs-rest AUC must reach 0.90, and the macro average 0.80. The full-size
-figures (300,000 events, both models) are in README "Targets".
+Δη), so its one-vs-rest AUC must reach 0.90, and the macro average 0.80. CI runs 40,000
+events (at 20,000 the VBF AUC came to 0.902 on one generator seed: no margin); the
+60,000-event form is marked slow and run by `make bench`. The full-size figures (300,000
+events, both models) are in README "Targets".
 """
 
 from __future__ import annotations
@@ -11,16 +13,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from analysis.config import load_config
 from analysis.core.io import read_json
 from analysis.pipeline import run_pipeline
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "multiclass.toml"
+SIZES = [pytest.param(40_000, id="ci-40k"), pytest.param(60_000, id="full-60k", marks=pytest.mark.slow)]
 
 
-def test_the_multiclass_example_separates_vbf_and_the_classes(tmp_path):
-    config = load_config(EXAMPLE, {"generate": {"events": 60_000, "files_per_sample": 1, "data_scale": 0.1},
+@pytest.mark.parametrize("events", SIZES)
+def test_the_multiclass_example_separates_vbf_and_the_classes(tmp_path, events):
+    config = load_config(EXAMPLE, {"generate": {"events": events, "files_per_sample": 1, "data_scale": 0.1},
                                    "evaluate": {"dpi": 40, "shap_rows": 500}})
     run_pipeline(config, tmp_path, models=("xgboost",), progress=False)
     metrics = read_json(tmp_path / "evaluation" / "metrics.json", "metrics")

@@ -3,22 +3,28 @@
 Both models learn the true di-tau mass `gen_m_tautau` of H -> tautau and Z -> tautau events
 from the reconstructed taus, jets and missing momentum. The visible mass misses the
 neutrinos: divided by its median response it is the baseline, and each model's resolution
-must be at least 20 % better. The full-size figures are in README "Targets".
+must be at least 20 % better. CI runs 20,000 events (the thresholds hold there with margin
+on three generator seeds); the 60,000-event form is marked slow and run by `make bench`. The
+full-size figures are in README "Targets".
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from analysis.config import load_config
 from analysis.core.io import read_json
 from analysis.pipeline import run_pipeline
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "regression.toml"
+SIZES = [pytest.param(20_000, id="ci-20k"), pytest.param(60_000, id="full-60k", marks=pytest.mark.slow)]
 
 
-def test_both_models_resolve_the_di_tau_mass_better_than_the_visible_mass(tmp_path):
-    config = load_config(EXAMPLE, {"generate": {"events": 60_000, "files_per_sample": 1},
+@pytest.mark.parametrize("events", SIZES)
+def test_both_models_resolve_the_di_tau_mass_better_than_the_visible_mass(tmp_path, events):
+    config = load_config(EXAMPLE, {"generate": {"events": events, "files_per_sample": 1},
                                    "train": {"mlp": {"max_epochs": 12}},
                                    "evaluate": {"dpi": 40, "shap_rows": 500}})
     run_pipeline(config, tmp_path, progress=False)

@@ -28,6 +28,9 @@ that did. The outcome of each run is one of
 and anything else is a failure: a traceback, more than one line, a hang, a signal, a part
 from a bad chunk, a different result. The test asserts there is none and prints the counts.
 
+CI skims a fixed seeded subset, `CI_PER_KIND` copies of every kind of damage (`ci_cases`);
+the full set is marked slow and run by `make bench`.
+
 ``python tests/test_skim_fuzz.py CASE OUT.root`` writes one case's copy (names as in the
 summary, ``flip_few-007``) for a by-hand repro.
 """
@@ -70,6 +73,10 @@ META = {"process": "DY", "label": 0, "xsec_pb": 1.0}
 COUNTS = {"flip_few": 45, "flip_many": 20, "truncate": 25, "truncate_consistent": 10,
           "basket_zero": 60, "basket_flip": 25, "header": 12, "directory": 10,
           "tree_meta": 13, "streamers": 10}
+# CI's share: this many copies of each kind, drawn with SEED, so every kind of damage is skimmed.
+CI_PER_KIND = 3
+SIZES = [pytest.param(CI_PER_KIND, id=f"ci-{CI_PER_KIND}-per-kind"),
+         pytest.param(None, id="full", marks=pytest.mark.slow)]
 
 
 @dataclass
@@ -186,6 +193,20 @@ def make_cases(path: Path, seed: int = SEED) -> list[Case]:
         region(f"streamers-{i:03d}", lay["streamers"], "streamer record")
     # A zeroed range may have held zeros already: such a "copy" is the intact file.
     return [c for c in cases if c.apply(data) != data]
+
+
+def kind_of(case: Case) -> str:
+    return case.name.split("-")[0]
+
+
+def ci_cases(cases: list[Case], per_kind: int, seed: int = SEED) -> list[Case]:
+    """`per_kind` cases of each kind, drawn with ``seed``, in the order of ``cases``."""
+    rng = random.Random(seed)
+    chosen = set()
+    for kind in COUNTS:
+        names = [c.name for c in cases if kind_of(c) == kind]
+        chosen.update(rng.sample(names, min(per_kind, len(names))))
+    return [c for c in cases if c.name in chosen]
 
 
 # --- running one skim in a forked child ---------------------------------------------------
@@ -365,7 +386,21 @@ def _cause_class(cause: str) -> str:
     return "".join(c for c in head if not c.isdigit()).strip()[:60]
 
 
-def test_corrupted_copies_end_as_the_intact_skim_or_one_line(nano_dy_path, tmp_path):
+@pytest.fixture(scope="module")
+def all_cases(nano_dy_path) -> list[Case]:
+    """Every corrupted copy (`make_cases`: reading the layout costs seconds), shared read-only."""
+    return make_cases(nano_dy_path)
+
+
+def test_the_ci_subset_has_every_kind_of_damage_and_is_fixed(all_cases):
+    subset = ci_cases(all_cases, CI_PER_KIND)
+    assert Counter(kind_of(c) for c in subset) == {kind: CI_PER_KIND for kind in COUNTS}
+    assert subset == ci_cases(list(all_cases), CI_PER_KIND)  # the same draw each time
+    assert ci_cases(all_cases, max(COUNTS.values())) == all_cases  # the full form skims every copy
+
+
+@pytest.mark.parametrize("per_kind", SIZES)
+def test_corrupted_copies_end_as_the_intact_skim_or_one_line(nano_dy_path, all_cases, tmp_path, per_kind):
     from analysis.cli import main
 
     started = time.monotonic()
@@ -379,8 +414,11 @@ def test_corrupted_copies_end_as_the_intact_skim_or_one_line(nano_dy_path, tmp_p
     assert reference["file"]["status"] == "done" and reference["parts"] == 1
 
     data = nano_dy_path.read_bytes()
-    cases = make_cases(nano_dy_path)
+    cases = all_cases
     assert len(cases) >= 200 and len({c.name for c in cases}) == len(cases)
+    if per_kind is not None:
+        cases = ci_cases(cases, per_kind)
+    assert {kind_of(c) for c in cases} == set(COUNTS)
 
     copies = tmp_path / "copies"
     copies.mkdir()
@@ -433,7 +471,7 @@ def test_corrupted_copies_end_as_the_intact_skim_or_one_line(nano_dy_path, tmp_p
             outcomes[run.case, "skip"] = ("FAIL:inconsistent", f"{strict} without the flag, {skip} with it")
 
     counts = Counter((mode, o[0]) for (_, mode), o in outcomes.items())
-    kinds = Counter((name.split("-")[0], outcomes[name, "strict"][0]) for name in by_case)
+    kinds = Counter((kind_of(by_case[name]), outcomes[name, "strict"][0]) for name in by_case)
     causes = Counter(_cause_class(d) for (_, mode), (o, d) in outcomes.items()
                      if mode == "strict" and o == "error")
     failures = sorted((name, mode, o, d) for (name, mode), (o, d) in outcomes.items()
@@ -453,6 +491,8 @@ def test_corrupted_copies_end_as_the_intact_skim_or_one_line(nano_dy_path, tmp_p
     report += [f"  logs: {tmp_path / 'logs'}"] if failures else []
     print("\n".join(report))
     assert not failures, "\n".join(report)
+    # Each outcome is reached, so the judging of each is exercised (by the subset too).
+    assert {o for (_, mode), (o, _) in outcomes.items()} == {"ok", "error", "skipped"}, "\n".join(report)
 
 
 def test_the_harness_sees_hangs_tracebacks_and_stray_lines(tmp_path, monkeypatch):
