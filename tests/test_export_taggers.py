@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -137,6 +138,11 @@ def test_features_json_records_the_inputs_outputs_and_opset(models, exported):
     assert (raw["name"], raw["dtype"], raw["features"]) == ("raw", "float64", JETS)
     assert pfn["outputs"][0]["name"] == "probabilities" and pfn["outputs"][0]["classes"] == list(JET_CLASSES)
     assert pfn["opset"]["ai.onnx"] == 18
+    for name in ("pfn", "part", "cnn"):  # no data-dependent control flow (trim_padding stays out)
+        proto = onnx.load(str(exported[name]))
+        ops = {node.op_type for node in proto.graph.node}
+        ops |= {node.op_type for function in proto.functions for node in function.node}
+        assert not ops & {"If", "Loop", "Scan"}, name
     session = _session(exported["pfn"])
     assert [(i.name, i.type) for i in session.get_inputs()] == [
         ("constituents", "tensor(float)"), ("mask", "tensor(bool)"), ("raw", "tensor(double)")]

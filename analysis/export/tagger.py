@@ -100,7 +100,7 @@ def _front_module(torch: Any, network: Any, model: Any):
     def standardised(x, mean, std):
         # Standardisation.transform's operations: float64, then non-finite raw -> NaN, float32.
         x = x.double()
-        z = (x - mean) / std
+        z = Standardisation.standardised(x, mean, std)
         return torch.where(torch.isfinite(x), z, torch.full_like(z, float("nan"))).float()
 
     class Front(torch.nn.Module):
