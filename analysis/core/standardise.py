@@ -55,13 +55,19 @@ class Standardisation:
                                   "not a finite number (std must be > 0); re-run `hepprep prepare`")
         return cls(names, mean, std)
 
+    @staticmethod
+    def standardised(raw: Any, mean: Any, std: Any) -> Any:
+        """``(raw - mean) / std``, the formula itself, for any array type with arithmetic (numpy
+        arrays, torch tensors of an exported graph); no treatment of missing values."""
+        return (raw - mean) / std
+
     def index(self, name: str) -> int:
         return self.features.index(name)
 
     def transform_column(self, j: int, raw: np.ndarray) -> np.ndarray:
         """Feature ``j`` standardised, float32; non-finite raw values become NaN."""
         raw = np.asarray(raw, dtype=np.float64)
-        z = (raw - self.mean[j]) / self.std[j]
+        z = self.standardised(raw, self.mean[j], self.std[j])
         if not np.isfinite(raw).all():
             z[~np.isfinite(raw)] = np.nan
         return z.astype(np.float32)
@@ -69,7 +75,7 @@ class Standardisation:
     def transform(self, raw: np.ndarray, dtype: type = np.float32) -> np.ndarray:
         """``(rows, features)`` raw values -> standardised (float32), non-finite -> NaN."""
         raw = np.asarray(raw, dtype=np.float64)
-        z = (raw - self.mean) / self.std
+        z = self.standardised(raw, self.mean, self.std)
         bad = ~np.isfinite(raw)
         if bad.any():
             z[bad] = np.nan

@@ -24,9 +24,11 @@ from analysis.core.optional import optional_import
 from analysis.core.progress import stage_console
 from analysis.core.provenance import file_sha256, hepprep_version
 from analysis.core.standardise import Standardisation
+from analysis.core.tagger_config import TAGGER_MODELS
 from analysis.core.target import Target
 from analysis.errors import ConfigError, HepprepError
 from analysis.export.graph import INPUT, assemble, opsets_of, outputs_of, random_raw_rows, ratio_to_index
+from analysis.export.tagger import tagger_check_inputs, tagger_graph, tagger_inputs
 from analysis.train.model_dir import MODEL_INFO
 from analysis.train.predict import TrainedModel, load_model
 
@@ -37,8 +39,9 @@ CHECK_ROWS = 256  # raw rows scored by both hepprep and onnxruntime before anyth
 PROBABILITY_TOLERANCE = 1e-5  # max |difference| of a probability (the acceptance of the issue)
 REGRESSION_TOLERANCE = 1e-4  # max relative difference of a regressed value (see `max_difference`)
 # The libraries that shape an export, by model kind (recorded with it).
-_LIBRARIES = {"xgboost": ("onnx", "onnxruntime", "xgboost", "onnxmltools"),
-              "mlp": ("onnx", "onnxruntime", "torch", "onnxscript")}
+_NETWORK_LIBRARIES = ("onnx", "onnxruntime", "torch", "onnxscript")
+_LIBRARIES = {"xgboost": ("onnx", "onnxruntime", "xgboost", "onnxmltools"), "mlp": _NETWORK_LIBRARIES,
+              **{kind: _NETWORK_LIBRARIES for kind in TAGGER_MODELS}}
 
 
 def features_file(onnx_file: str | Path) -> Path:
@@ -71,11 +74,15 @@ def _versions(kind: str) -> dict[str, str]:
 def _record(model: TrainedModel, target: Target, onnx_model, onnx_file: Path) -> dict:
     """What features.json and the ONNX metadata_props hold."""
     info = model.info
+    if model.layout is not None:  # a tagger: constituents and mask (or images), and the jet features
+        inputs = {"features": list(model.layout.jet_features), "inputs": tagger_inputs(model)}
+    else:
+        inputs = {"features": list(model.features),
+                  "input": {"name": INPUT, "dtype": "float64", "shape": [None, len(model.features)],
+                            "missing": "NaN (also +inf or -inf) means missing, as in the skim"}}
     return {
         "onnx": onnx_file.name,
-        "features": list(model.features),
-        "input": {"name": INPUT, "dtype": "float64", "shape": [None, len(model.features)],
-                  "missing": "NaN (also +inf or -inf) means missing, as in the skim"},
+        **inputs,
         "outputs": outputs_of(target),
         "opset": opsets_of(onnx_model),
         "target": target.stats_record() or {"kind": "binary"},
@@ -98,11 +105,13 @@ def _body(model: TrainedModel, target: Target):
     return network_body(model.network, len(model.features), target, source=str(model.path / "model.pt"))
 
 
-def onnx_scores(onnx_bytes: bytes, raw: np.ndarray) -> np.ndarray:
-    """onnxruntime's output for raw rows (float64 ``(rows, features)``), on the CPU."""
+def onnx_scores(onnx_bytes: bytes, raw: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+    """onnxruntime's output, on the CPU, for raw rows (float64 ``(rows, features)``) or a
+    tagger's inputs by name (`analysis.export.tagger.tagger_inputs`)."""
     ort = optional_import("onnxruntime", purpose="hepprep export")
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    return session.run(None, {INPUT: np.ascontiguousarray(raw, dtype=np.float64)})[0]
+    feeds = raw if isinstance(raw, dict) else {INPUT: np.ascontiguousarray(raw, dtype=np.float64)}
+    return session.run(None, {name: np.ascontiguousarray(value) for name, value in feeds.items()})[0]
 
 
 def max_difference(target: Target, got: np.ndarray, expected: np.ndarray,
@@ -149,18 +158,23 @@ def _self_check(onnx_bytes: bytes, model: TrainedModel, target: Target, std: Sta
     """The `max_difference` of ONNX and hepprep on `_check_rows`; a `HepprepError` above the tolerance."""
     import pyarrow as pa
 
-    raw = _check_rows(model, target, std)
-    table = pa.table({f: raw[:, j] for j, f in enumerate(model.features)})
+    if model.layout is not None:
+        feeds, table = tagger_check_inputs(model, target, CHECK_ROWS)
+        got = onnx_scores(onnx_bytes, feeds)
+    else:
+        raw = _check_rows(model, target, std)
+        table = pa.table({f: raw[:, j] for j, f in enumerate(model.features)})
+        got = onnx_scores(onnx_bytes, raw)
     expected = model.predict(table, standardised=False)
     ratio_to = table.column(target.ratio_to).to_numpy() if target.ratio_to else None
-    worst = max_difference(target, onnx_scores(onnx_bytes, raw), expected, ratio_to)
+    worst = max_difference(target, got, expected, ratio_to)
     regression = target.kind == "regression"
     tolerance = REGRESSION_TOLERANCE if regression else PROBABILITY_TOLERANCE
     if not worst <= tolerance:  # NaN too
         what = "predictions differ from hepprep's by up to a relative" if regression else \
             "probabilities differ from hepprep's by up to"
         raise HepprepError(f"{onnx_file}: not written: onnxruntime's {what} {worst:.3g} (tolerance {tolerance:g}) "
-                           f"on {CHECK_ROWS} test rows; the converter for {model.kind} may have changed: "
+                           f"on {CHECK_ROWS} test {'jets' if model.layout is not None else 'rows'}; the converter for {model.kind} may have changed: "
                            "please report it")
     return worst
 
@@ -181,7 +195,9 @@ def run_export(model_dir: str | Path, onnx_file: str | Path, *, progress: bool =
     -------
     Path
         ``onnx_file``. Its one input ``raw`` takes float64 ``(rows, features)``, the raw skim
-        columns in features.json order (NaN: missing); its output is named in features.json.
+        columns in features.json order (NaN: missing); a tagger's inputs are ``constituents``
+        and ``mask`` (pfn, part) or ``images`` (cnn), and ``raw`` for its jet features
+        (`analysis.export.tagger`). Its output is named in features.json.
 
     Raises
     ------
@@ -202,9 +218,9 @@ def run_export(model_dir: str | Path, onnx_file: str | Path, *, progress: bool =
     target = model.target
     std = Standardisation.from_stats(model.stats, model.features, source=str(model.path / "stats.json"))
     # Refused before the (slow) conversion: a ratio whose ratio_to column is no input.
-    ratio_to_index(target, model.features, source=str(model.path / "stats.json"))
-    body = _body(model, target)
-    onnx_model = assemble(body, std, target)
+    inputs = list(model.layout.jet_features) if model.layout is not None else model.features
+    ratio_to_index(target, inputs, source=str(model.path / "stats.json"))
+    onnx_model = tagger_graph(model, target) if model.layout is not None else assemble(_body(model, target), std, target)
     record = _record(model, target, onnx_model, onnx_file)
     # Every value as JSON text, so a reader of metadata_props parses them all one way.
     for key, value in record.items():
@@ -222,7 +238,13 @@ def run_export(model_dir: str | Path, onnx_file: str | Path, *, progress: bool =
     relative = " relative" if target.kind == "regression" else ""
     checked = f"; onnxruntime matches hepprep to {worst:.1e}{relative} on {CHECK_ROWS} rows"
     opset = ", ".join(f"{k} {v}" for k, v in record["opset"].items())
+    if model.layout is not None:
+        checked = checked.replace(f"{CHECK_ROWS} rows", f"{CHECK_ROWS} random jets")
+        given = "inputs " + ", ".join(f"{spec['name']!r} {tuple('rows' if d is None else d for d in spec['shape'])}"
+                                     for spec in record["inputs"])
+    else:
+        given = f"input {INPUT!r} ({len(model.features)} columns)"
     stage_console(quiet=not progress).print(
-        f"export: {model.kind} ({target.kind}) -> {onnx_file}, input {INPUT!r} ({len(model.features)} "
-        f"columns), output {record['outputs'][0]['name']!r}, opset {opset}{checked}")
+        f"export: {model.kind} ({target.kind}) -> {onnx_file}, {given}, output {record['outputs'][0]['name']!r}, "
+        f"opset {opset}{checked}")
     return onnx_file
