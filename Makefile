@@ -27,15 +27,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
 
-BENCH_STAMP := $(VENV)/.installed-bench
-
-$(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e ".[test,torch,bench]"
-	touch $(BENCH_STAMP)
-
 # The slow tests are the full forms of tests CI runs smaller (every fuzz case, every kill
 # moment, the bigger samples): out of `make test`'s 15-minute budget, but still run.
-bench: $(BENCH_STAMP)
+bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 	$(PY) -m pytest -m "slow and not integration" $(PYTEST_ARGS)
 
