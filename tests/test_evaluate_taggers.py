@@ -37,7 +37,7 @@ from analysis.evaluate.taggers import (
 )
 from analysis.prepare.runner import run_prepare
 from analysis.train.runner import run_train
-from tests._jet_prepare_helpers import JET_CLASSES, jet_samples, write_jet_skim
+from tests._jet_prepare_helpers import CANDIDATE_COLUMNS, JET_CLASSES, jet_samples, write_jet_skim
 
 # Six jets, (score, class, weight), with a signal and a background jet tied at 0.6:
 #   S 0.9 w1 | B 0.8 w1 | S 0.7 w2 | S 0.6 w1, B 0.6 w2 | B 0.2 w1      W_S = 4, W_B = 4, Σw_B^2 = 6
@@ -153,7 +153,8 @@ def test_pt_bins_equal_weight_by_default_and_configured_edges_count_the_rest():
 
 FEATURES = ["jet_pt", "jet_eta", "jet_mass"]  # the classes differ in (pt, eta); fewer input plots
 FAST = {"cluster": {"n_workers": 1, "memory_limit": "2GiB"},
-        "prepare": {"bucket_rows": 1000, "file_rows": 1000, "row_group_rows": 250},
+        "prepare": {"bucket_rows": 1000, "file_rows": 1000, "row_group_rows": 250,
+                    "objects": {"constituent_features": list(CANDIDATE_COLUMNS)}},
         "train": {"device": "cpu", "xgboost": {"num_boost_round": 25, "eta": 0.3, "min_child_weight": 1.0}},
         "evaluate": {"dpi": 30, "shap_rows": 200, "n_bins": 10}}
 JET_CLASSES_INDEX = {name: k for k, name in enumerate(JET_CLASSES)}
@@ -238,6 +239,47 @@ def test_evaluate_writes_the_tagger_section_of_every_model(evaluated, tagger_mod
     for file in ("tagger_roc_b_vs_light.png", "tagger_rejection_pt_b_vs_light.png", "tagger_roc_c_vs_light.png"):
         assert f"plots/{file}" in metrics["plots"]
         assert (out / "plots" / file).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+TINY_TAGGERS = {"constituents": 16, "max_epochs": 1, "batch_size": 64, "shuffle_buffer": 300, "cpu_threads": 1,
+                "pfn": {"phi": [8, 8], "f": [8]}, "cnn": {"channels": [2, 4], "dense": [8]}}
+
+
+def test_taggers_are_scored_on_their_constituent_lists_beside_the_trees(tagger_models, tmp_path, monkeypatch):
+    """pfn and cnn read the prepared lists (the cnn as images): evaluate scores them as predict does."""
+    pytest.importorskip("torch")
+    from analysis.evaluate.runner import run_evaluate
+    from analysis.evaluate.scoring import Scorer
+    from analysis.train.predict import load_model
+
+    prep, (trees, _) = tagger_models
+    config = _config({"kind": "multiclass", "class_column": "jet_label", "classes": JET_CLASSES},
+                     train={"device": "cpu", "tagger": TINY_TAGGERS})
+    models = [trees] + [run_train(prep, tmp_path / name, config, model=name, device="cpu", progress=False)
+                        for name in ("pfn", "cnn")]
+    run_evaluate(models, prep, tmp_path / "eval", config, progress=False)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    test = pq.read_table(prep / "test")
+    cls = test.column("class").to_numpy()
+    weight = test.column("weight").to_numpy().astype(np.float64)
+    opened = open_prepared(prep)
+    for model_dir in models[1:]:
+        model = load_model(model_dir)
+        direct = model.predict(test, standardised=True)  # the model's own reading of the prepared lists
+        for signal in ("c", "b"):
+            jets = (cls == JET_CLASSES_INDEX[signal]) | (cls == 0)
+            expected = tagger_metrics(discriminant(direct[jets], JET_CLASSES_INDEX[signal], 0),
+                                      cls[jets] == JET_CLASSES_INDEX[signal], weight[jets])
+            got = metrics["models"][model_dir.name]["tagger"][signal]
+            assert got["auc"] == pytest.approx(expected["auc"], abs=1e-12)
+            assert got["n_signal"] + got["n_background"] == int(jets.sum())
+        assert set(metrics["models"][model_dir.name]["multiclass"]["ovr_auc"]) == {"light", "c", "b"}
+        # A model of another standardisation gets raw values, lists included: the same scores.
+        scorer = Scorer(model_dir.name, model, model_dir, opened)
+        assert scorer.same_standardisation and scorer.lists
+        frame, lists = opened.read_with_lists("test", list(opened.feature_order), scorer.lists)
+        monkeypatch.setattr(scorer, "same_standardisation", False)
+        np.testing.assert_allclose(scorer.predict(frame, lists), direct, atol=1e-5)
 
 
 def test_the_report_puts_the_models_side_by_side(evaluated):

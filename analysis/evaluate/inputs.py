@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as pads
 
 from analysis.core.features import feature_differences
@@ -91,6 +92,21 @@ class PreparedDir:
             if batch.num_rows:
                 yield _complete(_to_pandas(batch), columns)
 
+    def read_with_lists(self, split: str, columns: list[str], lists: list[str]) -> tuple[pd.DataFrame, pa.Table]:
+        """`read`, and the list columns ``lists`` (a tagger's constituents) of the same rows as arrow."""
+        dataset = self.dataset(split)
+        table = dataset.to_table(columns=self._present(dataset, list(dict.fromkeys(columns + lists))))
+        return _split_lists(table, columns, lists)
+
+    def iter_with_lists(self, split: str, columns: list[str], lists: list[str], *, batch_rows: int
+                        ) -> Iterator[tuple[pd.DataFrame, pa.Table]]:
+        """`iter_batches`, each batch with the list columns ``lists`` of its rows as arrow."""
+        dataset = self.dataset(split)
+        wanted = self._present(dataset, list(dict.fromkeys(columns + lists)))
+        for batch in dataset.to_batches(columns=wanted, batch_size=batch_rows):
+            if batch.num_rows:
+                yield _split_lists(pa.Table.from_batches([batch]), columns, lists)
+
     def destandardise(self, frame: pd.DataFrame, features: list[str] | None = None) -> pd.DataFrame:
         """Feature columns back in physical units: raw = standardised * std + mean (float64)."""
         frame = frame.copy()
@@ -141,6 +157,12 @@ def _complete(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
             frame[name] = np.select([frame["label"] == 1, frame["label"] == 0], ["signal", "background"],
                                     default="data")
     return frame
+
+
+def _split_lists(table: pa.Table, columns: list[str], lists: list[str]) -> tuple[pd.DataFrame, pa.Table]:
+    """The flat ``columns`` as pandas (list columns as numpy object arrays would cost a copy per jet)."""
+    flat = [c for c in dict.fromkeys(columns) if c in table.column_names]
+    return _complete(_to_pandas(table.select(flat)), columns), table.select(lists)
 
 
 def _to_pandas(table) -> pd.DataFrame:

@@ -36,7 +36,8 @@ from analysis.evaluate.jets import JetLevel, plan_jet_level, tagger_entries
 from analysis.evaluate.metrics import (ams_scan, signal_efficiency_at, weighted_ks_2samp, weighted_roc,
                                        weighted_roc_auc)
 from analysis.evaluate.scoring import (Scorer, Streamed, class_weight_sums,
-                                       feature_importance, find_cutflow, split_fractions, stream_events)
+                                       feature_importance, find_cutflow, list_columns_of, split_fractions,
+                                       stream_events)
 from analysis.evaluate.plots import file_slug as _slug
 from analysis.evaluate.plots import plot_ams, plot_importance, plot_roc, plot_scores
 from analysis.evaluate.targets import evaluate_target, target_test_columns
@@ -218,11 +219,12 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
         task = bar.add_task("evaluate: score test", total=len(scorers))
         columns = features + EVENT_COLUMNS + ([] if binary else target_test_columns(target, config))
         columns += jets.columns if jets else []
-        test = prepared.read("test", list(dict.fromkeys(columns)))  # a baseline or the pt may be a feature too
+        # a baseline or the pt may be a feature too; a tagger's constituent lists stay arrow
+        test, test_lists = prepared.read_with_lists("test", list(dict.fromkeys(columns)), list_columns_of(scorers))
         jets = jets.with_test(test, prepared) if jets else None
         test_scores = {}
         for scorer in scorers:
-            test_scores[scorer.name] = scorer.predict(test)
+            test_scores[scorer.name] = scorer.predict(test, test_lists)
             bar.advance(task)
         streamed = stream_events(prepared, scorers, skim, config, bar)
         model_metrics = ({s.name: _model_metrics(s, test_scores[s.name], test, streamed, fractions, config.evaluate)

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as pads
 
 from analysis.config import Config
+from analysis.core.jet_tables import StandardisedColumns
 from analysis.core.skimmed import skim_parts
 from analysis.core.standardise import Standardisation
 from analysis.errors import StageInputError
@@ -23,9 +25,10 @@ from analysis.evaluate.input_plots import FeatureHistograms, WeightedCorrelation
 from analysis.evaluate.inputs import EVENT_COLUMNS, SPLITS, PreparedDir, standardisation_matches
 
 __all__ = ["BATCH_ROWS", "SCORED_SPLITS", "Scored", "Scorer", "Streamed", "class_weight_sums", "data_frames",
-           "feature_importance", "find_cutflow", "split_fractions", "stream_events"]
+           "feature_importance", "find_cutflow", "list_columns_of", "split_fractions", "stream_events"]
 
 BATCH_ROWS = 200_000  # rows per streamed batch: bounds the memory of the feature histograms
+LIST_BATCH_ROWS = 20_000  # with a tagger's constituent lists (~100 per jet and feature) beside them
 SCORED_SPLITS = ("train", "val")  # besides test: overtraining check, and the AMS cut choice
 
 
@@ -34,16 +37,37 @@ class Scorer:
 
     def __init__(self, name: str, model, model_dir: Path, prepared: PreparedDir):
         self.name, self.model, self.model_dir, self.prepared = name, model, model_dir, prepared
+        flat = set(prepared.feature_order)
+        # A tagger's constituent lists: read beside the flat columns and passed to it as arrow.
+        self.lists = [c for c in model.input_columns if c not in flat]
         # Same mean/std as the prepared directory: pass standardised columns as they are;
         # otherwise hand over raw values and let the model apply its own standardisation.
-        self.same_standardisation = standardisation_matches(model, prepared)
+        self.same_standardisation = standardisation_matches(model, prepared) and (
+            not self.lists or _same_constituents(model.stats, prepared.stats))
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+    def predict(self, frame: pd.DataFrame, lists: pa.Table | None = None) -> np.ndarray:
+        """The model's answer for each row of ``frame`` (and of ``lists``, a tagger's list columns)."""
+        if self.lists:
+            return self._predict_tagger(frame, lists)
         features = list(self.model.features)
         if self.same_standardisation:
             return np.asarray(self.model.predict(frame[features], standardised=True), dtype=np.float64)
         raw = self.prepared.destandardise(frame[features], features)
         return np.asarray(self.model.predict(raw, standardised=False), dtype=np.float64)
+
+    def _predict_tagger(self, frame: pd.DataFrame, lists: pa.Table | None) -> np.ndarray:
+        if lists is None or any(c not in lists.column_names for c in self.lists):
+            raise StageInputError(f"{self.model_dir}: the tagger reads the list columns {', '.join(self.lists)}; "
+                                  "evaluation did not read them")
+        flat = [c for c in self.model.input_columns if c not in self.lists]
+        if not self.same_standardisation:
+            frame = self.prepared.destandardise(frame[flat], flat)
+            undo = StandardisedColumns(self.prepared.stats, source=str(self.prepared.path / "stats.json"))
+            lists = pa.table({c: undo.list_values(lists, c, raw=True) for c in self.lists})
+        table = pa.Table.from_pandas(frame[flat], preserve_index=False)
+        for name in self.lists:
+            table = table.append_column(name, lists.column(name))
+        return np.asarray(self.model.predict(table, standardised=self.same_standardisation), dtype=np.float64)
 
     def model_inputs(self, frame: pd.DataFrame) -> np.ndarray:
         """Feature matrix as the model saw it in training (its own standardisation)."""
@@ -52,6 +76,23 @@ class Scorer:
             return frame[features].to_numpy(np.float32)
         raw = self.prepared.destandardise(frame[features], features)
         return Standardisation.from_stats(self.model.stats, features).transform(raw.to_numpy(np.float64))
+
+
+def list_columns_of(scorers: list[Scorer]) -> list[str]:
+    """The list columns any of the models reads (a tagger's constituents), in a stable order."""
+    return list(dict.fromkeys(c for scorer in scorers for c in scorer.lists))
+
+
+def _same_constituents(mine: dict, theirs: dict) -> bool:
+    """The constituent lists standardised alike (stats.json ``constituents``) in the model and the folder."""
+    if not mine.get("constituents") or not theirs.get("constituents"):
+        return mine.get("constituents") == theirs.get("constituents")
+    try:
+        ours = Standardisation.from_stats(mine["constituents"], source="model constituents")
+        other = Standardisation.from_stats(theirs["constituents"], source="prepared constituents")
+    except StageInputError:
+        return False
+    return ours.matches(other, rtol=1e-9)
 
 
 def class_weight_sums(prepared: PreparedDir) -> dict[str, dict[int, float]]:
@@ -158,6 +199,7 @@ def stream_events(prepared: PreparedDir, scorers: list[Scorer], skim: Path | Non
                    bar) -> Streamed:
     """One bounded-memory pass over train/val/test (and pseudo-data)."""
     features = prepared.feature_order
+    list_columns = list_columns_of(scorers)
     result = Streamed(FeatureHistograms(features, prepared.stats["features"], n_bins=config.evaluate.n_bins,
                                         analysis=prepared.analysis),
                        {1: WeightedCorrelation(), 0: WeightedCorrelation()})
@@ -169,7 +211,8 @@ def stream_events(prepared: PreparedDir, scorers: list[Scorer], skim: Path | Non
     for split in SPLITS:
         if not prepared.has_split(split):
             continue
-        for batch in prepared.iter_batches(split, features + EVENT_COLUMNS, batch_rows=BATCH_ROWS):
+        for batch, lists in prepared.iter_with_lists(split, features + EVENT_COLUMNS, list_columns,
+                                                     batch_rows=LIST_BATCH_ROWS if list_columns else BATCH_ROWS):
             result.signal_processes.update(batch.loc[batch["label"] == 1, "process"].unique())
             for label in (0, 1):
                 mask = (batch["label"] == label).to_numpy()
@@ -179,7 +222,7 @@ def stream_events(prepared: PreparedDir, scorers: list[Scorer], skim: Path | Non
             result.hists.partial_fit(prepared.destandardise(batch, features))
             if split in SCORED_SPLITS:
                 for scorer in scorers:
-                    parts[split][scorer.name].append(scorer.predict(batch))
+                    parts[split][scorer.name].append(scorer.predict(batch, lists))
                 labels[split].append(batch["label"].to_numpy())
                 weights[split].append(batch["weight"].to_numpy(np.float64))
             bar.advance(task, len(batch))
