@@ -246,7 +246,8 @@ TINY_TAGGERS = {"constituents": 16, "max_epochs": 1, "batch_size": 64, "shuffle_
 
 
 def test_taggers_are_scored_on_their_constituent_lists_beside_the_trees(tagger_models, tmp_path, monkeypatch):
-    """pfn and cnn read the prepared lists (the cnn as images): evaluate scores them as predict does."""
+    """pfn and cnn read the prepared lists (the cnn as images, and no jet feature): evaluate scores them as
+    predict does."""
     pytest.importorskip("torch")
     from analysis.evaluate.runner import run_evaluate
     from analysis.evaluate.scoring import Scorer
@@ -255,8 +256,11 @@ def test_taggers_are_scored_on_their_constituent_lists_beside_the_trees(tagger_m
     prep, (trees, _) = tagger_models
     config = _config({"kind": "multiclass", "class_column": "jet_label", "classes": JET_CLASSES},
                      train={"device": "cpu", "tagger": TINY_TAGGERS})
-    models = [trees] + [run_train(prep, tmp_path / name, config, model=name, device="cpu", progress=False)
-                        for name in ("pfn", "cnn")]
+    # the cnn sees the images alone (no jet features): a tagger that reads no flat column
+    particles_only = _config(config.target.model_dump(), train={"device": "cpu",
+                                                                "tagger": TINY_TAGGERS | {"jet_features": False}})
+    models = [trees] + [run_train(prep, tmp_path / name, cfg, model=name, device="cpu", progress=False)
+                        for name, cfg in (("pfn", config), ("cnn", particles_only))]
     run_evaluate(models, prep, tmp_path / "eval", config, progress=False)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     test = pq.read_table(prep / "test")
@@ -277,6 +281,7 @@ def test_taggers_are_scored_on_their_constituent_lists_beside_the_trees(tagger_m
         # A model of another standardisation gets raw values, lists included: the same scores.
         scorer = Scorer(model_dir.name, model, model_dir, opened)
         assert scorer.same_standardisation and scorer.lists
+        assert (model.layout.jet_features == ()) == (model_dir.name == "cnn")
         frame, lists = opened.read_with_lists("test", list(opened.feature_order), scorer.lists)
         monkeypatch.setattr(scorer, "same_standardisation", False)
         np.testing.assert_allclose(scorer.predict(frame, lists), direct, atol=1e-5)

@@ -61,12 +61,12 @@ class Scorer:
                                   "evaluation did not read them")
         flat = [c for c in self.model.input_columns if c not in self.lists]
         if not self.same_standardisation:
-            frame = self.prepared.destandardise(frame[flat], flat)
+            frame = self.prepared.destandardise(frame[flat], flat) if flat else frame
             undo = StandardisedColumns(self.prepared.stats, source=str(self.prepared.path / "stats.json"))
             lists = pa.table({c: undo.list_values(lists, c, raw=True) for c in self.lists})
-        table = pa.Table.from_pandas(frame[flat], preserve_index=False)
-        for name in self.lists:
-            table = table.append_column(name, lists.column(name))
+        table = lists.select(self.lists)  # a tagger without jet features reads no flat column
+        for name in flat:
+            table = table.append_column(name, pa.array(frame[name].to_numpy()))
         return np.asarray(self.model.predict(table, standardised=self.same_standardisation), dtype=np.float64)
 
     def model_inputs(self, frame: pd.DataFrame) -> np.ndarray:
