@@ -42,3 +42,15 @@ def test_columns_of_other_lengths_are_an_error():
         padded_columns({"a": [[1.0, 2.0]], "b": [[1.0]]}, ["a", "b"], 3)
     with pytest.raises(ValueError, match="at least 1"):
         pad_lists([[1.0]], 0)
+
+
+def test_lists_of_other_dtypes_and_all_empty_lists_pad_into_float32():
+    columns = {"a": pa.array([[1.5, 2.5, 3.5], [], [4.5]], pa.list_(pa.float64())),
+               "b": pa.array([[1, 2, 3], [], [4]], pa.list_(pa.int32()))}
+    out, mask = padded_columns(columns, ["a", "b"], 2, fill=-9.0)
+    assert out.dtype == np.float32
+    assert out.tolist() == [[[1.5, 1.0], [2.5, 2.0]], [[-9.0, -9.0], [-9.0, -9.0]], [[4.5, 4.0], [-9.0, -9.0]]]
+    assert mask.tolist() == [[True, True], [False, False], [True, False]]
+    empty = {"a": pa.array([[], []], pa.list_(pa.float32()))}
+    out, mask = padded_columns(empty, ["a"], 3)
+    assert out.tolist() == [[[0.0]] * 3] * 2 and not mask.any()

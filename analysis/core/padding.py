@@ -80,16 +80,21 @@ def pad_into(columns: Mapping[str, Any], names: Sequence[str], out: np.ndarray, 
     first_offsets, _ = list_offsets(columns[names[0]])
     if len(first_offsets) - 1 != rows:
         raise ValueError(f"padded_columns: {len(first_offsets) - 1} lists into an array of {rows} rows")
-    row, slot, position = _gather_index(first_offsets, n)
-    values = np.empty((len(position), width), dtype=out.dtype)
+    kept = np.minimum(np.diff(first_offsets), n)
+    slots = np.arange(n)
+    # A gather for every slot (row r, slot j reads entry offsets[r] + j; padded slots read a
+    # clipped neighbour and are filled after) straight into ``out``: no (entries, F) copy
+    # in between, and no scatter, which is the slower of the two in numpy.
+    source = first_offsets[:-1, None] + slots[None, :]
+    padded = slots[None, :] >= kept[:, None]
     for k, name in enumerate(names):
         offsets, flat = list_offsets(columns[name])
         if not np.array_equal(offsets, first_offsets):
             raise ValueError(f"padded_columns: {name} has other list lengths than {names[0]}")
-        np.take(flat, position, out=values[:, k])
-    out.fill(fill)
-    out[row, slot] = values
-    return np.minimum(np.diff(first_offsets), n)
+        if len(flat):  # take writes into ``out`` only from its own dtype
+            np.take(flat.astype(out.dtype, copy=False), source, out=out[:, :, k], mode="clip")
+    out[padded] = fill
+    return kept
 
 
 def padded_columns(columns: Mapping[str, Any], names: Sequence[str], n: int, *,
