@@ -32,7 +32,7 @@ from analysis.core.standardise import Standardisation
 from analysis.core.target import Target
 from analysis.errors import HepprepError, StageInputError
 
-__all__ = ["INPUT", "OPSET", "Body", "assemble", "opsets_of", "outputs_of", "random_raw_rows",
+__all__ = ["INPUT", "OPSET", "Body", "assemble", "checked_model", "opsets_of", "outputs_of", "random_raw_rows",
            "ratio_to_index"]
 
 INPUT = "raw"  # the graph's one input: float64 (rows, features), columns in features.json order
@@ -229,6 +229,15 @@ def assemble(body: Body, std: Standardisation, target: Target):
         initializer=[*front_inits, *inner.graph.initializer, *head_inits],
         value_info=list(inner.graph.value_info),
     )
+    return checked_model(graph, inner, "hepprep model: raw feature columns (float64, NaN = missing) in, "
+                                       f"{target.kind} scores out; see metadata_props")
+
+
+def checked_model(graph, inner, doc: str):
+    """``graph`` as a checked model, importing the operator sets (and functions) of the converted ``inner``."""
+    import onnx
+    from onnx import helper
+
     opsets = {"": OPSET}
     for entry in inner.opset_import:
         if entry.domain not in ("", "ai.onnx"):
@@ -240,8 +249,7 @@ def assemble(body: Body, std: Standardisation, target: Target):
     model = helper.make_model(graph, opset_imports=imports, producer_name="hepprep",
                               ir_version=helper.find_min_ir_version_for(imports),
                               functions=list(inner.functions))
-    model.doc_string = ("hepprep model: raw feature columns (float64, NaN = missing) in, "
-                        f"{target.kind} scores out; see metadata_props")
+    model.doc_string = doc
     onnx.checker.check_model(model, full_check=True)
     return model
 

@@ -32,8 +32,8 @@ from analysis.core.optional import optional_import
 from analysis.core.padding import padded_columns
 from analysis.core.standardise import Standardisation
 from analysis.core.target import Target
-from analysis.errors import HepprepError, StageInputError
-from analysis.export.graph import INPUT, OPSET, _head, outputs_of, random_raw_rows, ratio_to_index
+from analysis.errors import StageInputError
+from analysis.export.graph import INPUT, OPSET, _head, checked_model, outputs_of, random_raw_rows, ratio_to_index
 from analysis.export.mlp import _quiet_exporter
 
 __all__ = ["CONSTITUENTS", "IMAGES", "MASK", "tagger_check_inputs", "tagger_graph", "tagger_inputs"]
@@ -190,21 +190,8 @@ def tagger_graph(model: Any, target: Target):
         [*body.graph.node, *head], "hepprep", list(body.graph.input),
         [_output_info(helper, TensorProto, spec) for spec in outputs_of(target)],
         initializer=[*body.graph.initializer, *head_inits], value_info=list(body.graph.value_info))
-    opsets = {"": OPSET}
-    for entry in body.opset_import:
-        if entry.domain not in ("", "ai.onnx"):
-            opsets[entry.domain] = max(opsets.get(entry.domain, 0), entry.version)
-        elif entry.version > OPSET:
-            raise HepprepError(f"the converted model needs ONNX opset {entry.version}, above the "
-                               f"{OPSET} hepprep exports; please report it")
-    imports = [helper.make_opsetid(domain, version) for domain, version in opsets.items()]
-    onnx_model = helper.make_model(graph, opset_imports=imports, producer_name="hepprep",
-                                   ir_version=helper.find_min_ir_version_for(imports),
-                                   functions=list(body.functions))
-    onnx_model.doc_string = (f"hepprep {model.kind} tagger: {', '.join(names)} in physical units in, "
-                             f"{target.kind} scores out; see metadata_props")
-    onnx.checker.check_model(onnx_model, full_check=True)
-    return onnx_model
+    return checked_model(graph, body, f"hepprep {model.kind} tagger: {', '.join(names)} in physical units in, "
+                                      f"{target.kind} scores out; see metadata_props")
 
 
 def _output_info(helper, TensorProto, spec: dict):
