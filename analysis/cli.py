@@ -301,19 +301,19 @@ def run(
     config: Optional[Path] = ConfigOption,
     out: Path = typer.Option(Path("hepprep-output"), "--out", "-o", help="Folder for every stage's output."),
     fileset: Optional[Path] = typer.Option(None, help="Run on this coffea fileset JSON instead of a generated sample."),
-    models: str = typer.Option("xgboost,mlp", help="Comma-separated models to train and compare."),
+    models: str = typer.Option("xgboost,mlp", help="Comma-separated models to train and compare (taggers: pfn, part, cnn)."),
+    kind: str = typer.Option("events", help="The sample generated without --fileset: events, or jets (examples/jets.toml)."),
     scheduler: Optional[str] = typer.Option(None, help="Existing dask scheduler (tcp://host:8786)."),
     quiet: bool = QuietOption,
 ) -> None:
     """Run the whole pipeline; with no arguments, on the embedded default generated sample."""
-    cfg = _load(config)
-    chosen = tuple(m.strip() for m in models.split(",") if m.strip())
-    unknown = sorted(set(chosen) - {"xgboost", "mlp"})
-    if unknown or not chosen:
-        raise ConfigError(f"--models: unknown model {', '.join(unknown) or '(none given)'}; choose from xgboost, mlp")
+    from analysis.generate.kinds import KINDS
     from analysis.pipeline import run_pipeline
-
-    result = run_pipeline(cfg, out, fileset=fileset, models=chosen, scheduler=scheduler, progress=not quiet)
+    from analysis.train.runner import MODELS
+    cfg, chosen = _load(config), tuple(m.strip() for m in models.split(",") if m.strip())
+    if kind not in KINDS or not chosen or set(chosen) - set(MODELS):
+        raise ConfigError(f"--kind {kind} --models {models}: kinds are {', '.join(KINDS)}; models {', '.join(MODELS)}")
+    result = run_pipeline(cfg, out, fileset=fileset, models=chosen, scheduler=scheduler, progress=not quiet, kind=kind)
     typer.echo(f"report: {result.report}")
 
 

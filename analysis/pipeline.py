@@ -44,7 +44,7 @@ def _differences(old: Any, new: Any, where: str = "") -> list[str]:
     return [] if old == new else [f"{where} {old!r} -> {new!r}"]
 
 
-def _check_reusable_sample(samples: Path, config: Config) -> None:
+def _check_reusable_sample(samples: Path, config: Config, kind: str) -> None:
     """Refuse to reuse a generated sample made with other settings than ``config``'s.
 
     The skim and everything after it would otherwise describe events the configuration no
@@ -57,7 +57,12 @@ def _check_reusable_sample(samples: Path, config: Config) -> None:
     )
 
     recorded = read_generation_settings(samples)
-    wanted = generation_settings(config)
+    if kind == "jets":
+        from analysis.generate.jets import jet_generation_settings
+
+        wanted = jet_generation_settings(config)
+    else:
+        wanted = generation_settings(config)
     if recorded == wanted:
         return
     what = (f"no {SETTINGS_FILE} records how it was generated" if recorded is None
@@ -68,7 +73,7 @@ def _check_reusable_sample(samples: Path, config: Config) -> None:
 
 def run_pipeline(config: Config, out_dir: str | Path, *, fileset: str | Path | None = None,
                  models: tuple[str, ...] = ("xgboost", "mlp"), scheduler: str | None = None,
-                 progress: bool = True) -> PipelineResult:
+                 progress: bool = True, kind: str = "events") -> PipelineResult:
     """Run every stage on ``fileset`` (or on a freshly generated default sample).
 
     Parameters
@@ -81,14 +86,17 @@ def run_pipeline(config: Config, out_dir: str | Path, *, fileset: str | Path | N
         A coffea fileset JSON of real files; None generates the synthetic sample of
         ``config.generate`` into ``<out>/samples`` (reused when already there).
     models : tuple of str
-        Models to train and compare: "xgboost", "mlp".
+        Models to train and compare: "xgboost", "mlp", and on jets the taggers "pfn", "part", "cnn".
     scheduler : str or None
         Address of an existing dask scheduler for the dask stages.
     progress : bool
         Progress bars on stderr.
+    kind : str
+        The sample generated when no fileset is given: "events" (the di-tau NanoAOD) or
+        "jets" (PFNano jets, for a jet processor's configuration such as examples/jets.toml).
     """
     from analysis.evaluate.runner import run_evaluate
-    from analysis.generate.runner import generate_samples
+    from analysis.generate.kinds import generate_kind
     from analysis.prepare.runner import run_prepare
     from analysis.skim.runner import run_skim
     from analysis.train.runner import run_train
@@ -109,10 +117,10 @@ def run_pipeline(config: Config, out_dir: str | Path, *, fileset: str | Path | N
     if fileset is None:
         fileset = out / "samples" / "fileset.json"
         if fileset.is_file():
-            _check_reusable_sample(out / "samples", config)
+            _check_reusable_sample(out / "samples", config, kind)
             console.print(f"generate: reusing {fileset}")
         else:
-            fileset = timed("generate", generate_samples, out / "samples", config, progress=progress)
+            fileset = timed("generate", generate_kind, kind, out / "samples", config, progress=progress)
     result.fileset = Path(fileset)
 
     result.skim_dir = out / "skim"

@@ -99,6 +99,12 @@ def _split(total: int, parts: int) -> list[int]:
     return [base + (i < extra) for i in range(parts)]
 
 
+def jet_generation_settings(config: Config) -> dict:
+    """What decides the generated jet files (generate.json; `hepprep run` compares it before reusing them)."""
+    return {"kind": "jets", "generate": config.generate.model_dump(mode="json"),
+            "samples": {name: s.model_dump(mode="json") for name, s in jet_samples(config).items()}}
+
+
 def generate_jet_samples(out_dir: str | Path, config: Config, *, progress: bool = True) -> Path:
     """Generate the jet datasets (`jet_samples`) into ``out_dir``: ``<dataset>/<dataset>_<i>.root`` and
     ``fileset.json`` (and ``generate.json``, the settings). Returns the fileset's path."""
@@ -135,10 +141,8 @@ def generate_jet_samples(out_dir: str | Path, config: Config, *, progress: bool 
                       "metadata": {"process": s.process, "is_mc": True, "label": s.label, "xsec_pb": s.xsec_pb,
                                    "sumw": float(counts[name]), "n_events": counts[name]}}
                for name, s in samples.items()}
-    settings = {"kind": "jets", "generate": gen.model_dump(mode="json"),
-                "samples": {name: s.model_dump(mode="json") for name, s in samples.items()}}
     path = out_dir / "fileset.json"
-    write_json_atomic(out_dir / GENERATE_SETTINGS_FILE, settings)
+    write_json_atomic(out_dir / GENERATE_SETTINGS_FILE, jet_generation_settings(config))
     write_json_atomic(path, fileset)
     stage_console(quiet=not progress).print(
         f"generated {gen.events} jet events in {len(jobs)} files ({len(samples)} datasets) in "
