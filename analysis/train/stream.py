@@ -265,7 +265,10 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
         # put and exchange copy the rows they are given: the read blocks can be reused.
         # Reading ahead, a block is refilled two reads after it was handed over.
         ahead = len(peaks) == 1
-        reads = self._read(units, chunk, threads=False, reuse=3 if ahead else 1)
+        # A lone part that was allowed several threads (fewer row groups than read_threads)
+        # lets pyarrow decode its columns in parallel, as a plain read of the file would.
+        threads = ahead and self.read_threads > 1 and torch.utils.data.get_worker_info() is None
+        reads = self._read(units, chunk, threads=threads, reuse=3 if ahead else 1)
         for rows in (read_ahead(reads) if ahead else reads):
             start = 0
             while start < len(rows):
