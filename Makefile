@@ -9,6 +9,10 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 DEMO_OUT ?= demo-output
 PYTEST_ARGS ?=
+# `make test` runs in two pytest-xdist processes, a test file each at a time (its module
+# fixtures built once): much of the suite waits on subprocesses and dask start-up, so two
+# processes on two cores take about 17 minutes where one takes 24. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test bench test-integration clean
 
@@ -25,7 +29,7 @@ demo: $(STAMP)
 	$(VENV)/bin/hepprep run --out $(DEMO_OUT)
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not integration" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The slow tests are the full forms of tests CI runs smaller (every fuzz case, every kill
 # moment, the bigger samples): out of `make test`'s 15-minute budget, but still run.
