@@ -118,3 +118,17 @@ def write_jet_skim(root: str | Path, samples: list[JetSample] | None = None, *, 
             pq.write_table(jet_table(sample, start, stop, seed=seed),
                            folder / f"part-{k:05d}-{start}-{stop}.parquet", row_group_size=row_group_rows)
     return write_skim_manifest(root)
+
+
+def prepare_small_jets(root: Path, name: str, target: dict, features: list[str], lists) -> Path:
+    """``root/skim`` (`write_jet_skim`) prepared into ``root/name`` in small files and row groups, one worker."""
+    from analysis import config_from_dict
+    from analysis.prepare.runner import run_prepare
+
+    config = config_from_dict({
+        "features": features, "target": target,
+        "prepare": {"bucket_rows": 800, "file_rows": 600, "row_group_rows": 150,
+                    "objects": {"constituent_features": list(lists)}},
+        "cluster": {"n_workers": 1, "memory_limit": "2GiB"}})
+    run_prepare(root / "skim", root / name, config, progress=False)
+    return root / name

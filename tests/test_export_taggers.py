@@ -19,13 +19,18 @@ import pytest
 
 pytest.importorskip("torch")
 
-from _jet_prepare_helpers import CANDIDATE_COLUMNS, JET_CLASSES, jet_samples, write_jet_skim  # noqa: E402
+from _jet_prepare_helpers import (  # noqa: E402
+    CANDIDATE_COLUMNS,
+    JET_CLASSES,
+    jet_samples,
+    prepare_small_jets,
+    write_jet_skim,
+)
 
 from analysis import config_from_dict  # noqa: E402
 from analysis.cli import main  # noqa: E402
 from analysis.export.runner import features_file, max_difference  # noqa: E402
 from analysis.export.tagger import tagger_check_inputs  # noqa: E402
-from analysis.prepare.runner import run_prepare  # noqa: E402
 from analysis.train.predict import load_model  # noqa: E402
 from analysis.train.runner import run_train  # noqa: E402
 
@@ -50,24 +55,14 @@ def _config(target: str, **tagger):
     return config_from_dict({"features": JETS, "target": MULTICLASS, "train": {"tagger": train}})
 
 
-def _prepare(root, name, target, features, lists):
-    config = config_from_dict({
-        "features": features, "target": target,
-        "prepare": {"bucket_rows": 800, "file_rows": 600, "row_group_rows": 150,
-                    "objects": {"constituent_features": list(lists)}},
-        "cluster": {"n_workers": 1, "memory_limit": "2GiB"}})
-    run_prepare(root / "skim", root / name, config, progress=False)
-    return root / name
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """{case name: model folder}, trained from two prepared folders of one small skim."""
     root = tmp_path_factory.mktemp("tagger_export")
     write_jet_skim(root / "skim", jet_samples(0.1))
-    prepared = {"multiclass": _prepare(root, "multi", MULTICLASS, JETS, CANDIDATE_COLUMNS),
-                "regression": _prepare(root, "mass", REGRESSION, ["jet_pt", "jet_eta"],
-                                       ("cand_pt", "cand_logpt", "cand_d0"))}
+    prepared = {"multiclass": prepare_small_jets(root, "multi", MULTICLASS, JETS, CANDIDATE_COLUMNS),
+                "regression": prepare_small_jets(root, "mass", REGRESSION, ["jet_pt", "jet_eta"],
+                                                 ("cand_pt", "cand_logpt", "cand_d0"))}
     return {name: run_train(prepared[target], root / name, _config(target, **tagger), model=model,
                             device="cpu", progress=False)
             for name, model, target, tagger in CASES}

@@ -1,6 +1,6 @@
 """Whole pipeline on jets: `hepprep run --kind jets` generates the PFNano jet sample, skims it with the
-jet processor, prepares it, trains a tree and a tagger and evaluates both as taggers; a re-run reuses
-the sample, and a model or kind it does not know is one line."""
+jet processor, prepares it, trains a tree and a tagger and evaluates both as taggers; a re-run may reuse
+the sample only with the settings it was made with; a model or kind it does not know is one line."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 
 from analysis import load_config
 from analysis.cli import main
-from analysis.pipeline import run_pipeline
+from analysis.errors import StageInputError
+from analysis.pipeline import _check_reusable_sample, run_pipeline
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "jets.toml"
 SMALL = {"generate": {"events": 1200}, "cluster": {"n_workers": 1, "memory_limit": "2GiB"},
@@ -36,10 +37,12 @@ def test_run_on_generated_jets_trains_and_evaluates_a_tagger_beside_the_trees(tm
         assert all(entry["auc"] is not None and 0.0 < entry["auc"] <= 1.0 for entry in tagger.values())
     assert json.loads((tmp_path / "models" / "pfn" / "model_info.json").read_text())["model"] == "pfn"
     assert result.report.is_file()
-    # The sample is reused, not generated again (and not mistaken for the event sample)
-    before = (tmp_path / "samples" / "generate.json").stat().st_mtime_ns
-    run_pipeline(config, tmp_path, models=("xgboost",), kind="jets", progress=False)
-    assert (tmp_path / "samples" / "generate.json").stat().st_mtime_ns == before
+    # A re-run may reuse the sample with these settings, not with others, nor as the event sample
+    _check_reusable_sample(tmp_path / "samples", config, "jets")
+    other = load_config(EXAMPLE, SMALL | {"generate": {"events": 1300}})
+    for cfg, kind in ((other, "jets"), (config, "events")):
+        with pytest.raises(StageInputError, match="cannot reuse this generated sample"):
+            _check_reusable_sample(tmp_path / "samples", cfg, kind)
 
 
 @pytest.mark.parametrize("argv", [["--models", "xgboost,bdt"], ["--kind", "muons"], ["--models", ","]])

@@ -18,7 +18,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from _jet_prepare_helpers import CANDIDATE_COLUMNS, JET_CLASSES, jet_samples, write_jet_skim  # noqa: E402
+from _jet_prepare_helpers import (  # noqa: E402
+    CANDIDATE_COLUMNS,
+    JET_CLASSES,
+    jet_samples,
+    prepare_small_jets,
+    write_jet_skim,
+)
 from _train_helpers import write_prepared_dir  # noqa: E402
 
 import analysis.train.fit as train_fit  # noqa: E402
@@ -27,7 +33,6 @@ from analysis.cli import main  # noqa: E402
 from analysis.core.jet_tables import StandardisedColumns  # noqa: E402
 from analysis.core.tagger_config import TaggerConfig  # noqa: E402
 from analysis.errors import ConfigError, StageInputError  # noqa: E402
-from analysis.prepare.runner import run_prepare  # noqa: E402
 from analysis.train.jet_stream import JetBatchStream, JetRowLayout  # noqa: E402
 from analysis.train.predict import load_model  # noqa: E402
 from analysis.train.runner import run_train  # noqa: E402
@@ -46,26 +51,16 @@ def _network(model):
     return getattr(TaggerConfig(**{model: TINY[model]}), model).model_dump()
 
 
-def _prepare(root, name, target, features, lists):
-    config = config_from_dict({
-        "features": features, "target": target,
-        "prepare": {"bucket_rows": 800, "file_rows": 600, "row_group_rows": 150,
-                    "objects": {"constituent_features": list(lists)}},
-        "cluster": {"n_workers": 1, "memory_limit": "2GiB"}})
-    run_prepare(root / "skim", root / name, config, progress=False)
-    return root / name
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("taggers")
     write_jet_skim(root / "skim", jet_samples(0.25))
     return {
-        "multiclass": _prepare(root, "multi", {"kind": "multiclass", "class_column": "jet_label",
-                                               "classes": JET_CLASSES}, JETS, CANDIDATE_COLUMNS),
-        "binary": _prepare(root, "binary", {"kind": "binary"}, JETS, CANDIDATE_COLUMNS),
-        "regression": _prepare(root, "regression", {"kind": "regression", "columns": ["jet_mass"]},
-                               ["jet_pt", "jet_eta"], ("cand_pt", "cand_logpt", "cand_d0")),
+        "multiclass": prepare_small_jets(root, "multi", {"kind": "multiclass", "class_column": "jet_label",
+                                                         "classes": JET_CLASSES}, JETS, CANDIDATE_COLUMNS),
+        "binary": prepare_small_jets(root, "binary", {"kind": "binary"}, JETS, CANDIDATE_COLUMNS),
+        "regression": prepare_small_jets(root, "regression", {"kind": "regression", "columns": ["jet_mass"]},
+                                         ["jet_pt", "jet_eta"], ("cand_pt", "cand_logpt", "cand_d0")),
     }
 
 
