@@ -2,8 +2,8 @@
 
 The prepared files keep every constituent of a jet (lists ordered by decreasing pt, never
 padded): N is a choice of the consumer, not of the data. The training loader pads or
-truncates to N at load time and the HDF5 export writes fixed-size arrays; both call
-`pad_lists`, so a jet's first N constituents, the fill value and the mask are the same
+truncates to N at load time and the HDF5 export writes fixed-size arrays; both come down to
+`pad_into`, so a jet's first N constituents, the fill value and the mask are the same
 wherever a fixed size is needed.
 """
 
@@ -17,16 +17,6 @@ import numpy as np
 from analysis.core.jet_images import list_offsets
 
 __all__ = ["pad_into", "pad_lists", "padded_columns"]
-
-
-def _gather_index(offsets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row, slot, flat position) of every kept entry: each row's first ``min(count, n)`` entries."""
-    counts = np.diff(offsets)
-    kept = np.minimum(counts, n)
-    row = np.repeat(np.arange(len(counts), dtype=np.int64), kept)
-    starts = np.cumsum(kept) - kept
-    slot = np.arange(int(kept.sum()), dtype=np.int64) - np.repeat(starts, kept)
-    return row, slot, offsets[:-1][row] + slot
 
 
 def pad_lists(values: Any, n: int, *, fill: float = 0.0, dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
@@ -52,14 +42,8 @@ def pad_lists(values: Any, n: int, *, fill: float = 0.0, dtype: Any = np.float32
     """
     if n < 1:
         raise ValueError(f"pad_lists: n must be at least 1, got {n}")
-    offsets, flat = list_offsets(values)
-    rows = len(offsets) - 1
-    row, slot, position = _gather_index(offsets, n)
-    out = np.full((rows, n), fill, dtype=dtype)
-    out[row, slot] = flat[position]
-    mask = np.zeros((rows, n), dtype=bool)
-    mask[row, slot] = True
-    return out, mask
+    out, mask = padded_columns({"values": values}, ["values"], n, fill=fill, dtype=dtype)
+    return out[:, :, 0], mask
 
 
 def pad_into(columns: Mapping[str, Any], names: Sequence[str], out: np.ndarray, *, fill: float = 0.0) -> np.ndarray:
