@@ -81,16 +81,13 @@ class PreparedDir:
         ``process`` and ``dataset`` may be absent (a prepared flat table has no process):
         they are then filled with "signal"/"background"/"data" from the label.
         """
-        dataset = self.dataset(split)
-        return _complete(_to_pandas(dataset.to_table(columns=self._present(dataset, columns))), columns)
+        return self.read_with_lists(split, columns, [])[0]
 
     def iter_batches(self, split: str, columns: list[str], *, batch_rows: int = 200_000
                      ) -> Iterator[pd.DataFrame]:
         """Stream a split in bounded-size batches (memory set by ``batch_rows``)."""
-        dataset = self.dataset(split)
-        for batch in dataset.to_batches(columns=self._present(dataset, columns), batch_size=batch_rows):
-            if batch.num_rows:
-                yield _complete(_to_pandas(batch), columns)
+        for frame, _ in self.iter_with_lists(split, columns, [], batch_rows=batch_rows):
+            yield frame
 
     def read_with_lists(self, split: str, columns: list[str], lists: list[str]) -> tuple[pd.DataFrame, pa.Table]:
         """`read`, and the list columns ``lists`` (a tagger's constituents) of the same rows as arrow."""
@@ -242,12 +239,25 @@ def standardisation_matches(model, prepared: PreparedDir, *, rtol: float = 1e-9)
 
     Then the standardised columns can go to the model as they are; otherwise evaluation
     hands it raw values and the model applies its own standardisation.
+    A tagger (a model with a ``layout``) also reads constituent lists: their mean/std
+    (stats.json ``constituents``) must match as well.
     """
     try:
         mine = Standardisation.from_stats(model.stats, model.features)
     except StageInputError:
         return False
-    return mine.matches(prepared.standardisation, rtol=rtol)
+    if not mine.matches(prepared.standardisation, rtol=rtol):
+        return False
+    if getattr(model, "layout", None) is None:
+        return True
+    ours, theirs = model.stats.get("constituents"), prepared.stats.get("constituents")
+    if not ours or not theirs:
+        return ours == theirs
+    try:
+        return Standardisation.from_stats(ours, source="model constituents").matches(
+            Standardisation.from_stats(theirs, source="prepared constituents"), rtol=rtol)
+    except StageInputError:
+        return False
 
 
 def _cutflow_rows(dataset: str, entry: Any) -> list[dict]:

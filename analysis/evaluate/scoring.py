@@ -40,10 +40,10 @@ class Scorer:
         flat = set(prepared.feature_order)
         # A tagger's constituent lists: read beside the flat columns and passed to it as arrow.
         self.lists = [c for c in model.input_columns if c not in flat]
+        self._flat_inputs = [c for c in model.input_columns if c in flat]
         # Same mean/std as the prepared directory: pass standardised columns as they are;
         # otherwise hand over raw values and let the model apply its own standardisation.
-        self.same_standardisation = standardisation_matches(model, prepared) and (
-            not self.lists or _same_constituents(model.stats, prepared.stats))
+        self.same_standardisation = standardisation_matches(model, prepared)
 
     def predict(self, frame: pd.DataFrame, lists: pa.Table | None = None) -> np.ndarray:
         """The model's answer for each row of ``frame`` (and of ``lists``, a tagger's list columns)."""
@@ -59,7 +59,7 @@ class Scorer:
         if lists is None or any(c not in lists.column_names for c in self.lists):
             raise StageInputError(f"{self.model_dir}: the tagger reads the list columns {', '.join(self.lists)}; "
                                   "evaluation did not read them")
-        flat = [c for c in self.model.input_columns if c not in self.lists]
+        flat = self._flat_inputs
         if not self.same_standardisation:
             frame = self.prepared.destandardise(frame[flat], flat) if flat else frame
             undo = StandardisedColumns(self.prepared.stats, source=str(self.prepared.path / "stats.json"))
@@ -81,18 +81,6 @@ class Scorer:
 def list_columns_of(scorers: list[Scorer]) -> list[str]:
     """The list columns any of the models reads (a tagger's constituents), in a stable order."""
     return list(dict.fromkeys(c for scorer in scorers for c in scorer.lists))
-
-
-def _same_constituents(mine: dict, theirs: dict) -> bool:
-    """The constituent lists standardised alike (stats.json ``constituents``) in the model and the folder."""
-    if not mine.get("constituents") or not theirs.get("constituents"):
-        return mine.get("constituents") == theirs.get("constituents")
-    try:
-        ours = Standardisation.from_stats(mine["constituents"], source="model constituents")
-        other = Standardisation.from_stats(theirs["constituents"], source="prepared constituents")
-    except StageInputError:
-        return False
-    return ours.matches(other, rtol=1e-9)
 
 
 def class_weight_sums(prepared: PreparedDir) -> dict[str, dict[int, float]]:
@@ -211,8 +199,10 @@ def stream_events(prepared: PreparedDir, scorers: list[Scorer], skim: Path | Non
     for split in SPLITS:
         if not prepared.has_split(split):
             continue
-        for batch, lists in prepared.iter_with_lists(split, features + EVENT_COLUMNS, list_columns,
-                                                     batch_rows=LIST_BATCH_ROWS if list_columns else BATCH_ROWS):
+        # The lists are read only where the models are scored here (test was scored apart).
+        lists_here = list_columns if split in SCORED_SPLITS else []
+        for batch, lists in prepared.iter_with_lists(split, features + EVENT_COLUMNS, lists_here,
+                                                     batch_rows=LIST_BATCH_ROWS if lists_here else BATCH_ROWS):
             result.signal_processes.update(batch.loc[batch["label"] == 1, "process"].unique())
             for label in (0, 1):
                 mask = (batch["label"] == label).to_numpy()
