@@ -50,19 +50,11 @@ def _check_reusable_sample(samples: Path, config: Config, kind: str) -> None:
     The skim and everything after it would otherwise describe events the configuration no
     longer asks for; regenerating in place would leave skim parts of files that are gone.
     """
-    from analysis.generate.runner import (
-        SETTINGS_FILE,
-        generation_settings,
-        read_generation_settings,
-    )
+    from analysis.generate.kinds import kind_settings
+    from analysis.generate.runner import SETTINGS_FILE, read_generation_settings
 
     recorded = read_generation_settings(samples)
-    if kind == "jets":
-        from analysis.generate.jets import jet_generation_settings
-
-        wanted = jet_generation_settings(config)
-    else:
-        wanted = generation_settings(config)
+    wanted = kind_settings(kind, config)
     if recorded == wanted:
         return
     what = (f"no {SETTINGS_FILE} records how it was generated" if recorded is None

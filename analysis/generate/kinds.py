@@ -11,7 +11,7 @@ from pathlib import Path
 from analysis.config import Config
 from analysis.errors import ConfigError
 
-__all__ = ["KINDS", "generate_kind"]
+__all__ = ["KINDS", "generate_kind", "kind_settings"]
 
 KINDS = ("events", "jets")
 
@@ -26,4 +26,21 @@ def generate_kind(kind: str, out_dir: str | Path, config: Config, *, progress: b
         from analysis.generate.runner import generate_samples
 
         return generate_samples(out_dir, config, progress=progress)
-    raise ConfigError(f"--kind: {kind!r} is not a kind of sample; give {' or '.join(KINDS)}")
+    raise _unknown(kind)
+
+
+def kind_settings(kind: str, config: Config) -> dict:
+    """What decides the files of a sample of ``kind`` (its generate.json; `hepprep run` compares it before reuse)."""
+    if kind == "jets":
+        from analysis.generate.jets import jet_generation_settings
+
+        return jet_generation_settings(config)
+    if kind == "events":
+        from analysis.generate.runner import generation_settings
+
+        return generation_settings(config)
+    raise _unknown(kind)
+
+
+def _unknown(kind: str) -> ConfigError:
+    return ConfigError(f"--kind: {kind!r} is not a kind of sample; give {' or '.join(KINDS)}")
