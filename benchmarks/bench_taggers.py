@@ -41,8 +41,9 @@ MODELS = ("xgboost", "pfn", "part", "cnn")
 
 
 # What each network trains with on the 2-core CPU this runs on: ParT's pairwise features cost
-# N^2 per jet (70 jets/s at N = 100, 350 at N = 32), so it reads each jet's 32 leading
-# constituents and trains fewer epochs; PFN and the CNN take the defaults (N = 100).
+# N^2 per jet (on this machine about 70 jets/s at N = 100, 350-570 at N = 32 with the load of
+# the day), so it reads each jet's 32 leading constituents and trains fewer epochs; PFN and
+# the CNN take the defaults (N = 100).
 CPU_SETTINGS = {"pfn": {"max_epochs": 20}, "part": {"constituents": 32, "max_epochs": 8}, "cnn": {"max_epochs": 10}}
 
 
