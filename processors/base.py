@@ -147,6 +147,9 @@ class SkimProcessor(processor.ProcessorABC):
         self.lumi_pb = float(lumi_pb)
         self.out_dir = str(out_dir)
         self.chunk_tree = chunk_tree
+        # Set by the skim for chunks run in this process (`processors.parts.BackgroundParts`);
+        # None: each part is written before `process` returns (worker processes, dask).
+        self.part_writer: Callable[..., None] | None = None
         self.input_profiles = dict(input_profiles or {})
         # NanoAOD dialects (processors.profiles), with [skim.input_profiles] of the config
         self.profiles = ProfileTable(self.input_profiles)
@@ -261,8 +264,13 @@ class SkimProcessor(processor.ProcessorABC):
                    "sumw": meta["sumw"], "cutflow": steps,
                    # the steps' order (the summary is stored with its keys sorted)
                    "steps": list(steps)}
-        write_part(table, Path(self.out_dir) / relpath, summary)
+        writer = getattr(self, "part_writer", None) or write_part  # (a plug-in's __init__ may skip ours)
+        writer(table, Path(self.out_dir) / relpath, summary)
         return {"chunks": {relpath: summary}}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy sent to another process writes its parts itself: the writer's thread stays here.
+        return {**self.__dict__, "part_writer": None}
 
     def run_chunk(self, events: ak.Array, meta: dict[str, Any]) -> tuple[Any, Cutflow]:
         """(part table, cutflow) of one chunk.

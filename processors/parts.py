@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,8 @@ from analysis.core.features import DITAU_COLUMNS
 from analysis.core.io import atomic_path
 from analysis.errors import HepprepError
 
-__all__ = ["BOOKKEEPING_SCHEMA", "ROW_EVENT", "SKIM_SCHEMA", "SUMMARY_KEY", "arrow_type", "bookkeeping_fingerprint",
-           "part_name", "read_part_summary", "rows_table", "write_part"]
+__all__ = ["BOOKKEEPING_SCHEMA", "ROW_EVENT", "SKIM_SCHEMA", "SUMMARY_KEY", "BackgroundParts", "arrow_type",
+           "bookkeeping_fingerprint", "part_name", "read_part_summary", "rows_table", "write_part"]
 
 # Key of the chunk summary in the Parquet key-value metadata.
 SUMMARY_KEY = b"hepprep.skim"
@@ -279,6 +280,43 @@ def write_part(table: pa.Table, path: str | Path, summary: dict[str, Any]) -> No
         # (pyarrow's default) made writing 4x slower for files of the same size.
         pq.write_table(table.replace_schema_metadata(meta), tmp, compression="snappy",
                        use_dictionary=["dataset", "process"])
+
+
+class BackgroundParts:
+    """`write_part` in a thread of this process, each part while the next chunk is read and selected.
+
+    For the chunks run in this process (the iterative executor): pyarrow's Parquet encoding
+    and the fsync release the GIL, so on two cores the write of a chunk overlaps the next
+    one's work instead of adding to it (for jets, whose parts hold the constituent lists,
+    writing takes about as long as everything else). At most one part waits: a call blocks
+    until the previous part is written, so memory holds one finished table beside the chunk
+    being selected. A failed write raises its error at the next call, and again at every
+    later one and at `close` (which waits for the last part): a retry of the next chunk
+    cannot hide it, and the skim ends with it before its manifest is written.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hepprep-part")
+        self._pending: Future[None] | None = None
+        self._failed: BaseException | None = None
+
+    def __call__(self, table: pa.Table, path: str | Path, summary: dict[str, Any]) -> None:
+        self.wait()
+        self._pending = self._pool.submit(write_part, table, path, summary)
+
+    def wait(self) -> None:
+        """Until the part submitted last is written; the error of a write that failed."""
+        pending, self._pending = self._pending, None
+        if pending is not None and self._failed is None:
+            self._failed = pending.exception()
+        if self._failed is not None:
+            raise self._failed
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 def read_part_summary(path: str | Path) -> dict[str, Any] | None:

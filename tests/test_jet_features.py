@@ -111,6 +111,35 @@ def test_link_rows_group_the_selected_jets_entries_by_decreasing_key():
     assert entries.tolist() == [1, 3, 0, 4] and offsets.tolist() == [0, 1, 4]  # NaN last
 
 
+def _lexsort_link_rows(jet_of_link, row_of_jet, n_rows, key):
+    """link_rows as first written: one np.lexsort by (row, decreasing key, NaN last)."""
+    row = row_of_jet[jet_of_link]
+    kept = np.flatnonzero(row >= 0)
+    k = key[kept]
+    entries = kept[np.lexsort((np.where(np.isnan(k), np.inf, -k), row[kept]))]
+    return entries, np.concatenate([[0], np.cumsum(np.bincount(row[entries], minlength=n_rows))])
+
+
+@pytest.mark.parametrize("keys", ["continuous", "ties, signed zeros, NaN and infinities", "near ties"])
+def test_link_rows_order_as_lexsort_on_shuffled_tables(keys):
+    rng = np.random.default_rng(len(keys))
+    for _ in range(200):
+        n_jets, n_links = (int(rng.integers(1, 60)) if _ else 100_000), int(rng.integers(0, 500))
+        row_of_jet = np.full(n_jets, -1)
+        chosen = np.flatnonzero(rng.random(n_jets) < 0.7)
+        row_of_jet[chosen] = np.arange(len(chosen))  # rows 0..n_rows-1; the first table has above 2^16
+        jet_of_link = rng.integers(0, n_jets, n_links)  # a jet's entries scattered over the table
+        if keys == "continuous":
+            key = rng.exponential(20.0, n_links)
+        elif keys == "near ties":  # a few units in the last place apart: below the bits the packed code keeps
+            key = 1.0 + rng.integers(0, 4, n_links) * 2.0**-50
+        else:
+            key = rng.choice([0.0, -0.0, 1.0, 2.5, np.nan, np.inf, -np.inf, -3.0], n_links)
+        got = link_rows(jet_of_link, row_of_jet, len(chosen), key)
+        want = _lexsort_link_rows(jet_of_link, row_of_jet, len(chosen), key)
+        assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+
+
 def _one_jet_features(weighted=False, **overrides):
     inputs = dict(pt=np.array([60.0, 30.0]), eta=np.array([0.1, -0.2]), phi=np.array([0.2, -3.1]),
                   mass=np.array([0.0, 0.0]), charge=np.array([1, 0]), pdg_id=np.array([211, 130]),

@@ -40,6 +40,7 @@ from analysis.skim.plugins import load_processor
 from analysis.skim.pool import (choose_executor, order_for_workers, start_worker_server, starts_workers,
                                 worker_pool)
 from analysis.skim.remote import RetryingRunner
+from processors.parts import BackgroundParts
 
 __all__ = ["EXECUTORS", "run_skim"]
 
@@ -200,6 +201,12 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
         if executor != "iterative" and open_files is not None:
             open_files.close()  # the chunks run elsewhere: nothing here reads the kept files
             open_files = None
+        if executor == "iterative" and todo:
+            # This process writes each part while it runs the next chunk (BackgroundParts), on
+            # the processor itself: coffea need not copy it for chunks run here.
+            runner.processor_compression = None
+            proc.part_writer = writer = BackgroundParts()
+            stack.callback(writer.close)
         if executor in ("dask", "dask-awkward") and todo:
             client = stack.enter_context(dask_client(config.cluster, scheduler, n_workers=workers))
             if executor == "dask":  # (dask-awkward computes its graph on the client itself)
