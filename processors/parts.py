@@ -283,34 +283,40 @@ def write_part(table: pa.Table, path: str | Path, summary: dict[str, Any]) -> No
 
 
 class BackgroundParts:
-    """`write_part` in a thread of this process, each part while the next chunk is read and selected.
+    """`write_part` in threads of this process, each part while the next chunks are read and selected.
 
     For the chunks run in this process (the iterative executor): pyarrow's Parquet encoding
-    and the fsync release the GIL, so on two cores the write of a chunk overlaps the next
-    one's work instead of adding to it (for jets, whose parts hold the constituent lists,
-    writing takes about as long as everything else). At most one part waits: a call blocks
-    until the previous part is written, so memory holds one finished table beside the chunk
-    being selected. A failed write raises its error at the next call, and again at every
-    later one and at `close` (which waits for the last part): a retry of the next chunk
-    cannot hide it, and the skim ends with it before its manifest is written.
+    and the fsync release the GIL, so the writing of a chunk's part overlaps the next one's
+    work instead of adding to it (for jets, whose parts hold the constituent lists, writing
+    takes as long as reading and selecting). Up to `writing` parts are written at once, each
+    in its own thread (one part's fsync waits on the disk while another is encoded); a call
+    blocks while that many are pending, so memory holds at most `writing` finished tables
+    beside the chunk being selected. A failed write raises its error at the next call, and
+    again at every later one and at `close` (which waits for every part): a retry of the
+    next chunk cannot hide it, and the skim ends with it before its manifest is written.
     """
 
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hepprep-part")
-        self._pending: Future[None] | None = None
+    def __init__(self, writing: int = 2) -> None:
+        self.writing = writing
+        self._pool = ThreadPoolExecutor(max_workers=writing, thread_name_prefix="hepprep-part")
+        self._pending: list[Future[None]] = []
         self._failed: BaseException | None = None
 
     def __call__(self, table: pa.Table, path: str | Path, summary: dict[str, Any]) -> None:
-        self.wait()
-        self._pending = self._pool.submit(write_part, table, path, summary)
+        self._collect(keep=self.writing - 1)
+        self._pending.append(self._pool.submit(write_part, table, path, summary))
 
-    def wait(self) -> None:
-        """Until the part submitted last is written; the error of a write that failed."""
-        pending, self._pending = self._pending, None
-        if pending is not None and self._failed is None:
-            self._failed = pending.exception()
+    def _collect(self, *, keep: int) -> None:
+        """Wait until at most `keep` parts are pending; raise the error of any write that failed."""
+        while len(self._pending) > keep or (self._pending and self._pending[0].done()):
+            error = self._pending.pop(0).exception()
+            self._failed = self._failed or error
         if self._failed is not None:
             raise self._failed
+
+    def wait(self) -> None:
+        """Until every part submitted is written; the error of a write that failed."""
+        self._collect(keep=0)
 
     def close(self) -> None:
         try:
