@@ -55,6 +55,21 @@ def test_shuffle_buffer_hand_built():
         buf.put(np.zeros((5, 3), dtype=np.float32))
 
 
+def test_rows_filled_in_the_buffers_free_rows_are_put_without_a_copy():
+    buf = RowGroupShuffleBuffer(5, 1, np.random.default_rng(0))
+    lent = buf.free_rows(3)
+    as_rows(np.array([[10.0], [11.0], [12.0]]), np.zeros(3), np.ones(3), out=lent)
+    buf.put(lent)
+    assert buf.n == 3 and buf.x[:3, 0].tolist() == [10.0, 11.0, 12.0]
+    lent[0, 0] = 99.0  # the buffer's own rows: put copied nothing
+    assert buf.x[0, 0] == 99.0
+    assert buf.free_rows(3) is None and buf.free_rows(2).shape == (2, 3)
+    other = as_rows(np.array([[20.0]]), np.zeros(1), np.ones(1))
+    buf.put(other)  # rows from elsewhere are copied in
+    other[0, 0] = -1.0
+    assert buf.x[3, 0] == 20.0 and buf.n == 4
+
+
 def test_shuffle_buffer_exchange_swaps_drawn_rows_for_incoming():
     buf = RowGroupShuffleBuffer(4, 1, np.random.default_rng(1))
     buf.put(as_rows(np.array([[10.0], [11.0], [12.0], [13.0]]), np.zeros(4), np.ones(4)))

@@ -142,7 +142,8 @@ class JetBatchStream(ParquetBatchStream):
         else:
             self._lists = list(layout.constituent_features)
 
-    def _read(self, units: list[tuple[Path, int, int]], chunk: int, *, threads: bool, reuse: int = 0):
+    def _read(self, units: list[tuple[Path, int, int]], chunk: int, *, threads: bool, reuse: int = 0,
+              into: Any = None):
         """Blocks of <= ``chunk`` jets as fixed-width rows (module docstring), reusing a ring of ``reuse`` blocks."""
         chunk = max(1, min(chunk, _READ_BYTES // (4 * (self._width + 2))))
         width = self._width
@@ -156,8 +157,10 @@ class JetBatchStream(ParquetBatchStream):
                 handle, open_file = pq.ParquetFile(path, memory_map=True), path
             for piece in handle.iter_batches(batch_size=chunk, row_groups=[group], columns=columns,
                                              use_threads=threads):
-                rows = ring[count % reuse][:piece.num_rows] if reuse else np.empty((piece.num_rows, width + 2),
-                                                                                    dtype=np.float32)
+                rows = into(piece.num_rows) if into is not None else None
+                if rows is None:
+                    rows = (ring[count % reuse][:piece.num_rows] if reuse
+                            else np.empty((piece.num_rows, width + 2), dtype=np.float32))
                 self._fill(rows, piece)
                 yield rows
                 count += 1

@@ -18,6 +18,7 @@ import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -195,12 +196,14 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
         return units
 
     def _read(self, units: list[tuple[Path, int, int]], chunk: int, *, threads: bool,
-              reuse: int = 0):
+              reuse: int = 0, into: Any = None):
         """Yield blocks of <= ``chunk`` rows (`as_rows`: features, label, train_weight).
 
         ``reuse > 0`` fills a ring of that many blocks in turn, for a consumer that is done
         with each block before it asks for the ``reuse - 1``-th next: on a virtual machine
         each fresh page of a new block costs a fault, which is more than filling it.
+        ``into(rows)``, where given, lends the rows to fill instead, or None (the
+        shuffle buffer's `free_rows`, for a consumer in this same thread).
         """
         columns = [*self.features, *self.targets, TRAIN_WEIGHT]
         nf = self._width
@@ -217,8 +220,9 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
                                              columns=columns, use_threads=threads)
             for piece in pieces:
                 arrays = [piece.column(j).to_numpy() for j in range(nf + 2)]
+                lent = into(piece.num_rows) if into is not None else None
                 yield as_rows(arrays[:nf], arrays[nf], arrays[nf + 1],
-                              out=ring[count % reuse] if reuse else None)
+                              out=lent if lent is not None else ring[count % reuse] if reuse else None)
                 count += 1
 
     def _emit(self, x, y, w):
@@ -268,7 +272,10 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
         # A lone part that was allowed several threads (fewer row groups than read_threads)
         # lets pyarrow decode its columns in parallel, as a plain read of the file would.
         threads = ahead and self.read_threads > 1 and torch.utils.data.get_worker_info() is None
-        reads = self._read(units, chunk, threads=threads, reuse=3 if ahead else 1)
+        # Without a read-ahead thread the reader fills the buffer's free rows itself, while
+        # there are enough of them: no copy into the buffer.
+        reads = self._read(units, chunk, threads=threads, reuse=3 if ahead else 1,
+                           into=None if ahead else buffer.free_rows)
         for rows in (read_ahead(reads) if ahead else reads):
             start = 0
             while start < len(rows):

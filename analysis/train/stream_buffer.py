@@ -79,12 +79,20 @@ class RowGroupShuffleBuffer:
     def free(self) -> int:
         return self.capacity - self.n
 
+    def free_rows(self, k: int) -> np.ndarray | None:
+        """The next ``k`` free rows themselves, for a reader to fill in place and `put`; None if fewer are free.
+
+        A block filled there is appended without a copy (for jets, a row is kilobytes).
+        """
+        return self.rows[self.n:self.n + k] if k <= self.free else None
+
     def put(self, rows: np.ndarray) -> None:
-        """Append a block of rows; the caller passes at most ``free`` of them."""
+        """Append a block of rows (a copy, unless it is `free_rows`); the caller passes at most ``free`` of them."""
         k = len(rows)
         if k > self.free:
             raise ValueError(f"shuffle buffer overflow: {k} rows into {self.free} free slots")
-        self.rows[self.n:self.n + k] = rows
+        if k and rows.ctypes.data != self.rows[self.n:].ctypes.data:
+            self.rows[self.n:self.n + k] = rows
         self.n += k
         self.peak_rows = max(self.peak_rows, self.n)
 
