@@ -268,10 +268,6 @@ class SkimProcessor(processor.ProcessorABC):
         writer(table, Path(self.out_dir) / relpath, summary)
         return {"chunks": {relpath: summary}}
 
-    def __getstate__(self) -> dict[str, Any]:
-        # A copy sent to another process writes its parts itself: the writer's thread stays here.
-        return {**self.__dict__, "part_writer": None}
-
     def run_chunk(self, events: ak.Array, meta: dict[str, Any]) -> tuple[Any, Cutflow]:
         """(part table, cutflow) of one chunk.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,6 +302,14 @@ class BackgroundParts:
         self._pool = ThreadPoolExecutor(max_workers=writing, thread_name_prefix="hepprep-part")
         self._pending: list[Future[None]] = []
         self._failed: BaseException | None = None
+        self._key = (os.getpid(), id(self))
+        _LIVE_WRITERS[self._key] = self
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # coffea hands each chunk a pickled copy of the processor: in this process the copy
+        # finds this writer again; in another process (a worker) it has none, and writes its
+        # parts itself.
+        return _live_writer, (self._key,)
 
     def __call__(self, table: pa.Table, path: str | Path, summary: dict[str, Any]) -> None:
         self._collect(keep=self.writing - 1)
@@ -323,6 +332,14 @@ class BackgroundParts:
             self.wait()
         finally:
             self._pool.shutdown(wait=True)
+            _LIVE_WRITERS.pop(self._key, None)
+
+
+_LIVE_WRITERS: dict[tuple[int, int], BackgroundParts] = {}  # this process's open writers
+
+
+def _live_writer(key: tuple[int, int]) -> BackgroundParts | None:
+    return _LIVE_WRITERS.get(key) if key[0] == os.getpid() else None
 
 
 def read_part_summary(path: str | Path) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import multiprocessing
 import pickle
 import threading
 
@@ -102,11 +103,18 @@ def test_a_part_that_fails_to_be_written_ends_the_skim_without_a_manifest(filese
     assert len(list((tmp_path / "skim").glob("*/part-*.parquet"))) == summary["chunks"]
 
 
-def test_a_copy_of_the_processor_writes_its_parts_itself():
+def test_a_copy_of_the_processor_in_this_process_shares_the_writer_and_one_elsewhere_has_none():
     proc = DiTauProcessor(lumi_pb=1.0, out_dir=".")
     proc.part_writer = writer = BackgroundParts()
     try:
-        assert pickle.loads(pickle.dumps(proc)).part_writer is None
-        assert proc.part_writer is writer
+        blob = pickle.dumps(proc)  # as coffea hands each chunk its copy
+        assert pickle.loads(blob).part_writer is writer
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            assert pool.apply(_writer_of_a_copy, (blob,)) is None
     finally:
         writer.close()
+    assert pickle.loads(pickle.dumps(proc)).part_writer is None  # closed: copies write their own parts
+
+
+def _writer_of_a_copy(blob: bytes):
+    return pickle.loads(blob).part_writer

@@ -202,9 +202,7 @@ def run_skim(fileset: str | Path, out_dir: str | Path, config: Config, *,
             open_files.close()  # the chunks run elsewhere: nothing here reads the kept files
             open_files = None
         if executor == "iterative" and todo:
-            # This process writes each part while it runs the next chunk (BackgroundParts), on
-            # the processor itself: coffea need not copy it for chunks run here.
-            runner.processor_compression = None
+            # This process writes each part while it runs the next chunk (BackgroundParts).
             proc.part_writer = writer = BackgroundParts()
             stack.callback(writer.close)
         if executor in ("dask", "dask-awkward") and todo:
