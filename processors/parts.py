@@ -292,9 +292,10 @@ class BackgroundParts:
     takes as long as reading and selecting). Up to `writing` parts are written at once, each
     in its own thread (one part's fsync waits on the disk while another is encoded); a call
     blocks while that many are pending, so memory holds at most `writing` finished tables
-    beside the chunk being selected. A failed write raises its error at the next call, and
-    again at every later one and at `close` (which waits for every part): a retry of the
-    next chunk cannot hide it, and the skim ends with it before its manifest is written.
+    beside the chunk being selected. A failed write raises its error at the first call after
+    it is known (at the latest once `writing` more parts wait), again at every later one, and
+    at `close` (which waits for every part): a retry of a later chunk cannot hide it, and the
+    skim ends with it before its manifest is written.
     """
 
     def __init__(self, writing: int = 2) -> None:

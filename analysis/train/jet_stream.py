@@ -157,10 +157,9 @@ class JetBatchStream(ParquetBatchStream):
                 handle, open_file = pq.ParquetFile(path, memory_map=True), path
             for piece in handle.iter_batches(batch_size=chunk, row_groups=[group], columns=columns,
                                              use_threads=threads):
-                rows = into(piece.num_rows) if into is not None else None
+                rows = self._block_to_fill(piece.num_rows, ring, count, into)
                 if rows is None:
-                    rows = (ring[count % reuse][:piece.num_rows] if reuse
-                            else np.empty((piece.num_rows, width + 2), dtype=np.float32))
+                    rows = np.empty((piece.num_rows, width + 2), dtype=np.float32)
                 self._fill(rows, piece)
                 yield rows
                 count += 1

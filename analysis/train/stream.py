@@ -220,10 +220,17 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
                                              columns=columns, use_threads=threads)
             for piece in pieces:
                 arrays = [piece.column(j).to_numpy() for j in range(nf + 2)]
-                lent = into(piece.num_rows) if into is not None else None
                 yield as_rows(arrays[:nf], arrays[nf], arrays[nf + 1],
-                              out=lent if lent is not None else ring[count % reuse] if reuse else None)
+                              out=self._block_to_fill(piece.num_rows, ring, count, into))
                 count += 1
+
+    @staticmethod
+    def _block_to_fill(rows: int, ring: list[np.ndarray], count: int, into: Any) -> np.ndarray | None:
+        """The ``rows`` a read fills: lent by ``into``, else of the ring's next block; None: a fresh block."""
+        lent = into(rows) if into is not None else None
+        if lent is not None:
+            return lent
+        return ring[count % len(ring)][:rows] if ring else None
 
     def _emit(self, x, y, w):
         if self.as_numpy:
