@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from analysis.core.padding import pad_lists, padded_columns
+from analysis.core.padding import pad_into, pad_lists, padded_columns
 
 
 def test_pad_and_truncate_by_hand():
@@ -54,3 +54,23 @@ def test_lists_of_other_dtypes_and_all_empty_lists_pad_into_float32():
     empty = {"a": pa.array([[], []], pa.list_(pa.float32()))}
     out, mask = padded_columns(empty, ["a"], 3)
     assert out.tolist() == [[[0.0]] * 3] * 2 and not mask.any()
+
+
+def test_lists_go_to_the_rows_named_in_a_strided_block_and_nothing_else_is_touched():
+    # The loader pads a read's jets straight into a shuffle buffer's free slots: rows of a
+    # wider float32 block, the constituents a strided (rows, n, F) view of it.
+    rng = np.random.default_rng(3)
+    lists = [rng.normal(size=k).astype(np.float32) for k in rng.integers(0, 9, 40)]
+    columns = {"a": pa.array(lists, type=pa.list_(pa.float32())),
+               "b": pa.array([np.arange(len(v)) for v in lists], type=pa.list_(pa.int64()))}
+    n, width = 5, 5 * 2 + 3
+    block = np.full((100, width), 7.0, dtype=np.float32)
+    at = rng.permutation(100)[:40]
+    kept = pad_into(columns, ["a", "b"], block[:, :n * 2].reshape(100, n, 2), fill=-1.0, at=at)
+    alone, _ = padded_columns(columns, ["a", "b"], n, fill=-1.0)
+    np.testing.assert_array_equal(block[at, :n * 2].reshape(40, n, 2), alone)
+    assert kept.tolist() == [min(len(v), n) for v in lists]
+    untouched = np.setdiff1d(np.arange(100), at)
+    assert (block[untouched] == 7.0).all() and (block[:, n * 2:] == 7.0).all()
+    with pytest.raises(ValueError, match="40 lists into 40 rows"):
+        pad_into(columns, ["a", "b"], block[:, :n * 2].reshape(100, n, 2), at=at + 100)

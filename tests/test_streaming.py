@@ -70,6 +70,36 @@ def test_rows_filled_in_the_buffers_free_rows_are_put_without_a_copy():
     assert buf.x[3, 0] == 20.0 and buf.n == 4
 
 
+class _RowsThatWriteThemselves:
+    """Rows as a jet read hands them to the buffer: written straight into the slots named."""
+
+    def __init__(self, values):
+        self.values, self.calls = np.asarray(values, dtype=np.float32), []
+
+    def __len__(self):
+        return len(self.values)
+
+    def write_rows(self, target, at):
+        self.calls.append(np.array(at))
+        target[at, 0], target[at, 1], target[at, 2] = self.values, 1.0, 2.0
+
+
+def test_rows_that_write_themselves_go_straight_into_free_and_drawn_slots():
+    buf = RowGroupShuffleBuffer(4, 1, np.random.default_rng(2))
+    first = _RowsThatWriteThemselves([10.0, 11.0, 12.0])
+    buf.put(first)
+    assert first.calls[0].tolist() == [0, 1, 2] and buf.x[:3, 0].tolist() == [10.0, 11.0, 12.0]
+    buf.put(as_rows(np.array([[13.0]]), np.zeros(1), np.ones(1)))
+    incoming = _RowsThatWriteThemselves([20.0, 21.0])
+    drawn = buf.exchange(incoming)
+    # The drawn rows were taken out before the incoming rows took exactly their slots.
+    slots = incoming.calls[0]
+    assert sorted(drawn[:, 0]) == sorted(v for v in (10.0, 11.0, 12.0, 13.0) if v not in buf.x[:4, 0])
+    assert buf.x[slots, 0].tolist() == [20.0, 21.0] and buf.y[slots].tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="overflow"):
+        buf.put(_RowsThatWriteThemselves([1.0]))
+
+
 def test_shuffle_buffer_exchange_swaps_drawn_rows_for_incoming():
     buf = RowGroupShuffleBuffer(4, 1, np.random.default_rng(1))
     buf.put(as_rows(np.array([[10.0], [11.0], [12.0], [13.0]]), np.zeros(4), np.ones(4)))

@@ -3,10 +3,11 @@
 The prepared files keep each jet's constituents as variable-length lists (by decreasing pt).
 N is a training option (``[train.tagger] constituents``), applied here at load time: a
 row group's jets are padded or truncated to N with `analysis.core.padding` (the one
-padding implementation, the HDF5 export's too) as soon as they are read, and from then on
-a jet is one fixed-width float32 row. So the whole machinery of the MLP's stream serves the
-taggers unchanged: the per-epoch row-group order, the bounded shuffle buffer, the read
-threads and DataLoader workers (`analysis.train.stream.ParquetBatchStream`). A jet's row is::
+padding implementation, the HDF5 export's too) as they go into the shuffle buffer, each
+straight into its slot, and from then on a jet is one fixed-width float32 row. So the whole
+machinery of the MLP's stream serves the taggers unchanged: the per-epoch row-group order,
+the bounded shuffle buffer, the read threads and DataLoader workers
+(`analysis.train.stream.ParquetBatchStream`). A jet's row is::
 
     [ N x F constituent features | n_valid | J jet features | targets | label | weight ]
 
@@ -164,13 +165,49 @@ class JetBatchStream(ParquetBatchStream):
                 yield rows
                 count += 1
 
-    def _fill(self, rows: np.ndarray, piece: Any) -> None:
+    def _buffer_reads(self, units, chunk: int, *, threads: bool, ahead: bool, buffer: Any):
+        """The shuffle buffer's reads as `_JetsToPad`: each jet padded once, straight into its slot."""
+        chunk = max(1, min(chunk, _READ_BYTES // (4 * (self._width + 2))))
+        columns = list(dict.fromkeys([*self._lists, *self.layout.jet_features, *self.targets, TRAIN_WEIGHT]))
+        open_file, handle = None, None
+        for path, group, _rows in units:
+            if path != open_file:
+                handle, open_file = pq.ParquetFile(path, memory_map=True), path
+            for piece in handle.iter_batches(batch_size=chunk, row_groups=[group], columns=columns,
+                                             use_threads=threads):
+                yield _JetsToPad(piece, self._fill)
+
+    def _fill(self, rows: np.ndarray, piece: Any, at: np.ndarray | None = None) -> None:
         fill_jet_rows(rows, piece, self.layout, self._columns, rotate=self.rotate_images,
-                      extra=[*self.targets, TRAIN_WEIGHT])
+                      extra=[*self.targets, TRAIN_WEIGHT], at=at)
+
+
+class _JetsToPad:
+    """Jets as read (a record batch), padded only when written: into the shuffle buffer's slots.
+
+    A padded jet is kilobytes: padding it into a block of its own and copying that into
+    the buffer would write it twice (`RowGroupShuffleBuffer.put` and ``exchange`` take
+    rows that write themselves).
+    """
+
+    __slots__ = ("piece", "fill")
+
+    def __init__(self, piece: Any, fill: Any):
+        self.piece, self.fill = piece, fill
+
+    def __len__(self) -> int:
+        return self.piece.num_rows
+
+    def __getitem__(self, rows: slice) -> _JetsToPad:
+        start, stop, _ = rows.indices(self.piece.num_rows)
+        return _JetsToPad(self.piece.slice(start, max(0, stop - start)), self.fill)
+
+    def write_rows(self, target: np.ndarray, at: np.ndarray) -> None:
+        self.fill(target, self.piece, at)
 
 
 def fill_jet_rows(rows: np.ndarray, piece: Any, layout: JetRowLayout, columns: StandardisedColumns, *,
-                  rotate: bool = False, extra: Sequence[str] = ()) -> None:
+                  rotate: bool = False, extra: Sequence[str] = (), at: np.ndarray | None = None) -> None:
     """Lay the jets of a prepared table out as ``layout`` rows (module docstring), the loader's and predict's way.
 
     Parameters
@@ -180,18 +217,23 @@ def fill_jet_rows(rows: np.ndarray, piece: Any, layout: JetRowLayout, columns: S
     columns : the prepared statistics (images are made in physical units)
     rotate : images rotated so the leading subjet points up
     extra : flat columns written after the layout's values (targets, train_weight)
+    at : the row of ``rows`` each jet goes to (a shuffle buffer's free slots); default jet i to row i
     """
+    where = slice(None) if at is None else at
     if layout.images:
         table = piece if isinstance(piece, pa.Table) else pa.Table.from_batches([piece])
         channels = {c: DEFAULT_CHANNELS[c] for c in layout.channels}
         images = table_images(columns, table, channels=channels, rotate=rotate)
-        rows[:, :layout.n_pixels] = images.reshape(len(rows), -1)
+        rows[where, :layout.n_pixels] = images.reshape(len(images), -1)
         start = layout.n_pixels
     else:
         n, f = layout.n_constituents, len(layout.constituent_features)
         lists = {name: piece.column(name) for name in layout.constituent_features}
-        # In place, into the (reused) row block: no fresh (rows, N, F) array per read.
-        rows[:, n * f] = pad_into(lists, layout.constituent_features, rows[:, :n * f].reshape(len(rows), n, f))
+        # In place, into the (reused) row block or the buffer's slots: no (rows, N, F) array per read.
+        constituents = rows[:, :n * f].reshape(len(rows), n, f)
+        if not np.may_share_memory(constituents, rows):
+            raise AssertionError("fill_jet_rows: the constituents' view of the rows is a copy")
+        rows[where, n * f] = pad_into(lists, layout.constituent_features, constituents, at=at)
         start = n * f + 1
     for k, name in enumerate([*layout.jet_features, *extra]):
-        rows[:, start + k] = piece.column(name).to_numpy(zero_copy_only=False)
+        rows[where, start + k] = piece.column(name).to_numpy(zero_copy_only=False)

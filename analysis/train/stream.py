@@ -279,10 +279,7 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
         # A lone part that was allowed several threads (fewer row groups than read_threads)
         # lets pyarrow decode its columns in parallel, as a plain read of the file would.
         threads = ahead and self.read_threads > 1 and torch.utils.data.get_worker_info() is None
-        # Without a read-ahead thread the reader fills the buffer's free rows itself, while
-        # there are enough of them: no copy into the buffer.
-        reads = self._read(units, chunk, threads=threads, reuse=3 if ahead else 1,
-                           into=None if ahead else buffer.free_rows)
+        reads = self._buffer_reads(units, chunk, threads=threads, ahead=ahead, buffer=buffer)
         for rows in (read_ahead(reads) if ahead else reads):
             start = 0
             while start < len(rows):
@@ -295,6 +292,13 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
         if buffer.n:
             yield buffer.take_block(buffer.n)
         peaks[slot] = buffer.peak_rows
+
+    def _buffer_reads(self, units, chunk: int, *, threads: bool, ahead: bool, buffer: RowGroupShuffleBuffer):
+        """The reads `_shuffle_part` puts into ``buffer``: blocks, or rows that write themselves (`RowGroupShuffleBuffer.put`)."""
+        # Without a read-ahead thread the reader fills the buffer's free rows itself, while
+        # there are enough of them: no copy into the buffer.
+        return self._read(units, chunk, threads=threads, reuse=3 if ahead else 1,
+                          into=None if ahead else buffer.free_rows)
 
     def _blocks_in_order(self, units):
         chunk = min(self.batch_size * 16, _READ_ROWS)

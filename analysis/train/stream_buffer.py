@@ -10,6 +10,7 @@ on torch tensors too (blocks sent by DataLoader workers).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -86,20 +87,27 @@ class RowGroupShuffleBuffer:
         """
         return self.rows[self.n:self.n + k] if k <= self.free else None
 
-    def put(self, rows: np.ndarray) -> None:
-        """Append a block of rows (a copy, unless it is `free_rows`); the caller passes at most ``free`` of them."""
+    def put(self, rows: np.ndarray | Any) -> None:
+        """Append rows (a copy, unless they are `free_rows`); the caller passes at most ``free`` of them.
+
+        ``rows`` is a block, or rows that write themselves: ``rows.write_rows(target, at)``
+        writes its row ``i`` into ``target[at[i]]`` (a jet read, padded as it is put).
+        """
         k = len(rows)
         if k > self.free:
             raise ValueError(f"shuffle buffer overflow: {k} rows into {self.free} free slots")
-        if k and rows.ctypes.data != self.rows[self.n:].ctypes.data:
+        if not isinstance(rows, np.ndarray):
+            rows.write_rows(self.rows, np.arange(self.n, self.n + k))
+        elif k and rows.ctypes.data != self.rows[self.n:].ctypes.data:
             self.rows[self.n:self.n + k] = rows
         self.n += k
         self.peak_rows = max(self.peak_rows, self.n)
 
-    def exchange(self, rows: np.ndarray) -> np.ndarray:
+    def exchange(self, rows: np.ndarray | Any) -> np.ndarray:
         """Draw ``len(rows)`` held rows uniformly and put the incoming ``rows`` in their slots.
 
         Needs at least ``len(rows)`` rows held. Returns the drawn rows as a new block.
+        ``rows`` as for `put`: rows that write themselves go straight into the slots.
         """
         k = len(rows)
         if k > self.n:
@@ -108,6 +116,9 @@ class RowGroupShuffleBuffer:
         # np.take is several times faster than fancy indexing for row gathers, and a
         # scatter of whole rows as single opaque items faster than of 2-D rows.
         drawn = np.take(self.rows, idx, axis=0)
+        if not isinstance(rows, np.ndarray):
+            rows.write_rows(self.rows, idx)
+            return drawn
         as_items = np.dtype((np.void, self.rows.strides[0]))
         self.rows.view(as_items)[idx, 0] = np.ascontiguousarray(rows).view(as_items)[:, 0]
         return drawn
