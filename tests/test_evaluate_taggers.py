@@ -261,9 +261,20 @@ def test_taggers_are_scored_on_their_constituent_lists_beside_the_trees(tagger_m
                                                                 "tagger": TINY_TAGGERS | {"jet_features": False}})
     models = [trees] + [run_train(prep, tmp_path / name, cfg, model=name, device="cpu", progress=False)
                         for name, cfg in (("pfn", config), ("cnn", particles_only))]
+    # The test split's lists are scored a batch of jets at a time (here several batches), never read whole.
+    import analysis.evaluate.scoring as scoring
+    from analysis.evaluate.inputs import PreparedDir
+
+    whole_reads, read_whole = [], PreparedDir.read_with_lists
+    monkeypatch.setattr(scoring, "LIST_BATCH_ROWS", 97)
+    monkeypatch.setattr(PreparedDir, "read_with_lists", lambda self, split, columns, lists: (
+        whole_reads.append((split, list(lists))), read_whole(self, split, columns, lists))[1])
     run_evaluate(models, prep, tmp_path / "eval", config, progress=False)
+    monkeypatch.setattr(PreparedDir, "read_with_lists", read_whole)
+    assert [lists for _, lists in whole_reads if lists] == []
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     test = pq.read_table(prep / "test")
+    assert test.num_rows > 2 * 97
     cls = test.column("class").to_numpy()
     weight = test.column("weight").to_numpy().astype(np.float64)
     opened = open_prepared(prep)

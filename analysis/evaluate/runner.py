@@ -35,7 +35,7 @@ from analysis.evaluate.inputs import (EVENT_COLUMNS, check_model_features, check
 from analysis.evaluate.jets import JetLevel, plan_jet_level, tagger_entries
 from analysis.evaluate.metrics import (ams_scan, signal_efficiency_at, weighted_ks_2samp, weighted_roc,
                                        weighted_roc_auc)
-from analysis.evaluate.scoring import (Scorer, Streamed, class_weight_sums,
+from analysis.evaluate.scoring import (Scorer, Streamed, class_weight_sums, score_test,
                                        feature_importance, find_cutflow, list_columns_of, split_fractions,
                                        stream_events)
 from analysis.evaluate.plots import file_slug as _slug
@@ -219,13 +219,10 @@ def run_evaluate(model_dirs: Sequence[str | Path], prep_dir: str | Path, out_dir
         task = bar.add_task("evaluate: score test", total=len(scorers))
         columns = features + EVENT_COLUMNS + ([] if binary else target_test_columns(target, config))
         columns += jets.columns if jets else []
-        # a baseline or the pt may be a feature too; a tagger's constituent lists stay arrow
-        test, test_lists = prepared.read_with_lists("test", list(dict.fromkeys(columns)), list_columns_of(scorers))
+        # a baseline or the pt may be a feature too; a tagger's constituent lists are read in batches
+        test, test_scores = score_test(prepared, scorers, list(dict.fromkeys(columns)))
+        bar.advance(task, len(scorers))
         jets = jets.with_test(test, prepared) if jets else None
-        test_scores = {}
-        for scorer in scorers:
-            test_scores[scorer.name] = scorer.predict(test, test_lists)
-            bar.advance(task)
         streamed = stream_events(prepared, scorers, skim, config, bar)
         model_metrics = ({s.name: _model_metrics(s, test_scores[s.name], test, streamed, fractions, config.evaluate)
                           for s in scorers} if binary else {})

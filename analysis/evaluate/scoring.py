@@ -183,6 +183,28 @@ class Streamed:
     data_events: int = 0
 
 
+def score_test(prepared: PreparedDir, scorers: list[Scorer], columns: list[str]
+               ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """The test split's ``columns`` (a DataFrame) and each scorer's scores of its rows.
+
+    A tagger's constituent lists are read a batch of jets at a time and scored there: only
+    the flat columns of the whole split are held, as for an event-level folder.
+    """
+    lists = list_columns_of(scorers)
+    if not lists:
+        test = prepared.read("test", columns)
+        return test, {s.name: s.predict(test) for s in scorers}
+    frames, scores = [], {s.name: [] for s in scorers}
+    for batch, batch_lists in prepared.iter_with_lists("test", columns, lists, batch_rows=LIST_BATCH_ROWS):
+        frames.append(batch)
+        for scorer in scorers:
+            scores[scorer.name].append(scorer.predict(batch, batch_lists))
+    if not frames:  # an empty test split: its (empty) columns as a whole read gives them
+        test, test_lists = prepared.read_with_lists("test", columns, lists)
+        return test, {s.name: s.predict(test, test_lists) for s in scorers}
+    return pd.concat(frames, ignore_index=True), {name: np.concatenate(p) for name, p in scores.items()}
+
+
 def stream_events(prepared: PreparedDir, scorers: list[Scorer], skim: Path | None, config: Config,
                    bar) -> Streamed:
     """One bounded-memory pass over train/val/test (and pseudo-data)."""
