@@ -155,3 +155,31 @@ def test_read_blocks_are_bounded_in_bytes(prepared):
     blocks = list(stream._read(stream.units, 100_000, threads=False))
     assert max(b.nbytes for b in blocks) <= _READ_BYTES
     assert sum(len(b) for b in blocks) == stream.rows
+
+
+def test_workers_inherit_the_padding_kernel_compiled_before_they_fork(prepared):
+    """numba's first call costs a second or two: made once in the training process, not in every
+    worker every epoch (a fresh interpreter, so no earlier test has compiled it)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import json, sys
+from pathlib import Path
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from analysis.core import padding
+from analysis.train.jet_stream import JetBatchStream, JetRowLayout
+from analysis.train.stream import BatchLoader
+prep = Path({str(prepared)!r})
+files = sorted((prep / "train").glob("*.parquet"))
+stream = JetBatchStream(files, JetRowLayout(8, {CANDS!r}, {JETS!r}), stats=json.loads((prep / "stats.json").read_text()),
+                        batch_size=37, shuffle_buffer=300, as_numpy=True, targets=("class",))
+assert not padding._pad_jets.signatures
+BatchLoader(stream, num_workers=0)
+assert not padding._pad_jets.signatures  # no workers: nothing compiled ahead
+BatchLoader(stream, num_workers=2)
+print(len(padding._pad_jets.signatures))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.split()[-1]) >= 1

@@ -14,10 +14,11 @@ from typing import Any
 
 import numba
 import numpy as np
+import pyarrow as pa
 
 from analysis.core.jet_images import list_offsets
 
-__all__ = ["pad_into", "pad_lists", "padded_columns"]
+__all__ = ["compile_padding", "pad_into", "pad_lists", "padded_columns"]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -100,6 +101,18 @@ def pad_into(columns: Mapping[str, Any], names: Sequence[str], out: np.ndarray, 
         flats.append(flat)
     _pad_jets(tuple(flats), first_offsets, out, at, out.dtype.type(fill))
     return np.minimum(np.diff(first_offsets), n)
+
+
+def compile_padding(n_features: int, dtype: Any = np.float32) -> None:
+    """Compile (or load from numba's cache) `pad_into` for ``n_features`` lists into a strided block.
+
+    numba's first call in a process takes a second or two; a loader calls this before it
+    forks DataLoader workers, which then inherit the compiled kernel instead of each
+    paying for it every epoch.
+    """
+    block = np.empty((2, 2 * n_features + 1), dtype=dtype)
+    lists = {f"f{k}": pa.array([[1.0], []], type=pa.list_(pa.float32())) for k in range(n_features)}
+    pad_into(lists, list(lists), block[:, :2 * n_features].reshape(2, 2, n_features))
 
 
 def padded_columns(columns: Mapping[str, Any], names: Sequence[str], n: int, *,

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from analysis.core.jet_images import DEFAULT_CHANNELS, IMAGE_PIXELS
 from analysis.core.jet_tables import ROTATE_COLUMNS, StandardisedColumns, table_images, weight_column
-from analysis.core.padding import pad_into
+from analysis.core.padding import compile_padding, pad_into
 from analysis.train.inputs import LABEL, TRAIN_WEIGHT
 from analysis.train.stream import ParquetBatchStream
 
@@ -142,6 +142,11 @@ class JetBatchStream(ParquetBatchStream):
                                         source=source)
         else:
             self._lists = list(layout.constituent_features)
+
+    def before_workers(self) -> None:
+        """Compile the padding kernel here: forked workers inherit it (`analysis.core.padding.compile_padding`)."""
+        if not self.layout.images:
+            compile_padding(len(self.layout.constituent_features))
 
     def _read(self, units: list[tuple[Path, int, int]], chunk: int, *, threads: bool, reuse: int = 0,
               into: Any = None):

@@ -181,6 +181,9 @@ class ParquetBatchStream(torch.utils.data.IterableDataset):
         self.last_peak_rows = 0  # buffer peak of the last epoch iterated in this process
         self.yield_blocks = False
 
+    def before_workers(self) -> None:
+        """Work DataLoader workers would each repeat, done once in this process before they fork (none here)."""
+
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose row-group order and buffer draws the next iteration uses."""
         self.epoch = epoch
@@ -343,6 +346,7 @@ class BatchLoader:
             # The stream is read directly: a DataLoader would only add per-batch bookkeeping.
             self.loader = stream
         else:
+            stream.before_workers()
             self._worker_stream = copy.copy(stream)
             self._worker_stream.yield_blocks = True
             self.loader = torch.utils.data.DataLoader(self._worker_stream, batch_size=None,
