@@ -173,9 +173,9 @@ class JetProcessor(SkimProcessor):
         entries, offsets = link_rows(jet_of_link, row_of_jet, n_rows, (c.pt * weight)[cand_of_link])
         at, row = cand_of_link[entries], np.repeat(np.arange(n_rows), np.diff(offsets))
         features = constituent_features(
-            pt=c.pt[at], eta=c.eta[at], phi=c.phi[at], mass=c.mass[at], charge=c.charge[at], pdg_id=c.pdgId[at],
-            d0=c.d0[at], d0_err=c.d0Err[at], dz=c.dz[at], dz_err=c.dzErr[at], puppi_weight=c.puppiWeight[at],
-            jet_pt=pt[row], jet_eta=eta[row], jet_phi=phi[row], jet_energy=energy[row], weighted=o.weighted)
+            pt=c.pt, eta=c.eta, phi=c.phi, mass=c.mass, charge=c.charge, pdg_id=c.pdgId, d0=c.d0, d0_err=c.d0Err,
+            dz=c.dz, dz_err=c.dzErr, puppi_weight=c.puppiWeight, jet_pt=pt, jet_eta=eta, jet_phi=phi,
+            jet_energy=energy, weighted=o.weighted, candidate=at, jet=row)
         out["jet_ncand"] = np.diff(offsets)
         cutflow.count("jets_without_constituents", int(np.sum(out["jet_ncand"] == 0)))
         out.update({k: _lists(offsets, v) for k, v in features.items()})

@@ -183,6 +183,39 @@ def test_puppi_weighting_scales_the_four_momentum_only():
     assert f["cand_puppiw"].tolist() == [0.5, 1.0]
 
 
+def test_candidates_and_jets_looked_up_by_index_equal_the_gathered_arrays():
+    rng = np.random.default_rng(5)
+    n_cands, n_jets, n = 50, 4, 120
+    cands = dict(pt=rng.exponential(10, n_cands).astype(np.float32), eta=rng.normal(0, 2, n_cands).astype(np.float32),
+                 phi=rng.uniform(-np.pi, np.pi, n_cands).astype(np.float32),
+                 mass=rng.choice([0.0, 0.14], n_cands).astype(np.float32), charge=rng.integers(-1, 2, n_cands),
+                 pdg_id=rng.choice([211, -211, 130, 22, 11, -13, 1, 2, 321, 0], n_cands).astype(np.int32),
+                 d0=rng.normal(0, 0.1, n_cands).astype(np.float32),
+                 d0_err=rng.choice([-1.0, 0.0, 0.01], n_cands).astype(np.float32),
+                 dz=rng.normal(0, 0.1, n_cands).astype(np.float32),
+                 dz_err=rng.choice([-1.0, 0.02], n_cands).astype(np.float32),
+                 puppi_weight=rng.choice([0.0, 0.3, 1.0], n_cands).astype(np.float32))
+    jets = dict(jet_pt=np.array([100.0, 0.0, 50.0, 300.0], np.float32), jet_eta=rng.normal(0, 1, n_jets),
+                jet_phi=np.array([np.pi, -np.pi, 3.0, -3.0]), jet_energy=np.array([200.0, 10.0, 0.0, 400.0]))
+    candidate, jet = rng.integers(0, n_cands, n), rng.integers(0, n_jets, n)
+    for weighted in (False, True):
+        looked_up = constituent_features(**cands, **jets, weighted=weighted, candidate=candidate, jet=jet)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gathered = constituent_features(**{k: v[candidate] for k, v in cands.items()},
+                                            **{k: v[jet] for k, v in jets.items()}, weighted=weighted)
+        for name, values in gathered.items():
+            assert values.dtype == np.float32 and len(values) == n
+            np.testing.assert_array_equal(looked_up[name], values, err_msg=name)
+        # a jet pt or energy of 0 gives inf or nan, a PUPPI weight of 0 a log of -inf: no error
+        pt = cands["pt"][candidate] * (cands["puppi_weight"][candidate] if weighted else 1)
+        assert np.isinf(looked_up["cand_ptrel"][(jet == 1) & (pt > 0)]).all()
+        assert np.isnan(looked_up["cand_ptrel"][(jet == 1) & (pt == 0)]).all()
+        assert np.isneginf(looked_up["cand_logpt"][pt == 0]).all() and (pt == 0).any() == weighted
+    assert set(np.unique(looked_up["cand_class"])) <= {-1.0, 0.0, 1.0, 2.0, 3.0, 4.0}
+    with pytest.raises(ValueError, match="3 candidates for 2 jets"):
+        constituent_features(**cands, **jets, weighted=False, candidate=np.arange(3), jet=np.arange(2))
+
+
 # -- truth --------------------------------------------------------------------------------------------------------
 
 def test_ak4_labels_and_the_response_target():
