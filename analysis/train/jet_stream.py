@@ -148,39 +148,33 @@ class JetBatchStream(ParquetBatchStream):
         if not self.layout.images:
             compile_padding(len(self.layout.constituent_features))
 
-    def _read(self, units: list[tuple[Path, int, int]], chunk: int, *, threads: bool, reuse: int = 0,
-              into: Any = None):
-        """Blocks of <= ``chunk`` jets as fixed-width rows (module docstring), reusing a ring of ``reuse`` blocks."""
-        chunk = max(1, min(chunk, _READ_BYTES // (4 * (self._width + 2))))
-        width = self._width
-        flat = [*self.layout.jet_features, *self.targets, TRAIN_WEIGHT]
-        columns = list(dict.fromkeys([*self._lists, *flat]))
-        ring = [np.empty((chunk, width + 2), dtype=np.float32) for _ in range(reuse)]
-        count = 0
-        open_file, handle = None, None
-        for path, group, _rows in units:
-            if path != open_file:
-                handle, open_file = pq.ParquetFile(path, memory_map=True), path
-            for piece in handle.iter_batches(batch_size=chunk, row_groups=[group], columns=columns,
-                                             use_threads=threads):
-                rows = self._block_to_fill(piece.num_rows, ring, count, into)
-                if rows is None:
-                    rows = np.empty((piece.num_rows, width + 2), dtype=np.float32)
-                self._fill(rows, piece)
-                yield rows
-                count += 1
-
-    def _buffer_reads(self, units, chunk: int, *, threads: bool, ahead: bool, buffer: Any):
-        """The shuffle buffer's reads as `_JetsToPad`: each jet padded once, straight into its slot."""
+    def _pieces(self, units: list[tuple[Path, int, int]], chunk: int, *, threads: bool):
+        """Record batches of <= ``chunk`` jets (fewer if their padded rows would pass ``_READ_BYTES``)."""
         chunk = max(1, min(chunk, _READ_BYTES // (4 * (self._width + 2))))
         columns = list(dict.fromkeys([*self._lists, *self.layout.jet_features, *self.targets, TRAIN_WEIGHT]))
         open_file, handle = None, None
         for path, group, _rows in units:
             if path != open_file:
                 handle, open_file = pq.ParquetFile(path, memory_map=True), path
-            for piece in handle.iter_batches(batch_size=chunk, row_groups=[group], columns=columns,
-                                             use_threads=threads):
-                yield _JetsToPad(piece, self._fill)
+            yield from handle.iter_batches(batch_size=chunk, row_groups=[group], columns=columns,
+                                           use_threads=threads)
+
+    def _read(self, units: list[tuple[Path, int, int]], chunk: int, *, threads: bool, reuse: int = 0,
+              into: Any = None):
+        """Blocks of <= ``chunk`` jets as fixed-width rows (module docstring), reusing a ring of ``reuse`` blocks."""
+        chunk = max(1, min(chunk, _READ_BYTES // (4 * (self._width + 2))))
+        ring = [np.empty((chunk, self._width + 2), dtype=np.float32) for _ in range(reuse)]
+        for count, piece in enumerate(self._pieces(units, chunk, threads=threads)):
+            rows = self._block_to_fill(piece.num_rows, ring, count, into)
+            if rows is None:
+                rows = np.empty((piece.num_rows, self._width + 2), dtype=np.float32)
+            self._fill(rows, piece)
+            yield rows
+
+    def _buffer_reads(self, units, chunk: int, *, threads: bool, ahead: bool, buffer: Any):
+        """The shuffle buffer's reads as `_JetsToPad`: each jet padded once, straight into its slot."""
+        for piece in self._pieces(units, chunk, threads=threads):
+            yield _JetsToPad(piece, self._fill)
 
     def _fill(self, rows: np.ndarray, piece: Any, at: np.ndarray | None = None) -> None:
         fill_jet_rows(rows, piece, self.layout, self._columns, rotate=self.rotate_images,
