@@ -114,14 +114,9 @@ def link_rows(jet_of_link: np.ndarray, row_of_jet: np.ndarray, n_rows: int,
         list offsets into ``entries`` (a row without entries has an empty list).
     """
     row = np.asarray(row_of_jet, dtype=np.int64)[np.asarray(jet_of_link, dtype=np.int64)]
-    kept = np.flatnonzero(row >= 0)
-    if sort_key is None:
-        order = np.argsort(row[kept], kind="stable")
-    else:
-        order = _order_by_row_then_decreasing_key(row[kept], np.asarray(sort_key, dtype=np.float64)[kept], n_rows)
-    entries = kept[order]
-    counts = np.bincount(row[entries], minlength=n_rows)
-    return entries, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    bits = (np.zeros(0, dtype=np.uint64) if sort_key is None
+            else _decreasing_order_bits(np.asarray(sort_key, dtype=np.float64)))
+    return _group_by_row(row, bits, int(n_rows), sort_key is not None)
 
 
 def _decreasing_order_bits(key: np.ndarray) -> np.ndarray:
@@ -133,24 +128,31 @@ def _decreasing_order_bits(key: np.ndarray) -> np.ndarray:
     return np.where(negative, ~bits, bits | np.uint64(1 << 63))
 
 
-def _order_by_row_then_decreasing_key(row: np.ndarray, key: np.ndarray, n_rows: int) -> np.ndarray:
-    """The stable order of entries by row, then by decreasing key (NaN last): `np.lexsort`'s, faster.
-
-    One stable sort of one uint64 per entry, the row in its high bits and the key's leading
-    bits below: a link table lists a jet's entries together, so the codes come in short
-    unsorted runs, which timsort orders in a fraction of lexsort's time (its two passes are
-    over the whole table). Two keys of a row differing only in the dropped low bits (by less
-    than 2^-(52 - bits of the row) relative) would come out tied: where a chunk has such a
-    pair, lexsort decides the whole order.
-    """
-    bits = _decreasing_order_bits(key)
-    shift = np.uint64(max(1, int(n_rows).bit_length()))
-    code = (row.astype(np.uint64) << (np.uint64(64) - shift)) | (bits >> shift)
-    order = np.argsort(code, kind="stable")
-    sorted_code, sorted_bits = code[order], bits[order]
-    if np.any((sorted_code[1:] == sorted_code[:-1]) & (sorted_bits[1:] != sorted_bits[:-1])):
-        return np.lexsort((bits, row))
-    return order
+@numba.njit(nogil=True, cache=True)
+def _group_by_row(row, bits, n_rows, by_key):
+    # The order of np.lexsort((bits, row)) over the entries of a row >= 0, without sorting the
+    # table: a counting sort by row (stable: link order within a row), then, where there is a
+    # key, a stable sort of each row's few entries by their codes. A link table lists a jet's
+    # entries together, so this is a few passes over it where lexsort made two full sorts.
+    offsets = np.zeros(n_rows + 1, dtype=np.int64)
+    for r in row:
+        if r >= 0:
+            offsets[r + 1] += 1
+    offsets = np.cumsum(offsets)
+    entries = np.empty(offsets[-1], dtype=np.int64)
+    filled = offsets[:-1].copy()
+    for i in range(len(row)):
+        r = row[i]
+        if r >= 0:
+            entries[filled[r]] = i
+            filled[r] += 1
+    if by_key:
+        for r in range(n_rows):
+            start, stop = offsets[r], offsets[r + 1]
+            if stop - start > 1:
+                mine = entries[start:stop].copy()
+                entries[start:stop] = mine[np.argsort(bits[mine], kind="mergesort")]
+    return entries, offsets
 
 
 _FEATURES = ("cand_pt", "cand_deta", "cand_dphi", "cand_logpt", "cand_loge", "cand_ptrel", "cand_erel", "cand_dr",

@@ -131,7 +131,7 @@ def test_link_rows_order_as_lexsort_on_shuffled_tables(keys):
         jet_of_link = rng.integers(0, n_jets, n_links)  # a jet's entries scattered over the table
         if keys == "continuous":
             key = rng.exponential(20.0, n_links)
-        elif keys == "near ties":  # a few units in the last place apart: below the bits the packed code keeps
+        elif keys == "near ties":  # a few units in the last place apart: every bit of the key decides
             key = 1.0 + rng.integers(0, 4, n_links) * 2.0**-50
         else:
             key = rng.choice([0.0, -0.0, 1.0, 2.5, np.nan, np.inf, -np.inf, -3.0], n_links)
