@@ -45,11 +45,6 @@ def particle_class(pdg_id: np.ndarray) -> np.ndarray:
     return _CLASS_TABLE[pdg]
 
 
-def _starts(counts: np.ndarray) -> np.ndarray:
-    counts = np.asarray(counts, dtype=np.int64)
-    return np.cumsum(counts) - counts
-
-
 def global_index(link_counts: np.ndarray, local: np.ndarray, target_counts: np.ndarray, *, branch: str,
                  target: str, first_entry: int | None = 0) -> np.ndarray:
     """Flat positions in the target collection of a link table's per-event indices.
@@ -71,17 +66,39 @@ def global_index(link_counts: np.ndarray, local: np.ndarray, target_counts: np.n
     LinkError
         An index below 0 or not below the event's count, named with its entry.
     """
-    event = np.repeat(np.arange(len(link_counts)), np.asarray(link_counts, dtype=np.int64))
+    link_counts = np.asarray(link_counts, dtype=np.int64)
+    target_counts = np.asarray(target_counts, dtype=np.int64)
     local = np.asarray(local, dtype=np.int64)
-    bad = (local < 0) | (local >= np.asarray(target_counts, dtype=np.int64)[event])
-    if bad.any():
-        k = int(np.flatnonzero(bad)[0])
-        where = (f"entry {first_entry + int(event[k])}" if first_entry is not None
-                 else f"event {int(event[k])} of the chunk")
-        raise LinkError(f"{branch} = {int(local[k])} at {where} is out of range "
-                        f"(the entry has {int(target_counts[event[k]])} {target}); {int(bad.sum())} such "
+    if len(local) != link_counts.sum() or len(link_counts) != len(target_counts):
+        raise ValueError(f"global_index: {len(local)} indices for {link_counts.sum()} link entries, "
+                         f"{len(link_counts)} events of links for {len(target_counts)} of {target}")
+    flat, first_bad, bad = _global_index(link_counts, local, target_counts)
+    if bad:
+        event = int(np.searchsorted(np.cumsum(link_counts), first_bad, side="right"))
+        where = f"entry {first_entry + event}" if first_entry is not None else f"event {event} of the chunk"
+        raise LinkError(f"{branch} = {int(local[first_bad])} at {where} is out of range "
+                        f"(the entry has {int(target_counts[event])} {target}); {bad} such "
                         "index(es) in the chunk")
-    return _starts(target_counts)[event] + local
+    return flat
+
+
+@numba.njit(nogil=True, cache=True)
+def _global_index(link_counts, local, target_counts):
+    # One pass: each index checked against its event's count and offset by the event's start.
+    flat = np.empty(len(local), dtype=np.int64)
+    first_bad, bad, k, start = -1, 0, 0, 0
+    for event in range(len(link_counts)):
+        n = target_counts[event]
+        for _ in range(link_counts[event]):
+            index = local[k]
+            if index < 0 or index >= n:
+                bad += 1
+                if first_bad < 0:
+                    first_bad = k
+            flat[k] = start + index
+            k += 1
+        start += n
+    return flat, first_bad, bad
 
 
 def row_of_objects(n_objects: int, selected: np.ndarray) -> np.ndarray:

@@ -95,6 +95,11 @@ def test_links_become_flat_positions_and_out_of_range_is_named():
         global_index([1, 1], np.array([0, 2]), [3, 2], branch="b", target="PFCands", first_entry=10)
     with pytest.raises(LinkError, match=r"b = -1 at entry 0"):
         global_index([1], np.array([-1]), [3], branch="b", target="PFCands")
+    # events without links before the first bad index, which is named; every bad one is counted
+    with pytest.raises(LinkError, match=r"^b = 5 at event 3 of the chunk .*has 4 PFCands\); 2 such"):
+        global_index([1, 0, 0, 2, 1], np.array([0, 1, 5, 9]), [1, 0, 0, 4, 2], branch="b", target="PFCands",
+                     first_entry=None)
+    assert global_index([0, 0], np.array([], dtype=np.int64), [3, 1], branch="b", target="PFCands").tolist() == []
 
 
 def test_link_rows_group_the_selected_jets_entries_by_decreasing_key():
