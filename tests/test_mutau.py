@@ -296,8 +296,9 @@ def test_the_example_runs_end_to_end_with_both_models_in_the_auc_band(tmp_path, 
     text = EXAMPLE.read_text().replace("events = 300000", "events = 30000\nfiles_per_sample = 1")
     assert "events = 30000" in text
     config = tmp_path / "mutau_small.toml"
-    # lighter plots: the AUCs, not the figures, are under test here
-    config.write_text(text + "\n[train.mlp]\nmax_epochs = 10\n[evaluate]\nn_bins = 8\nshap_rows = 200\ndpi = 30\n")
+    # one dask worker and lighter plots: the AUCs, not the cluster or the figures, are under test here
+    config.write_text(text + "\n[train.mlp]\nmax_epochs = 10\n[evaluate]\nn_bins = 8\nshap_rows = 200\ndpi = 30\n"
+                      "[cluster]\nn_workers = 1\n")
     code, err = _cli(capsys, "run", "--config", config, "--out", tmp_path / "run", "--quiet")
     assert code == 0, err
     metrics = json.loads((tmp_path / "run" / "evaluation" / "metrics.json").read_text())

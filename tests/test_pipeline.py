@@ -103,8 +103,10 @@ def _check_metrics(out, manifest, models) -> dict:
 
 def test_run_end_to_end_then_resume(tmp_path, capsys):
     config = tmp_path / "small.toml"
+    # lighter plots (the report must embed every plot, whatever its resolution and binning)
     config.write_text("[generate]\nevents = 30000\nfiles_per_sample = 1\n"
-                      "[train.mlp]\nmax_epochs = 3\n[train.xgboost]\nnum_boost_round = 40\n")
+                      "[train.mlp]\nmax_epochs = 3\n[train.xgboost]\nnum_boost_round = 40\n"
+                      "[evaluate]\nn_bins = 8\nshap_rows = 200\ndpi = 30\n")
     out = tmp_path / "run"
     _run(out, config)
     stdout = capsys.readouterr().out

@@ -24,9 +24,11 @@ SIZES = [pytest.param(20_000, id="ci-20k"), pytest.param(60_000, id="full-60k", 
 
 @pytest.mark.parametrize("events", SIZES)
 def test_both_models_resolve_the_di_tau_mass_better_than_the_visible_mass(tmp_path, events):
+    # one dask worker and light plots: the resolutions, not the cluster or the figures, are under test
     config = load_config(EXAMPLE, {"generate": {"events": events, "files_per_sample": 1},
+                                   "cluster": {"n_workers": 1},
                                    "train": {"mlp": {"max_epochs": 12}},
-                                   "evaluate": {"dpi": 40, "shap_rows": 500}})
+                                   "evaluate": {"dpi": 30, "shap_rows": 200, "n_bins": 8}})
     run_pipeline(config, tmp_path, progress=False)
     metrics = read_json(tmp_path / "evaluation" / "metrics.json", "metrics")
     assert metrics["target"]["sources"] == ["gen_m_tautau"]
