@@ -120,8 +120,10 @@ def write_jet_skim(root: str | Path, samples: list[JetSample] | None = None, *, 
     return write_skim_manifest(root)
 
 
-def prepare_small_jets(root: Path, name: str, target: dict, features: list[str], lists) -> Path:
-    """``root/skim`` (`write_jet_skim`) prepared into ``root/name`` in small files and row groups, one worker."""
+def prepare_small_jets(root: Path, name: str, target: dict, features: list[str], lists,
+                       scheduler: str | None = None) -> Path:
+    """``root/skim`` (`write_jet_skim`) prepared into ``root/name`` in small files and row groups, one worker
+    (or on ``scheduler``, an existing dask cluster: a module's several preparations share one)."""
     from analysis import config_from_dict
     from analysis.prepare.runner import run_prepare
 
@@ -130,5 +132,5 @@ def prepare_small_jets(root: Path, name: str, target: dict, features: list[str],
         "prepare": {"bucket_rows": 800, "file_rows": 600, "row_group_rows": 150,
                     "objects": {"constituent_features": list(lists)}},
         "cluster": {"n_workers": 1, "memory_limit": "2GiB"}})
-    run_prepare(root / "skim", root / name, config, progress=False)
+    run_prepare(root / "skim", root / name, config, scheduler=scheduler, progress=False)
     return root / name

@@ -57,12 +57,17 @@ def _config(target: str, **tagger):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """{case name: model folder}, trained from two prepared folders of one small skim."""
+    """{case name: model folder}, trained from two prepared folders of one small skim (prepared on one
+    in-process dask cluster: worker processes cost more than the work)."""
+    from distributed import LocalCluster
+
     root = tmp_path_factory.mktemp("tagger_export")
     write_jet_skim(root / "skim", jet_samples(0.1))
-    prepared = {"multiclass": prepare_small_jets(root, "multi", MULTICLASS, JETS, CANDIDATE_COLUMNS),
-                "regression": prepare_small_jets(root, "mass", REGRESSION, ["jet_pt", "jet_eta"],
-                                                 ("cand_pt", "cand_logpt", "cand_d0"))}
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        at = cluster.scheduler_address
+        prepared = {"multiclass": prepare_small_jets(root, "multi", MULTICLASS, JETS, CANDIDATE_COLUMNS, at),
+                    "regression": prepare_small_jets(root, "mass", REGRESSION, ["jet_pt", "jet_eta"],
+                                                     ("cand_pt", "cand_logpt", "cand_d0"), at)}
     return {name: run_train(prepared[target], root / name, _config(target, **tagger), model=model,
                             device="cpu", progress=False)
             for name, model, target, tagger in CASES}

@@ -53,15 +53,20 @@ def _network(model):
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
+    """Three preparations of one skim, on one in-process dask cluster (worker processes cost more than the work)."""
+    from distributed import LocalCluster
+
     root = tmp_path_factory.mktemp("taggers")
     write_jet_skim(root / "skim", jet_samples(0.25))
-    return {
-        "multiclass": prepare_small_jets(root, "multi", {"kind": "multiclass", "class_column": "jet_label",
-                                                         "classes": JET_CLASSES}, JETS, CANDIDATE_COLUMNS),
-        "binary": prepare_small_jets(root, "binary", {"kind": "binary"}, JETS, CANDIDATE_COLUMNS),
-        "regression": prepare_small_jets(root, "regression", {"kind": "regression", "columns": ["jet_mass"]},
-                                         ["jet_pt", "jet_eta"], ("cand_pt", "cand_logpt", "cand_d0")),
-    }
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        at = cluster.scheduler_address
+        return {
+            "multiclass": prepare_small_jets(root, "multi", {"kind": "multiclass", "class_column": "jet_label",
+                                                             "classes": JET_CLASSES}, JETS, CANDIDATE_COLUMNS, at),
+            "binary": prepare_small_jets(root, "binary", {"kind": "binary"}, JETS, CANDIDATE_COLUMNS, at),
+            "regression": prepare_small_jets(root, "regression", {"kind": "regression", "columns": ["jet_mass"]},
+                                             ["jet_pt", "jet_eta"], ("cand_pt", "cand_logpt", "cand_d0"), at),
+        }
 
 
 def _config(folder_target="multiclass", **tagger):
